@@ -1,0 +1,3 @@
+from volviz.cli import main
+
+raise SystemExit(main())

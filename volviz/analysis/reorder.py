@@ -1,0 +1,584 @@
+"""Filter orders for layer volumes: natural, PCA, k-means, two-level k-means, slice rows.
+
+A layer's output is a volume of shape ``(C, H, W)``: C filter maps stacked one over another.
+Filter order carries no meaning in a trained network, so the volume looks like noise along the
+C axis. An *orderer* computes a permutation of the C filters that puts similar filters next to
+each other (seed 004 section 3.1.3), and for clustering orders also where the clusters start,
+so a view can draw separators between them.
+
+All orderers follow the scikit-learn estimator shape: ``__init__`` stores parameters only,
+``fit(X)`` returns ``self``, learned attributes end in ``_``.  After ``fit``:
+
+``order_``
+    int array (C,), a permutation: position ``p`` of the reordered volume shows filter
+    ``order_[p]``.
+``labels_``
+    int array (C,), the cluster of each ORIGINAL filter (all zeros when nothing is clustered).
+    Cluster ids follow the new order: cluster 0 comes first, so ``labels_[order_]`` is
+    non-decreasing.
+``boundaries_``
+    int array, the positions ``p > 0`` (in the new order) where a new cluster starts, i.e. where a
+    separator is drawn between positions ``p - 1`` and ``p``.  Empty for one cluster.
+``had_nonfinite_``
+    True when the fitted input held NaN or Inf (they were replaced by 0 for fitting).
+
+What ``fit`` accepts (``stacked=None`` picks by dimension; pass it to say otherwise):
+
+- one layer output: ``(C,)``, ``(C, D)`` or ``(C, H, W)``; the features of filter ``c`` are
+  ``X[c]`` flattened;
+- a stack over N images: ``(N, C, H, W)`` (or ``(N, C, D)`` / ``(N, C)`` with ``stacked=True``);
+  the features of filter ``c`` are its maps over all N images concatenated, so ONE order is fitted
+  for the whole image set and stays fixed while the image (time) slider moves.
+
+This module uses numpy and scikit-learn only (no torch, no VTK).
+
+Examples
+--------
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> vol = rng.normal(size=(16, 8, 8))
+>>> orderer = make_orderer("kmeans", n_clusters=4).fit(vol)
+>>> orderer.transform(vol).shape
+(16, 8, 8)
+>>> sorted(orderer.order_.tolist()) == list(range(16))
+True
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import euclidean_distances
+from sklearn.preprocessing import StandardScaler
+
+__all__ = [
+    "ORDER_NAMES",
+    "KMeansOrder",
+    "NaturalOrder",
+    "PCAOrder",
+    "SliceOrder",
+    "TwoLevelKMeansOrder",
+    "make_orderer",
+]
+
+ORDER_NAMES: tuple[str, ...] = ("natural", "pca", "kmeans", "kmeans2", "slice-pca", "slice-kmeans")
+
+
+# --------------------------------------------------------------------------- input handling
+
+
+def _channel_axis(ndim: int, stacked: bool | None) -> int:
+    """Axis of the filters: 1 for a stack over images, else 0 (``stacked=None``: ndim >= 4)."""
+    if stacked is None:
+        stacked = ndim >= 4
+    if stacked and ndim < 2:
+        raise ValueError(f"a stack over images needs at least 2 dimensions (N, C, ...), got {ndim}")
+    return 1 if stacked else 0
+
+
+def _as_float(X) -> np.ndarray:
+    """float32 stays float32 (large stacks); everything else becomes float64."""
+    X = np.asarray(X)
+    if X.dtype == np.float32:
+        return X
+    try:
+        return X.astype(np.float64, copy=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"expected a numeric array, got dtype {X.dtype}") from exc
+
+
+def _finite(F: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Replace NaN and +-Inf by 0; say whether there were any."""
+    if np.isfinite(F).all():
+        return F, False
+    return np.nan_to_num(F, nan=0.0, posinf=0.0, neginf=0.0), True
+
+
+def _filter_features(X, stacked: bool | None = None) -> tuple[np.ndarray, bool]:
+    """One row per filter: ``(C, D)`` features and whether non-finite values were replaced.
+
+    For a stack ``(N, C, ...)`` row ``c`` is ``X[0, c].ravel()``, ``X[1, c].ravel()``, ...
+    concatenated.
+    """
+    X = _as_float(X)
+    if X.ndim == 0:
+        raise ValueError("expected an array with a filter axis, got a scalar")
+    axis = _channel_axis(X.ndim, stacked)
+    C = X.shape[axis]
+    if C == 0:
+        raise ValueError(f"no filters: the filter axis {axis} of shape {X.shape} has length 0")
+    F = np.moveaxis(X, axis, 0).reshape(C, -1)
+    return _finite(F)
+
+
+def _is_constant(F: np.ndarray) -> bool:
+    """True when all filter vectors are equal (zero variance), or there is nothing to compare."""
+    if F.shape[0] < 2 or F.shape[1] == 0:
+        return True
+    spread = np.ptp(F, axis=0).max()
+    scale = max(1.0, float(np.abs(F).max()))
+    return bool(spread <= 1e-12 * scale)
+
+
+def _boundaries(sorted_labels: np.ndarray) -> np.ndarray:
+    """Positions p > 0 where ``sorted_labels[p] != sorted_labels[p - 1]``."""
+    return (np.flatnonzero(np.diff(sorted_labels)) + 1).astype(np.intp)
+
+
+# --------------------------------------------------------------------------- PCA helpers
+
+
+def _fix_sign(component: np.ndarray) -> np.ndarray:
+    """Sign convention: the entry of largest absolute value (first one on ties) is positive.
+
+    This is the convention of scikit-learn's ``svd_flip(u_based_decision=False)``; applying it
+    here keeps the order deterministic whatever the solver or library version.
+    """
+    j = int(np.argmax(np.abs(component)))
+    return -component if component[j] < 0 else component
+
+
+def _pc1(F: np.ndarray, *, svd_solver: str = "full", random_state=None):
+    """First principal direction of the rows of F (sign fixed), or None when F is constant.
+
+    Returns ``(component, projection, explained_variance_ratio)`` with
+    ``projection = (F - mean) @ component``.
+    """
+    if _is_constant(F):
+        return None
+    pca = PCA(n_components=1, svd_solver=svd_solver, random_state=random_state).fit(F)
+    component = _fix_sign(pca.components_[0])
+    projection = (F - pca.mean_) @ component
+    return component, projection, float(pca.explained_variance_ratio_[0])
+
+
+# --------------------------------------------------------------------------- cluster chains
+
+
+def _two_opt(path: list[int], dist: np.ndarray, max_passes: int = 100) -> list[int]:
+    """Improve an OPEN path through all points by segment reversals (2-opt).
+
+    Reversing ``path[i..j]`` replaces the edges ``(i-1, i)`` and ``(j, j+1)`` by ``(i-1, j)`` and
+    ``(i, j+1)``; a missing edge at either end of the path costs 0, so the ends can move too.
+    """
+    p = np.asarray(path)
+    k = len(p)
+    tol = 1e-12 * max(1.0, float(dist.max()))
+    for _ in range(max_passes):
+        improved = False
+        for i in range(k - 1):
+            js = np.arange(i + 1, k)
+            nxt = np.where(js < k - 1, p[np.minimum(js + 1, k - 1)], -1)
+            old = np.where(nxt >= 0, dist[p[js], nxt], 0.0)
+            new = np.where(nxt >= 0, dist[p[i], nxt], 0.0)
+            if i > 0:
+                old = old + dist[p[i - 1], p[i]]
+                new = new + dist[p[i - 1], p[js]]
+            gain = old - new
+            best = int(np.argmax(gain))
+            if gain[best] > tol:
+                j = int(js[best])
+                p[i : j + 1] = p[i : j + 1][::-1].copy()
+                improved = True
+        if not improved:
+            break
+    return p.tolist()
+
+
+def _chain(centers: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Order cluster centroids along a 1-D path that keeps similar centroids adjacent.
+
+    Greedy nearest-neighbour chain started at the centroid with the smallest projection on
+    ``reference``, then shortened by 2-opt (an approximate shortest open path through the
+    centroids, i.e. seriation).  The path is oriented so that its first centroid projects on
+    ``reference`` no higher than its last one.
+    """
+    k = len(centers)
+    if k == 1:
+        return np.zeros(1, dtype=np.intp)
+    dist = euclidean_distances(centers)
+    proj = centers @ reference
+    start = int(np.argmin(proj))
+    path = [start]
+    left = np.ones(k, dtype=bool)
+    left[start] = False
+    for _ in range(k - 1):
+        d = np.where(left, dist[path[-1]], np.inf)
+        nxt = int(np.argmin(d))
+        path.append(nxt)
+        left[nxt] = False
+    path = _two_opt(path, dist)
+    if proj[path[0]] > proj[path[-1]]:
+        path.reverse()
+    return np.asarray(path, dtype=np.intp)
+
+
+def _local_directions(centers: np.ndarray, seq: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """Per cluster (in ``seq`` order): next centroid minus previous centroid along the chain."""
+    k = len(seq)
+    if k == 1:
+        return fallback[None, :]
+    prev = seq[np.maximum(np.arange(k) - 1, 0)]
+    nxt = seq[np.minimum(np.arange(k) + 1, k - 1)]
+    return centers[nxt] - centers[prev]
+
+
+def _kmeans(F: np.ndarray, n_clusters: int, random_state, n_init) -> tuple[np.ndarray, np.ndarray]:
+    """k-means labels (0..m-1, m <= n_clusters non-empty clusters) and member-mean centroids."""
+    k = max(1, min(int(n_clusters), F.shape[0]))
+    if k == 1 or _is_constant(F):
+        return np.zeros(F.shape[0], dtype=np.intp), F.mean(axis=0, keepdims=True)
+    with warnings.catch_warnings():
+        # fewer distinct filters than clusters: sklearn warns and leaves clusters empty;
+        # the empty ones are dropped just below.
+        warnings.filterwarnings("ignore", message="Number of distinct clusters", category=ConvergenceWarning)
+        raw = KMeans(n_clusters=k, random_state=random_state, n_init=n_init).fit(F).labels_
+    _, labels = np.unique(raw, return_inverse=True)
+    labels = labels.astype(np.intp)
+    m = int(labels.max()) + 1
+    centers = np.stack([F[labels == j].mean(axis=0) for j in range(m)])
+    return labels, centers
+
+
+def _ordered_clusters(centers, reference):
+    """Chain the clusters; return (cluster sequence, local direction per sequence position)."""
+    seq = _chain(centers, reference)
+    return seq, _local_directions(centers, seq, reference)
+
+
+def _sort_along(F: np.ndarray, members: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """Members sorted by their projection on ``direction`` (stable: index order on ties)."""
+    proj = F[members] @ direction
+    return members[np.argsort(proj, kind="stable")]
+
+
+def _reference(F: np.ndarray) -> np.ndarray:
+    """Sign-fixed first principal direction of F, zeros when F is constant."""
+    pc = _pc1(F)
+    return pc[0] if pc is not None else np.zeros(F.shape[1], dtype=F.dtype)
+
+
+# --------------------------------------------------------------------------- estimators
+
+
+class _BaseOrderer(BaseEstimator):
+    """Shared ``fit`` / ``transform``; subclasses implement ``_fit_features(F)``."""
+
+    def fit(self, X, y=None, *, stacked: bool | None = None):
+        """Fit the order on one layer output or on a stack over images.
+
+        Parameters
+        ----------
+        X : array_like
+            ``(C,)``, ``(C, D)``, ``(C, H, W)`` or a stack ``(N, C, H, W)``.
+        y : None
+            Ignored (scikit-learn convention).
+        stacked : bool or None
+            True: axis 0 indexes images and axis 1 filters (use it for ``(N, C, D)`` or
+            ``(N, C)``); False: axis 0 indexes filters; None: stacked when ``X.ndim >= 4``.
+
+        Returns
+        -------
+        self
+        """
+        F, self.had_nonfinite_ = self._features(X, stacked)
+        self.n_filters_ = F.shape[0]
+        order, labels = self._fit_features(F)
+        self.order_ = np.asarray(order, dtype=np.intp)
+        self.labels_ = np.asarray(labels, dtype=np.intp)
+        self.boundaries_ = _boundaries(self.labels_[self.order_])
+        return self
+
+    def _features(self, X, stacked):
+        return _filter_features(X, stacked)
+
+    def _fit_features(self, F: np.ndarray):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def transform(self, X, *, stacked: bool | None = None) -> np.ndarray:
+        """Return X with its filters in the fitted order (values untouched, NaN included).
+
+        Filters lie on axis 0, or on axis 1 for a stack (``stacked=None``: when ``X.ndim >= 4``).
+        """
+        if not hasattr(self, "order_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted yet: call fit(X) first")
+        X = np.asarray(X)
+        axis = _channel_axis(X.ndim, stacked)
+        if X.shape[axis] != self.n_filters_:
+            raise ValueError(
+                f"X has {X.shape[axis]} filters on axis {axis} (shape {X.shape}), the order was "
+                f"fitted on {self.n_filters_}; pass stacked=True for an (N, C, ...) stack"
+            )
+        return np.take(X, self.order_, axis=axis)
+
+    def fit_transform(self, X, y=None, *, stacked: bool | None = None) -> np.ndarray:
+        """``fit(X)`` then ``transform(X)``."""
+        return self.fit(X, stacked=stacked).transform(X, stacked=stacked)
+
+
+class NaturalOrder(_BaseOrderer):
+    """The identity order: filters as the network stores them."""
+
+    def _fit_features(self, F):
+        C = F.shape[0]
+        return np.arange(C), np.zeros(C)
+
+
+class PCAOrder(_BaseOrderer):
+    """Sort filters by their projection on the first principal component of the filter vectors.
+
+    Each filter's map (over all images for a stack) is flattened to a vector; PCA over the C
+    vectors; filters sorted by increasing projection (stable argsort, ties keep index order).
+
+    Sign convention: the principal direction is flipped so that its entry of largest absolute
+    value (the first one on ties) is positive, the convention of scikit-learn's ``svd_flip``.
+    Constant input (all filter vectors equal) gives the natural order.
+
+    Parameters
+    ----------
+    random_state : int, RandomState or None
+        Used only by the randomized solver.
+    standardize : bool
+        Scale every feature (pixel) to unit variance across filters before PCA
+        (``StandardScaler``), so that the few high-variance pixels do not dominate.
+    svd_solver : str
+        Passed to ``sklearn.decomposition.PCA``; the default ``"full"`` is exact and
+        deterministic, ``"randomized"`` is faster for very long filter vectors.
+
+    Attributes
+    ----------
+    order_, labels_, boundaries_, had_nonfinite_, n_filters_
+        See the module docstring.
+    projection_ : ndarray (C,)
+        Projection of each ORIGINAL filter on the component (zeros for constant input).
+    component_ : ndarray (D,) or None
+        The sign-fixed first principal direction (None for constant input).
+    explained_variance_ratio_ : float
+        Share of the variance along the component (nan for constant input).
+    """
+
+    def __init__(self, random_state=None, standardize: bool = False, svd_solver: str = "full"):
+        self.random_state = random_state
+        self.standardize = standardize
+        self.svd_solver = svd_solver
+
+    def _fit_features(self, F):
+        C = F.shape[0]
+        if self.standardize and not _is_constant(F):
+            F = StandardScaler().fit_transform(F)
+        pc = _pc1(F, svd_solver=self.svd_solver, random_state=self.random_state)
+        if pc is None:
+            self.component_, self.projection_ = None, np.zeros(C)
+            self.explained_variance_ratio_ = float("nan")
+            return np.arange(C), np.zeros(C)
+        self.component_, self.projection_, self.explained_variance_ratio_ = pc
+        return np.argsort(self.projection_, kind="stable"), np.zeros(C)
+
+
+class KMeansOrder(_BaseOrderer):
+    """Group filters by k-means; order the clusters by centroid similarity.
+
+    1. ``sklearn.cluster.KMeans`` on the filter vectors (``n_clusters`` clamped to C; clusters
+       left empty because filters repeat are dropped).
+    2. Clusters are chained: greedy nearest-neighbour path over the centroids, started at the
+       centroid lowest on the first principal component of the filters, then improved by 2-opt
+       (an approximate shortest open path), so adjacent clusters have close centroids even when
+       the clusters lie on a curved chain, where sorting centroids by one PCA projection folds.
+       The path runs from low to high first-component projection.
+    3. Inside a cluster, filters are sorted by their projection on the local chain direction
+       (next centroid minus previous centroid), so the filters most like the previous cluster
+       come first and those most like the next come last.  With one cluster this is the first
+       principal direction (the PCA order).
+
+    Parameters
+    ----------
+    n_clusters : int
+    random_state : int, RandomState or None
+    n_init : int or "auto"
+        Passed to ``KMeans``.
+
+    Attributes
+    ----------
+    order_, labels_, boundaries_, had_nonfinite_, n_filters_
+        See the module docstring; ``labels_`` ids follow the new order.
+    n_clusters_ : int
+        Number of non-empty clusters.
+    cluster_centers_ : ndarray (n_clusters_, D)
+        Mean filter vector of each cluster, indexed by ``labels_`` id.
+    """
+
+    def __init__(self, n_clusters: int = 10, random_state=0, n_init=10):
+        self.n_clusters = n_clusters
+        self.random_state = random_state
+        self.n_init = n_init
+
+    def _fit_features(self, F):
+        if int(self.n_clusters) < 1:
+            raise ValueError(f"n_clusters must be >= 1, got {self.n_clusters}")
+        labels, centers = _kmeans(F, self.n_clusters, self.random_state, self.n_init)
+        seq, dirs = _ordered_clusters(centers, _reference(F))
+        order = np.concatenate([_sort_along(F, np.flatnonzero(labels == c), d) for c, d in zip(seq, dirs)])
+        rank = np.empty(len(seq), dtype=np.intp)
+        rank[seq] = np.arange(len(seq))
+        self.n_clusters_ = len(seq)
+        self.cluster_centers_ = centers[seq]
+        return order, rank[labels]
+
+
+class TwoLevelKMeansOrder(_BaseOrderer):
+    """Seed 004's "20 x 5 means": k-means into ``n_outer`` clusters, each split into ``n_inner``.
+
+    Outer clusters are ordered as in :class:`KMeansOrder`.  Inside each outer cluster, k-means
+    into up to ``n_inner`` clusters (clamped to the outer cluster's size), the inner clusters
+    chained the same way and run along the outer chain's local direction, filters sorted along
+    the inner chain's local direction.
+
+    Attributes
+    ----------
+    order_, labels_, boundaries_, had_nonfinite_, n_filters_
+        ``labels_`` and ``boundaries_`` are those of the OUTER clusters.
+    inner_labels_ : ndarray (C,)
+        Inner cluster of each original filter, numbered over the whole order (0, 1, ... in
+        order of appearance), unique across outer clusters.
+    inner_boundaries_ : ndarray
+        Positions p > 0 where a new inner cluster starts (this includes every outer boundary).
+    n_clusters_, n_inner_clusters_ : int
+        Numbers of non-empty outer clusters and of inner clusters in all.
+    """
+
+    def __init__(self, n_outer: int = 20, n_inner: int = 5, random_state=0, n_init=10):
+        self.n_outer = n_outer
+        self.n_inner = n_inner
+        self.random_state = random_state
+        self.n_init = n_init
+
+    def _fit_features(self, F):
+        if int(self.n_outer) < 1 or int(self.n_inner) < 1:
+            raise ValueError(f"n_outer and n_inner must be >= 1, got {self.n_outer}, {self.n_inner}")
+        labels, centers = _kmeans(F, self.n_outer, self.random_state, self.n_init)
+        seq, dirs = _ordered_clusters(centers, _reference(F))
+        order, inner = [], np.empty(F.shape[0], dtype=np.intp)
+        next_inner = 0
+        for c, direction in zip(seq, dirs):
+            members = np.flatnonzero(labels == c)
+            sub = F[members]
+            sub_labels, sub_centers = _kmeans(sub, self.n_inner, self.random_state, self.n_init)
+            sub_seq, sub_dirs = _ordered_clusters(sub_centers, direction)
+            for s, d in zip(sub_seq, sub_dirs):
+                part = members[_sort_along(sub, np.flatnonzero(sub_labels == s), d)]
+                order.append(part)
+                inner[part] = next_inner
+                next_inner += 1
+        order = np.concatenate(order)
+        rank = np.empty(len(seq), dtype=np.intp)
+        rank[seq] = np.arange(len(seq))
+        self.inner_labels_ = inner
+        self.inner_boundaries_ = _boundaries(inner[order])
+        self.n_clusters_ = len(seq)
+        self.n_inner_clusters_ = next_inner
+        return order, rank[labels]
+
+
+class SliceOrder(_BaseOrderer):
+    """Order filters from one vertical slice of the volume (seed 004 section 3.1.3).
+
+    The slice is the ``C x W`` matrix at row ``index`` (``axis="row"``) or the ``C x H`` matrix at
+    column ``index`` (``axis="col"``); each filter is one row of it.  For a stack
+    ``(N, C, H, W)`` the filter's slice rows of all N images are concatenated.  The rows are then
+    ordered by :class:`PCAOrder` (``method="pca"``) or :class:`KMeansOrder`
+    (``method="kmeans"``).  Only that slice is read: the rest of the volume has no effect.
+
+    Parameters
+    ----------
+    method : {"pca", "kmeans"}
+    axis : {"row", "col"}
+    index : int or None
+        Row (or column) of the slice; None is the middle one (``H // 2`` or ``W // 2``);
+        negative values count from the end.
+    n_clusters, random_state, n_init
+        Passed to the k-means order (``random_state`` also to the PCA order).
+
+    Attributes
+    ----------
+    order_, labels_, boundaries_, had_nonfinite_, n_filters_
+        See the module docstring.
+    index_ : int
+        The slice actually used (non-negative).
+    orderer_ : PCAOrder or KMeansOrder
+        The fitted orderer of the slice rows.
+    """
+
+    def __init__(self, method: str = "pca", axis: str = "row", index: int | None = None,
+                 n_clusters: int = 7, random_state=0, n_init=10):
+        self.method = method
+        self.axis = axis
+        self.index = index
+        self.n_clusters = n_clusters
+        self.random_state = random_state
+        self.n_init = n_init
+
+    def _features(self, X, stacked):
+        if self.method not in ("pca", "kmeans"):
+            raise ValueError(f"method must be 'pca' or 'kmeans', got {self.method!r}")
+        if self.axis not in ("row", "col"):
+            raise ValueError(f"axis must be 'row' or 'col', got {self.axis!r}")
+        X = np.asarray(X)
+        if stacked is None:
+            stacked = X.ndim == 4
+        if X.ndim != (4 if stacked else 3):
+            want = "(N, C, H, W)" if stacked else "(C, H, W)"
+            raise ValueError(f"SliceOrder needs a volume {want}, got shape {X.shape}")
+        spatial = -2 if self.axis == "row" else -1
+        size = X.shape[spatial]
+        index = size // 2 if self.index is None else int(self.index)
+        if not -size <= index < size:
+            raise ValueError(f"slice index {index} out of range for {self.axis} size {size}")
+        self.index_ = index % size
+        # (C, W) or (N, C, W) for a row slice; (C, H) / (N, C, H) for a column slice
+        piece = np.take(X, self.index_, axis=X.ndim + spatial)
+        return _filter_features(piece, stacked)
+
+    def _fit_features(self, F):
+        if self.method == "pca":
+            self.orderer_ = PCAOrder(random_state=self.random_state)
+        else:
+            self.orderer_ = KMeansOrder(n_clusters=self.n_clusters, random_state=self.random_state,
+                                        n_init=self.n_init)
+        self.orderer_.fit(F)
+        return self.orderer_.order_, self.orderer_.labels_
+
+
+_FACTORIES = {
+    "natural": lambda kw: NaturalOrder(**kw),
+    "pca": lambda kw: PCAOrder(**kw),
+    "kmeans": lambda kw: KMeansOrder(**kw),
+    "kmeans2": lambda kw: TwoLevelKMeansOrder(**kw),
+    "slice-pca": lambda kw: SliceOrder(method="pca", **kw),
+    "slice-kmeans": lambda kw: SliceOrder(method="kmeans", **kw),
+}
+
+
+def make_orderer(name: str, **kw) -> _BaseOrderer:
+    """Build an orderer by name (one of :data:`ORDER_NAMES`); ``kw`` go to its constructor.
+
+    ``"_"`` and ``"-"`` are interchangeable and case is ignored (``"slice_PCA"`` works).
+
+    Raises
+    ------
+    ValueError
+        For an unknown name (the message lists the valid ones), or ``method=`` given to a
+        ``slice-*`` name (the name already fixes it).
+    TypeError
+        For a keyword the orderer does not take.
+    """
+    key = str(name).strip().lower().replace("_", "-")
+    if key not in _FACTORIES:
+        raise ValueError(f"unknown order {name!r}; valid names: {', '.join(ORDER_NAMES)}")
+    if key.startswith("slice-") and "method" in kw:
+        raise ValueError(f"order {name!r} fixes method={key[6:]!r}; do not pass method=")
+    return _FACTORIES[key](kw)

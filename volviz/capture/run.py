@@ -1,0 +1,268 @@
+"""The whole capture: plan (model, images, layers, settings) -> batches -> store, resumable.
+
+Everything a resume needs is in the store's plan.json, so ``resume_capture(path)`` needs no other
+argument and recomputes exactly the images whose ``done`` flag is not set.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pathlib
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from volviz.capture.engine import capture_batch
+from volviz.capture.layers import layer_kind, select_layers
+from volviz.capture.tap import LayerTap
+from volviz.sources.images import ImageRecord, discover_images, read_image
+from volviz.sources.models import LoadedModel, load_model
+from volviz.sources.preprocess import Preprocess
+from volviz.store.store import Store, StoreError
+
+log = logging.getLogger("volviz.capture")
+
+
+class CaptureError(RuntimeError):
+    """The capture cannot run as asked; the message says why and what to do."""
+
+
+@dataclass
+class CaptureSettings:
+    model: str = "digits"
+    weights: str | None = None
+    images: list[str] = field(default_factory=list)   # empty: the demo model's shipped test images
+    layers: list[str] | None = None
+    layer_types: list[str] | None = None
+    target: str = "true"
+    batch_size: int = 32
+    dtype: str = "float32"
+    gradients: bool = True
+    weight_gradients: bool = True
+    size: tuple[int, int] | None = None
+    channels: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    resize: str = "resize"
+    trust_pickle: bool = False
+    video_stride: int = 1
+    max_images: int | None = None
+    memory_budget: int | None = None   # bytes one batch may use; None: half the available RAM
+
+
+def available_memory() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+def build_preprocess(loaded: LoadedModel, s: CaptureSettings) -> Preprocess:
+    c = s.channels or (loaded.input_size[0] if loaded.input_size else None)
+    size = s.size or (tuple(loaded.input_size[1:]) if loaded.input_size else None)
+    if c is None or size is None:
+        raise CaptureError(f"model {s.model!r} does not say which input it expects; pass --size H W "
+                           "and --channels C (and --mean/--std for its normalization)")
+    return Preprocess(tuple(size), c, s.mean or loaded.mean, s.std or loaded.std, s.resize)
+
+
+def probe_layers(model: torch.nn.Module, layers: list[str], x: torch.Tensor) -> list[dict]:
+    """Run one image to learn each layer's activation shape and whether its weight gradient can
+    be stored as outer-product factors."""
+    modules = dict(model.named_modules())
+    with LayerTap(model, layers, keep_inputs=set(layers)) as tap, torch.no_grad():
+        model(x)
+    out = []
+    for name in layers:
+        rec = tap.records.get(name)
+        if rec is None:
+            raise CaptureError(f"layer {name} does not run in the model's forward pass")
+        m = modules[name]
+        w = getattr(m, "weight", None)
+        w_shape = tuple(w.shape) if isinstance(w, torch.nn.Parameter) else None
+        factors = isinstance(m, torch.nn.Linear) and rec.input is not None and rec.input.dim() == 2
+        out.append({"name": name, "kind": layer_kind(m), "module_type": type(m).__name__,
+                    "act_shape": list(rec.output.shape[1:]), "weight_shape": list(w_shape) if w_shape else None,
+                    "weight_factors": bool(factors)})
+    return out
+
+
+def bytes_per_image(layer_dicts: list[dict], s: CaptureSettings) -> int:
+    total = 0
+    for d in layer_dicts:
+        act = math.prod(d["act_shape"])
+        total += act * (3 if s.gradients else 1)  # output, its clone, its gradient
+        if s.gradients and s.weight_gradients and d["weight_shape"]:
+            if d["weight_factors"]:
+                total += sum(d["weight_shape"])
+            else:
+                total += math.prod(d["weight_shape"]) * 2  # result + einsum workspace
+    return total * 4
+
+
+def _valid_records(records: list[ImageRecord], prep: Preprocess, progress: bool) -> tuple[list, list]:
+    ok, skipped = [], []
+    for r in tqdm(records, desc="checking images", disable=not progress or len(records) < 200, unit="img"):
+        if r.frame is not None:
+            ok.append(r)
+            continue
+        try:
+            prep(read_image(r))
+            ok.append(r)
+        except Exception as exc:  # unreadable / not an image / impossible channel conversion
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            log.warning("skipping %s: %s", r.path, reason)
+            skipped.append({"path": r.path, "reason": reason})
+    return ok, skipped
+
+
+def plan_capture(s: CaptureSettings, progress: bool = True) -> tuple[dict, LoadedModel, Preprocess]:
+    from volviz.sources import demo
+
+    loaded = load_model(s.model, s.weights, trust_pickle=s.trust_pickle)
+    paths = s.images or ([str(demo.demo_images_dir(s.model))] if s.model in demo.DEMO_NAMES else [])
+    if not paths:
+        raise CaptureError("no images given: pass --images FOLDER|FILE|VIDEO ...")
+    imageset = discover_images(paths, class_names=loaded.class_names, video_stride=s.video_stride)
+    prep = build_preprocess(loaded, s)
+    records, skipped = _valid_records(imageset.records, prep, progress)
+    if s.max_images:
+        records = records[: s.max_images]
+    if not records:
+        raise CaptureError(f"none of the {len(imageset.records)} files could be read as images")
+    layers = select_layers(loaded.module, s.layers, s.layer_types)
+    first = prep(read_image(records[0]))[None]
+    layer_dicts = probe_layers(loaded.module, layers, first)
+    class_names = loaded.class_names or imageset.class_names
+    per_image = bytes_per_image(layer_dicts, s)
+    budget = s.memory_budget or available_memory() // 2
+    if per_image > budget:
+        biggest = max(layer_dicts, key=lambda d: math.prod(d["weight_shape"] or [0]) + math.prod(d["act_shape"]))
+        raise CaptureError(
+            f"one image needs {_fmt_bytes(per_image)} of working memory for the selected layers, more "
+            f"than the budget of {_fmt_bytes(budget)}; the largest is {biggest['name']} "
+            f"(activation {biggest['act_shape']}, weight {biggest['weight_shape']}). Select fewer "
+            "layers (--layers), skip weight gradients (--no-weight-grads) or raise --memory-budget.")
+    batch = max(1, min(s.batch_size, budget // max(per_image, 1)))
+    if batch < s.batch_size:
+        log.warning("batch size lowered from %d to %d to stay within %s", s.batch_size, batch, _fmt_bytes(budget))
+    plan = {
+        "model": loaded.describe(),
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(s).items()},
+        "preprocess": prep.to_dict(),
+        "layers": layer_dicts,
+        "images": [r.to_dict() for r in records],
+        "skipped": skipped,
+        "class_names": class_names,
+        "batch_size": batch,
+        "dtype": s.dtype,
+        "gradients": s.gradients,
+        "weight_gradients": s.weight_gradients,
+        "bytes_per_image": per_image,
+    }
+    return plan, loaded, prep
+
+
+def _runs(indices: np.ndarray, batch: int):
+    """Contiguous runs of pending image indices, cut to at most ``batch`` long."""
+    start = None
+    prev = None
+    for i in list(indices) + [None]:
+        if start is not None and (i is None or i != prev + 1 or prev + 1 - start >= batch):
+            yield start, prev + 1
+            start = None
+        if i is not None and start is None:
+            start = i
+        prev = i
+
+
+def _unnormalize(x: torch.Tensor, prep: Preprocess) -> np.ndarray:
+    x = x.clone()
+    if prep.std is not None:
+        x = x * torch.tensor(prep.std).view(1, -1, 1, 1)
+    if prep.mean is not None:
+        x = x + torch.tensor(prep.mean).view(1, -1, 1, 1)
+    return x.clamp(0, 1).numpy()
+
+
+def execute(store: Store, loaded: LoadedModel, prep: Preprocess, progress: bool = True) -> Store:
+    plan = store.plan
+    s = plan["settings"]
+    records = [ImageRecord(**r) for r in plan["images"]]
+    pending = np.flatnonzero(~store.done)
+    layers = [d["name"] for d in plan["layers"]]
+    class_names = plan.get("class_names")
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(records), initial=len(records) - len(pending), desc="capturing",
+               unit="img", disable=not progress)
+    try:
+        for start, stop in _runs(pending, plan["batch_size"]):
+            batch = records[start:stop]
+            x = torch.stack([prep(read_image(r)) for r in batch])
+            labels = torch.tensor([r.label for r in batch])
+            try:
+                res = capture_batch(loaded.module, x, layers, target=s["target"], labels=labels,
+                                    class_names=class_names, gradients=plan["gradients"],
+                                    weight_gradients=plan["weight_gradients"])
+            except RuntimeError as exc:
+                if "does not require grad" in str(exc) or "differentiable" in str(exc):
+                    raise CaptureError(f"the model is not differentiable between the output and a "
+                                       f"selected layer ({exc}); capture with --no-grads") from None
+                raise
+            for name, bad in res.nonfinite.items():
+                log.warning("layer %s: %d NaN/Inf activation values in images %d-%d", name, bad, start, stop - 1)
+            store.write_batch(start, res, labels.numpy(), _unnormalize(x, prep))
+            bar.update(len(batch))
+    finally:
+        bar.close()
+    done = store.done
+    label, pred = store.column("label"), store.column("pred")
+    has_label = done & (label >= 0)
+    summary = {
+        "n_images": int(done.sum()),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "accuracy": float((label[has_label] == pred[has_label]).mean()) if has_label.any() else None,
+    }
+    store.finalize(summary)
+    return store
+
+
+def run_capture(out: str | os.PathLike, s: CaptureSettings, *, overwrite: bool = False,
+                progress: bool = True) -> Store:
+    plan, loaded, prep = plan_capture(s, progress)
+    n_classes = len(plan["class_names"]) if plan["class_names"] else None
+    if n_classes is None:
+        with torch.no_grad():
+            from volviz.capture.engine import model_logits
+            n_classes = model_logits(loaded.module(prep(read_image(ImageRecord(**plan["images"][0])))[None])).shape[1]
+    store = Store.create(out, plan, n_classes=n_classes, input_shape=(prep.channels, *prep.size),
+                         overwrite=overwrite)
+    return execute(store, loaded, prep, progress)
+
+
+def resume_capture(out: str | os.PathLike, progress: bool = True) -> Store:
+    store = Store.open(out, mode="r+")
+    if store.complete:
+        log.info("%s is already complete (%d images)", out, store.n_images)
+        return store
+    s = store.plan["settings"]
+    loaded = load_model(s["model"], s["weights"], trust_pickle=s["trust_pickle"])
+    p = store.plan["preprocess"]
+    prep = Preprocess(tuple(p["size"]), p["channels"], tuple(p["mean"]) if p["mean"] else None,
+                      tuple(p["std"]) if p["std"] else None, p["mode"])
+    return execute(store, loaded, prep, progress)
+
+
+__all__ = ["CaptureSettings", "CaptureError", "StoreError", "run_capture", "resume_capture", "plan_capture"]

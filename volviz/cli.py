@@ -1,0 +1,200 @@
+"""volviz command line: one subcommand per job, each a thin layer over the library.
+
+Run ``volviz COMMAND --help`` for the options of one command.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pathlib
+import sys
+
+EPILOG = """\
+typical session:
+  volviz capture --out stores/digits            # the embedded LeNet on its 200 test digits
+  volviz info stores/digits                     # what is inside
+  volviz render stores/digits --out conv1.png   # first conv layer, first image, as a 3D volume
+  volviz render stores/digits --layer conv2 --order kmeans --quantity grad_activation --out g.png
+  volviz movie stores/digits --layer conv2 --mode images --out conv2.mp4
+
+your own model:
+  volviz capture --model resnet18 --weights resnet18.pth --images photos/ --out stores/r18
+  volviz capture --model mypkg.nets:build --weights w.safetensors --images a.png b.png --size 64 64 --channels 3 --out s
+"""
+
+DEFAULT_STORE = pathlib.Path("stores") / "digits"
+
+
+class UserError(Exception):
+    """An error caused by the user's input: printed as one clear line, exit status 2."""
+
+
+def _setup_torch_threads() -> None:
+    import torch
+    n = os.cpu_count() or 1
+    torch.set_num_threads(max(1, n - 1) if n > 1 else 1)
+
+
+# ---- capture / info ---------------------------------------------------------------------
+def add_capture(sub) -> None:
+    p = sub.add_parser("capture", help="run images through a model and store activations and gradients",
+                       description="Run a batch of images through a model and store, per selected layer, "
+                       "activations, the gradient of one output neuron w.r.t. the activations and w.r.t. "
+                       "the weights (per image, computed batched), and class probabilities.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    p.add_argument("--out", required=True, help="store folder to create (or to complete with --resume)")
+    p.add_argument("--model", default="digits",
+                   help="digits | faces (embedded), a torchvision name (resnet18), package.module:factory, "
+                   "or a TorchScript file (default: digits)")
+    p.add_argument("--weights", help="state_dict (.pt/.pth, loaded with weights_only=True) or .safetensors")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow a pickled full model as weights (runs code from the file: trusted files only)")
+    p.add_argument("--images", nargs="+", default=[],
+                   help="ImageFolder tree, flat folder, image files or video files (default: the demo "
+                   "model's shipped test images)")
+    p.add_argument("--layers", nargs="+", help="layer names or globs (default: every conv and linear layer)")
+    p.add_argument("--layer-types", nargs="+", help="keep layers of these types: conv, linear, relu, pool, bn, "
+                   "or a class name such as Conv2d")
+    p.add_argument("--target", default="true",
+                   help="output neuron whose gradients are taken: true (each image's label), pred, a class "
+                   "index or a class name (default: true)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--float16", action="store_true", help="store arrays as float16 (per-image scaled)")
+    p.add_argument("--no-grads", action="store_true", help="store activations only")
+    p.add_argument("--no-weight-grads", action="store_true", help="skip per-image weight gradients")
+    p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="model input size")
+    p.add_argument("--channels", type=int, help="model input channels (1 grey, 3 RGB, or N)")
+    p.add_argument("--mean", nargs="+", type=float, help="normalization mean per channel ([0,1] pixels)")
+    p.add_argument("--std", nargs="+", type=float, help="normalization std per channel")
+    p.add_argument("--resize", choices=["resize", "scale_crop"], default="resize",
+                   help="resize: plain resize; scale_crop: scale the smaller side to the input size "
+                   "keeping the aspect ratio, then centre-crop (seed 000)")
+    p.add_argument("--video-stride", type=int, default=1, help="use every k-th frame of videos")
+    p.add_argument("--max-images", type=int, help="capture at most this many images")
+    p.add_argument("--memory-budget-gb", type=float, help="working memory one batch may use "
+                   "(default: half the available RAM)")
+    p.add_argument("--resume", action="store_true", help="complete an interrupted capture in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.set_defaults(func=cmd_capture)
+
+
+def cmd_capture(a) -> int:
+    from volviz.capture.run import CaptureSettings, resume_capture, run_capture
+    _setup_torch_threads()
+    if a.resume:
+        store = resume_capture(a.out)
+    else:
+        s = CaptureSettings(
+            model=a.model, weights=a.weights, images=a.images, layers=a.layers, layer_types=a.layer_types,
+            target=a.target, batch_size=a.batch_size, dtype="float16" if a.float16 else "float32",
+            gradients=not a.no_grads, weight_gradients=not (a.no_grads or a.no_weight_grads),
+            size=tuple(a.size) if a.size else None, channels=a.channels,
+            mean=tuple(a.mean) if a.mean else None, std=tuple(a.std) if a.std else None,
+            resize=a.resize, trust_pickle=a.trust_pickle, video_stride=a.video_stride,
+            max_images=a.max_images,
+            memory_budget=int(a.memory_budget_gb * (1 << 30)) if a.memory_budget_gb else None)
+        store = run_capture(a.out, s, overwrite=a.overwrite)
+    print(describe_store(store, short=True))
+    return 0
+
+
+def describe_store(store, short: bool = False) -> str:
+    import numpy as np
+    p = store.plan
+    done = store.done
+    lines = [f"store       {store.path}",
+             f"status      {'complete' if store.complete else 'INCOMPLETE: resume with volviz capture --resume --out ' + str(store.path)}",
+             f"model       {p['model']['spec']}  weights={p['model']['weights']}",
+             f"images      {int(done.sum())}/{store.n_images} captured, {len(p.get('skipped', []))} skipped",
+             f"target      {p['settings']['target']}   dtype {p['dtype']}   gradients {p['gradients']}"]
+    if store.manifest and store.manifest["summary"].get("accuracy") is not None:
+        lines.append(f"accuracy    {store.manifest['summary']['accuracy']:.3f} on labelled images")
+    if store.class_names:
+        lines.append(f"classes     {', '.join(store.class_names)}")
+    lines.append("layers:")
+    for info in store.layers.values():
+        w = "x".join(map(str, info.weight_shape)) if info.weight_shape else "-"
+        lines.append(f"  {info.name:<28} {info.module_type:<10} act {'x'.join(map(str, info.act_shape)):<14} weight {w}")
+    if not short:
+        for s in p.get("skipped", []):
+            lines.append(f"skipped     {s['path']}: {s['reason']}")
+        if store.manifest:
+            v = store.manifest.get("versions", {})
+            lines.append("versions    " + ", ".join(f"{k} {v[k]}" for k in v))
+        if done.any():
+            labels, pred = store.column("label"), store.column("pred")
+            names = store.class_names
+            lines.append("first images:")
+            for i in np.flatnonzero(done)[:5]:
+                im = store.images[i]
+                t = names[labels[i]] if names and labels[i] >= 0 else labels[i]
+                pr = names[pred[i]] if names else pred[i]
+                lines.append(f"  [{i}] {im['id']}  true={t} pred={pr}")
+    return "\n".join(lines)
+
+
+def add_info(sub) -> None:
+    p = sub.add_parser("info", help="print what a store holds")
+    p.add_argument("store")
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_info(a) -> int:
+    from volviz.store.store import Store
+    print(describe_store(Store.open(a.store)))
+    return 0
+
+
+# ---- demo models ------------------------------------------------------------------------
+def add_train_demo(sub) -> None:
+    p = sub.add_parser("train-demo", help="(re)train the embedded demo models into data/")
+    p.add_argument("name", nargs="?", default="all", help="digits | faces | all (default all)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_demo)
+
+
+def cmd_train_demo(a) -> int:
+    from volviz.sources import demo
+    names = demo.DEMO_NAMES if a.name == "all" else [a.name]
+    for n in names:
+        if n not in demo.DEMO_NAMES:
+            raise UserError(f"unknown demo model {n!r}; valid: {', '.join(demo.DEMO_NAMES)}, all")
+        print(n, demo.train_demo(n, epochs=a.epochs, seed=a.seed))
+    return 0
+
+
+COMMANDS = [add_capture, add_info, add_train_demo]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="volviz", description="Look inside trained CNNs in 3D: layer volumes, gradients, "
+        "preferred inputs, network graphs.", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+    if not getattr(a, "func", None):
+        parser.print_help()
+        return 2
+    from volviz.errors import USER_ERRORS
+    try:
+        return a.func(a)
+    except USER_ERRORS + (UserError,) as exc:
+        print(f"volviz {a.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"volviz {a.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,24 @@
+"""The view layer: numpy arrays in, pyvista scenes and 2-D images out (no torch, no trame)."""
+
+from .colors import DEFAULT_CMAP, DIVERGING_CMAP, OPACITY_PRESETS, auto_clim, opacity_curve
+from .grid import near_square_grid, neuron_grid, save_png, tile_mosaic, to_rgb, vis_square
+from .volume import LayerVolumeScene, VolumeStyle, activation_volume, check_order, weight_volume
+
+__all__ = [
+    "DEFAULT_CMAP",
+    "DIVERGING_CMAP",
+    "OPACITY_PRESETS",
+    "LayerVolumeScene",
+    "VolumeStyle",
+    "activation_volume",
+    "auto_clim",
+    "check_order",
+    "near_square_grid",
+    "neuron_grid",
+    "opacity_curve",
+    "save_png",
+    "tile_mosaic",
+    "to_rgb",
+    "vis_square",
+    "weight_volume",
+]

@@ -1,0 +1,554 @@
+"""3-D layer volumes: a layer's C maps (or a weight tensor's C_out filters) stacked into one volume
+and rendered with VTK through pyvista, off screen.
+
+Geometry of a scene (see ``docs/views.md``): channel ``c`` of the *displayed* order lies at
+``z = c * z_spacing`` (channel 0 at the bottom of the stack), map column ``w`` at ``x = w`` and map
+row ``h`` at ``y = H - 1 - h`` so that, seen from the default camera (front, above, z up), every
+map reads upright. One voxel per value, nearest-neighbour by default, so every channel is a slab.
+
+Pure numpy in, pyvista scene / images out; no torch, no trame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyvista as pv
+from vtkmodules.vtkCommonDataModel import vtkPiecewiseFunction
+from vtkmodules.vtkRenderingCore import vtkColorTransferFunction
+
+from .colors import DEFAULT_CMAP, DIVERGING_CMAP, auto_clim, opacity_curve, sample_cmap
+from .grid import near_square_grid, tile_mosaic
+
+__all__ = [
+    "LayerVolumeScene",
+    "VolumeStyle",
+    "activation_volume",
+    "check_order",
+    "weight_volume",
+]
+
+_SCALARS = "values"
+
+
+# --------------------------------------------------------------------------- arrays -> volumes
+def check_order(order, n: int) -> np.ndarray:
+    """Validate a channel permutation of ``range(n)`` (``None`` = identity); return ``intp[n]``."""
+    if order is None:
+        return np.arange(n)
+    o = np.asarray(order)
+    if o.ndim != 1 or o.size != n or not np.issubdtype(o.dtype, np.integer):
+        raise ValueError(f"order must be a permutation of range({n}), got shape {o.shape}, {o.dtype}")
+    if not np.array_equal(np.sort(o), np.arange(n)):
+        raise ValueError(f"order must be a permutation of range({n})")
+    return o.astype(np.intp)
+
+
+def activation_volume(maps: np.ndarray, order=None) -> np.ndarray:
+    """A layer's output maps ``(C, H, W)`` as a float32 volume, channels in ``order``.
+
+    ``order[i]`` is the channel shown at position ``i`` (an orderer's ``order_``); ``None`` keeps
+    the natural order. A linear layer's ``(N,)`` activations become ``(1, rows, cols)`` via
+    :func:`~volviz.views.grid.neuron_grid`-style layout.
+    """
+    a = np.asarray(maps)
+    if a.ndim == 1:
+        from .grid import neuron_grid
+
+        a = neuron_grid(a)[None]
+    if a.ndim != 3:
+        raise ValueError(f"maps must be (C, H, W), got shape {a.shape}")
+    return np.ascontiguousarray(a[check_order(order, a.shape[0])], dtype=np.float32)
+
+
+def weight_volume(w: np.ndarray, gap_value: float = 0.0) -> np.ndarray:
+    """A weight (or weight-gradient) tensor as a volume ``(C_out, H', W')``, one slice per filter.
+
+    * conv ``(C_out, C_in, kH, kW)``: slice ``o`` is a mosaic of the filter's ``C_in`` kernels on
+      a :func:`~volviz.views.grid.near_square_grid` ``(C_in) = (rows, cols)`` grid, row-major,
+      with 1-pixel gaps: kernel ``i`` covers rows ``r*(kH+1) .. r*(kH+1)+kH-1`` and columns
+      ``c*(kW+1) .. c*(kW+1)+kW-1`` with ``(r, c) = divmod(i, cols)``.
+      ``H' = rows*kH + rows-1``, ``W' = cols*kW + cols-1``.
+    * conv1d ``(C_out, C_in, k)``: as conv with ``kH = 1``.
+    * linear ``(N_out, N_in)``: slice ``o`` holds row ``o`` on a ``(rows, cols)`` grid, input
+      ``j`` at ``divmod(j, cols)``, no gaps. ``H' = rows``, ``W' = cols``.
+
+    Gaps and unused cells hold ``gap_value``, default ``0.0``: zero is "no weight / no
+    gradient", transparent under the ``diverging`` preset, and it keeps the volume finite (``NaN``
+    would trip the scene's non-finite warning).
+    """
+    a = np.asarray(w, dtype=np.float32)
+    if a.ndim == 3:
+        a = a[:, :, None, :]
+    if a.ndim == 4:
+        c_out, c_in, kh, kw = a.shape
+        rows, cols = near_square_grid(c_in)
+        out = np.full(
+            (c_out, rows * kh + rows - 1, cols * kw + cols - 1), gap_value, np.float32
+        )
+        for o in range(c_out):
+            out[o] = tile_mosaic(a[o], rows, cols, gap=1, fill=gap_value)
+        return out
+    if a.ndim == 2:
+        n_out, n_in = a.shape
+        rows, cols = near_square_grid(n_in)
+        out = np.full((n_out, rows * cols), gap_value, np.float32)
+        out[:, :n_in] = a
+        return out.reshape(n_out, rows, cols)
+    raise ValueError(
+        f"weight_volume expects (C_out, C_in, kH, kW), (C_out, C_in, k) or (N_out, N_in), "
+        f"got shape {a.shape}"
+    )
+
+
+# --------------------------------------------------------------------------------- style
+@dataclass
+class VolumeStyle:
+    """How a :class:`LayerVolumeScene` looks. Change it live with ``scene.set_style(**changes)``.
+
+    Attributes
+    ----------
+    cmap : colormap name or matplotlib Colormap. ``None``: ``"inferno"``, or ``"RdBu_r"`` when
+        ``opacity == "diverging"``.
+    opacity : preset name (``linear``, ``sigmoid``, ``high``, ``flat``, ``diverging``) or a list of
+        opacities over the colour range, see :mod:`volviz.views.colors`.
+    clim : ``(lo, hi)``; ``None``: :func:`~volviz.views.colors.auto_clim` of the data given at
+        construction (symmetric around 0 for signed data or the diverging preset), then kept
+        fixed by ``update()`` so time steps stay comparable.
+    z_spacing : distance between stacked maps (x/y pixel = 1). ``None``: ``max(H, W) / C``, an
+        about cubic volume.
+    density : opacity per unit length multiplier (>1 more opaque, <1 clearer).
+    interpolation : ``"nearest"`` (each channel a slab, honest) or ``"linear"`` (smooth).
+    show_slices, slice_positions : opaque orthogonal slices at fractions of x, y, z in [0, 1];
+        ``None`` for an axis skips that slice.
+    show_outline, show_separators, show_scalar_bar : toggles.
+    separator_color, separator_opacity : look of the cluster separators.
+    background, text_color : colours.
+    mapper : ``"fixed_point"`` (default, fastest measured on llvmpipe), ``"gpu"`` or ``"smart"``.
+    scalar_bar_title : title of the colour bar.
+    """
+
+    cmap: object = None
+    opacity: str | Sequence[float] = "sigmoid"
+    clim: tuple[float, float] | None = None
+    z_spacing: float | None = None
+    density: float = 1.0
+    interpolation: str = "nearest"
+    show_slices: bool = False
+    slice_positions: tuple[float | None, float | None, float | None] = (0.5, 0.5, 0.5)
+    show_outline: bool = True
+    show_separators: bool = True
+    separator_color: str = "white"
+    separator_opacity: float = 0.55
+    show_scalar_bar: bool = True
+    scalar_bar_title: str = "value"
+    background: str = "#15171c"
+    text_color: str = "white"
+    mapper: str = "fixed_point"
+
+    def resolved_cmap(self):
+        if self.cmap is not None:
+            return self.cmap
+        return DIVERGING_CMAP if self.opacity == "diverging" else DEFAULT_CMAP
+
+
+_MAPPERS = {
+    "fixed_point": pv.FixedPointVolumeRayCastMapper,
+    "gpu": pv.GPUVolumeRayCastMapper,
+    "smart": pv.SmartVolumeMapper,
+}
+
+
+def _as_volume(volume) -> np.ndarray:
+    v = np.asarray(volume)
+    if v.ndim != 3 or 0 in v.shape:
+        raise ValueError(f"volume must be a non-empty (C, H, W) array, got shape {v.shape}")
+    return v.astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------------- scene
+class LayerVolumeScene:
+    """One layer volume in an off-screen pyvista ``Plotter``, updated in place.
+
+    Actors (created once, kept for the scene's life so a time slider never rebuilds them):
+    ``volume_actor`` (the data), ``slices_actor`` (orthogonal slices, one actor),
+    ``outline_actor``, ``separators_actor`` (all cluster separators, one actor), a scalar bar,
+    a title, a step label and a warning text. ``grid`` is the one ``pyvista.ImageData`` whose
+    point scalars ``update()`` overwrites.
+
+    Parameters
+    ----------
+    volume : (C, H, W) array in *natural* channel order.
+    order : permutation of ``range(C)``; ``order[i]`` is the channel drawn at stack position
+        ``i``. ``None``: natural order.
+    boundaries : stack positions where a new cluster starts (e.g. an orderer's
+        ``boundaries_``); a separator is drawn below each position ``b`` with ``0 < b < C``.
+    style : :class:`VolumeStyle`.
+    title : text in the upper left corner.
+    window_size : (width, height) in pixels.
+    plotter : draw into this ``pyvista.Plotter`` instead of creating an off-screen one (e.g.
+        the app's); the scene then does not close it.
+
+    Examples
+    --------
+    >>> scene = LayerVolumeScene(maps, title="conv1")          # doctest: +SKIP
+    >>> img = scene.screenshot("conv1.png")                       # doctest: +SKIP
+    >>> scene.update(next_maps); scene.set_order(order, bounds)   # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        volume: np.ndarray,
+        order=None,
+        boundaries=None,
+        style: VolumeStyle | None = None,
+        title: str = "",
+        window_size: tuple[int, int] = (800, 600),
+        plotter: pv.Plotter | None = None,
+    ):
+        self.style = dataclasses.replace(style) if style is not None else VolumeStyle()
+        self._data = _as_volume(volume).copy()
+        self.shape = self._data.shape  # natural (C, H, W) the scene accepts in update()
+        self.order = check_order(order, self.shape[0])
+        self.boundaries = self._check_boundaries(boundaries)
+        self.has_nonfinite = False
+        self.n_nonfinite = 0
+        self.clim = self._resolve_clim(self.style)
+
+        self._owns_plotter = plotter is None
+        if plotter is None:
+            plotter = pv.Plotter(off_screen=True, window_size=list(window_size))
+        self.plotter = plotter
+        plotter.disable_anti_aliasing()
+
+        # the one ImageData: dims (W, H, C) (each padded to >= 2 by repetition, see _display)
+        c, h, w = self.shape
+        self._dims = (max(w, 2), max(h, 2), max(c, 2))
+        self.grid = pv.ImageData(dimensions=self._dims)
+        self._values = np.zeros(int(np.prod(self._dims)), np.float32)
+        self.grid.point_data.set_array(self._values, _SCALARS)
+        self.grid.point_data.active_scalars_name = _SCALARS
+        self._apply_spacing()
+        self._write_scalars()
+
+        self._lut = pv.LookupTable()
+        self.volume_actor = pv.Volume()
+        self.volume_actor.prop = pv.VolumeProperty()
+        self.volume_actor.mapper = self._make_mapper(self.style.mapper)
+        plotter.add_actor(self.volume_actor, reset_camera=False, name="volviz-volume")
+
+        self._slices_mesh = self._build_slices()
+        self.slices_actor = plotter.add_mesh(
+            self._slices_mesh, scalars=_SCALARS, cmap=self._lut, show_scalar_bar=False,
+            name="volviz-slices", lighting=False, reset_camera=False,
+        )
+        self._outline_mesh = self.grid.outline()
+        self.outline_actor = plotter.add_mesh(
+            self._outline_mesh, color="#9aa0a6", line_width=1, name="volviz-outline",
+            reset_camera=False,
+        )
+        self._sep_mesh = self._build_separators()
+        self.separators_actor = plotter.add_mesh(
+            self._sep_mesh, name="volviz-separators", lighting=False, reset_camera=False,
+        )
+        self.scalar_bar = plotter.add_scalar_bar(
+            title=self.style.scalar_bar_title, mapper=self.slices_actor.mapper, vertical=True,
+            position_x=0.86, position_y=0.12, width=0.07, height=0.62, n_labels=5,
+            color=self.style.text_color, title_font_size=14, label_font_size=12, fmt="%.3g",
+        )
+        self.title_actor = plotter.add_text(
+            title, position="upper_left", font_size=11, color=self.style.text_color,
+            name="volviz-title",
+        )
+        self.label_actor = plotter.add_text(
+            "", position="upper_right", font_size=11, color=self.style.text_color,
+            name="volviz-label",
+        )
+        self.warning_actor = plotter.add_text(
+            "", position="lower_left", font_size=10, color="#ff9f43", name="volviz-warning",
+        )
+        self._apply_style(self.style, first=True)
+        self._update_warning()
+        self.reset_camera()
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def displayed(self) -> np.ndarray:
+        """The volume as drawn: ``(C, H, W)`` in the current order, before NaN/Inf replacement."""
+        return self._data[self.order]
+
+    def update(self, volume: np.ndarray, clim: tuple[float, float] | None = None) -> None:
+        """Show new data of the same shape (natural channel order), in place.
+
+        The ImageData, its scalar array, the actors and the mapper stay the same objects; only
+        the values change (and the slices follow). ``clim`` stays as it was unless given here
+        (compute one over all steps with :func:`~volviz.views.colors.auto_clim`).
+        """
+        v = _as_volume(volume)
+        if v.shape != self.shape:
+            raise ValueError(f"update() needs shape {self.shape}, got {v.shape}")
+        np.copyto(self._data, v)
+        if clim is not None:
+            self.set_style(clim=tuple(clim))  # also rewrites scalars
+            return
+        self._refresh_data()
+
+    def set_order(self, order, boundaries=None) -> None:
+        """Redraw the stack in ``order`` with separators at ``boundaries`` (both may be None)."""
+        self.order = check_order(order, self.shape[0])
+        self.boundaries = self._check_boundaries(boundaries)
+        self._refresh_data()
+        self._sep_mesh.copy_from(self._build_separators())
+        self.separators_actor.SetVisibility(self._separators_visible())
+
+    def set_style(self, style: VolumeStyle | None = None, **changes) -> VolumeStyle:
+        """Change the look in place: a whole new ``style``, and/or single fields as keywords."""
+        new = dataclasses.replace(style if style is not None else self.style, **changes)
+        self._apply_style(new)
+        return self.style
+
+    def set_title(self, text: str) -> None:
+        self.title_actor.set_text("upper_left", text)
+
+    def set_label(self, text: str) -> None:
+        """Text in the upper right corner, e.g. the time step of a series."""
+        self.label_actor.set_text("upper_right", text)
+
+    def reset_camera(self, azimuth: float = 35.0, elevation: float = 28.0, zoom: float = 1.15):
+        """Oblique default view: from the front (-y), ``azimuth`` degrees to the right and
+        ``elevation`` degrees above, z (the channel stack) up, whole volume in view."""
+        cam = self.plotter.camera
+        center = np.array(self.grid.center)
+        az, el = math.radians(azimuth), math.radians(elevation)
+        direction = np.array(
+            [math.sin(az) * math.cos(el), -math.cos(az) * math.cos(el), math.sin(el)]
+        )
+        cam.focal_point = tuple(center)
+        cam.position = tuple(center + direction * self.grid.length * 2.0)
+        cam.up = (0.0, 0.0, 1.0)
+        self.plotter.reset_camera()
+        cam.zoom(zoom)
+
+    def render(self) -> None:
+        self.plotter.render()
+
+    def screenshot(self, path=None) -> np.ndarray:
+        """Render and return the image ``uint8 (height, width, 3)``; also write it to ``path``."""
+        self.plotter.render()
+        img = self.plotter.screenshot(return_img=True)
+        img = np.ascontiguousarray(img[..., :3])
+        if path is not None:
+            import imageio.v3 as iio
+
+            p = Path(path)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            iio.imwrite(p, img, extension=p.suffix or ".png")
+        return img
+
+    def close(self) -> None:
+        if self._owns_plotter:
+            self.plotter.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+    def _check_boundaries(self, boundaries) -> np.ndarray:
+        if boundaries is None:
+            return np.zeros(0, np.intp)
+        b = np.unique(np.asarray(boundaries, dtype=np.intp).ravel())
+        return b[(b > 0) & (b < self.shape[0])]
+
+    def _resolve_clim(self, style: VolumeStyle) -> tuple[float, float]:
+        if style.clim is not None:
+            lo, hi = float(style.clim[0]), float(style.clim[1])
+            if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+                raise ValueError(f"clim must be finite with lo < hi, got {style.clim}")
+            return lo, hi
+        sym = True if style.opacity == "diverging" else None
+        return auto_clim(self._data, symmetric=sym)
+
+    def _z_spacing(self) -> float:
+        if self.style.z_spacing is not None:
+            if not self.style.z_spacing > 0:
+                raise ValueError(f"z_spacing must be > 0, got {self.style.z_spacing}")
+            return float(self.style.z_spacing)
+        c, h, w = self.shape
+        return max(h, w) / max(c, 1)
+
+    def _apply_spacing(self) -> None:
+        self.grid.spacing = (1.0, 1.0, self._z_spacing())
+
+    def _fill_value(self) -> float:
+        """The value NaN is drawn as: where the opacity curve is lowest (transparent)."""
+        curve = opacity_curve(self.style.opacity, 257)
+        t = int(np.argmin(curve)) / 256.0
+        lo, hi = self.clim
+        return lo + t * (hi - lo)
+
+    def _display(self) -> np.ndarray:
+        """Data in display order, NaN/Inf replaced, y flipped, padded to >= 2 per axis."""
+        d = self._data[self.order]
+        bad = ~np.isfinite(d)
+        self.n_nonfinite = int(bad.sum())
+        self.has_nonfinite = self.n_nonfinite > 0
+        if self.has_nonfinite:
+            lo, hi = self.clim
+            d = np.nan_to_num(d, nan=self._fill_value(), posinf=hi, neginf=lo)
+        d = d[:, ::-1, :]
+        for axis in range(3):
+            if d.shape[axis] == 1:
+                d = np.repeat(d, 2, axis=axis)
+        return d
+
+    def _write_scalars(self) -> None:
+        self._values[:] = self._display().ravel()  # C order: x (W) fastest, then y, then z
+        self.grid.point_data[_SCALARS].VTKObject.Modified()
+        self.grid.Modified()
+
+    def _refresh_data(self) -> None:
+        self._write_scalars()
+        self._slices_mesh.copy_from(self._build_slices())
+        self._update_warning()
+
+    def _update_warning(self) -> None:
+        text = ""
+        if self.has_nonfinite:
+            text = (
+                f"warning: {self.n_nonfinite} NaN/Inf values "
+                "(NaN drawn transparent, Inf clamped to the colour limits)"
+            )
+        self.warning_actor.set_text("lower_left", text)
+
+    def _make_mapper(self, name: str):
+        try:
+            mapper = _MAPPERS[name]()
+        except KeyError:
+            raise ValueError(f"unknown mapper {name!r}; choose one of {sorted(_MAPPERS)}") from None
+        mapper.SetInputData(self.grid)
+        mapper.SetScalarModeToUsePointFieldData()
+        mapper.SelectScalarArray(_SCALARS)
+        return mapper
+
+    def _set_sample_distance(self) -> None:
+        mapper = self.volume_actor.mapper
+        step = 0.5 * min(self.grid.spacing)
+        if hasattr(mapper, "SetAutoAdjustSampleDistances"):
+            mapper.SetAutoAdjustSampleDistances(False)
+        if hasattr(mapper, "SetSampleDistance"):
+            mapper.SetSampleDistance(step)
+        if hasattr(mapper, "SetInteractiveSampleDistance"):
+            mapper.SetInteractiveSampleDistance(step)
+
+    def _apply_transfer_functions(self) -> None:
+        st = self.style
+        lo, hi = self.clim
+        n = 256
+        rgb = sample_cmap(st.resolved_cmap(), n)
+        alpha = opacity_curve(st.opacity, n)
+        values = np.linspace(lo, hi, n)
+        ctf = vtkColorTransferFunction()
+        otf = vtkPiecewiseFunction()
+        for v, (r, g, b), a in zip(values, rgb, alpha):
+            ctf.AddRGBPoint(float(v), float(r), float(g), float(b))
+            otf.AddPoint(float(v), float(a))
+        ctf.ClampingOn()
+        otf.ClampingOn()
+        prop = self.volume_actor.prop
+        prop.SetColor(ctf)
+        prop.SetScalarOpacity(otf)
+        prop.interpolation_type = st.interpolation
+        prop.shade = False
+        # opacity per unit length: a ray through the whole stack crosses ~24 "units" at density 1
+        size = max(self.grid.bounds[1] - self.grid.bounds[0],
+                   self.grid.bounds[3] - self.grid.bounds[2],
+                   self.grid.bounds[5] - self.grid.bounds[4], 1.0)
+        prop.opacity_unit_distance = size / (24.0 * max(st.density, 1e-6))
+        # the lookup table (opaque) drives the slices and the scalar bar
+        self._lut.apply_cmap(st.resolved_cmap(), n)
+        self._lut.apply_opacity(1.0)
+        self._lut.scalar_range = (lo, hi)
+        self.volume_actor.mapper.lookup_table = self._lut
+        if self.slices_actor is not None:
+            self.slices_actor.mapper.lookup_table = self._lut
+            self.slices_actor.mapper.scalar_range = (lo, hi)
+
+    def _apply_style(self, new: VolumeStyle, first: bool = False) -> None:
+        old = self.style
+        self.style = new
+        if first or new.mapper != old.mapper:
+            if not first:
+                self.volume_actor.mapper = self._make_mapper(new.mapper)
+        self.clim = self._resolve_clim(new)
+        spacing_changed = (not first) and self._z_spacing() != self.grid.spacing[2]
+        if spacing_changed:
+            self._apply_spacing()
+            self._outline_mesh.copy_from(self.grid.outline())
+        self._set_sample_distance()
+        self._apply_transfer_functions()
+        self._write_scalars()  # NaN fill value depends on clim and the opacity preset
+        if not first:
+            self._slices_mesh.copy_from(self._build_slices())
+            self._sep_mesh.copy_from(self._build_separators())
+        p = self.plotter
+        p.set_background(new.background)
+        self.slices_actor.SetVisibility(new.show_slices and self._slices_mesh.n_points > 0)
+        self.outline_actor.SetVisibility(new.show_outline)
+        self.separators_actor.SetVisibility(self._separators_visible())
+        sep = self.separators_actor.prop
+        sep.color = new.separator_color
+        sep.opacity = new.separator_opacity
+        self.scalar_bar.SetVisibility(new.show_scalar_bar)
+        self.scalar_bar.SetTitle(new.scalar_bar_title)
+        for actor in (self.title_actor, self.label_actor):
+            actor.prop.color = new.text_color
+        self.scalar_bar.GetTitleTextProperty().SetColor(pv.Color(new.text_color).float_rgb)
+        self.scalar_bar.GetLabelTextProperty().SetColor(pv.Color(new.text_color).float_rgb)
+        if spacing_changed:
+            self.reset_camera()
+
+    def _separators_visible(self) -> bool:
+        return bool(self.style.show_separators and self.boundaries.size)
+
+    def _build_slices(self) -> pv.PolyData:
+        """Opaque orthogonal slices through voxel centres at the style's fractions."""
+        out = pv.PolyData()
+        pieces = []
+        dims = self._dims
+        for axis, frac in enumerate(self.style.slice_positions):
+            if frac is None:
+                continue
+            idx = int(round(min(max(float(frac), 0.0), 1.0) * (dims[axis] - 1)))
+            voi = [0, dims[0] - 1, 0, dims[1] - 1, 0, dims[2] - 1]
+            voi[2 * axis] = voi[2 * axis + 1] = idx
+            sub = self.grid.extract_subset(voi, rebase_coordinates=False)
+            pieces.append(sub.extract_surface(pass_pointid=False, pass_cellid=False))
+        if pieces:
+            out = pieces[0].append_polydata(*pieces[1:]) if len(pieces) > 1 else pieces[0]
+        if out.n_points == 0:  # keep a valid (empty) scalar array for the mapper
+            out = pv.PolyData(np.zeros((1, 3)))
+            out.point_data[_SCALARS] = np.zeros(1, np.float32)
+        return out
+
+    def _build_separators(self) -> pv.PolyData:
+        """All separators as one mesh: a thin plane between stack positions b-1 and b, a little
+        larger than the maps so it also shows as a bright line on the sides of the stack."""
+        x0, x1, y0, y1, _, _ = self.grid.bounds
+        m = 0.04 * max(x1 - x0, y1 - y0, 1.0)
+        dz = self.grid.spacing[2]
+        if self.boundaries.size == 0:
+            return pv.PolyData(np.zeros((1, 3)))
+        pts, faces = [], []
+        for k, b in enumerate(self.boundaries):
+            z = (float(b) - 0.5) * dz
+            pts += [(x0 - m, y0 - m, z), (x1 + m, y0 - m, z), (x1 + m, y1 + m, z), (x0 - m, y1 + m, z)]
+            faces += [4, 4 * k, 4 * k + 1, 4 * k + 2, 4 * k + 3]
+        return pv.PolyData(np.array(pts, float), faces=np.array(faces))
