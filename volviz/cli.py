@@ -165,6 +165,14 @@ def cmd_train_demo(a) -> int:
     return 0
 
 
+def _command_modules() -> list:
+    """Subcommands that live next to their features register themselves here (volviz/commands/)."""
+    import importlib
+    import pkgutil
+    import volviz.commands as pkg
+    return [importlib.import_module(f"volviz.commands.{m.name}") for m in pkgutil.iter_modules(pkg.__path__)]
+
+
 COMMANDS = [add_capture, add_info, add_train_demo]
 
 
@@ -177,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
+    for module in _command_modules():
+        module.register(sub)
     return parser
 
 
