@@ -210,6 +210,10 @@ class _Split:
     test_ids: np.ndarray  # source index of each test image (used in the PNG names)
     export: np.ndarray  # indices into the test split that are written as PNGs
     extra_train: torch.Tensor | None = None  # faces: pool of non-face photo crops (label 1)
+    extra_test: torch.Tensor | None = None  # faces: windows of photos never trained on (label 1)
+    cropper: "_PhotoCropper | None" = None  # faces: source of fresh non-face crops (mining)
+    rng: np.random.RandomState | None = None
+    hard: torch.Tensor | None = None  # faces: mined non-face crops the model called faces
 
 
 def _digits_data(seed: int, n_test_per_class: int = 100, n_export_per_class: int = 20) -> _Split:
@@ -278,27 +282,63 @@ _NONFACE_PHOTOS: dict[str, tuple[tuple[int, int, int, int], ...]] = {
 _ASTRONAUT_FACE = (72, 172, 178, 278)
 
 
-def _photo_crops(n: int, size: int, rng: np.random.RandomState) -> np.ndarray:
-    """``n`` random square crops (side 12..160 px, clipped to the image) of the photos in
-    :data:`_NONFACE_PHOTOS`, none touching a face box, resized to ``size``; float [0, 1]."""
-    import skimage.data as skdata
-    from skimage.transform import resize
+# Photos whose crops are never trained on: their crops measure how well "non-face" generalizes
+# to unseen pictures (camera: a man's coat, hair, hands and a tripod around the excluded face).
+_HELDOUT_PHOTOS = ("camera", "coffee", "clock")
 
-    photos = [(_grey(getattr(skdata, k)()), boxes) for k, boxes in _NONFACE_PHOTOS.items()]
-    out = np.empty((n, size, size), dtype=np.float32)
-    i = 0
-    while i < n:
-        img, boxes = photos[rng.randint(len(photos))]
-        h, w = img.shape
-        side = int(round(math.exp(rng.uniform(math.log(12), math.log(min(160, h, w))))))
-        y0 = rng.randint(0, h - side + 1)
-        x0 = rng.randint(0, w - side + 1)
-        if any(y0 < b[1] and y0 + side > b[0] and x0 < b[3] and x0 + side > b[2] for b in boxes):
-            continue
-        crop = img[y0 : y0 + side, x0 : x0 + side]
-        out[i] = resize(crop, (size, size), order=1, anti_aliasing=side > size)
-        i += 1
-    return out
+
+class _PhotoCropper:
+    """Square non-face crops of some of the :data:`_NONFACE_PHOTOS`, resized to ``size``."""
+
+    def __init__(self, names, size: int) -> None:
+        import skimage.data as skdata
+
+        self.size = size
+        self.photos = [(_grey(getattr(skdata, k)()), _NONFACE_PHOTOS[k]) for k in names]
+
+    @staticmethod
+    def _touches(boxes, y0: int, x0: int, side: int) -> bool:
+        return any(y0 < b[1] and y0 + side > b[0] and x0 < b[3] and x0 + side > b[2] for b in boxes)
+
+    def _resize(self, crop: np.ndarray) -> np.ndarray:
+        from skimage.transform import resize
+
+        side = crop.shape[0]
+        return resize(crop, (self.size, self.size), order=1, anti_aliasing=side > self.size)
+
+    def random(self, n: int, rng: np.random.RandomState, lo: int = 12, hi: int = 160) -> torch.Tensor:
+        """``n`` random crops, side log-uniform in ``[lo, hi]`` (clipped to the photo), none
+        touching a face box; float32 [n, 1, size, size], uint8-quantized values in [0, 1]."""
+        out = np.empty((n, self.size, self.size), dtype=np.float32)
+        i = 0
+        while i < n:
+            img, boxes = self.photos[rng.randint(len(self.photos))]
+            h, w = img.shape
+            side = int(round(math.exp(rng.uniform(math.log(lo), math.log(min(hi, h, w))))))
+            y0, x0 = rng.randint(0, h - side + 1), rng.randint(0, w - side + 1)
+            if self._touches(boxes, y0, x0, side):
+                continue
+            out[i] = self._resize(img[y0 : y0 + side, x0 : x0 + side])
+            i += 1
+        return _as_input(_quantize(out))
+
+    def windows(self, sides=(64, 96, 128, 160)) -> torch.Tensor:
+        """Every sliding window (stride side/4) of the given sides that touches no face box."""
+        out = []
+        for img, boxes in self.photos:
+            h, w = img.shape
+            for side in sides:
+                step = side // 4
+                for y0 in range(0, h - side + 1, step):
+                    for x0 in range(0, w - side + 1, step):
+                        if not self._touches(boxes, y0, x0, side):
+                            out.append(self._resize(img[y0 : y0 + side, x0 : x0 + side]))
+        return _as_input(_quantize(np.stack(out).astype(np.float32)))
+
+
+def _as_input(a: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W] -> float32 [N, 1, H, W] in [0, 1]."""
+    return torch.from_numpy(a.astype(np.float32) / 255.0)[:, None]
 
 
 def _to_size(imgs: np.ndarray, size: int) -> np.ndarray:
@@ -308,7 +348,11 @@ def _to_size(imgs: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.rint(t[:, 0].numpy() * 255.0), 0, 255).astype(np.uint8)
 
 
-def _faces_data(seed: int, n_test_per_class: int = 50, n_photo_crops: int = 2000) -> _Split:
+def _quantize(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def _faces_data(seed: int, n_test_per_class: int = 50, n_photo_crops: int = 3000) -> _Split:
     import skimage.data as skdata
 
     size = DEMO_INFO["faces"].input_size[-1]
@@ -327,22 +371,20 @@ def _faces_data(seed: int, n_test_per_class: int = 50, n_photo_crops: int = 2000
     y0, y1, x0, x1 = _ASTRONAUT_FACE
     astro_face = _to_size(astro[None, y0:y1, x0:x1], size)
 
-    crops = _photo_crops(n_photo_crops, size, rng)
-    crops8 = np.clip(np.rint(crops * 255.0), 0, 255).astype(np.uint8)
-
-    def f(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(a.astype(np.float32) / 255.0)[:, None]
-
-    x_train = torch.cat([f(x8[train_idx]), f(astro_face)])
+    cropper = _PhotoCropper([k for k in _NONFACE_PHOTOS if k not in _HELDOUT_PHOTOS], size)
+    x_train = torch.cat([_as_input(x8[train_idx]), _as_input(astro_face)])
     y_train = torch.cat([torch.from_numpy(y[train_idx]), torch.zeros(1, dtype=torch.int64)])
     return _Split(
         x_train=x_train,
         y_train=y_train,
-        x_test=f(x8[test_idx]),
+        x_test=_as_input(x8[test_idx]),
         y_test=torch.from_numpy(y[test_idx]),
         test_ids=test_idx,
         export=np.arange(len(test_idx)),
-        extra_train=f(crops8),
+        extra_train=cropper.random(n_photo_crops, rng),
+        extra_test=_PhotoCropper(_HELDOUT_PHOTOS, size).windows(),
+        cropper=cropper,
+        rng=rng,
     )
 
 
@@ -472,9 +514,12 @@ def train_demo(
             opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
         )
 
-        n_train = len(split.x_train) + (0 if split.extra_train is None else len(split.extra_train))
+        mine_at = {n_epochs // 3, (2 * n_epochs) // 3} - {0} if name == "faces" else set()
+        n_mined = 0
         bar = tqdm(range(n_epochs), desc=f"train {name}", unit="epoch", disable=not progress)
-        for _epoch in bar:
+        for epoch in bar:
+            if epoch in mine_at:
+                n_mined += _mine_hard_negatives(model, split, info)
             model.train()
             if name == "digits":
                 order = torch.randperm(len(split.x_train), generator=g)
@@ -492,18 +537,29 @@ def train_demo(
                 opt.step()
                 sched.step()
                 losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}", **({"hard": n_mined} if mine_at else {}))
         bar.close()
         t_train = time.perf_counter()
+        n_train = len(split.x_train) + sum(
+            0 if t is None else len(t) for t in (split.extra_train, split.hard)
+        )
 
         pred = _predict(model, split.x_test, info)
         correct = (pred == split.y_test).float()
         per_class = {
-            cls: float(correct[split.y_test == c].mean())
+            cls: round(float(correct[split.y_test == c].mean()), 4)
             for c, cls in enumerate(info.class_names)
         }
-        exported = split.export
-        export_acc = float(correct[torch.from_numpy(exported)].mean())
+        export_acc = float(correct[torch.from_numpy(split.export)].mean())
+        extra = {}
+        if split.extra_test is not None:
+            held = _predict(model, split.extra_test, info)
+            extra = {
+                "heldout_photos": list(_HELDOUT_PHOTOS),
+                "heldout_windows": int(len(held)),
+                "heldout_window_nonface_accuracy": round(float((held == 1).float().mean()), 4),
+                "hard_negatives_mined": int(n_mined),
+            }
 
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -511,14 +567,15 @@ def train_demo(
         n_png = _write_test_images(name, split, info, out / name / "test")
         result = {
             "name": name,
-            "test_accuracy": float(correct.mean()),
+            "test_accuracy": round(float(correct.mean()), 4),
             "train_seconds": round(t_train - t_data, 2),
             "data_seconds": round(t_data - t_start, 2),
             "n_train": int(n_train),
             "n_test": int(len(split.y_test)),
             "per_class_accuracy": per_class,
             "exported_images": int(n_png),
-            "exported_accuracy": export_acc,
+            "exported_accuracy": round(export_acc, 4),
+            **extra,
             "epochs": n_epochs,
             "seed": seed,
             "input_size": list(info.input_size),
@@ -531,17 +588,41 @@ def train_demo(
         torch.set_num_threads(threads)
 
 
+_MINE_CANDIDATES = 3000
+_MINE_KEEP = 300
+
+
+@torch.no_grad()
+def _mine_hard_negatives(model: nn.Module, split: _Split, info: DemoInfo) -> int:
+    """Bootstrapping as in classic face detectors: score fresh random crops of the training
+    photos and keep the ones the model finds most face-like as extra non-faces. Returns the
+    size of the hard-negative pool."""
+    assert split.cropper is not None and split.rng is not None
+    cand = split.cropper.random(_MINE_CANDIDATES, split.rng, lo=24, hi=200)
+    model.eval()
+    p_face = torch.cat(
+        [torch.softmax(model(_normalize(cand[i : i + 500], info)), 1)[:, 0] for i in range(0, len(cand), 500)]
+    )
+    keep = cand[torch.argsort(p_face, descending=True)[:_MINE_KEEP]]
+    split.hard = keep if split.hard is None else torch.cat([split.hard, keep])
+    return len(split.hard)
+
+
 def _faces_batch(split: _Split, batch: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A class-balanced batch: half faces, a quarter lfw non-faces, a quarter photo crops."""
+    """A class-balanced batch: half faces, a quarter lfw non-faces, a quarter photo crops (half
+    of them mined hard negatives once there are some)."""
+    assert split.extra_train is not None
     faces = torch.nonzero(split.y_train == 0).flatten()
     nonfaces = torch.nonzero(split.y_train == 1).flatten()
     n_face = batch // 2
     n_lfw = batch // 4
     n_crop = batch - n_face - n_lfw
+    n_hard = 0 if split.hard is None else n_crop // 2
     fi = faces[torch.randint(len(faces), (n_face,), generator=g)]
     ni = nonfaces[torch.randint(len(nonfaces), (n_lfw,), generator=g)]
-    assert split.extra_train is not None
-    ci = torch.randint(len(split.extra_train), (n_crop,), generator=g)
-    x = torch.cat([split.x_train[fi], split.x_train[ni], split.extra_train[ci]])
-    y = torch.cat([torch.zeros(n_face, dtype=torch.int64), torch.ones(n_lfw + n_crop, dtype=torch.int64)])
-    return x, y
+    ci = torch.randint(len(split.extra_train), (n_crop - n_hard,), generator=g)
+    parts = [split.x_train[fi], split.x_train[ni], split.extra_train[ci]]
+    if n_hard:
+        parts.append(split.hard[torch.randint(len(split.hard), (n_hard,), generator=g)])
+    y = torch.cat([torch.zeros(n_face, dtype=torch.int64), torch.ones(batch - n_face, dtype=torch.int64)])
+    return torch.cat(parts), y

@@ -74,7 +74,11 @@ def _apply_weights(module: nn.Module, weights: str | None, trust_pickle: bool) -
         return obj
     if not isinstance(obj, dict):
         raise ModelLoadError(f"{weights} holds a {type(obj).__name__}, not a state_dict")
-    missing, unexpected = module.load_state_dict(obj, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(obj, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise ModelLoadError(f"weights in {weights} do not fit {type(module).__name__}: "
+                             f"{' '.join(str(exc).split()[6:])[:400]}") from None
     if missing or unexpected:
         raise ModelLoadError(
             f"weights in {weights} do not fit {type(module).__name__}: "

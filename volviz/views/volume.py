@@ -144,7 +144,7 @@ class VolumeStyle:
     show_outline: bool = True
     show_separators: bool = True
     separator_color: str = "white"
-    separator_opacity: float = 0.55
+    separator_opacity: float = 0.18
     show_scalar_bar: bool = True
     scalar_bar_title: str = "value"
     background: str = "#15171c"
@@ -254,11 +254,12 @@ class LayerVolumeScene:
         )
         self._sep_mesh = self._build_separators()
         self.separators_actor = plotter.add_mesh(
-            self._sep_mesh, name="volviz-separators", lighting=False, reset_camera=False,
+            self._sep_mesh, scalars="rgba", rgba=True, name="volviz-separators",
+            lighting=False, line_width=2, reset_camera=False, show_scalar_bar=False,
         )
         self.scalar_bar = plotter.add_scalar_bar(
             title=self.style.scalar_bar_title, mapper=self.slices_actor.mapper, vertical=True,
-            position_x=0.86, position_y=0.12, width=0.07, height=0.62, n_labels=5,
+            position_x=0.89, position_y=0.15, width=0.06, height=0.6, n_labels=5,
             color=self.style.text_color, title_font_size=14, label_font_size=12, fmt="%.3g",
         )
         self.title_actor = plotter.add_text(
@@ -319,7 +320,7 @@ class LayerVolumeScene:
         """Text in the upper right corner, e.g. the time step of a series."""
         self.label_actor.set_text("upper_right", text)
 
-    def reset_camera(self, azimuth: float = 35.0, elevation: float = 28.0, zoom: float = 1.15):
+    def reset_camera(self, azimuth: float = 35.0, elevation: float = 28.0, zoom: float = 1.0):
         """Oblique default view: from the front (-y), ``azimuth`` degrees to the right and
         ``elevation`` degrees above, z (the channel stack) up, whole volume in view."""
         cam = self.plotter.camera
@@ -503,9 +504,6 @@ class LayerVolumeScene:
         self.slices_actor.SetVisibility(new.show_slices and self._slices_mesh.n_points > 0)
         self.outline_actor.SetVisibility(new.show_outline)
         self.separators_actor.SetVisibility(self._separators_visible())
-        sep = self.separators_actor.prop
-        sep.color = new.separator_color
-        sep.opacity = new.separator_opacity
         self.scalar_bar.SetVisibility(new.show_scalar_bar)
         self.scalar_bar.SetTitle(new.scalar_bar_title)
         for actor in (self.title_actor, self.label_actor):
@@ -530,7 +528,7 @@ class LayerVolumeScene:
             voi = [0, dims[0] - 1, 0, dims[1] - 1, 0, dims[2] - 1]
             voi[2 * axis] = voi[2 * axis + 1] = idx
             sub = self.grid.extract_subset(voi, rebase_coordinates=False)
-            pieces.append(sub.extract_surface(pass_pointid=False, pass_cellid=False))
+            pieces.append(sub.extract_surface(pass_pointid=False, pass_cellid=False, algorithm='dataset_surface'))
         if pieces:
             out = pieces[0].append_polydata(*pieces[1:]) if len(pieces) > 1 else pieces[0]
         if out.n_points == 0:  # keep a valid (empty) scalar array for the mapper
@@ -539,16 +537,31 @@ class LayerVolumeScene:
         return out
 
     def _build_separators(self) -> pv.PolyData:
-        """All separators as one mesh: a thin plane between stack positions b-1 and b, a little
-        larger than the maps so it also shows as a bright line on the sides of the stack."""
+        """All separators as one mesh: between stack positions ``b-1`` and ``b`` a faint plane
+        (``separator_opacity``) with an opaque frame, a little larger than the maps so it also
+        shows as a bright line on the sides of the stack. Colours are per-cell RGBA."""
+        if self.boundaries.size == 0:
+            empty = pv.PolyData(np.zeros((1, 3)), verts=np.array([1, 0]))
+            empty.cell_data["rgba"] = np.zeros((1, 4), np.uint8)
+            return empty
         x0, x1, y0, y1, _, _ = self.grid.bounds
         m = 0.04 * max(x1 - x0, y1 - y0, 1.0)
         dz = self.grid.spacing[2]
-        if self.boundaries.size == 0:
-            return pv.PolyData(np.zeros((1, 3)))
-        pts, faces = [], []
+        pts, faces, lines = [], [], []
         for k, b in enumerate(self.boundaries):
             z = (float(b) - 0.5) * dz
-            pts += [(x0 - m, y0 - m, z), (x1 + m, y0 - m, z), (x1 + m, y1 + m, z), (x0 - m, y1 + m, z)]
-            faces += [4, 4 * k, 4 * k + 1, 4 * k + 2, 4 * k + 3]
-        return pv.PolyData(np.array(pts, float), faces=np.array(faces))
+            pts += [(x0 - m, y0 - m, z), (x1 + m, y0 - m, z), (x1 + m, y1 + m, z),
+                    (x0 - m, y1 + m, z)]
+            i = 4 * k
+            faces += [4, i, i + 1, i + 2, i + 3]
+            lines += [5, i, i + 1, i + 2, i + 3, i]
+        mesh = pv.PolyData(np.array(pts, float), faces=np.array(faces), lines=np.array(lines))
+        rgb = np.round(np.array(pv.Color(self.style.separator_color).float_rgb) * 255)
+        fill_a = round(255 * min(max(self.style.separator_opacity, 0.0), 1.0))
+        n = self.boundaries.size  # VTK cell order: lines first, then polygons
+        rgba = np.empty((2 * n, 4), np.uint8)
+        rgba[:, :3] = rgb
+        rgba[:n, 3] = 255
+        rgba[n:, 3] = fill_a
+        mesh.cell_data["rgba"] = rgba
+        return mesh
