@@ -39,6 +39,7 @@ def resolve_targets(target: str | int, logits: torch.Tensor, labels: torch.Tenso
     if target == "true":
         if labels is None:
             return pred
+        labels = labels.to(pred.device)
         return torch.where(labels >= 0, labels, pred)
     if isinstance(target, str) and not target.lstrip("-").isdigit():
         if not class_names or target not in class_names:
@@ -74,13 +75,13 @@ def capture_batch(model: nn.Module, x: torch.Tensor, layers: list[str], *, targe
         logits = model_logits(model(x))
         probs = torch.softmax(logits.detach().float(), 1)
         targets = resolve_targets(target, logits.detach(), labels, class_names)
-        res = BatchResult(probs.numpy(), probs.argmax(1).numpy(), targets.numpy(), {})
+        res = BatchResult(probs.cpu().numpy(), probs.argmax(1).cpu().numpy(), targets.cpu().numpy(), {})
         for name in layers:
             rec = tap.records.get(name)
             if rec is None:
                 raise RuntimeError(f"layer {name} did not run in the forward pass")
             a = rec.output.detach()
-            res.act[name] = a.float().numpy().copy()
+            res.act[name] = a.float().cpu().numpy().copy()
             bad = int((~torch.isfinite(a)).sum())
             if bad:
                 res.nonfinite[name] = bad
@@ -91,17 +92,17 @@ def capture_batch(model: nn.Module, x: torch.Tensor, layers: list[str], *, targe
         grads = torch.autograd.grad(score, outs, allow_unused=True)
         for name, out, g in zip(layers, outs, grads):
             g = torch.zeros_like(out) if g is None else g
-            res.grad_act[name] = g.float().numpy().copy()
+            res.grad_act[name] = g.float().cpu().numpy().copy()
             if name in fast:
                 module, inp = modules[name], tap.records[name].input.detach()
                 factors = linear_factors(inp, g) if isinstance(module, nn.Linear) else None
                 if factors is not None:
-                    res.grad_weight_factors[name] = tuple(f.float().numpy().copy() for f in factors)
+                    res.grad_weight_factors[name] = tuple(f.float().cpu().numpy().copy() for f in factors)
                 else:
-                    res.grad_weight[name] = hook_per_sample_grad(module, inp, g).float().numpy()
+                    res.grad_weight[name] = hook_per_sample_grad(module, inp, g).float().cpu().numpy()
     if slow:
         x_ = x.detach()
         pg = func_per_sample_grads(model, x_, targets, [f"{n}.weight" for n in slow])
         for n in slow:
-            res.grad_weight[n] = pg[f"{n}.weight"].float().numpy()
+            res.grad_weight[n] = pg[f"{n}.weight"].float().cpu().numpy()
     return res

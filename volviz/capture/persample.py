@@ -59,16 +59,16 @@ def _conv2d_per_sample(module: nn.Conv2d, inp: torch.Tensor, grad_out: torch.Ten
     L = grad_out.shape[-2] * grad_out.shape[-1]
     per_image = c_in * kh * kw * L
     step = max(1, min(N, UNFOLD_BUDGET // max(per_image, 1)))
-    out = []
+    ci = (c_in // g) * kh * kw
+    out = torch.empty(N, g, c_out // g, ci, dtype=grad_out.dtype, device=grad_out.device)
     for s in range(0, N, step):
         cols = F.unfold(inp[s:s + step], (kh, kw), dilation=module.dilation, padding=padding,
                         stride=module.stride)
         n = cols.shape[0]
-        cols = cols.view(n, g, (c_in // g) * kh * kw, L)
-        go = grad_out[s:s + step].reshape(n, g, c_out // g, L)
-        gw = torch.einsum("ngol,ngil->ngoi", go, cols)
-        out.append(gw.reshape(n, c_out, c_in // g, kh, kw))
-    return torch.cat(out)
+        cols = cols.view(n * g, ci, L).transpose(1, 2)           # (n*g, L, ci)
+        go = grad_out[s:s + step].reshape(n * g, c_out // g, L)  # (n*g, co, L)
+        torch.bmm(go, cols, out=out[s:s + n].view(n * g, c_out // g, ci))
+    return out.view(N, c_out, c_in // g, kh, kw)
 
 
 def hook_per_sample_grad(module: nn.Module, inp: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:

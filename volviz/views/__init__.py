@@ -2,7 +2,14 @@
 
 from .colors import DEFAULT_CMAP, DIVERGING_CMAP, OPACITY_PRESETS, auto_clim, opacity_curve
 from .grid import near_square_grid, neuron_grid, save_png, tile_mosaic, to_rgb, vis_square
-from .volume import LayerVolumeScene, VolumeStyle, activation_volume, check_order, weight_volume
+from .volume import (
+    LayerVolumeScene,
+    VolumeStyle,
+    activation_volume,
+    check_order,
+    rendering_available,
+    weight_volume,
+)
 
 __all__ = [
     "DEFAULT_CMAP",
@@ -16,6 +23,7 @@ __all__ = [
     "near_square_grid",
     "neuron_grid",
     "opacity_curve",
+    "rendering_available",
     "save_png",
     "tile_mosaic",
     "to_rgb",

@@ -12,7 +12,11 @@ Pure numpy in, pyvista scene / images out; no torch, no trame.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +31,7 @@ from .grid import near_square_grid, tile_mosaic
 
 __all__ = [
     "LayerVolumeScene",
+    "rendering_available",
     "VolumeStyle",
     "activation_volume",
     "check_order",
@@ -103,6 +108,39 @@ def weight_volume(w: np.ndarray, gap_value: float = 0.0) -> np.ndarray:
     raise ValueError(
         f"weight_volume expects (C_out, C_in, kH, kW), (C_out, C_in, k) or (N_out, N_in), "
         f"got shape {a.shape}"
+    )
+
+
+# ----------------------------------------------------------------------------- probing
+_PROBE = """
+import os
+os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+import numpy as np, pyvista as pv
+p = pv.Plotter(off_screen=True, window_size=(64, 48))
+p.add_mesh(pv.Sphere())
+img = p.screenshot(return_img=True)
+p.close()
+print("ok", img.shape, float(np.asarray(img).std()))
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def rendering_available(timeout: float = 120.0) -> tuple[bool, str]:
+    """Probe off-screen rendering in a subprocess (without EGL or OSMesa, VTK segfaults
+    instead of raising). Returns ``(ok, message)``; cached per process."""
+    env = dict(os.environ)
+    env.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+    try:
+        r = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
+                           timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return False, f"off-screen rendering probe timed out after {timeout} s"
+    if r.returncode == 0 and r.stdout.startswith("ok"):
+        return True, r.stdout.strip()
+    tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
+    return False, (
+        f"off-screen rendering failed (exit {r.returncode}): {' | '.join(tail)}. "
+        "Needs EGL (Mesa) or OSMesa; set VTK_DEFAULT_OPENGL_WINDOW=vtkEGLRenderWindow"
     )
 
 
@@ -423,10 +461,7 @@ class LayerVolumeScene:
     def _update_warning(self) -> None:
         text = ""
         if self.has_nonfinite:
-            text = (
-                f"warning: {self.n_nonfinite} NaN/Inf values "
-                "(NaN drawn transparent, Inf clamped to the colour limits)"
-            )
+            text = f"warning: {self.n_nonfinite} NaN/Inf values (NaN hidden, Inf clamped)"
         self.warning_actor.set_text("lower_left", text)
 
     def _make_mapper(self, name: str):
@@ -528,7 +563,11 @@ class LayerVolumeScene:
             voi = [0, dims[0] - 1, 0, dims[1] - 1, 0, dims[2] - 1]
             voi[2 * axis] = voi[2 * axis + 1] = idx
             sub = self.grid.extract_subset(voi, rebase_coordinates=False)
-            pieces.append(sub.extract_surface(pass_pointid=False, pass_cellid=False, algorithm='dataset_surface'))
+            pieces.append(
+                sub.extract_surface(
+                    pass_pointid=False, pass_cellid=False, algorithm="dataset_surface"
+                )
+            )
         if pieces:
             out = pieces[0].append_polydata(*pieces[1:]) if len(pieces) > 1 else pieces[0]
         if out.n_points == 0:  # keep a valid (empty) scalar array for the mapper
