@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from volviz.capture.engine import capture_batch
+from volviz.capture.engine import capture_batch, model_logits
 from volviz.capture.layers import layer_kind, select_layers
 from volviz.capture.tap import LayerTap
 from volviz.sources.images import ImageRecord, discover_images, read_image
@@ -78,6 +78,37 @@ def build_preprocess(loaded: LoadedModel, s: CaptureSettings) -> Preprocess:
     return Preprocess(tuple(size), c, s.mean or loaded.mean, s.std or loaded.std, s.resize)
 
 
+def count_calls(model: torch.nn.Module, layers: list[str], x: torch.Tensor) -> dict[str, int]:
+    """How often each layer runs in one forward pass (a shared module, e.g. torchvision's
+    BasicBlock.relu, runs more than once and has no single activation)."""
+    modules = dict(model.named_modules())
+    calls = {n: 0 for n in layers}
+    handles = [modules[n].register_forward_hook(lambda *_, n=n: calls.__setitem__(n, calls[n] + 1))
+               for n in layers]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def drop_shared(model, layers: list[str], x: torch.Tensor, exact: list[str]) -> list[str]:
+    """Remove shared modules picked by a glob or type (with a warning); named exactly, they are an error."""
+    calls = count_calls(model, layers, x)
+    shared = [n for n in layers if calls[n] > 1]
+    for n in shared:
+        if n in exact:
+            raise CaptureError(f"layer {n} runs {calls[n]} times per forward pass (a shared module), so "
+                               "its activation is ambiguous; select the layers around it")
+        log.warning("leaving out %s: it runs %d times per forward pass (shared module)", n, calls[n])
+    kept = [n for n in layers if n not in shared]
+    if not kept:
+        raise CaptureError("every selected layer is a shared module; select other layers")
+    return kept
+
+
 def probe_layers(model: torch.nn.Module, layers: list[str], x: torch.Tensor) -> list[dict]:
     """Run one image to learn each layer's activation shape and whether its weight gradient can
     be stored as outer-product factors."""
@@ -132,6 +163,7 @@ def plan_capture(s: CaptureSettings, progress: bool = True) -> tuple[dict, Loade
     from volviz.sources import demo
 
     loaded = load_model(s.model, s.weights, trust_pickle=s.trust_pickle)
+    layers = select_layers(loaded.module, s.layers, s.layer_types)  # cheap: fail before reading images
     paths = s.images or ([str(demo.demo_images_dir(s.model))] if s.model in demo.DEMO_NAMES else [])
     if not paths:
         raise CaptureError("no images given: pass --images FOLDER|FILE|VIDEO ...")
@@ -142,10 +174,23 @@ def plan_capture(s: CaptureSettings, progress: bool = True) -> tuple[dict, Loade
         records = records[: s.max_images]
     if not records:
         raise CaptureError(f"none of the {len(imageset.records)} files could be read as images")
-    layers = select_layers(loaded.module, s.layers, s.layer_types)
     first = prep(read_image(records[0]))[None]
+    layers = drop_shared(loaded.module, layers, first, exact=list(s.layers or []))
+    if loaded.extra.get("random_weights"):
+        log.warning("%s has RANDOM weights (no --weights given): fine for testing, meaningless otherwise", s.model)
     layer_dicts = probe_layers(loaded.module, layers, first)
-    class_names = loaded.class_names or imageset.class_names
+    with torch.no_grad():
+        n_outputs = model_logits(loaded.module(first)).shape[1]
+    folder_names = imageset.class_names
+    class_names = loaded.class_names or (folder_names if folder_names and len(folder_names) == n_outputs else None)
+    if folder_names and not loaded.class_names and class_names is None:
+        log.warning("the %d class folders do not match the model's %d outputs: folder i is taken as output i "
+                    "(torchvision's ImageFolder convention)", len(folder_names), n_outputs)
+    too_big = [r for r in records if r.label >= n_outputs]
+    if too_big:
+        log.warning("%d images have labels beyond the model's %d outputs; they count as unlabelled",
+                    len(too_big), n_outputs)
+        records = [r if r.label < n_outputs else ImageRecord(r.id, r.path, -1, r.frame) for r in records]
     per_image = bytes_per_image(layer_dicts, s)
     budget = s.memory_budget or available_memory() // 2
     if per_image > budget:
@@ -166,6 +211,8 @@ def plan_capture(s: CaptureSettings, progress: bool = True) -> tuple[dict, Loade
         "images": [r.to_dict() for r in records],
         "skipped": skipped,
         "class_names": class_names,
+        "label_names": folder_names,
+        "n_outputs": n_outputs,
         "batch_size": batch,
         "dtype": s.dtype,
         "gradients": s.gradients,
@@ -242,12 +289,7 @@ def execute(store: Store, loaded: LoadedModel, prep: Preprocess, progress: bool 
 def run_capture(out: str | os.PathLike, s: CaptureSettings, *, overwrite: bool = False,
                 progress: bool = True) -> Store:
     plan, loaded, prep = plan_capture(s, progress)
-    n_classes = len(plan["class_names"]) if plan["class_names"] else None
-    if n_classes is None:
-        with torch.no_grad():
-            from volviz.capture.engine import model_logits
-            n_classes = model_logits(loaded.module(prep(read_image(ImageRecord(**plan["images"][0])))[None])).shape[1]
-    store = Store.create(out, plan, n_classes=n_classes, input_shape=(prep.channels, *prep.size),
+    store = Store.create(out, plan, n_classes=plan["n_outputs"], input_shape=(prep.channels, *prep.size),
                          overwrite=overwrite)
     return execute(store, loaded, prep, progress)
 

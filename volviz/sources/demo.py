@@ -514,12 +514,12 @@ def train_demo(
             opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
         )
 
-        mine_at = {n_epochs // 3, (2 * n_epochs) // 3} - {0} if name == "faces" else set()
+        mine_at = {n_epochs * k // 4 for k in (1, 2, 3)} - {0} if name == "faces" else set()
         n_mined = 0
         bar = tqdm(range(n_epochs), desc=f"train {name}", unit="epoch", disable=not progress)
         for epoch in bar:
             if epoch in mine_at:
-                n_mined += _mine_hard_negatives(model, split, info)
+                n_mined = _mine_hard_negatives(model, split, info)
             model.train()
             if name == "digits":
                 order = torch.randperm(len(split.x_train), generator=g)

@@ -39,6 +39,9 @@ __all__ = [
 ]
 
 _SCALARS = "values"
+#: auto z_spacing is max(H, W) / C (a cube) but at most this: a few channels make a flat stack
+#: of thick slabs (3 x 64 x 64 -> 8 apart) instead of a cube of long extruded columns
+_MAX_AUTO_Z_SPACING = 8.0
 
 
 # --------------------------------------------------------------------------- arrays -> volumes
@@ -159,7 +162,7 @@ class VolumeStyle:
         construction (symmetric around 0 for signed data or the diverging preset), then kept
         fixed by ``update()`` so time steps stay comparable.
     z_spacing : distance between stacked maps (x/y pixel = 1). ``None``: ``max(H, W) / C``, an
-        about cubic volume.
+        about cubic volume (at most 8, so 1-10 channels make a flat stack, not tall columns).
     density : opacity per unit length multiplier (>1 more opaque, <1 clearer).
     interpolation : ``"nearest"`` (each channel a slab, honest) or ``"linear"`` (smooth).
     show_slices, slice_positions : opaque orthogonal slices at fractions of x, y, z in [0, 1];
@@ -258,6 +261,7 @@ class LayerVolumeScene:
         self.n_nonfinite = 0
         self.clim = self._resolve_clim(self.style)
 
+        uid = f"volviz-{id(self):x}"  # actor names unique per scene (a shared plotter)
         self._owns_plotter = plotter is None
         if plotter is None:
             plotter = pv.Plotter(off_screen=True, window_size=list(window_size))
@@ -278,39 +282,41 @@ class LayerVolumeScene:
         self.volume_actor = pv.Volume()
         self.volume_actor.prop = pv.VolumeProperty()
         self.volume_actor.mapper = self._make_mapper(self.style.mapper)
-        plotter.add_actor(self.volume_actor, reset_camera=False, name="volviz-volume")
+        plotter.add_actor(self.volume_actor, reset_camera=False, name=f"{uid}-volume")
 
         self._slices_mesh = self._build_slices()
         self.slices_actor = plotter.add_mesh(
             self._slices_mesh, scalars=_SCALARS, cmap=self._lut, show_scalar_bar=False,
-            name="volviz-slices", lighting=False, reset_camera=False,
+            name=f"{uid}-slices", lighting=False, reset_camera=False,
         )
         self._outline_mesh = self.grid.outline()
         self.outline_actor = plotter.add_mesh(
-            self._outline_mesh, color="#9aa0a6", line_width=1, name="volviz-outline",
+            self._outline_mesh, color="#9aa0a6", line_width=1, name=f"{uid}-outline",
             reset_camera=False,
         )
         self._sep_mesh = self._build_separators()
         self.separators_actor = plotter.add_mesh(
-            self._sep_mesh, scalars="rgba", rgba=True, name="volviz-separators",
+            self._sep_mesh, scalars="rgba", rgba=True, name=f"{uid}-separators",
             lighting=False, line_width=2, reset_camera=False, show_scalar_bar=False,
         )
-        self.scalar_bar = plotter.add_scalar_bar(
-            title=self.style.scalar_bar_title, mapper=self.slices_actor.mapper, vertical=True,
-            position_x=0.89, position_y=0.15, width=0.06, height=0.6, n_labels=5,
+        self._bar_key = f"{uid}-bar"  # pyvista keys scalar bars by title: a unique one, then
+        self.scalar_bar = plotter.add_scalar_bar(  # the shown title is set by _apply_style
+            title=self._bar_key, mapper=self.slices_actor.mapper, vertical=True,
+            position_x=0.86, position_y=0.15, width=0.05, height=0.6, n_labels=5,
             color=self.style.text_color, title_font_size=14, label_font_size=12, fmt="%.3g",
         )
         self.title_actor = plotter.add_text(
             title, position="upper_left", font_size=11, color=self.style.text_color,
-            name="volviz-title",
+            name=f"{uid}-title",
         )
         self.label_actor = plotter.add_text(
             "", position="upper_right", font_size=11, color=self.style.text_color,
-            name="volviz-label",
+            name=f"{uid}-label",
         )
         self.warning_actor = plotter.add_text(
-            "", position="lower_left", font_size=10, color="#ff9f43", name="volviz-warning",
+            "", position="lower_left", font_size=10, color="#ff9f43", name=f"{uid}-warning",
         )
+        self.title_text, self.label_text, self.warning_text = str(title), "", ""
         self._apply_style(self.style, first=True)
         self._update_warning()
         self.reset_camera()
@@ -352,11 +358,14 @@ class LayerVolumeScene:
         return self.style
 
     def set_title(self, text: str) -> None:
-        self.title_actor.set_text("upper_left", text)
+        """Text in the upper left corner."""
+        self.title_text = str(text)
+        self.title_actor.set_text("upper_left", self.title_text)
 
     def set_label(self, text: str) -> None:
         """Text in the upper right corner, e.g. the time step of a series."""
-        self.label_actor.set_text("upper_right", text)
+        self.label_text = str(text)
+        self.label_actor.set_text("upper_right", self.label_text)
 
     def reset_camera(self, azimuth: float = 35.0, elevation: float = 28.0, zoom: float = 1.0):
         """Oblique default view: from the front (-y), ``azimuth`` degrees to the right and
@@ -390,8 +399,15 @@ class LayerVolumeScene:
         return img
 
     def close(self) -> None:
+        """Close the plotter if the scene made it, else take the scene's actors out of it."""
         if self._owns_plotter:
             self.plotter.close()
+            return
+        for actor in (self.volume_actor, self.slices_actor, self.outline_actor,
+                      self.separators_actor, self.title_actor, self.label_actor,
+                      self.warning_actor):
+            self.plotter.remove_actor(actor, render=False)
+        self.plotter.remove_scalar_bar(self._bar_key, render=False)
 
     def __enter__(self):
         return self
@@ -421,7 +437,7 @@ class LayerVolumeScene:
                 raise ValueError(f"z_spacing must be > 0, got {self.style.z_spacing}")
             return float(self.style.z_spacing)
         c, h, w = self.shape
-        return max(h, w) / max(c, 1)
+        return min(max(h, w) / max(c, 1), _MAX_AUTO_Z_SPACING)
 
     def _apply_spacing(self) -> None:
         self.grid.spacing = (1.0, 1.0, self._z_spacing())
@@ -455,13 +471,20 @@ class LayerVolumeScene:
 
     def _refresh_data(self) -> None:
         self._write_scalars()
-        self._slices_mesh.copy_from(self._build_slices())
+        self._refresh_slices()
         self._update_warning()
+
+    def _refresh_slices(self) -> None:
+        """Rebuild the slice geometry in place (same mesh object), only while it is shown."""
+        if self.style.show_slices:
+            self._slices_mesh.copy_from(self._build_slices())
+        self.slices_actor.SetVisibility(self.style.show_slices and self._slices_mesh.n_points > 1)
 
     def _update_warning(self) -> None:
         text = ""
         if self.has_nonfinite:
             text = f"warning: {self.n_nonfinite} NaN/Inf values (NaN hidden, Inf clamped)"
+        self.warning_text = text
         self.warning_actor.set_text("lower_left", text)
 
     def _make_mapper(self, name: str):
@@ -476,7 +499,11 @@ class LayerVolumeScene:
 
     def _set_sample_distance(self) -> None:
         mapper = self.volume_actor.mapper
-        step = 0.5 * min(self.grid.spacing)
+        # half a voxel (thinnest axis), but at most ~320 samples across the longest side: deep
+        # stacks of tiny maps (512 x 7 x 7) would otherwise cost thousands of samples per ray
+        b = self.grid.bounds
+        longest = max(b[1] - b[0], b[3] - b[2], b[5] - b[4], 1.0)
+        step = max(0.5 * min(self.grid.spacing), longest / 320.0)
         if hasattr(mapper, "SetAutoAdjustSampleDistances"):
             mapper.SetAutoAdjustSampleDistances(False)
         if hasattr(mapper, "SetSampleDistance"):
@@ -532,11 +559,10 @@ class LayerVolumeScene:
         self._apply_transfer_functions()
         self._write_scalars()  # NaN fill value depends on clim and the opacity preset
         if not first:
-            self._slices_mesh.copy_from(self._build_slices())
             self._sep_mesh.copy_from(self._build_separators())
+        self._refresh_slices()
         p = self.plotter
         p.set_background(new.background)
-        self.slices_actor.SetVisibility(new.show_slices and self._slices_mesh.n_points > 0)
         self.outline_actor.SetVisibility(new.show_outline)
         self.separators_actor.SetVisibility(self._separators_visible())
         self.scalar_bar.SetVisibility(new.show_scalar_bar)

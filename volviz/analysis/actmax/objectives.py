@@ -1,0 +1,117 @@
+"""What is maximized: one unit per batch element, and the penalties subtracted from it.
+
+Unit kinds (GUIDE section 3; seed 002 sections 3.2-3.3):
+
+========== =========================================================================
+``channel`` a conv channel's mean activation over all positions (seed 002 section 3.2)
+``centre``  a conv channel's activation at the centre position (one neuron, one receptive field)
+``neuron``  one output of a linear layer
+``class``   a class score before the softmax (seed 002 section 3.3), i.e. ``neuron`` on the
+            layer that produces the model's logits
+========== =========================================================================
+
+:class:`LayerOutput` runs the model only up to the target layer: a forward hook keeps the layer's
+output and raises :class:`_Stop`, so nothing after the layer is computed (the cost of a unit of
+``conv1`` is the cost of ``conv1``). The hook is removed in ``finally`` after every call.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["OBJECTIVE_KINDS", "ObjectiveError", "LayerOutput", "unit_values", "unit_count",
+           "l1_penalty", "tv_penalty"]
+
+OBJECTIVE_KINDS = ("channel", "centre", "neuron", "class")
+
+
+class ObjectiveError(ValueError):
+    """The objective does not fit the layer (wrong kind, unit out of range, layer never runs)."""
+
+
+class _Stop(Exception):
+    """Raised by the stop hook once the target layer has produced its output."""
+
+
+class LayerOutput:
+    """``f(x)`` = the output of ``layer`` for model input ``x``, computing only what precedes it.
+
+    ``layer=None`` means the model's own output (flattened logits).
+    """
+
+    def __init__(self, model: nn.Module, layer: str | None):
+        self.model = model
+        self.layer = layer
+        if layer is not None:
+            modules = dict(model.named_modules())
+            if layer not in modules:
+                raise ObjectiveError(f"no layer named {layer!r} in the model")
+            self.module = modules[layer]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layer is None:
+            from volviz.capture.engine import model_logits
+            return model_logits(self.model(x))
+        box: dict[str, torch.Tensor] = {}
+
+        def hook(module, args, output):
+            box["out"] = output
+            raise _Stop
+
+        handle = self.module.register_forward_hook(hook)
+        try:
+            self.model(x)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        out = box.get("out")
+        if out is None:
+            raise ObjectiveError(f"layer {self.layer} does not run in the model's forward pass")
+        if not isinstance(out, torch.Tensor):
+            raise ObjectiveError(f"layer {self.layer} returns {type(out).__name__}, not a tensor")
+        return out
+
+
+def unit_count(kind: str, out_shape: tuple[int, ...]) -> int:
+    """Number of units of a layer whose per-image output has shape ``out_shape``."""
+    check_kind(kind, out_shape)
+    return int(out_shape[0])
+
+
+def check_kind(kind: str, out_shape: tuple[int, ...]) -> None:
+    if kind not in OBJECTIVE_KINDS:
+        raise ObjectiveError(f"unknown objective {kind!r}; valid: {', '.join(OBJECTIVE_KINDS)}")
+    if kind in ("channel", "centre") and len(out_shape) != 3:
+        raise ObjectiveError(f"objective {kind!r} needs a layer with spatial output (C, H, W); this "
+                             f"layer's output is {tuple(out_shape)}: use 'neuron'")
+    if kind in ("neuron", "class") and len(out_shape) != 1:
+        raise ObjectiveError(f"objective {kind!r} needs a layer with flat output (N,); this "
+                             f"layer's output is {tuple(out_shape)}: use 'channel' or 'centre'")
+
+
+def unit_values(act: torch.Tensor, kind: str, units: torch.Tensor | None = None) -> torch.Tensor:
+    """The objective of every unit, ``(B, U)`` (``units=None``), or of unit ``units[b]`` for
+    element b, ``(B,)``. Computed in float32."""
+    if units is not None:
+        idx = torch.arange(act.shape[0], device=act.device)
+        act = act[idx, units.to(act.device)]  # (B, ...) one unit per element
+    act = act.float()
+    if kind == "channel":
+        return act.flatten(2 if units is None else 1).mean(-1)
+    if kind == "centre":
+        h, w = act.shape[-2:]
+        return act[..., h // 2, w // 2]
+    return act  # neuron / class
+
+
+def l1_penalty(x: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` mean absolute deviation from the centre pixel (sparsity of what is drawn)."""
+    return (x - centre).abs().flatten(1).mean(1)
+
+
+def tv_penalty(x: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` anisotropic total variation: mean ``|dx|`` + mean ``|dy|`` (size independent)."""
+    dy = (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().flatten(1).mean(1)
+    dx = (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().flatten(1).mean(1)
+    return dx + dy

@@ -1,0 +1,558 @@
+"""Filter importance (seed 004 §3.2.3): the norm of the gradient of ONE output neuron w.r.t. a
+filter's weights, per image, and averaged over the images of a class (class-wise relevance).
+
+Definitions
+-----------
+For image ``n``, output neuron ``t_n`` (its score before softmax) and a layer with weight ``W``
+of shape ``(C_out, ...)``, filter ``j``'s importance is ``|| dS_{t_n}(x_n) / dW[j] ||_2`` (the
+Frobenius norm over the filter's input channels and kernel; for a Linear layer, over row ``j``).
+The class-wise relevance of class ``r`` is the MEAN of the per-image importances over the images
+of class ``r`` whose gradients were taken w.r.t. neuron ``r`` (mean of norms, not norm of the mean
+gradient: gradients of different images may cancel, their magnitudes do not).
+
+Two ways to compute it, both streaming in batches:
+
+* :func:`importance_from_store` reads the per-image weight gradients a capture stored, a batch at
+  a time. Linear layers are stored as outer-product factors ``u, v`` and their row norms are
+  ``|u_j| * ||v||``: the ``(out, in)`` matrix is never built.
+* :func:`importance_on_the_fly` runs the model: one forward and one backward pass per batch give
+  every layer's input and output gradient, and per-image weight gradients are formed (by
+  :mod:`volviz.capture.persample`) for at most ``max_bytes`` worth of images of one layer at a
+  time, reduced to filter norms, and dropped.
+
+Memory bound (on the fly): the batch's activations and activation gradients (as in one training
+step of ``batch_size`` images), plus ``max_bytes`` (default 256 MiB) for one chunk of per-image
+weight gradients, plus the unfold workspace of ``persample`` (at most 1 GiB for very large
+convolutions; a few MiB for the demo models), plus the result, ``N x sum(C_out)`` float32 numbers
+(1,000 images of resnet18: 23 MiB). Nothing grows with ``N`` except the result. From a store:
+``batch_size`` images of one layer's stored gradients at a time.
+
+This module needs torch (for the on-the-fly path) but no pyvista, VTK or trame.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import pathlib
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from volviz.capture.engine import model_logits, resolve_targets
+from volviz.capture.persample import func_per_sample_grads, has_fast_path, hook_per_sample_grad
+from volviz.capture.tap import LayerTap
+
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "AnalysisError",
+    "EmptyClassError",
+    "NoWeightsError",
+    "NotDifferentiableError",
+    "ImportanceResult",
+    "InputSet",
+    "batch_filter_importance",
+    "filter_norms",
+    "factor_norms",
+    "importance_from_store",
+    "importance_on_the_fly",
+    "model_from_store",
+    "inputs_from_store",
+    "inputs_from_paths",
+    "weighted_layers",
+    "check_weighted_layers",
+    "class_index",
+    "panels_for",
+    "importance_figure",
+]
+
+#: bytes of per-image weight gradients formed at once (one layer, a chunk of the batch)
+DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024
+
+
+class AnalysisError(ValueError):
+    """The analysis cannot run as asked; the message says why (the CLI prints it, exit 2)."""
+
+
+class NoWeightsError(AnalysisError):
+    """A selected layer has no weights (pooling, activation): it has no filters to score."""
+
+
+class EmptyClassError(AnalysisError):
+    """A class has no images in the set analysed."""
+
+
+class NotDifferentiableError(AnalysisError):
+    """The output neuron does not depend differentiably on a layer (integer ops, detach, ...)."""
+
+
+# ---- layers -----------------------------------------------------------------------------------
+def weighted_layers(model: nn.Module) -> list[str]:
+    """Names of the leaf modules with a ``weight`` parameter, in module order."""
+    return [n for n, m in model.named_modules()
+            if n and not list(m.children()) and isinstance(getattr(m, "weight", None), nn.Parameter)]
+
+
+def check_weighted_layers(model: nn.Module, layers: list[str] | None) -> list[str]:
+    """``layers`` (default: every conv / linear layer) checked to exist and to have weights."""
+    from volviz.capture.layers import CONV_TYPES, LINEAR_TYPES, named_leaf_modules
+
+    modules = dict(model.named_modules())
+    valid = weighted_layers(model)
+    if not layers:
+        layers = [n for n in valid if isinstance(modules[n], CONV_TYPES + LINEAR_TYPES)] or valid
+        if not layers:
+            raise NoWeightsError("the model has no layer with weights")
+        return layers
+    leaves = named_leaf_modules(model)
+    for name in layers:
+        if name not in modules or not name:
+            raise AnalysisError(f"no layer named {name!r}. Layers with weights: {', '.join(valid)}")
+        if name not in valid:
+            kind = type(modules[name]).__name__
+            what = "is a container" if name not in leaves else "has no weights"
+            raise NoWeightsError(f"layer {name!r} ({kind}) {what}, so it has no filters to score. "
+                                 f"Layers with weights: {', '.join(valid)}")
+    return list(layers)
+
+
+def class_index(cls: str | int, class_names: list[str] | None, n_classes: int) -> int:
+    """A class given by name or index -> its index, with a clear error."""
+    if isinstance(cls, str) and class_names and cls in class_names:
+        return class_names.index(cls)
+    try:
+        k = int(cls)
+    except (TypeError, ValueError):
+        raise AnalysisError(f"unknown class {cls!r}; valid: {', '.join(class_names or map(str, range(n_classes)))}") from None
+    if not 0 <= k < n_classes:
+        raise AnalysisError(f"class {k} out of range: the model has {n_classes} outputs")
+    return k
+
+
+# ---- norms ------------------------------------------------------------------------------------
+def filter_norms(grad_weight: np.ndarray | torch.Tensor):
+    """Per-image gradients ``(n, C_out, ...)`` -> filter norms ``(n, C_out)``."""
+    if isinstance(grad_weight, torch.Tensor):
+        return grad_weight.reshape(grad_weight.shape[0], grad_weight.shape[1], -1).norm(dim=2)
+    g = np.asarray(grad_weight, dtype=np.float64)
+    return np.sqrt(np.einsum("noi,noi->no", *(2 * [g.reshape(g.shape[0], g.shape[1], -1)])))
+
+
+def factor_norms(u, v):
+    """Row norms of the per-image Linear gradients ``outer(u[n], v[n])``: ``|u[n, j]| * ||v[n]||``."""
+    if isinstance(u, torch.Tensor):
+        return u.abs() * v.norm(dim=1, keepdim=True)
+    u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
+    return np.abs(u) * np.linalg.norm(v, axis=1, keepdims=True)
+
+
+# ---- results ----------------------------------------------------------------------------------
+@dataclass
+class ImportanceResult:
+    """Per-image filter importance of every layer, with what is needed to group it by class."""
+
+    layers: list[str]
+    per_image: dict[str, np.ndarray]    # layer -> (N, C_out) float32
+    label: np.ndarray                   # (N,) -1 = unlabelled
+    target: np.ndarray                  # (N,) the output neuron whose gradient was taken
+    pred: np.ndarray                    # (N,)
+    class_names: list[str] | None
+    n_classes: int
+    image_ids: list[str] = field(default_factory=list)
+    source: str = ""                    # "store" | "model"
+
+    @property
+    def n_images(self) -> int:
+        return len(self.target)
+
+    def _layer(self, layer: str) -> np.ndarray:
+        if layer not in self.per_image:
+            raise AnalysisError(f"no importance for layer {layer!r}; computed for {', '.join(self.layers)}")
+        return self.per_image[layer]
+
+    def class_name(self, k: int) -> str:
+        return self.class_names[k] if self.class_names and 0 <= k < len(self.class_names) else str(k)
+
+    def mean(self, layer: str, reference: int, input_class: int | None = None) -> tuple[np.ndarray, int]:
+        """Mean importance of ``layer``'s filters for output neuron ``reference`` over the images
+        of ``input_class`` (default: the reference class itself). Returns (C_out,) and the count."""
+        input_class = reference if input_class is None else input_class
+        sel = (self.target == reference) & (self.label == input_class)
+        n = int(sel.sum())
+        if n == 0:
+            have = sorted(set(int(c) for c in self.label[self.target == reference] if c >= 0))
+            why = (f"images of class {self.class_name(input_class)} analysed w.r.t. output neuron "
+                   f"{self.class_name(reference)}")
+            hint = (f"; classes with such images: {', '.join(self.class_name(c) for c in have)}" if have
+                    else "; capture (or --images) with target 'true' or this class")
+            raise EmptyClassError(f"no {why}{hint}")
+        return self._layer(layer)[sel].astype(np.float64).mean(0), n
+
+    def class_relevance(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
+        """(K, C_out) class-wise relevance (row r: mean over class-r images of the importance for
+        neuron r; NaN where the class has no such images) and the (K,) image counts."""
+        imp = self._layer(layer)
+        out = np.full((self.n_classes, imp.shape[1]), np.nan)
+        counts = np.zeros(self.n_classes, dtype=np.int64)
+        for r in range(self.n_classes):
+            sel = (self.target == r) & (self.label == r)
+            counts[r] = sel.sum()
+            if counts[r]:
+                out[r] = imp[sel].astype(np.float64).mean(0)
+        return out, counts
+
+    def overall(self, layer: str) -> np.ndarray:
+        """Mean over all images (each w.r.t. its own target neuron): a class-agnostic ranking."""
+        return self._layer(layer).astype(np.float64).mean(0)
+
+    def total_norm(self, layer: str) -> np.ndarray:
+        """(N,) the norm of the whole weight gradient of the layer per image."""
+        imp = self._layer(layer).astype(np.float64)
+        return np.sqrt((imp ** 2).sum(1))
+
+    # ---- output -------------------------------------------------------------------------
+    def per_image_csv(self, layer: str) -> str:
+        imp = self._layer(layer)
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["index", "image", "label", "pred", "target"] + [f"f{j}" for j in range(imp.shape[1])])
+        for i in range(self.n_images):
+            ident = self.image_ids[i] if i < len(self.image_ids) else str(i)
+            w.writerow([i, ident, self.class_name(int(self.label[i])) if self.label[i] >= 0 else "",
+                        self.class_name(int(self.pred[i])), self.class_name(int(self.target[i]))]
+                       + [f"{v:.6g}" for v in imp[i]])
+        return buf.getvalue()
+
+    def class_csv(self, layer: str) -> str:
+        rel, counts = self.class_relevance(layer)
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["class", "n_images"] + [f"f{j}" for j in range(rel.shape[1])])
+        for r in range(self.n_classes):
+            w.writerow([self.class_name(r), int(counts[r])]
+                       + (["" for _ in range(rel.shape[1])] if counts[r] == 0 else [f"{v:.6g}" for v in rel[r]]))
+        return buf.getvalue()
+
+    def pairs_csv(self, layer: str) -> str:
+        """Mean importance per (output neuron, input class) pair that has images."""
+        imp = self._layer(layer)
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["neuron", "input_class", "n_images"] + [f"f{j}" for j in range(imp.shape[1])])
+        for r in np.unique(self.target):
+            for c in np.unique(self.label[self.target == r]):
+                sel = (self.target == r) & (self.label == c)
+                w.writerow([self.class_name(int(r)), self.class_name(int(c)) if c >= 0 else "unlabelled",
+                            int(sel.sum())] + [f"{v:.6g}" for v in imp[sel].astype(np.float64).mean(0)])
+        return buf.getvalue()
+
+
+# ---- inputs -----------------------------------------------------------------------------------
+class InputSet:
+    """Images -> preprocessed model inputs in batches; cached in memory when they fit
+    ``cache_bytes`` (the pruning sweep evaluates the same images many times)."""
+
+    def __init__(self, records: list, prep, cache_bytes: int = 512 * 1024 * 1024):
+        from volviz.sources.images import ImageRecord
+        self.records = [r if isinstance(r, ImageRecord) else ImageRecord(**r) for r in records]
+        if not self.records:
+            raise AnalysisError("no images to analyse")
+        self.prep = prep
+        self.labels = np.array([r.label for r in self.records], dtype=np.int64)
+        self.ids = [r.id for r in self.records]
+        per_image = prep.channels * prep.size[0] * prep.size[1] * 4
+        self._cache: torch.Tensor | None = None
+        self._cacheable = per_image * len(self.records) <= cache_bytes
+
+    @classmethod
+    def from_tensors(cls, x: torch.Tensor, labels, ids: list[str] | None = None) -> "InputSet":
+        self = cls.__new__(cls)
+        self.records, self.prep = [], None
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.ids = ids or [str(i) for i in range(len(x))]
+        self._cache, self._cacheable = x, True
+        return self
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _load(self, sl: slice) -> torch.Tensor:
+        from volviz.sources.images import read_image
+        return torch.stack([self.prep(read_image(r)) for r in self.records[sl]])
+
+    def batches(self, batch_size: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """Yields ``(start, x, labels)``."""
+        n = len(self)
+        if self._cache is None and self._cacheable:
+            self._cache = torch.cat([self._load(slice(s, s + 256)) for s in range(0, n, 256)])
+        for s in range(0, n, batch_size):
+            x = self._cache[s:s + batch_size] if self._cache is not None else self._load(slice(s, s + batch_size))
+            yield s, x, torch.from_numpy(self.labels[s:s + batch_size])
+
+    def tensor(self, indices) -> torch.Tensor:
+        if self._cache is not None:
+            return self._cache[torch.as_tensor(np.asarray(indices, dtype=np.int64))]
+        from volviz.sources.images import read_image
+        return torch.stack([self.prep(read_image(self.records[int(i)])) for i in indices])
+
+
+def _prep_from_plan(plan: dict):
+    from volviz.sources.preprocess import Preprocess
+    p = plan["preprocess"]
+    return Preprocess(tuple(p["size"]), p["channels"], tuple(p["mean"]) if p["mean"] else None,
+                      tuple(p["std"]) if p["std"] else None, p["mode"])
+
+
+def model_from_store(store):
+    """The model a store was captured from (plan['settings']: model spec, weights), in eval mode."""
+    from volviz.sources.models import load_model
+    s = store.plan["settings"]
+    loaded = load_model(s["model"], s.get("weights"), trust_pickle=s.get("trust_pickle", False))
+    loaded.module.eval()
+    return loaded
+
+
+def inputs_from_store(store, only_done: bool = True) -> tuple[InputSet, np.ndarray]:
+    """The store's images, preprocessed exactly as at capture; returns the set and the store
+    indices of its images."""
+    idx = np.flatnonzero(store.done) if only_done else np.arange(store.n_images)
+    if len(idx) == 0:
+        from volviz.store.store import StoreError
+        raise StoreError(f"{store.path} holds no captured image yet; run `volviz capture --resume --out {store.path}`")
+    return InputSet([store.images[i] for i in idx], _prep_from_plan(store.plan)), idx
+
+
+def inputs_from_paths(paths: list[str], store_or_prep, class_names: list[str] | None = None) -> InputSet:
+    """User images (ImageFolder tree, files), preprocessed like the store's (or with ``prep``)."""
+    from volviz.sources.images import discover_images
+    prep = _prep_from_plan(store_or_prep.plan) if hasattr(store_or_prep, "plan") else store_or_prep
+    if class_names is None and hasattr(store_or_prep, "class_names"):
+        class_names = store_or_prep.class_names
+    imageset = discover_images(paths, class_names=class_names)
+    return InputSet(imageset.records, prep)
+
+
+# ---- on the fly -------------------------------------------------------------------------------
+def batch_filter_importance(model: nn.Module, x: torch.Tensor, layers: list[str],
+                            target: torch.Tensor | str | int = "pred", *, labels: torch.Tensor | None = None,
+                            class_names: list[str] | None = None, max_bytes: int = DEFAULT_CHUNK_BYTES
+                            ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """One batch: filter norms ``(n, C_out)`` of every layer's per-image weight gradient of the
+    score of one output neuron per image, the batch's logits and the neurons used.
+
+    ``target``: a tensor of neuron indices, or 'true' / 'pred' / a class (see
+    ``volviz.capture.engine.resolve_targets``). Per-image gradients exist for at most
+    ``max_bytes`` of one layer at a time."""
+    if model.training:
+        raise AnalysisError("importance needs model.eval(): in training mode dropout and batch norm "
+                            "mix images and the per-image gradients would be wrong")
+    modules = dict(model.named_modules())
+    fast = [n for n in layers if has_fast_path(modules[n])]
+    slow = [n for n in layers if n not in fast]
+    out: dict[str, torch.Tensor] = {}
+    with LayerTap(model, layers, keep_inputs=set(fast)) as tap, torch.enable_grad():
+        logits = model_logits(model(x))
+        if not logits.requires_grad:
+            raise NotDifferentiableError(
+                "the model's output does not depend differentiably on its weights (no gradient "
+                "graph: torch.no_grad, detach or integer ops inside forward)")
+        targets = target if isinstance(target, torch.Tensor) else resolve_targets(
+            target, logits.detach(), labels, class_names)
+        score = logits.gather(1, targets.view(-1, 1)).sum()
+        missing = [n for n in layers if n not in tap.records]
+        if missing:
+            raise AnalysisError(f"layer(s) {', '.join(missing)} did not run in the forward pass")
+        outs = [tap.records[n].output for n in layers]
+        try:
+            grads = torch.autograd.grad(score, outs, allow_unused=True)
+        except RuntimeError as exc:
+            raise NotDifferentiableError(f"cannot backpropagate to the selected layers: {exc}") from None
+        for name, g in zip(layers, grads):
+            if g is None:
+                raise NotDifferentiableError(
+                    f"the output does not depend differentiably on layer {name!r} (the gradient "
+                    "path is cut between it and the output: integer ops, .detach(), argmax ...)")
+        for name, g in zip(layers, grads):
+            if name not in fast:
+                continue
+            module, inp = modules[name], tap.records[name].input.detach()
+            g = g.detach()
+            if isinstance(module, nn.Linear) and inp.dim() == 2:
+                out[name] = factor_norms(g, inp).float()
+                continue
+            numel = module.weight.numel()
+            step = max(1, int(max_bytes // (numel * 4)))
+            parts = [filter_norms(hook_per_sample_grad(module, inp[s:s + step], g[s:s + step]))
+                     for s in range(0, len(inp), step)]
+            out[name] = torch.cat(parts).float()
+    if slow:
+        params = [f"{n}.weight" for n in slow]
+        step = max(1, int(max_bytes // max(sum(modules[n].weight.numel() for n in slow) * 4, 1)))
+        parts: dict[str, list] = {n: [] for n in slow}
+        for s in range(0, len(x), step):
+            pg = func_per_sample_grads(model, x[s:s + step].detach(), targets[s:s + step], params)
+            for n in slow:
+                parts[n].append(filter_norms(pg[f"{n}.weight"]).float())
+        for n in slow:
+            out[n] = torch.cat(parts[n])
+    return {n: out[n] for n in layers}, logits.detach(), targets
+
+
+def importance_on_the_fly(model: nn.Module, inputs: InputSet, layers: list[str] | None = None, *,
+                          target: str | int = "true", class_names: list[str] | None = None,
+                          batch_size: int = 64, max_bytes: int = DEFAULT_CHUNK_BYTES,
+                          progress: bool = True) -> ImportanceResult:
+    """Per-image filter importance of ``layers`` for ``inputs``, computed from the model in
+    batches. ``target``: 'true' (each image's label, predicted where unlabelled), 'pred', or a
+    class index / name (one neuron for every image, e.g. to compare input classes)."""
+    layers = check_weighted_layers(model, layers)
+    per_image: dict[str, list[np.ndarray]] = {n: [] for n in layers}
+    tgt, pred = [], []
+    n_classes = None
+    bar = tqdm(total=len(inputs), desc="importance", unit="img", disable=not progress)
+    try:
+        for _, x, labels in inputs.batches(batch_size):
+            norms, logits, t = batch_filter_importance(model, x, layers, target, labels=labels,
+                                                       class_names=class_names, max_bytes=max_bytes)
+            n_classes = logits.shape[1]
+            for n in layers:
+                per_image[n].append(norms[n].numpy())
+            tgt.append(t.numpy())
+            pred.append(logits.argmax(1).numpy())
+            bar.update(len(x))
+    finally:
+        bar.close()
+    return ImportanceResult(layers, {n: np.concatenate(v) for n, v in per_image.items()},
+                            inputs.labels.copy(), np.concatenate(tgt), np.concatenate(pred),
+                            class_names, int(n_classes), list(inputs.ids), "model")
+
+
+# ---- from a store -----------------------------------------------------------------------------
+def _read_rows(store, key: str, rows: np.ndarray) -> np.ndarray:
+    """Rows of one stored array as float32, undoing the per-image float16 scale.
+
+    (Batched counterpart of ``Store._get``: one zarr selection per batch instead of per image.)
+    """
+    arr = store.root[key]
+    contiguous = len(rows) and rows[-1] - rows[0] + 1 == len(rows)
+    a = np.asarray(arr[rows[0]:rows[-1] + 1] if contiguous else arr.oindex[rows])
+    if arr.dtype == np.float16:
+        parent, leaf = key.rsplit("/", 1)
+        sc = store.root[f"{parent}/scale_{leaf}"]
+        s = np.asarray(sc[rows[0]:rows[-1] + 1] if contiguous else sc.oindex[rows], dtype=np.float32)
+        a = a.astype(np.float32) * s.reshape(-1, *([1] * (a.ndim - 1)))
+    return a.astype(np.float32, copy=False)
+
+
+def importance_from_store(store, layers: list[str] | None = None, *, batch_size: int = 64,
+                          progress: bool = True) -> ImportanceResult:
+    """Per-image filter importance from the weight gradients a capture stored (w.r.t. the
+    store's target neuron per image), reading ``batch_size`` images of one layer at a time."""
+    from volviz.store.store import StoreError
+
+    with_w = [n for n, info in store.layers.items() if info.weight_shape]
+    if not layers:
+        layers = with_w
+        if not layers:
+            raise NoWeightsError(f"{store.path} holds no layer with weights")
+    for name in layers:
+        if name not in store.layers:
+            raise AnalysisError(f"layer {name!r} is not in this store. Layers with weights: {', '.join(with_w)}")
+        info = store.layers[name]
+        if not info.weight_shape:
+            raise NoWeightsError(f"layer {name!r} ({info.module_type}) has no weights, so it has no filters "
+                                 f"to score. Layers with weights: {', '.join(with_w)}")
+        if not store.has("grad_weight", name):
+            raise StoreError(f"{store.path} has no weight gradients for {name!r} (captured with --no-grads "
+                             "or --no-weight-grads); recapture, or compute on the fly with --images")
+    idx = np.flatnonzero(store.done)
+    if len(idx) == 0:
+        raise StoreError(f"{store.path} holds no captured image yet")
+    per_image = {}
+    total = len(idx) * len(layers)
+    bar = tqdm(total=total, desc="importance (store)", unit="img", disable=not progress)
+    try:
+        for name in layers:
+            info = store.layers[name]
+            parts = []
+            for s in range(0, len(idx), batch_size):
+                rows = idx[s:s + batch_size]
+                if info.weight_factors:
+                    u = _read_rows(store, f"grad_weight/{name}/u", rows)
+                    v = _read_rows(store, f"grad_weight/{name}/v", rows)
+                    parts.append(factor_norms(u, v).astype(np.float32))
+                else:
+                    parts.append(filter_norms(_read_rows(store, f"grad_weight/{name}/w", rows)).astype(np.float32))
+                bar.update(len(rows))
+            per_image[name] = np.concatenate(parts)
+    finally:
+        bar.close()
+    probs = store.column("probs")
+    n_classes = probs.shape[1]
+    return ImportanceResult(list(layers), per_image, store.column("label")[idx], store.column("target")[idx],
+                            store.column("pred")[idx], store.class_names, int(n_classes),
+                            [store.images[i]["id"] for i in idx], "store")
+
+
+def panels_for(result: ImportanceResult, layer: str, classes: list[int] | None = None
+               ) -> list[tuple[str, np.ndarray]]:
+    """Panels for :func:`importance_figure`: the class-wise relevance of every class that has
+    images analysed w.r.t. its own neuron; when the gradients were taken w.r.t. ONE neuron r for
+    all images (fixed target), one panel per input class: importance for r given class-c inputs
+    (seed 004: "importance w.r.t. class 281 given input belonging to same / different class")."""
+    rel, counts = result.class_relevance(layer)
+    wanted = list(range(result.n_classes)) if classes is None else list(classes)
+    panels = [(f"class {result.class_name(r)} (n={counts[r]})", rel[r]) for r in wanted if counts[r] > 0]
+    targets = np.unique(result.target)
+    if len(targets) == 1 and len(panels) <= 1:
+        r = int(targets[0])
+        panels = []
+        for c in wanted:
+            sel = (result.target == r) & (result.label == c)
+            if sel.any():
+                panels.append((f"neuron {result.class_name(r)}, input {result.class_name(c)} (n={int(sel.sum())})",
+                               result.per_image[layer][sel].astype(np.float64).mean(0)))
+    if not panels:
+        raise EmptyClassError(f"no class has images analysed w.r.t. its own output neuron for {layer}")
+    return panels
+
+
+def importance_figure(panels: list[tuple[str, np.ndarray]], path, layout: tuple[int, int], *,
+                      title: str = "", cmap: str = "inferno"):
+    """One panel per (title, importance vector): the filters on a ``layout`` grid (rows x cols,
+    filter j at (j // cols, j % cols)), one colour scale [0, max] shared by all panels."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    rows, cols = layout
+    n_f = len(panels[0][1])
+    if rows * cols < n_f:
+        raise ValueError(f"a {rows} x {cols} grid cannot hold {n_f} filters")
+    vmax = float(max(np.nanmax(v) for _, v in panels)) or 1.0
+    k = len(panels)
+    pc = min(k, 5)
+    pr = math.ceil(k / pc)
+    aspect = rows / cols
+    fig, axes = plt.subplots(pr, pc, figsize=(2.7 * pc + 1.2, (2.7 * max(aspect, 0.3) + 0.45) * pr + 0.7),
+                             squeeze=False)
+    cm = plt.get_cmap(cmap).copy()
+    cm.set_bad("white")
+    im = None
+    for ax in axes.flat:
+        ax.axis("off")
+    for a, (name, vec) in zip(axes.flat, panels):
+        grid = np.full(rows * cols, np.nan)
+        grid[:n_f] = vec
+        im = a.imshow(grid.reshape(rows, cols), cmap=cm, vmin=0, vmax=vmax, interpolation="nearest")
+        a.set_title(name, fontsize=8)
+    fig.suptitle(title or f"filter importance ({n_f} filters as {rows} x {cols})", fontsize=10)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="mean ||dS/dW_j||")
+    path = pathlib.Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,279 @@
+"""Pruning analysis (seed 004 §3.2.3): remove filters by importance and measure each class's error.
+
+* :func:`least_most_table`: for a reference class ``r`` and a layer, zero the ``k`` filters least
+  important for ``r`` and, separately, the ``k`` most important ones, and report every class's
+  error rate before and after (seed 004's table).
+* :func:`threshold_sweep`: zero every filter whose importance is below a threshold; error rate
+  per class and overall against the threshold and against the fraction of filters removed (seed
+  004 fig. 7).
+
+Error rate of class ``c`` = misclassified images of class ``c`` / images of class ``c`` (seed 004
+eq. 2). "Removing" filter ``j`` zeroes ``weight[j]`` and (by default) ``bias[j]`` in a deep copy of
+the model, so its output map is exactly zero, as if the filter were cut out; the caller's model is
+never modified.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import pathlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from volviz.analysis.importance import AnalysisError, EmptyClassError, InputSet, check_weighted_layers
+from volviz.capture.engine import model_logits
+
+__all__ = [
+    "ThresholdError",
+    "zero_filters",
+    "predict",
+    "error_rates",
+    "PruneRow",
+    "least_most_table",
+    "table_csv",
+    "table_markdown",
+    "SweepResult",
+    "sweep_thresholds",
+    "threshold_sweep",
+    "sweep_figure",
+]
+
+
+class ThresholdError(AnalysisError):
+    """A pruning threshold lies outside the range of the layer's importance values."""
+
+
+def zero_filters(model: nn.Module, layer: str, filters, *, zero_bias: bool = True) -> nn.Module:
+    """A deep copy of ``model`` with output filters ``filters`` of ``layer`` set to zero."""
+    modules = dict(model.named_modules())
+    check_weighted_layers(model, [layer])
+    n_out = modules[layer].weight.shape[0]
+    filters = np.asarray(list(filters), dtype=np.int64)
+    if filters.size and (filters.min() < 0 or filters.max() >= n_out):
+        raise AnalysisError(f"filter index out of range for {layer} ({n_out} filters): {filters.tolist()}")
+    pruned = copy.deepcopy(model)
+    m = dict(pruned.named_modules())[layer]
+    if filters.size:
+        idx = torch.from_numpy(filters)
+        with torch.no_grad():
+            m.weight[idx] = 0
+            if zero_bias and isinstance(getattr(m, "bias", None), torch.Tensor):
+                m.bias[idx] = 0
+    return pruned.eval()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, inputs: InputSet, batch_size: int = 256) -> np.ndarray:
+    """Predicted class of every image of ``inputs``."""
+    return np.concatenate([model_logits(model(x)).argmax(1).numpy() for _, x, _ in inputs.batches(batch_size)])
+
+
+def error_rates(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, float, np.ndarray]:
+    """Per-class error rate (K,) (NaN for a class without images), overall error rate over the
+    labelled images, and the (K,) image counts."""
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    lab = labels >= 0
+    if not lab.any():
+        raise AnalysisError("error rates need labelled images (an ImageFolder tree: one subfolder per class)")
+    counts = np.bincount(labels[lab], minlength=n_classes)[:n_classes]
+    wrong = np.bincount(labels[lab & (pred != labels)], minlength=n_classes)[:n_classes]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.where(counts > 0, wrong / np.maximum(counts, 1), np.nan)
+    return per_class, float((pred[lab] != labels[lab]).mean()), counts
+
+
+# ---- least / most important ------------------------------------------------------------------
+@dataclass
+class PruneRow:
+    reference: int           # class whose importance ranked the filters
+    class_name: str
+    layer: str
+    k: int
+    n_images: int
+    error_before: float      # of the reference class
+    error_least: float       # least important k filters removed
+    error_most: float        # most important k filters removed
+    overall_before: float
+    overall_least: float
+    overall_most: float
+    least: list[int] = field(default_factory=list)
+    most: list[int] = field(default_factory=list)
+
+
+def _rank(importance: np.ndarray) -> np.ndarray:
+    """Filters from least to most important (stable: ties keep filter order)."""
+    return np.argsort(np.asarray(importance, dtype=np.float64), kind="stable")
+
+
+def least_most_table(model: nn.Module, inputs: InputSet, relevance: dict[str, np.ndarray],
+                     classes: list[int], *, k: int = 1, class_names: list[str] | None = None,
+                     batch_size: int = 256, progress: bool = True) -> list[PruneRow]:
+    """``relevance[layer]``: (K, C_out) class-wise relevance. One row per (class, layer)."""
+    n_classes = next(iter(relevance.values())).shape[0]
+    base_pred = predict(model, inputs, batch_size)
+    base, base_all, counts = error_rates(base_pred, inputs.labels, n_classes)
+    for r in classes:
+        if counts[r] == 0:
+            name = class_names[r] if class_names else r
+            raise EmptyClassError(f"class {name} has no labelled images in the evaluation set")
+    rows = []
+    jobs = [(r, layer) for layer in relevance for r in classes]
+    for r, layer in tqdm(jobs, desc="prune least/most", disable=not progress):
+        imp = relevance[layer][r]
+        if not np.all(np.isfinite(imp)):
+            name = class_names[r] if class_names else r
+            raise EmptyClassError(f"no importance for class {name} in {layer}: the class has no images "
+                                  "analysed w.r.t. its own output neuron")
+        n_f = len(imp)
+        if not 1 <= k < n_f:
+            raise AnalysisError(f"k={k} filters cannot be removed from {layer}: it has {n_f} filters (use 1..{n_f - 1})")
+        order = _rank(imp)
+        least, most = order[:k].tolist(), order[::-1][:k].tolist()
+        e_l, a_l, _ = error_rates(predict(zero_filters(model, layer, least), inputs, batch_size), inputs.labels, n_classes)
+        e_m, a_m, _ = error_rates(predict(zero_filters(model, layer, most), inputs, batch_size), inputs.labels, n_classes)
+        rows.append(PruneRow(r, class_names[r] if class_names else str(r), layer, k, int(counts[r]),
+                             float(base[r]), float(e_l[r]), float(e_m[r]), base_all, a_l, a_m, least, most))
+    return rows
+
+
+_COLUMNS = ["class", "layer", "k", "images", "error_before_%", "error_least_removed_%",
+            "error_most_removed_%", "overall_before_%", "overall_least_removed_%",
+            "overall_most_removed_%", "least_filters", "most_filters"]
+
+
+def _row_values(r: PruneRow) -> list:
+    p = lambda v: f"{100 * v:.2f}"  # noqa: E731
+    return [r.class_name, r.layer, r.k, r.n_images, p(r.error_before), p(r.error_least), p(r.error_most),
+            p(r.overall_before), p(r.overall_least), p(r.overall_most),
+            " ".join(map(str, r.least)), " ".join(map(str, r.most))]
+
+
+def table_csv(rows: list[PruneRow]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(_COLUMNS)
+    for r in rows:
+        w.writerow(_row_values(r))
+    return buf.getvalue()
+
+
+def table_markdown(rows: list[PruneRow]) -> str:
+    head = ["class", "layer", "k", "images", "initial error (%)", "least important removed (%)",
+            "most important removed (%)", "overall: initial / least / most (%)", "least", "most"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        v = _row_values(r)
+        lines.append("| " + " | ".join(map(str, v[:7] + [f"{v[7]} / {v[8]} / {v[9]}", v[10], v[11]])) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---- threshold sweep -------------------------------------------------------------------------
+@dataclass
+class SweepResult:
+    layer: str
+    reference: str                      # "all" or a class name: whose importance ranked filters
+    importance: np.ndarray              # (C_out,)
+    thresholds: np.ndarray              # (T,)
+    n_removed: np.ndarray               # (T,)
+    error: np.ndarray                   # (T, K) per-class error rate
+    overall: np.ndarray                 # (T,)
+    counts: np.ndarray                  # (K,)
+    class_names: list[str] | None = None
+
+    @property
+    def fraction_removed(self) -> np.ndarray:
+        return self.n_removed / len(self.importance)
+
+    def to_csv(self) -> str:
+        K = self.error.shape[1]
+        names = self.class_names or [str(c) for c in range(K)]
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["threshold", "filters_removed", "fraction_removed", "overall_error"]
+                   + [f"error_{n}" for n in names])
+        for t in range(len(self.thresholds)):
+            w.writerow([f"{self.thresholds[t]:.6g}", int(self.n_removed[t]), f"{self.fraction_removed[t]:.4f}",
+                        f"{self.overall[t]:.4f}"] + [f"{e:.4f}" for e in self.error[t]])
+        return buf.getvalue()
+
+
+def sweep_thresholds(importance: np.ndarray, steps: int = 50) -> np.ndarray:
+    """Thresholds that remove 0, 1, 2, ... filters: 0 and the midpoints between consecutive
+    sorted importance values, then the maximum + a margin (every filter removed); subsampled
+    evenly to at most ``steps`` + 1 values when the layer has more filters."""
+    v = np.unique(np.asarray(importance, dtype=np.float64))
+    cuts = np.concatenate([[0.0], (v[:-1] + v[1:]) / 2, [v[-1] * (1 + 1e-9) + 1e-300]])
+    if len(cuts) > steps + 1:
+        cuts = cuts[np.unique(np.round(np.linspace(0, len(cuts) - 1, steps + 1)).astype(int))]
+    return cuts
+
+
+def threshold_sweep(model: nn.Module, inputs: InputSet, layer: str, importance: np.ndarray, *,
+                    thresholds: np.ndarray | None = None, steps: int = 50, n_classes: int,
+                    reference: str = "all", class_names: list[str] | None = None,
+                    batch_size: int = 256, progress: bool = True) -> SweepResult:
+    """Zero every filter of ``layer`` with importance < threshold, for each threshold."""
+    importance = np.asarray(importance, dtype=np.float64)
+    if not np.all(np.isfinite(importance)):
+        raise EmptyClassError(f"the importance of {layer} is undefined (no images for the reference class)")
+    if thresholds is None:
+        thresholds = sweep_thresholds(importance, steps)
+    else:
+        thresholds = np.sort(np.asarray(thresholds, dtype=np.float64))
+        hi = float(importance.max())
+        bad = thresholds[(thresholds < 0) | (thresholds > hi) | ~np.isfinite(thresholds)]
+        if bad.size:
+            raise ThresholdError(
+                f"threshold(s) {', '.join(f'{b:.4g}' for b in bad)} outside the range of {layer}'s "
+                f"importance [0, {hi:.4g}] (min {importance.min():.4g}); a threshold above the maximum "
+                "would remove every filter")
+    errs, overall, removed = [], [], []
+    counts = None
+    for t in tqdm(thresholds, desc=f"sweep {layer}", disable=not progress):
+        cut = np.flatnonzero(importance < t)
+        e, a, counts = error_rates(predict(zero_filters(model, layer, cut), inputs, batch_size),
+                                   inputs.labels, n_classes)
+        errs.append(e)
+        overall.append(a)
+        removed.append(len(cut))
+    return SweepResult(layer, reference, importance, np.asarray(thresholds), np.asarray(removed),
+                       np.vstack(errs), np.asarray(overall), counts, class_names)
+
+
+def sweep_figure(sweep: SweepResult, path, highlight: int | None = None):
+    """Two panels: error rate vs threshold, and vs fraction of filters removed; one thin line per
+    class, the overall error thick black, the reference class (``highlight``) thick red."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    K = sweep.error.shape[1]
+    names = sweep.class_names or [str(c) for c in range(K)]
+    cmap = plt.get_cmap("tab10" if K <= 10 else "tab20")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, xs, xl in ((axes[0], sweep.thresholds, "importance threshold (filters below it zeroed)"),
+                       (axes[1], sweep.fraction_removed, "fraction of filters removed")):
+        for c in range(K):
+            if sweep.counts[c] == 0:
+                continue
+            hl = c == highlight
+            ax.plot(xs, 100 * sweep.error[:, c], color="crimson" if hl else cmap(c % cmap.N),
+                    lw=2.4 if hl else 0.9, alpha=1 if hl else 0.7, drawstyle="steps-post",
+                    label=f"class {names[c]}" + (" (reference)" if hl else ""), zorder=3 if hl else 2)
+        ax.plot(xs, 100 * sweep.overall, color="black", lw=2.4, drawstyle="steps-post", label="overall", zorder=4)
+        ax.set_xlabel(xl)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("error rate (%)")
+    axes[1].legend(fontsize=7, ncol=2, loc="upper left")
+    ref = "mean over all images (each w.r.t. its own class)" if sweep.reference == "all" else f"class {sweep.reference}"
+    fig.suptitle(f"{sweep.layer}: {len(sweep.importance)} filters ranked by importance for {ref}", fontsize=10)
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,139 @@
+"""Image-specific class saliency (Simonyan et al.; seeds 001 / 002) through captum.
+
+``M_ij = max_c |A_c,ij|`` where ``A`` is the attribution of the class score ``S_t`` (before
+softmax) to the input pixels, ``c`` runs over the input channels:
+
+* ``saliency``: ``A = dS_t / dI`` at the image (captum ``Saliency``);
+* ``integrated-gradients``: ``A = (I - I0) * mean_a dS_t/dI (I0 + a (I - I0))`` (captum
+  ``IntegratedGradients``), baseline ``I0`` = the black image (pixel value 0 before
+  normalization), 50 steps;
+* ``guided-backprop``: gradients with negative values zeroed at every ``nn.ReLU`` module on the
+  way back (captum ``GuidedBackprop``; ReLUs called as functions inside ``forward`` are not seen,
+  and a model without ``nn.ReLU`` modules gives the plain gradient).
+
+Maps are returned as numpy ``(N, H, W)``. :func:`overlay` blends a map over its input image.
+"""
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import torch
+from torch import nn
+
+from volviz.analysis.importance import AnalysisError, NotDifferentiableError
+from volviz.capture.engine import model_logits
+
+__all__ = ["METHODS", "saliency_maps", "overlay", "saliency_figure"]
+
+METHODS = ("saliency", "integrated-gradients", "guided-backprop")
+
+
+class _Logits(nn.Module):
+    """Any model output (tensor, tuple, object with .logits) -> (N, K) scores, for captum."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return model_logits(self.model(x))
+
+
+def saliency_maps(model: nn.Module, x: torch.Tensor, target, *, method: str = "saliency",
+                  baseline: torch.Tensor | float | None = None, n_steps: int = 50,
+                  return_attributions: bool = False):
+    """``(N, H, W)`` maps ``max_c |attribution|`` for images ``x (N, C, H, W)`` and class scores
+    ``target`` (an int or one index per image). ``baseline``: IG's reference input (default: 0,
+    i.e. pass the normalized black image yourself for normalized models)."""
+    from captum.attr import GuidedBackprop, IntegratedGradients, Saliency
+
+    if method not in METHODS:
+        raise AnalysisError(f"unknown saliency method {method!r}; valid: {', '.join(METHODS)}")
+    if model.training:
+        raise AnalysisError("saliency needs model.eval() (dropout would make the map random)")
+    if x.dim() == 3:
+        x = x[None]
+    wrapped = _Logits(model).eval()
+    x = x.detach().clone().float()
+    if isinstance(target, torch.Tensor):
+        target = target.long()
+    elif not isinstance(target, int):
+        target = torch.as_tensor(np.asarray(target), dtype=torch.long)
+    try:
+        if method == "saliency":
+            attr = Saliency(wrapped).attribute(x, target=target, abs=True)
+        elif method == "integrated-gradients":
+            attr = IntegratedGradients(wrapped).attribute(x, baselines=0.0 if baseline is None else baseline,
+                                                          target=target, n_steps=n_steps)
+        else:
+            if not any(isinstance(m, nn.ReLU) for m in model.modules()):
+                import warnings
+                warnings.warn("guided backprop: the model has no nn.ReLU modules, so the map equals "
+                              "the plain gradient", stacklevel=2)
+            attr = GuidedBackprop(wrapped).attribute(x, target=target)
+    except RuntimeError as exc:
+        msg = str(exc)
+        if "does not require grad" in msg or "differentiated" in msg or "grad_fn" in msg:
+            raise NotDifferentiableError(f"the class score is not differentiable w.r.t. the input ({msg.splitlines()[0]})") from None
+        raise
+    attr = attr.detach()
+    maps = attr.abs().amax(dim=1).numpy()
+    return (maps, attr.numpy()) if return_attributions else maps
+
+
+def overlay(image: np.ndarray, sal: np.ndarray, *, cmap: str = "inferno", alpha: float = 0.55,
+            clim: tuple[float, float] | None = None) -> np.ndarray:
+    """Blend a saliency map ``(H, W)`` over ``image`` ((C, H, W) or (H, W, C), values in [0, 1],
+    grey or RGB): uint8 ``(H, W, 3)``. The map is scaled to ``clim`` (default 0..max) and the
+    colour's weight grows with the value, so unimportant pixels show the image."""
+    from matplotlib import colormaps
+
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
+        img = img.transpose(1, 2, 0)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    img = np.clip(img[:, :, :3], 0, 1)
+    s = np.asarray(sal, dtype=np.float64)
+    if s.shape != img.shape[:2]:
+        raise ValueError(f"saliency map {s.shape} and image {img.shape[:2]} differ in size")
+    lo, hi = clim if clim is not None else (0.0, float(s.max()) if s.size else 1.0)
+    t = np.clip((s - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(s)
+    col = np.asarray(colormaps[cmap](t))[:, :, :3]
+    a = alpha * t[:, :, None]
+    out = (1 - a) * img + a * col
+    return np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)
+
+
+def saliency_figure(image: np.ndarray, sal: np.ndarray, path, *, title: str = "", method: str = "saliency",
+                    cmap: str = "inferno"):
+    """PNG with three panels: the input, the map, the overlay."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim == 3 and img.shape[0] in (1, 3):
+        img = img.transpose(1, 2, 0)
+    grey = img.ndim == 2 or img.shape[2] == 1
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.4))
+    axes[0].imshow(img.squeeze() if grey else np.clip(img, 0, 1), cmap="gray" if grey else None,
+                   vmin=0, vmax=1, interpolation="nearest")
+    axes[0].set_title("input", fontsize=9)
+    im = axes[1].imshow(sal, cmap=cmap, vmin=0, interpolation="nearest")
+    axes[1].set_title(f"{method}: max_c |A_c|", fontsize=9)
+    fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04)
+    axes[2].imshow(overlay(img, sal, cmap=cmap), interpolation="nearest")
+    axes[2].set_title("overlay", fontsize=9)
+    for a in axes:
+        a.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,255 @@
+"""`volviz render`, `volviz movie` and `volviz demo`: layer volumes and grids from a store to PNG / MP4 / GIF."""
+from __future__ import annotations
+
+import argparse
+import pathlib
+
+import numpy as np
+
+RENDER_EPILOG = """\
+examples:
+  volviz render stores/digits --out conv1.png                       # first conv layer, image 0
+  volviz render stores/digits --layer conv2 --order kmeans --fit set --out conv2-kmeans.png
+  volviz render stores/digits --layer conv2 --quantity grad_weight --out conv2-gradw.png
+  volviz render stores/digits --layer conv2 --grid --out conv2-maps.png   # 2-D grid of feature maps
+  volviz render stores/digits --layer conv1 --slices --opacity linear --image 17 --out s.png
+
+quantities: activation, grad_activation (gradient of the target neuron w.r.t. the activations),
+grad_weight (w.r.t. each filter's weights: a C_out x C_in x kH x kW tensor shown as C_out slices,
+each a mosaic of its C_in kernels; see docs/views.md).
+orders: natural, pca, kmeans (clusters with separators), kmeans2 (two-level "20 x 5 means"),
+slice-pca, slice-kmeans (fitted on one row slice). --fit image: an order per image; --fit set: one
+order fitted over the image set, fixed while stepping through images.
+"""
+
+MOVIE_EPILOG = """\
+examples:
+  volviz movie stores/digits --layer conv2 --mode rotate --out conv2.mp4
+  volviz movie stores/digits --layer conv1 --mode images --sort probability --out steps.gif
+  volviz movie stores/digits --mode both --order pca --frames 60 --out both.mp4
+  volviz movie scenes/digits_flythrough.toml --out fly.mp4        # a scene file (network graph)
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layer", help="layer name (default: the first conv layer)")
+    p.add_argument("--quantity", default="activation",
+                   choices=["activation", "grad_activation", "grad_weight"])
+    p.add_argument("--order", default="natural", help="natural, pca, kmeans, kmeans2, slice-pca, slice-kmeans")
+    p.add_argument("--fit", default=None, choices=["image", "set"],
+                   help="order fitted per image or once over the image set (render: image, movie: set)")
+    p.add_argument("--clusters", type=int, help="number of k-means clusters (default: C/4, at most 10)")
+    p.add_argument("--cmap", help="colour map (default inferno; RdBu_r for gradients)")
+    p.add_argument("--opacity", help="opacity preset: linear, sigmoid, high, flat, diverging "
+                   "(default sigmoid; diverging for gradients)")
+    p.add_argument("--slices", action="store_true", help="show orthogonal slice planes")
+    p.add_argument("--slice-pos", nargs=3, type=float, metavar=("X", "Y", "Z"), default=(0.5, 0.5, 0.5),
+                   help="slice positions as fractions 0..1")
+    p.add_argument("--no-outline", action="store_true")
+    p.add_argument("--width", type=int, default=800)
+    p.add_argument("--height", type=int, default=608)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("render", help="write a layer volume (or a 2-D grid of maps) to PNG",
+                       description="Render one layer of a store for one image as a 3-D volume "
+                       "(activations, activation gradients or weight gradients), or as a 2-D grid.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=RENDER_EPILOG)
+    p.add_argument("store")
+    p.add_argument("--out", required=True, help="PNG file")
+    p.add_argument("--image", default="0", help="image index or id (default 0)")
+    p.add_argument("--grid", action="store_true", help="2-D grid of feature maps (vis_square) instead of 3-D")
+    _common(p)
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("movie", help="write an MP4/GIF: a rotating volume, a time series of images, or a scene file",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=MOVIE_EPILOG,
+                       description="Rotate a layer volume and/or step through the captured images, or "
+                       "render a scene file (scenes/*.toml) with its camera path.")
+    p.add_argument("source", help="a store folder, or a scene file (.toml)")
+    p.add_argument("--out", required=True, help=".mp4 or .gif")
+    p.add_argument("--mode", default="images", choices=["rotate", "images", "both"])
+    p.add_argument("--frames", type=int, default=72, help="frames of a full rotation (default 72)")
+    p.add_argument("--fps", type=float, default=12)
+    p.add_argument("--sort", default="captured", choices=["captured", "probability", "class", "misclassified"],
+                   help="order of images in the time series")
+    p.add_argument("--max-images", type=int, help="play at most this many images")
+    _common(p)
+    p.set_defaults(func=cmd_movie)
+
+    p = sub.add_parser("demo", help="the README's main job: capture the embedded default and show it",
+                       description="Capture the embedded digits model on its test images (once), write "
+                       "PNG renderings of its layer volumes to out/demo/, then serve the app.")
+    p.add_argument("--store", default="stores/digits")
+    p.add_argument("--out", default="out/demo")
+    p.add_argument("--no-serve", action="store_true", help="only capture and render")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=cmd_demo)
+
+
+# ---------------------------------------------------------------------------------------
+def _open(path):
+    from volviz.store.store import Store
+    store = Store.open(path)
+    if not store.done.any():
+        from volviz.store.store import StoreError
+        raise StoreError(f"{path} holds no captured image yet; run `volviz capture --resume --out {path}`")
+    return store
+
+
+def default_layer(store) -> str:
+    for name, info in store.layers.items():
+        if info.kind == "conv":
+            return name
+    return next(iter(store.layers))
+
+
+def resolve_image(store, image: str) -> int:
+    if image.lstrip("-").isdigit():
+        return int(image)
+    ids = [im["id"] for im in store.images]
+    if image in ids:
+        return ids.index(image)
+    from volviz.store.store import StoreError
+    raise StoreError(f"no image {image!r} in the store; give an index 0..{store.n_images - 1} or an id like {ids[0]!r}")
+
+
+def style_for(a, quantity: str):
+    from volviz.views.volume import VolumeStyle
+    signed = quantity != "activation"
+    return VolumeStyle(cmap=a.cmap, opacity=a.opacity or ("diverging" if signed else "sigmoid"),
+                       show_slices=a.slices, slice_positions=tuple(a.slice_pos),
+                       show_outline=not a.no_outline,
+                       scalar_bar_title={"activation": "activation", "grad_activation": "dS/da",
+                                         "grad_weight": "dS/dW"}[quantity])
+
+
+def caption(store, i: int) -> str:
+    names = store.class_names
+    lab, pred = int(store.column("label")[i]), int(store.column("pred")[i])
+    p = float(store.column("probs")[i, pred])
+    name = (lambda k: names[k] if names and 0 <= k < len(names) else str(k))
+    true = name(lab) if lab >= 0 else "?"
+    return f"image {i}  true {true}  pred {name(pred)} ({p:.2f})"
+
+
+def _scene(store, a, layer, image, fit):
+    from volviz.views.source import LayerVolumeSource
+    from volviz.views.volume import LayerVolumeScene
+    src = LayerVolumeSource(store)
+    lv = src.get(layer, a.quantity, image, a.order, fit, n_clusters=a.clusters)
+    title = f"{store.plan['model']['spec']}  {layer}  {a.quantity}  order={a.order}"
+    scene = LayerVolumeScene(lv.volume, lv.order, lv.boundaries, style_for(a, a.quantity), title,
+                             window_size=(a.width, a.height))
+    scene.set_label(caption(store, image))
+    return src, lv, scene
+
+
+def cmd_render(a) -> int:
+    store = _open(a.store)
+    layer = a.layer or default_layer(store)
+    image = resolve_image(store, a.image)
+    out = pathlib.Path(a.out)
+    if a.grid:
+        from volviz.views.grid import save_png, to_rgb, vis_square
+        from volviz.views.source import LayerVolumeSource
+        lv = LayerVolumeSource(store).get(layer, a.quantity, image, a.order, a.fit or "image", n_clusters=a.clusters)
+        maps = lv.volume[lv.order]
+        signed = a.quantity != "activation"
+        tiled = vis_square(maps, normalize=None if signed else "global")
+        lim = float(np.nanmax(np.abs(tiled))) if signed else None
+        save_png(out, to_rgb(tiled, a.cmap or ("RdBu_r" if signed else "viridis"),
+                             clim=(-lim, lim) if lim else None))
+    else:
+        _ensure_rendering()
+        _, _, scene = _scene(store, a, layer, image, a.fit or "image")
+        with scene:
+            scene.screenshot(out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _ensure_rendering() -> None:
+    from volviz.views.volume import rendering_available
+    ok, msg = rendering_available()
+    if not ok:
+        raise RuntimeError(msg)
+
+
+def cmd_movie(a) -> int:
+    if a.source.endswith(".toml"):
+        from volviz.scene import movie_from_scene
+        movie_from_scene(a.source, a.out, width=a.width, height=a.height, fps=a.fps)
+        print(f"wrote {a.out}")
+        return 0
+    from volviz.analysis.sequence import store_sequence
+    from volviz.record import orbit_frames, timeseries_frames, write_movie
+    from volviz.views.colors import auto_clim
+    _ensure_rendering()
+    store = _open(a.source)
+    layer = a.layer or default_layer(store)
+    seq = store_sequence(store, a.sort)[: a.max_images]
+    fit = a.fit or "set"
+    src, lv, scene = _scene(store, a, layer, int(seq[0]), fit)
+    with scene:
+        frames = []
+        total = 0
+        if a.mode in ("rotate", "both"):
+            frames.append(orbit_frames(scene, a.frames))
+            total += a.frames
+        if a.mode in ("images", "both"):
+            vols = [src.get(layer, a.quantity, int(i), a.order, fit, n_clusters=a.clusters) for i in seq]
+            scene.update(vols[0].volume, clim=auto_clim([v.volume for v in vols], symmetric=a.quantity != "activation"))
+            if fit == "image":
+                def steps():
+                    for v, i in zip(vols, seq):
+                        scene.set_order(v.order, v.boundaries)
+                        yield v.volume
+                volumes = steps()
+            else:
+                volumes = (v.volume for v in vols)
+            frames.append(timeseries_frames(scene, volumes, [caption(store, int(i)) for i in seq]))
+            total += len(seq)
+
+        def chain():
+            for f in frames:
+                yield from f
+        write_movie(a.out, chain(), fps=a.fps, total=total)
+    print(f"wrote {a.out}")
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from volviz.capture.run import CaptureSettings, resume_capture, run_capture
+    from volviz.cli import _setup_torch_threads
+    from volviz.store.store import Store, StoreError
+    _setup_torch_threads()
+    path = pathlib.Path(a.store)
+    try:
+        store = Store.open(path)
+        if not store.complete:
+            store = resume_capture(path)
+    except StoreError:
+        print(f"capturing the embedded digits model into {path} ...")
+        store = run_capture(path, CaptureSettings(), overwrite=True)
+    out = pathlib.Path(a.out)
+    renders = [("conv1", "activation", "natural", False), ("conv1", "activation", "pca", False),
+               ("conv2", "activation", "kmeans", False), ("conv2", "activation", "natural", True),
+               ("conv2", "grad_activation", "natural", False), ("conv2", "grad_weight", "pca", False)]
+    for layer, q, order, grid in renders:
+        if layer not in store.layers:
+            continue
+        name = f"{layer}-{q}-{order}{'-grid' if grid else ''}.png"
+        ns = argparse.Namespace(store=str(path), out=str(out / name), image="0", layer=layer, quantity=q,
+                                order=order, fit="image", clusters=None, cmap=None, opacity=None,
+                                slices=False, slice_pos=(0.5, 0.5, 0.5), no_outline=False, width=800,
+                                height=608, grid=grid)
+        cmd_render(ns)
+    if a.no_serve:
+        return 0
+    try:
+        from volviz.app.server import serve
+    except ImportError:
+        print("the app is not available in this build; PNGs are in", out)
+        return 0
+    return serve([str(path)], port=a.port)
