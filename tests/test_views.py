@@ -120,7 +120,8 @@ def test_activation_volume_order():
     np.testing.assert_array_equal(vol[:, 0, 0], [2, 0, 3, 1])
     with pytest.raises(ValueError):
         activation_volume(maps, order=[0, 0, 1, 2])
-    assert activation_volume(np.arange(10.0)).shape == (1, *near_square_grid(10))
+    v1 = activation_volume(np.arange(10.0))
+    assert v1.shape == (1, *near_square_grid(10)) and np.isfinite(v1).all()
 
 
 def test_vis_square_layout():
@@ -260,6 +261,47 @@ def test_update_in_place_changes_picture(act_scene):
     assert scene.volume_actor is ids["volume"]
 
 
+def test_style_changes_in_place(act_scene):
+    scene, maps, _ = act_scene
+    grid, vol = scene.grid, scene.volume_actor
+    scene.set_style(clim=(0.0, 10.0))
+    assert scene.clim == (0.0, 10.0)
+    assert scene.scalar_bar.GetLookupTable().GetRange() == pytest.approx((0.0, 10.0))
+    scene.set_style(clim=None)  # back to auto
+    assert scene.clim[1] < 10.0
+    scene.set_style(z_spacing=2.0)
+    assert scene.grid is grid and scene.grid.spacing[2] == 2.0
+    assert scene.grid.bounds[5] == pytest.approx((maps.shape[0] - 1) * 2.0)
+    scene.set_style(show_slices=True, slice_positions=(None, None, 0.0))  # only channel 0
+    sl = scene._slices_mesh
+    np.testing.assert_allclose(np.sort(sl.point_data["values"]), np.sort(maps[0].ravel()),
+                               rtol=1e-6)
+    scene.update(maps * 3)
+    assert scene._slices_mesh is sl
+    np.testing.assert_allclose(np.sort(sl.point_data["values"]), np.sort(3 * maps[0].ravel()),
+                               rtol=1e-5)
+    assert scene.volume_actor is vol
+    with pytest.raises(ValueError):
+        scene.set_style(mapper="nope")
+
+
+def test_two_scenes_share_a_plotter(can_render):
+    import pyvista as pv
+
+    maps, _ = smooth_maps()
+    p = pv.Plotter(off_screen=True, window_size=WIN)
+    try:
+        s1 = LayerVolumeScene(maps, plotter=p)
+        n1 = len(p.renderer.actors)
+        s2 = LayerVolumeScene(maps[:, ::-1], plotter=p)
+        assert len(p.renderer.actors) > n1 and s1.volume_actor is not s2.volume_actor
+        s2.close()
+        assert len(p.renderer.actors) == n1
+        assert_not_blank(s1.screenshot(), s1)
+    finally:
+        p.close()
+
+
 def test_nan_data_renders_and_flags(can_render, out_dir):
     maps, _ = smooth_maps()
     maps[2, 3:8, 3:8] = np.nan
@@ -337,3 +379,13 @@ def _read_ffmpeg(path):
     meta = next(reader)
     w, h = meta["size"]
     return [np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in reader]
+
+
+def test_bad_style_leaves_scene_unchanged(act_scene):
+    scene, _, _ = act_scene
+    before = scene.style
+    for bad in [dict(mapper="nope"), dict(opacity="nope"), dict(clim=(1.0, 0.0)),
+                dict(z_spacing=0.0), dict(interpolation="cubic"), dict(cmap="not-a-cmap")]:
+        with pytest.raises((ValueError, TypeError)):
+            scene.set_style(**bad)
+        assert scene.style == before

@@ -128,7 +128,7 @@ def check_gradients(model: nn.Module, x: torch.Tensor, target: int, layers: list
     preprocessed) and output neuron ``target``.
 
     Per layer, the filter with the largest gradient and ``filters_per_layer - 1`` random others
-    are checked, each on ``weights_per_filter`` random weights (all when the filter has fewer).
+    (preferring filters whose gradient is not exactly zero) are checked, each on ``weights_per_filter`` random weights (all when the filter has fewer).
     ``stored[layer]``: the captured gradient of the whole weight, compared too when given.
     ``model`` itself is never modified (a float64 deep copy is perturbed).
     """
@@ -162,7 +162,9 @@ def check_gradients(model: nn.Module, x: torch.Tensor, target: int, layers: list
             n_f = p.shape[0]
             norms = g.norm(dim=1)
             chosen = [int(norms.argmax())]
-            others = [j for j in rng.permutation(n_f).tolist() if j != chosen[0]]
+            # random others, those with a non-zero gradient first (a zero one checks little)
+            perm = [j for j in rng.permutation(n_f).tolist() if j != chosen[0]]
+            others = [j for j in perm if norms[j] > 0] + [j for j in perm if norms[j] == 0]
             chosen += others[: max(0, filters_per_layer - 1)]
             st = None if stored is None or name not in stored else np.asarray(stored[name], np.float64).reshape(n_f, -1)
             for j in chosen:

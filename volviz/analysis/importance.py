@@ -538,8 +538,8 @@ def importance_figure(panels: list[tuple[str, np.ndarray]], path, layout: tuple[
     pc = min(k, 5)
     pr = math.ceil(k / pc)
     aspect = rows / cols
-    fig, axes = plt.subplots(pr, pc, figsize=(2.7 * pc + 1.2, (2.7 * max(aspect, 0.3) + 0.45) * pr + 0.7),
-                             squeeze=False)
+    fig, axes = plt.subplots(pr, pc, figsize=(2.4 * pc + 1.0, (2.4 * max(aspect, 0.3) + 0.35) * pr + 0.5),
+                             squeeze=False, layout="constrained")
     cm = plt.get_cmap(cmap).copy()
     cm.set_bad("white")
     im = None
@@ -551,7 +551,7 @@ def importance_figure(panels: list[tuple[str, np.ndarray]], path, layout: tuple[
         im = a.imshow(grid.reshape(rows, cols), cmap=cm, vmin=0, vmax=vmax, interpolation="nearest")
         a.set_title(name, fontsize=8)
     fig.suptitle(title or f"filter importance ({n_f} filters as {rows} x {cols})", fontsize=10)
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="mean ||dS/dW_j||")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.9, label="mean ||dS/dW_j||")
     path = pathlib.Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)

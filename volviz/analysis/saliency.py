@@ -55,7 +55,7 @@ def saliency_maps(model: nn.Module, x: torch.Tensor, target, *, method: str = "s
     if x.dim() == 3:
         x = x[None]
     wrapped = _Logits(model).eval()
-    x = x.detach().clone().float()
+    x = x.detach().clone().float().requires_grad_(True)
     if isinstance(target, torch.Tensor):
         target = target.long()
     elif not isinstance(target, int):
@@ -86,7 +86,8 @@ def overlay(image: np.ndarray, sal: np.ndarray, *, cmap: str = "inferno", alpha:
             clim: tuple[float, float] | None = None) -> np.ndarray:
     """Blend a saliency map ``(H, W)`` over ``image`` ((C, H, W) or (H, W, C), values in [0, 1],
     grey or RGB): uint8 ``(H, W, 3)``. The map is scaled to ``clim`` (default 0..max) and the
-    colour's weight grows with the value, so unimportant pixels show the image."""
+    colour's weight grows with the value (as its square root), so unimportant pixels show the
+    (slightly dimmed) image."""
     from matplotlib import colormaps
 
     img = np.asarray(image, dtype=np.float64)
@@ -103,8 +104,8 @@ def overlay(image: np.ndarray, sal: np.ndarray, *, cmap: str = "inferno", alpha:
     lo, hi = clim if clim is not None else (0.0, float(s.max()) if s.size else 1.0)
     t = np.clip((s - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(s)
     col = np.asarray(colormaps[cmap](t))[:, :, :3]
-    a = alpha * t[:, :, None]
-    out = (1 - a) * img + a * col
+    a = alpha * np.sqrt(t)[:, :, None]  # sqrt: mid-strength pixels stay visible
+    out = (1 - a) * (0.7 * img) + a * col  # the image dimmed, so the colours read on white too
     return np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)
 
 

@@ -150,13 +150,12 @@ def cmd_render(a) -> int:
     layer = a.layer or default_layer(store)
     image = resolve_image(store, a.image)
     out = pathlib.Path(a.out)
-    if a.grid:
+    from volviz.views.source import LayerVolumeSource
+    lv = LayerVolumeSource(store).get(layer, a.quantity, image, a.order, a.fit or "image", n_clusters=a.clusters)
+    if a.grid or lv.kind == "neurons":  # a linear layer's vector is a 2-D grid of neurons, not a volume
         from volviz.views.grid import save_png, to_rgb, vis_square
-        from volviz.views.source import LayerVolumeSource
-        lv = LayerVolumeSource(store).get(layer, a.quantity, image, a.order, a.fit or "image", n_clusters=a.clusters)
-        maps = lv.volume[lv.order]
-        signed = a.quantity != "activation"
-        tiled = vis_square(maps, normalize=None if signed else "global")
+        signed = a.quantity != "activation" or lv.kind == "neurons"
+        tiled = lv.volume[0] if lv.kind == "neurons" else vis_square(lv.volume[lv.order], normalize=None if signed else "global")
         lim = float(np.nanmax(np.abs(tiled))) if signed else None
         save_png(out, to_rgb(tiled, a.cmap or ("RdBu_r" if signed else "viridis"),
                              clim=(-lim, lim) if lim else None))

@@ -91,7 +91,7 @@ def opacity_curve(preset: str | Sequence[float], n: int = 256) -> np.ndarray:
     Examples
     --------
     >>> opacity_curve("diverging", 5).round(2)
-    array([1.  , 0.47, 0.  , 0.47, 1.  ])
+    array([1.  , 0.53, 0.  , 0.53, 1.  ])
     """
     t = np.linspace(0.0, 1.0, n)
     if isinstance(preset, str):

@@ -26,7 +26,14 @@ import pyvista as pv
 from vtkmodules.vtkCommonDataModel import vtkPiecewiseFunction
 from vtkmodules.vtkRenderingCore import vtkColorTransferFunction
 
-from .colors import DEFAULT_CMAP, DIVERGING_CMAP, auto_clim, opacity_curve, sample_cmap
+from .colors import (
+    DEFAULT_CMAP,
+    DIVERGING_CMAP,
+    auto_clim,
+    get_cmap,
+    opacity_curve,
+    sample_cmap,
+)
 from .grid import near_square_grid, tile_mosaic
 
 __all__ = [
@@ -51,7 +58,9 @@ def check_order(order, n: int) -> np.ndarray:
         return np.arange(n)
     o = np.asarray(order)
     if o.ndim != 1 or o.size != n or not np.issubdtype(o.dtype, np.integer):
-        raise ValueError(f"order must be a permutation of range({n}), got shape {o.shape}, {o.dtype}")
+        raise ValueError(
+            f"order must be a permutation of range({n}), got shape {o.shape}, dtype {o.dtype}"
+        )
     if not np.array_equal(np.sort(o), np.arange(n)):
         raise ValueError(f"order must be a permutation of range({n})")
     return o.astype(np.intp)
@@ -61,14 +70,14 @@ def activation_volume(maps: np.ndarray, order=None) -> np.ndarray:
     """A layer's output maps ``(C, H, W)`` as a float32 volume, channels in ``order``.
 
     ``order[i]`` is the channel shown at position ``i`` (an orderer's ``order_``); ``None`` keeps
-    the natural order. A linear layer's ``(N,)`` activations become ``(1, rows, cols)`` via
-    :func:`~volviz.views.grid.neuron_grid`-style layout.
+    the natural order. A linear layer's ``(N,)`` activations become ``(1, rows, cols)`` laid out
+    by :func:`~volviz.views.grid.neuron_grid` with empty cells ``0``.
     """
     a = np.asarray(maps)
     if a.ndim == 1:
         from .grid import neuron_grid
 
-        a = neuron_grid(a)[None]
+        a = neuron_grid(a, fill=0.0)[None]  # 0, not NaN: no non-finite warning
     if a.ndim != 3:
         raise ValueError(f"maps must be (C, H, W), got shape {a.shape}")
     return np.ascontiguousarray(a[check_order(order, a.shape[0])], dtype=np.float32)
@@ -546,11 +555,26 @@ class LayerVolumeScene:
 
     def _apply_style(self, new: VolumeStyle, first: bool = False) -> None:
         old = self.style
+        # validate everything before touching the scene: a bad value leaves it as it was
+        clim = self._resolve_clim(new)
+        opacity_curve(new.opacity, 2)
+        get_cmap(new.resolved_cmap())
+        if new.interpolation not in ("nearest", "linear"):
+            raise ValueError(
+                f"interpolation must be 'nearest' or 'linear', not {new.interpolation!r}"
+            )
+        if new.z_spacing is not None and not new.z_spacing > 0:
+            raise ValueError(f"z_spacing must be > 0, got {new.z_spacing}")
+        if len(new.slice_positions) != 3:
+            raise ValueError("slice_positions needs 3 entries (x, y, z fractions or None)")
+        mapper = None
+        if not first and new.mapper != old.mapper:
+            mapper = self._make_mapper(new.mapper)
+        pv.Color(new.background), pv.Color(new.text_color), pv.Color(new.separator_color)
         self.style = new
-        if first or new.mapper != old.mapper:
-            if not first:
-                self.volume_actor.mapper = self._make_mapper(new.mapper)
-        self.clim = self._resolve_clim(new)
+        self.clim = clim
+        if mapper is not None:
+            self.volume_actor.mapper = mapper
         spacing_changed = (not first) and self._z_spacing() != self.grid.spacing[2]
         if spacing_changed:
             self._apply_spacing()

