@@ -389,3 +389,12 @@ def test_bad_style_leaves_scene_unchanged(act_scene):
         with pytest.raises((ValueError, TypeError)):
             scene.set_style(**bad)
         assert scene.style == before
+
+
+def test_docstring_examples():
+    import doctest
+
+    from volviz.views import colors, grid
+
+    for mod in (colors, grid):
+        assert doctest.testmod(mod).failed == 0

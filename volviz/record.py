@@ -150,8 +150,8 @@ def _write_gif(tmp: Path, frames: Iterable[np.ndarray], fps: float) -> int:
 def orbit_frames(
     scene,
     n_frames: int = 72,
-    elevation: float | None = 25.0,
-    start_azimuth: float = 35.0,
+    elevation: float | None = 35.0,
+    start_azimuth: float = 30.0,
 ) -> Iterator[np.ndarray]:
     """Turn the camera of a :class:`~volviz.views.volume.LayerVolumeScene` once around the
     stack (about its z axis, the channel axis), yielding ``n_frames`` screenshots.

@@ -301,9 +301,9 @@ def groups_figure(groups: ClassGroups, mosaics: list[np.ndarray], clim: float, p
     cols = min(n, 6)
     rows = math.ceil(n / cols)
     h, w = mosaics[0].shape[:2]
-    fig, axes = plt.subplots(rows, cols, figsize=(2.5 * cols + 1.0, (2.5 * h / w + 0.6) * rows + 0.6), squeeze=False)
-    cm = plt.get_cmap(cmap).copy()
-    cm.set_bad("white")
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols + 1.0, (2.4 * h / w + 0.75) * rows + 0.5),
+                             squeeze=False, layout="constrained")
+    cm = plt.get_cmap(cmap).with_extremes(bad="white")
     im = None
     for ax in axes.flat:
         ax.axis("off")

@@ -540,8 +540,7 @@ def importance_figure(panels: list[tuple[str, np.ndarray]], path, layout: tuple[
     aspect = rows / cols
     fig, axes = plt.subplots(pr, pc, figsize=(2.4 * pc + 1.0, (2.4 * max(aspect, 0.3) + 0.35) * pr + 0.5),
                              squeeze=False, layout="constrained")
-    cm = plt.get_cmap(cmap).copy()
-    cm.set_bad("white")
+    cm = plt.get_cmap(cmap).with_extremes(bad="white")
     im = None
     for ax in axes.flat:
         ax.axis("off")

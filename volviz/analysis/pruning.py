@@ -187,6 +187,9 @@ class SweepResult:
     overall: np.ndarray                 # (T,)
     counts: np.ndarray                  # (K,)
     class_names: list[str] | None = None
+    # the control: the SAME number of filters removed, most important first
+    error_most_first: np.ndarray | None = None    # (T, K)
+    overall_most_first: np.ndarray | None = None  # (T,)
 
     @property
     def fraction_removed(self) -> np.ndarray:
@@ -197,11 +200,13 @@ class SweepResult:
         names = self.class_names or [str(c) for c in range(K)]
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
+        ctrl = self.overall_most_first is not None
         w.writerow(["threshold", "filters_removed", "fraction_removed", "overall_error"]
-                   + [f"error_{n}" for n in names])
+                   + [f"error_{n}" for n in names] + (["overall_error_most_first"] if ctrl else []))
         for t in range(len(self.thresholds)):
             w.writerow([f"{self.thresholds[t]:.6g}", int(self.n_removed[t]), f"{self.fraction_removed[t]:.4f}",
-                        f"{self.overall[t]:.4f}"] + [f"{e:.4f}" for e in self.error[t]])
+                        f"{self.overall[t]:.4f}"] + [f"{e:.4f}" for e in self.error[t]]
+                       + ([f"{self.overall_most_first[t]:.4f}"] if ctrl else []))
         return buf.getvalue()
 
 
@@ -219,8 +224,11 @@ def sweep_thresholds(importance: np.ndarray, steps: int = 50) -> np.ndarray:
 def threshold_sweep(model: nn.Module, inputs: InputSet, layer: str, importance: np.ndarray, *,
                     thresholds: np.ndarray | None = None, steps: int = 50, n_classes: int,
                     reference: str = "all", class_names: list[str] | None = None, zero_bias: bool = True,
-                    batch_size: int = 256, progress: bool = True) -> SweepResult:
-    """Zero every filter of ``layer`` with importance < threshold, for each threshold."""
+                    control: bool = True, batch_size: int = 256, progress: bool = True) -> SweepResult:
+    """Zero every filter of ``layer`` with importance < threshold, for each threshold.
+
+    ``control``: also remove the same NUMBER of filters starting from the most important ones
+    (``error_most_first``): if the ranking means anything, that curve rises much earlier."""
     importance = np.asarray(importance, dtype=np.float64)
     if not np.all(np.isfinite(importance)):
         raise EmptyClassError(f"the importance of {layer} is undefined (no images for the reference class)")
@@ -235,8 +243,9 @@ def threshold_sweep(model: nn.Module, inputs: InputSet, layer: str, importance: 
                 f"threshold(s) {', '.join(f'{b:.4g}' for b in bad)} outside the range of {layer}'s "
                 f"importance [0, {hi:.4g}] (min {importance.min():.4g}); a threshold above the maximum "
                 "would remove every filter")
-    errs, overall, removed = [], [], []
+    errs, overall, removed, c_errs, c_overall = [], [], [], [], []
     counts = None
+    most_first = _rank(importance)[::-1]
     for t in tqdm(thresholds, desc=f"sweep {layer}", disable=not progress):
         cut = np.flatnonzero(importance < t)
         e, a, counts = error_rates(predict(zero_filters(model, layer, cut, zero_bias=zero_bias), inputs, batch_size),
@@ -244,13 +253,20 @@ def threshold_sweep(model: nn.Module, inputs: InputSet, layer: str, importance: 
         errs.append(e)
         overall.append(a)
         removed.append(len(cut))
+        if control:
+            e, a, _ = error_rates(predict(zero_filters(model, layer, most_first[:len(cut)], zero_bias=zero_bias),
+                                          inputs, batch_size), inputs.labels, n_classes)
+            c_errs.append(e)
+            c_overall.append(a)
     return SweepResult(layer, reference, importance, np.asarray(thresholds), np.asarray(removed),
-                       np.vstack(errs), np.asarray(overall), counts, class_names)
+                       np.vstack(errs), np.asarray(overall), counts, class_names,
+                       np.vstack(c_errs) if control else None, np.asarray(c_overall) if control else None)
 
 
 def sweep_figure(sweep: SweepResult, path, highlight: int | None = None):
     """Two panels: error rate vs threshold, and vs fraction of filters removed; one thin line per
-    class, the overall error thick black, the reference class (``highlight``) thick red."""
+    class, the overall error thick black, the reference class (``highlight``) thick red, and (right
+    panel) the control: the same number of filters removed most important first, dashed."""
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -269,6 +285,9 @@ def sweep_figure(sweep: SweepResult, path, highlight: int | None = None):
                     lw=2.4 if hl else 0.9, alpha=1 if hl else 0.7, drawstyle="steps-post",
                     label=f"class {names[c]}" + (" (reference)" if hl else ""), zorder=3 if hl else 2)
         ax.plot(xs, 100 * sweep.overall, color="black", lw=2.4, drawstyle="steps-post", label="overall", zorder=4)
+        if sweep.overall_most_first is not None and ax is axes[1]:
+            ax.plot(xs, 100 * sweep.overall_most_first, color="black", lw=1.6, ls="--", drawstyle="steps-post",
+                    label="overall, most important\nremoved first (control)", zorder=4)
         ax.set_xlabel(xl)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("error rate (%)")

@@ -16,6 +16,7 @@ Maps are returned as numpy ``(N, H, W)``. :func:`overlay` blends a map over its 
 from __future__ import annotations
 
 import pathlib
+import warnings
 
 import numpy as np
 import torch
@@ -68,10 +69,11 @@ def saliency_maps(model: nn.Module, x: torch.Tensor, target, *, method: str = "s
                                                           target=target, n_steps=n_steps)
         else:
             if not any(isinstance(m, nn.ReLU) for m in model.modules()):
-                import warnings
                 warnings.warn("guided backprop: the model has no nn.ReLU modules, so the map equals "
                               "the plain gradient", stacklevel=2)
-            attr = GuidedBackprop(wrapped).attribute(x, target=target)
+            with warnings.catch_warnings():  # captum announces its (temporary) ReLU hooks
+                warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
+                attr = GuidedBackprop(wrapped).attribute(x, target=target)
     except RuntimeError as exc:
         msg = str(exc)
         if "does not require grad" in msg or "differentiated" in msg or "grad_fn" in msg:

@@ -365,7 +365,25 @@ def add_groups(sub) -> None:
     p.add_argument("--layer", help="layer whose gradient is shown (default: the first captured layer with weights)")
     p.add_argument("--quantity", choices=["grad_weight", "grad_activation"], default="grad_weight")
     p.add_argument("--out", help="folder for sequence.json and groups.png")
+    p.add_argument("--no-stats", action="store_true", help="skip the gradient norms over all images of the three classes")
     p.set_defaults(func=cmd_groups)
+
+
+def _group_stats(store, model, groups, layer: str) -> dict:
+    """Mean norm of the reference neuron's weight gradient over ALL store images of the
+    reference, similar and dissimilar class (not only the few in the sequence)."""
+    import numpy as np
+    from volviz.analysis.class_groups import magnitude_by_class
+    from volviz.analysis.importance import InputSet, _prep_from_plan, importance_on_the_fly
+
+    wanted = {groups.reference: "reference", groups.similar: "similar", groups.dissimilar: "dissimilar"}
+    labels = store.column("label")
+    idx = [int(i) for i in np.flatnonzero(store.done) if int(labels[i]) in wanted]
+    inputs = InputSet([store.images[i] for i in idx], _prep_from_plan(store.plan))
+    res = importance_on_the_fly(model, inputs, [layer], target=groups.reference, class_names=store.class_names,
+                                progress=False)
+    mag = magnitude_by_class(res, layer, groups.reference)
+    return {g: dict(mag[c], **{"class": groups.name(c)}) for c, g in wanted.items() if c in mag}
 
 
 def _mosaic(arr, quantity: str):
@@ -407,12 +425,20 @@ def cmd_groups(a) -> int:
     for s, (it, n) in enumerate(zip(groups.items, gg.norms)):
         print(f"  t={s:<3} {it.label:<40} {n:.4g}")
     print(f"shared colour scale: max |grad| over the sequence = {gg.clim:.4g}")
+    stats = {}
+    if a.quantity == "grad_weight" and not a.no_stats:
+        stats = _group_stats(store, loaded.module, groups, layer)
+        print(f"\nover ALL images of each class: mean ||d S_{groups.name(groups.reference)} / d {layer}.weight||")
+        print(f"  {'group':<11} {'class':>6} {'images':>7} {'mean':>10} {'median':>10} {'correct':>10} {'miscl.':>10} {'n miscl.':>8}")
+        for g, d in stats.items():
+            print(f"  {g:<11} {d['class']:>6} {d['n']:>7} {d['mean']:>10.4g} {d['median']:>10.4g} "
+                  f"{d['correct']:>10.4g} {d['misclassified']:>10.4g} {d['n_misclassified']:>8}")
     if a.out:
         mosaics = [_mosaic(arr, a.quantity) for arr in gg.arrays]
         mclim = float(max(np.nanmax(m) for m in mosaics))
         d = groups.to_dict()
         d.update(layer=layer, quantity=a.quantity, clim=gg.clim,
-                 norms=[float(v) for v in gg.norms], store=str(store.path))
+                 norms=[float(v) for v in gg.norms], store=str(store.path), group_stats=stats)
         with _Outputs(a.out) as out:
             out.text("sequence.json", json.dumps(d, indent=1))
             groups_figure(groups, mosaics, mclim, out.path("groups.png"), norms=gg.norms,

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
 import shutil
 import time
 from dataclasses import dataclass
@@ -306,7 +308,9 @@ class _PhotoCropper:
         side = crop.shape[0]
         return resize(crop, (self.size, self.size), order=1, anti_aliasing=side > self.size)
 
-    def random(self, n: int, rng: np.random.RandomState, lo: int = 12, hi: int = 160) -> torch.Tensor:
+    def random(
+        self, n: int, rng: np.random.RandomState, lo: int = 12, hi: int = 160
+    ) -> torch.Tensor:
         """``n`` random crops, side log-uniform in ``[lo, hi]`` (clipped to the photo), none
         touching a face box; float32 [n, 1, size, size], uint8-quantized values in [0, 1]."""
         out = np.empty((n, self.size, self.size), dtype=np.float32)
@@ -462,7 +466,7 @@ def _write_test_images(name: str, split: _Split, info: DemoInfo, test_dir: Path)
     for k in split.export:
         img = np.rint(split.x_test[k, 0].numpy() * 255.0).astype(np.uint8)
         cls = info.class_names[int(split.y_test[k])]
-        Image.fromarray(img, mode="L").save(test_dir / cls / f"{name}_{int(split.test_ids[k]):04d}.png")
+        Image.fromarray(img).save(test_dir / cls / f"{name}_{int(split.test_ids[k]):04d}.png")
     return len(split.export)
 
 
@@ -580,6 +584,7 @@ def train_demo(
             "seed": seed,
             "input_size": list(info.input_size),
             "torch_threads": 1,
+            "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs",
             "torch_version": torch.__version__,
         }
         (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -601,14 +606,19 @@ def _mine_hard_negatives(model: nn.Module, split: _Split, info: DemoInfo) -> int
     cand = split.cropper.random(_MINE_CANDIDATES, split.rng, lo=24, hi=200)
     model.eval()
     p_face = torch.cat(
-        [torch.softmax(model(_normalize(cand[i : i + 500], info)), 1)[:, 0] for i in range(0, len(cand), 500)]
+        [
+            torch.softmax(model(_normalize(cand[i : i + 500], info)), 1)[:, 0]
+            for i in range(0, len(cand), 500)
+        ]
     )
     keep = cand[torch.argsort(p_face, descending=True)[:_MINE_KEEP]]
     split.hard = keep if split.hard is None else torch.cat([split.hard, keep])
     return len(split.hard)
 
 
-def _faces_batch(split: _Split, batch: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _faces_batch(
+    split: _Split, batch: int, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A class-balanced batch: half faces, a quarter lfw non-faces, a quarter photo crops (half
     of them mined hard negatives once there are some)."""
     assert split.extra_train is not None
@@ -624,5 +634,7 @@ def _faces_batch(split: _Split, batch: int, g: torch.Generator) -> tuple[torch.T
     parts = [split.x_train[fi], split.x_train[ni], split.extra_train[ci]]
     if n_hard:
         parts.append(split.hard[torch.randint(len(split.hard), (n_hard,), generator=g)])
-    y = torch.cat([torch.zeros(n_face, dtype=torch.int64), torch.ones(batch - n_face, dtype=torch.int64)])
+    y = torch.cat(
+        [torch.zeros(n_face, dtype=torch.int64), torch.ones(batch - n_face, dtype=torch.int64)]
+    )
     return torch.cat(parts), y

@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -194,7 +194,7 @@ class VolumeStyle:
     show_outline: bool = True
     show_separators: bool = True
     separator_color: str = "white"
-    separator_opacity: float = 0.18
+    separator_opacity: float = 0.04
     show_scalar_bar: bool = True
     scalar_bar_title: str = "value"
     background: str = "#15171c"
@@ -308,23 +308,19 @@ class LayerVolumeScene:
             self._sep_mesh, scalars="rgba", rgba=True, name=f"{uid}-separators",
             lighting=False, line_width=2, reset_camera=False, show_scalar_bar=False,
         )
+        fs = max(12, round(plotter.window_size[1] / 30))  # px; fixed, unlike corner annotations
         self._bar_key = f"{uid}-bar"  # pyvista keys scalar bars by title: a unique one, then
         self.scalar_bar = plotter.add_scalar_bar(  # the shown title is set by _apply_style
             title=self._bar_key, mapper=self.slices_actor.mapper, vertical=True,
             position_x=0.86, position_y=0.15, width=0.05, height=0.6, n_labels=5,
-            color=self.style.text_color, title_font_size=14, label_font_size=12, fmt="%.3g",
+            color=self.style.text_color, title_font_size=fs, label_font_size=fs - 2, fmt="%.3g",
         )
-        self.title_actor = plotter.add_text(
-            title, position="upper_left", font_size=11, color=self.style.text_color,
-            name=f"{uid}-title",
+        self.title_actor = self._add_text(f"{uid}-title", (0.012, 0.988), "left", "top", fs)
+        self.label_actor = self._add_text(f"{uid}-label", (0.988, 0.988), "right", "top", fs)
+        self.warning_actor = self._add_text(
+            f"{uid}-warning", (0.012, 0.012), "left", "bottom", max(9, fs - 2), "#ff9f43"
         )
-        self.label_actor = plotter.add_text(
-            "", position="upper_right", font_size=11, color=self.style.text_color,
-            name=f"{uid}-label",
-        )
-        self.warning_actor = plotter.add_text(
-            "", position="lower_left", font_size=10, color="#ff9f43", name=f"{uid}-warning",
-        )
+        self.title_actor.input = str(title)
         self.title_text, self.label_text, self.warning_text = str(title), "", ""
         self._apply_style(self.style, first=True)
         self._update_warning()
@@ -369,14 +365,14 @@ class LayerVolumeScene:
     def set_title(self, text: str) -> None:
         """Text in the upper left corner."""
         self.title_text = str(text)
-        self.title_actor.set_text("upper_left", self.title_text)
+        self.title_actor.input = self.title_text
 
     def set_label(self, text: str) -> None:
         """Text in the upper right corner, e.g. the time step of a series."""
         self.label_text = str(text)
-        self.label_actor.set_text("upper_right", self.label_text)
+        self.label_actor.input = self.label_text
 
-    def reset_camera(self, azimuth: float = 35.0, elevation: float = 28.0, zoom: float = 1.0):
+    def reset_camera(self, azimuth: float = 30.0, elevation: float = 35.0, zoom: float = 1.0):
         """Oblique default view: from the front (-y), ``azimuth`` degrees to the right and
         ``elevation`` degrees above, z (the channel stack) up, whole volume in view."""
         cam = self.plotter.camera
@@ -388,8 +384,10 @@ class LayerVolumeScene:
         cam.focal_point = tuple(center)
         cam.position = tuple(center + direction * self.grid.length * 2.0)
         cam.up = (0.0, 0.0, 1.0)
+        # keep the stack clear of the colour bar on the right: shift the picture left a little
+        cam.SetWindowCenter(0.1 if self.style.show_scalar_bar else 0.0, 0.0)
         self.plotter.reset_camera()
-        cam.zoom(zoom)
+        cam.zoom(zoom * 0.95)
 
     def render(self) -> None:
         self.plotter.render()
@@ -494,7 +492,7 @@ class LayerVolumeScene:
         if self.has_nonfinite:
             text = f"warning: {self.n_nonfinite} NaN/Inf values (NaN hidden, Inf clamped)"
         self.warning_text = text
-        self.warning_actor.set_text("lower_left", text)
+        self.warning_actor.input = text
 
     def _make_mapper(self, name: str):
         try:
@@ -597,6 +595,18 @@ class LayerVolumeScene:
         self.scalar_bar.GetLabelTextProperty().SetColor(pv.Color(new.text_color).float_rgb)
         if spacing_changed:
             self.reset_camera()
+
+    def _add_text(self, name, pos, h, v, size, color=None) -> pv.Text:
+        """A text actor at a fixed pixel font size, anchored in normalized viewport coords."""
+        actor = pv.Text("", position=pos)
+        actor.GetPositionCoordinate().SetCoordinateSystemToNormalizedViewport()
+        prop = actor.prop
+        prop.font_size = int(size)
+        prop.justification_horizontal = h
+        prop.justification_vertical = v
+        prop.color = color or self.style.text_color
+        self.plotter.add_actor(actor, reset_camera=False, name=name, pickable=False)
+        return actor
 
     def _separators_visible(self) -> bool:
         return bool(self.style.show_separators and self.boundaries.size)

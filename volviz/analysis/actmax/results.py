@@ -9,8 +9,9 @@ Layout (next to the capture's arrays, in the same zarr group)::
     done             bool    (n_chunks,)      True once chunk i's arrays are written
     real_top         float32 (U,)             top objective over the store's real images
     real_top_image   int64   (U,)             which image that was
-    scale            float32 (U,)             divisor of the activation (real_top if > 0, see run.py)
-    search/          score, ratio, hf, beats_real (N,), units (k,); attrs: configs, best, steps
+    real_mean        float32 (U,)             mean objective over the real images
+    scale            float32 (U,)             real_top - real_mean (1 where that is ~0): the unit of z
+    search/          score, z, hf, beats_real (N,), units (k,); attrs: configs, best, steps
     attrs: format, layer, objective, n_units, seeds, steps, image_shape, chunk_units, settings,
            config (the setting used), prepared, complete, summary
 
@@ -67,7 +68,8 @@ def layer_state(store, layer: str) -> dict | None:
 # ---- writing (run.py) ------------------------------------------------------------------------
 def prepare_layer(store: Store, layer: str, *, meta: dict, n_units: int, n_seeds: int,
                   image_shape: tuple[int, int, int], chunk_units: int, real_top: np.ndarray,
-                  real_top_image: np.ndarray, scale: np.ndarray, search=None, config: dict) -> object:
+                  real_top_image: np.ndarray, real_mean: np.ndarray, scale: np.ndarray, search=None,
+                  config: dict) -> object:
     """(Re)create ``preferred/<layer>`` with empty result arrays; ``prepared`` is set last."""
     parent = store.root.require_group(GROUP)
     if layer in parent:
@@ -84,12 +86,12 @@ def prepare_layer(store: Store, layer: str, *, meta: dict, n_units: int, n_seeds
                        fill_value=np.nan)
     g.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False)
     for name, arr, dt in (("real_top", real_top, "float32"), ("real_top_image", real_top_image, "int64"),
-                          ("scale", scale, "float32")):
+                          ("real_mean", real_mean, "float32"), ("scale", scale, "float32")):
         a = g.create_array(name, shape=(n_units,), chunks=(n_units,), dtype=dt, fill_value=0)
         a[:] = np.asarray(arr).astype(dt)
     if search is not None:
         s = g.create_group("search")
-        for name in ("score", "ratio", "hf", "beats_real"):
+        for name in ("score", "z", "hf", "beats_real"):
             a = s.create_array(name, shape=(len(search.configs),), chunks=(len(search.configs),),
                                dtype="float64", fill_value=np.nan)
             a[:] = getattr(search, name)
@@ -136,12 +138,18 @@ class PreferredInfo:
     activation_init: np.ndarray   # (U, S)
     real_top: np.ndarray          # (U,)
     real_top_image: np.ndarray    # (U,)
-    scale: np.ndarray             # (U,)
+    real_mean: np.ndarray         # (U,)
+    scale: np.ndarray             # (U,) real_top - real_mean
     config: dict
     settings: dict
     complete: bool
     summary: dict = field(default_factory=dict)
-    search: dict | None = None    # {configs, best, steps, hf_weight, score, ratio, hf, beats_real, units}
+    search: dict | None = None    # {configs, best, steps, hf_weight, score, z, hf, beats_real, units}
+
+    @property
+    def z(self) -> np.ndarray:
+        """(U, S) normalized activation: 0 = the mean real image, 1 = the top real image."""
+        return (self.activation - self.real_mean[:, None]) / self.scale[:, None]
 
     @property
     def best_seed(self) -> np.ndarray:
@@ -189,12 +197,12 @@ def preferred_info(store, layer: str, partial: bool = False) -> PreferredInfo:
     search = None
     if "search" in g:
         s = g["search"]
-        search = dict(s.attrs.asdict(), **{k: np.asarray(s[k][:]) for k in ("score", "ratio", "hf",
+        search = dict(s.attrs.asdict(), **{k: np.asarray(s[k][:]) for k in ("score", "z", "hf",
                                                                              "beats_real", "units")})
     return PreferredInfo(layer, at["objective"], at["n_units"], list(at["seeds"]), tuple(at["image_shape"]),
                          np.asarray(g["activation"][:]), np.asarray(g["activation_init"][:]),
                          np.asarray(g["real_top"][:]), np.asarray(g["real_top_image"][:]),
-                         np.asarray(g["scale"][:]), at.get("config", {}), at.get("settings", {}),
+                         np.asarray(g["real_mean"][:]), np.asarray(g["scale"][:]), at.get("config", {}), at.get("settings", {}),
                          bool(at.get("complete", False)), at.get("summary", {}), search)
 
 

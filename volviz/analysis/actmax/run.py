@@ -30,7 +30,8 @@ from volviz.store.store import Store
 
 log = logging.getLogger("volviz.actmax")
 
-__all__ = ["PreferredSettings", "run_preferred", "default_layers", "real_statistics", "build_problem"]
+__all__ = ["PreferredSettings", "run_preferred", "default_layers", "real_statistics", "build_problem",
+           "prepare_model"]
 
 CONV_OBJECTIVES = ("channel", "centre")
 INITS = ("noise", "mean")
@@ -92,7 +93,15 @@ def load_store_model(store: Store, device: str = "cpu"):
     from volviz.sources.models import load_model
     s = store.plan["settings"]
     loaded = load_model(s["model"], s.get("weights"), trust_pickle=s.get("trust_pickle", False))
-    model = loaded.module.eval().to(device)
+    return prepare_model(loaded.module, device)
+
+
+def prepare_model(model: torch.nn.Module, device: str = "cpu") -> torch.nn.Module:
+    """eval mode, on ``device``, channels-last weights (about 2x faster convs on the CPU too), no
+    weight gradients (only the image's are needed)."""
+    model = model.eval().to(device)
+    if not isinstance(model, torch.jit.ScriptModule):
+        model = model.to(memory_format=torch.channels_last)
     for p in model.parameters():
         p.requires_grad_(False)
     return model
@@ -204,8 +213,7 @@ def build_problem(model, layer: str, settings: PreferredSettings, store: Store, 
     colour = colour_matrix(shape[0], stats.cov) if shape[0] > 1 else None
     return Problem(model, layer, kind, shape, mean, std, centre=tuple(stats.centre.tolist()),
                    lo=tuple(np.minimum(stats.lo, 0.0).tolist()), hi=tuple(np.maximum(stats.hi, 1.0).tolist()),
-                   colour=colour, device=settings.device, precision=settings.precision,
-                   channels_last=torch.device(settings.device).type == "cuda")
+                   colour=colour, device=settings.device, precision=settings.precision)
 
 
 def _base_images(problem: Problem, stats: RealStats, values: np.ndarray, idx: np.ndarray,
@@ -224,15 +232,15 @@ def _base_images(problem: Problem, stats: RealStats, values: np.ndarray, idx: np
     return np.stack([imgs[[pos[int(j)] for j in top[:, k]]].mean(0) for k in range(u)])
 
 
-def _summary(info_act: np.ndarray, act_init: np.ndarray, top: np.ndarray, scale: np.ndarray,
-             images_best: np.ndarray, seconds: float) -> dict:
+def _summary(info_act: np.ndarray, act_init: np.ndarray, top: np.ndarray, mean: np.ndarray,
+             scale: np.ndarray, images_best: np.ndarray, seconds: float) -> dict:
     best = np.nanmax(info_act, 1)
     return {
         "units": int(len(best)),
         "beats_real_fraction": float(np.mean(best > top)),
         "all_seeds_beat_real_fraction": float(np.mean((info_act > top[:, None]).all(1))),
         "increased_fraction": float(np.mean(info_act > act_init)),
-        "median_ratio": float(np.median(best / scale)),
+        "median_z": float(np.median((best - mean) / scale)),
         "mean_hf": float(high_frequency_fraction(images_best).mean()),
         "seconds": round(seconds, 3),
     }
@@ -314,8 +322,8 @@ def run_preferred(store: Store | str | os.PathLike, layers: list[str] | None = N
             act0 = np.asarray(g["activation_init"][:])
             imgs = np.asarray(g["images"][:], dtype=np.float32)
             best = imgs[np.arange(n_units), np.nanargmax(act, 1)]
-            summary = _summary(act, act0, np.asarray(g["real_top"][:]), scale, best,
-                               time.perf_counter() - t0)
+            summary = _summary(act, act0, np.asarray(g["real_top"][:]), np.asarray(g["real_mean"][:]),
+                               scale, best, time.perf_counter() - t0)
             summary["objective"] = problem.kind
             R.finalize_layer(g, summary)
             out[layer] = summary
@@ -327,8 +335,9 @@ def run_preferred(store: Store | str | os.PathLike, layers: list[str] | None = N
 def _prepare(st: Store, layer: str, problem: Problem, n_units: int, settings: PreferredSettings,
              stats: RealStats, seeds: list[int], bar) -> object:
     values, idx = real_values(problem, st)
-    top = values.max(0)
-    scale = np.maximum(np.maximum(top, values.std(0)), 1e-6)
+    top, mean = values.max(0), values.mean(0)
+    spread = top - mean
+    scale = np.where(spread > 1e-6 * np.maximum(1.0, np.abs(top)), spread, 1.0)
     top_image = idx[values.argmax(0)]
     base_cfg = settings.base_config()
     search = None
@@ -341,7 +350,7 @@ def _prepare(st: Store, layer: str, problem: Problem, n_units: int, settings: Pr
         sub = search_units(n_units, settings.search_units)
         base = _base_images(problem, stats, values, idx, st)[sub] if settings.init == "mean" else None
         search = random_search(problem, sub, configs, settings.search_steps or settings.steps,
-                               scale=scale[sub], top=top[sub], hf_weight=settings.hf_weight,
+                               offset=mean[sub], scale=scale[sub], top=top[sub], hf_weight=settings.hf_weight,
                                batch_size=settings.batch_size, base=base, init_std=settings.init_std,
                                init_blur=settings.init_blur)
         cfg = search.best_config
@@ -353,4 +362,5 @@ def _prepare(st: Store, layer: str, problem: Problem, n_units: int, settings: Pr
             "search_units": None if search is None else search.units.tolist()}
     return R.prepare_layer(st, layer, meta=meta, n_units=n_units, n_seeds=len(seeds),
                            image_shape=problem.input_shape, chunk_units=chunk, real_top=top,
-                           real_top_image=top_image, scale=scale, search=search, config=cfg.to_dict())
+                           real_top_image=top_image, real_mean=mean, scale=scale, search=search,
+                           config=cfg.to_dict())

@@ -2,14 +2,17 @@
 
 The score of a setting, for a layer (documented in ``docs/preferred-inputs.md``)::
 
-    score = mean_u log(1 + max(a_u / scale_u, 0))  -  hf_weight * mean_u HF(x_u)
+    z_u   = (a_u - mean_u) / (top_u - mean_u)
+    score = mean_u slog(z_u)  -  hf_weight * mean_u HF(x_u),      slog(z) = sign(z) log(1 + |z|)
 
 over a fixed subset of the layer's units, one seed each, where ``a_u`` is the activation the final
-image reaches, ``scale_u`` the unit's top activation over the real images in the store (so a ratio
-above 1 beats every real image), and ``HF(x)`` the fraction of the image's (mean-removed) spectral
-energy above half the Nyquist frequency: about 0.80 for white noise, near 0 for smooth images. The
-log makes gains above the real images' top count less and less, so the search cannot buy a little
-more activation with a lot of pixel noise; ``hf_weight = 1`` by default.
+image reaches and ``mean_u`` / ``top_u`` the unit's mean and top activation over the real images in
+the store: ``z = 0`` is an average real image, ``z = 1`` the best one, ``z > 1`` beats every real
+image. ``HF(x)`` is the fraction of the image's (mean-removed) spectral energy above half the
+Nyquist frequency: about 0.80 for white noise, near 0 for smooth images. The log makes gains far
+above the real images' top count less and less, so the search cannot buy a little more activation
+with a lot of pixel noise; ``hf_weight = 1`` by default. ``slog`` is monotone everywhere, so a
+setting still wins by raising a unit that stays below its real images.
 
 Every candidate setting is evaluated on the same units with the same seeds (common random numbers,
 so differences come from the settings, not from the noise), and all candidates run together, one
@@ -27,7 +30,7 @@ import numpy as np
 from volviz.analysis.actmax.optimize import Config, Problem, optimize_batch
 from volviz.analysis.actmax.param import PARAM_KINDS
 
-__all__ = ["SearchResult", "high_frequency_fraction", "score_images", "sample_configs", "random_search",
+__all__ = ["SearchResult", "high_frequency_fraction", "slog", "score_images", "sample_configs", "random_search",
            "search_units"]
 
 
@@ -48,12 +51,20 @@ def high_frequency_fraction(images: np.ndarray, cutoff: float = 0.25) -> np.ndar
     return np.where(total > 0, high / np.maximum(total, 1e-30), 0.0)
 
 
-def score_images(activation: np.ndarray, scale: np.ndarray, images: np.ndarray,
+def slog(z):
+    """Signed log: ``sign(z) * log(1 + |z|)``."""
+    z = np.asarray(z, dtype=np.float64)
+    return np.sign(z) * np.log1p(np.abs(z))
+
+
+def score_images(activation: np.ndarray, offset: np.ndarray, scale: np.ndarray, images: np.ndarray,
                  hf_weight: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-element ``(score, ratio, hf)`` with ``score = log1p(max(ratio, 0)) - hf_weight * hf``."""
-    ratio = np.asarray(activation, dtype=np.float64) / np.asarray(scale, dtype=np.float64)
+    """Per-element ``(score, z, hf)``: ``z = (activation - offset) / scale`` (offset = the real
+    images' mean, scale = top - mean) and ``score = slog(z) - hf_weight * hf``."""
+    z = (np.asarray(activation, dtype=np.float64) - np.asarray(offset, dtype=np.float64)) / \
+        np.asarray(scale, dtype=np.float64)
     hf = high_frequency_fraction(images)
-    return np.log1p(np.maximum(ratio, 0.0)) - hf_weight * hf, ratio, hf
+    return slog(z) - hf_weight * hf, z, hf
 
 
 def _loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -101,7 +112,7 @@ def search_units(n_units: int, k: int) -> np.ndarray:
 class SearchResult:
     configs: list[Config]
     score: np.ndarray      # (N,) mean score over the evaluated units
-    ratio: np.ndarray      # (N,) mean activation / scale
+    z: np.ndarray          # (N,) mean normalized activation (1 = the top real image)
     hf: np.ndarray         # (N,) mean high-frequency fraction
     beats_real: np.ndarray  # (N,) fraction of evaluated units whose image beat every real image
     units: np.ndarray      # the evaluated units
@@ -118,29 +129,30 @@ class SearchResult:
 
     def table(self, top: int = 5) -> str:
         order = np.argsort(-np.nan_to_num(self.score, nan=-np.inf))[:top]
-        rows = [f"{'#':>3} {'score':>7} {'ratio':>7} {'HF':>5} {'beats':>5}  setting"]
+        rows = [f"{'#':>3} {'score':>7} {'z':>7} {'HF':>5} {'beats':>5}  setting"]
         for i in order:
             c = self.configs[i]
-            rows.append(f"{i:>3} {self.score[i]:7.3f} {self.ratio[i]:7.2f} {self.hf[i]:5.2f} "
+            rows.append(f"{i:>3} {self.score[i]:7.3f} {self.z[i]:7.2f} {self.hf[i]:5.2f} "
                         f"{self.beats_real[i]:5.2f}  {c.param} lr={c.lr:.3g} l2={c.l2_decay:.2g} "
                         f"l1={c.l1:.2g} tv={c.tv:.2g} blur={c.blur_sigma:.2g}/{c.blur_every} jit={c.jitter}")
         return "\n".join(rows)
 
 
-def random_search(problem: Problem, units, configs: list[Config], steps: int, *, scale, top=None,
-                  hf_weight: float = 1.0, seed: int = 0, batch_size: int = 512, base=None,
+def random_search(problem: Problem, units, configs: list[Config], steps: int, *, offset, scale,
+                  top=None, hf_weight: float = 1.0, seed: int = 0, batch_size: int = 512, base=None,
                   **kw) -> SearchResult:
     """Evaluate every config on every unit in ``units`` (seed ``seed``), batched.
 
-    ``scale``/``top``/``base``: per evaluated unit (``top``: the real images' top activation, for
-    the ``beats_real`` column; default ``scale``).
+    ``offset``/``scale``/``top``/``base``: per evaluated unit: the real images' mean activation,
+    top - mean, the top (for the ``beats_real`` column; default offset + scale), start images.
     """
     units = np.asarray(units, dtype=np.int64)
+    offset = np.asarray(offset, dtype=np.float64)
     scale = np.asarray(scale, dtype=np.float64)
-    top = scale if top is None else np.asarray(top, dtype=np.float64)
+    top = offset + scale if top is None else np.asarray(top, dtype=np.float64)
     n, k = len(configs), len(units)
     score = np.full((n, k), np.nan)
-    ratio, hf, beats = score.copy(), score.copy(), score.copy()
+    z, hf, beats = score.copy(), score.copy(), score.copy()
     # elements: (config i, unit j); grouped by parameterization, cut into batches
     for kind in sorted({c.param for c in configs}):
         idx = [i for i, c in enumerate(configs) if c.param == kind]
@@ -152,8 +164,8 @@ def random_search(problem: Problem, units, configs: list[Config], steps: int, *,
             res = optimize_batch(problem, units[uj], np.full(len(chunk), seed), [configs[i] for i in ci],
                                  steps, scale=scale[uj],
                                  base=None if base is None else np.asarray(base)[uj], **kw)
-            s, r, h = score_images(res.activation, scale[uj], res.images, hf_weight)
-            score[ci, uj], ratio[ci, uj], hf[ci, uj] = s, r, h
+            s, zz, h = score_images(res.activation, offset[uj], scale[uj], res.images, hf_weight)
+            score[ci, uj], z[ci, uj], hf[ci, uj] = s, zz, h
             beats[ci, uj] = res.activation > top[uj]
-    return SearchResult(configs, score.mean(1), ratio.mean(1), hf.mean(1), beats.mean(1), units, steps,
+    return SearchResult(configs, score.mean(1), z.mean(1), hf.mean(1), beats.mean(1), units, steps,
                         hf_weight)

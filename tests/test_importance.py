@@ -1,0 +1,217 @@
+"""Filter importance (volviz.analysis.importance) and class groups (volviz.analysis.class_groups)
+against direct computation: loop-computed per-image gradients, hand-made class means."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from helpers import tiny_cnn, write_image_folder
+from volviz.analysis.class_groups import (
+    confusion_similarity,
+    group_gradients,
+    magnitude_by_class,
+    pick_class_groups,
+)
+from volviz.analysis.importance import (
+    AnalysisError,
+    EmptyClassError,
+    InputSet,
+    NoWeightsError,
+    NotDifferentiableError,
+    importance_from_store,
+    importance_on_the_fly,
+)
+from volviz.capture.persample import loop_per_sample_grads
+from volviz.capture.run import CaptureSettings, run_capture
+from volviz.cli import main
+
+SETTINGS = dict(model="helpers:tiny_cnn", size=(12, 12), channels=1, batch_size=4)
+
+
+def _loop_norms(model, x, targets, layers):
+    ref = loop_per_sample_grads(model, x, targets, [f"{n}.weight" for n in layers])
+    return {n: ref[f"{n}.weight"].reshape(len(x), ref[f"{n}.weight"].shape[1], -1).norm(dim=2).numpy()
+            for n in layers}
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imp")
+    imgs = write_image_folder(root / "imgs", n_per_class=3)
+    store = run_capture(root / "s", CaptureSettings(images=[str(imgs)], **SETTINGS), progress=False)
+    return store
+
+
+def test_importance_is_the_norm_of_the_loop_gradient_in_small_chunks():
+    m = tiny_cnn().eval()
+    x, labels = torch.randn(7, 1, 12, 12), torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    # max_bytes=200: per-image weight gradients are formed one or two images at a time
+    res = importance_on_the_fly(m, InputSet.from_tensors(x, labels), target="true", batch_size=3,
+                                max_bytes=200, progress=False)
+    assert res.layers == ["conv1", "conv2", "conv3", "fc1", "fc2"]
+    ref = _loop_norms(m, x, labels, res.layers)
+    for n in res.layers:
+        np.testing.assert_allclose(res.per_image[n], ref[n], rtol=1e-4, atol=1e-7, err_msg=n)
+    # fc2 (the output layer): only the target neuron's row has a gradient
+    assert np.all(res.per_image["fc2"][np.arange(7), labels.numpy()] > 0)
+    other = np.ones((7, 3), bool)
+    other[np.arange(7), labels.numpy()] = False
+    assert np.all(res.per_image["fc2"][other] == 0)
+
+
+def test_layer_without_fast_path_and_fixed_target():
+    torch.manual_seed(1)
+    m = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.Tanh(), nn.Flatten(), nn.Linear(300, 4)).eval()
+    m[1].running_var.fill_(2.0)
+    x = torch.randn(5, 1, 12, 12)
+    res = importance_on_the_fly(m, InputSet.from_tensors(x, [0, 1, 2, 3, 0]), ["0", "1", "4"], target=2,
+                                progress=False)
+    assert list(res.target) == [2] * 5
+    ref = _loop_norms(m, x, torch.full((5,), 2), ["0", "1", "4"])
+    for n in ["0", "1", "4"]:
+        np.testing.assert_allclose(res.per_image[n], ref[n], rtol=1e-4, atol=1e-7, err_msg=n)
+
+
+def test_class_means_and_empty_class():
+    m = tiny_cnn().eval()
+    x, labels = torch.randn(6, 1, 12, 12), torch.tensor([0, 0, 1, 1, 1, 0])
+    res = importance_on_the_fly(m, InputSet.from_tensors(x, labels), ["conv2"], target="true", progress=False)
+    rel, counts = res.class_relevance("conv2")
+    assert counts.tolist() == [3, 3, 0]
+    np.testing.assert_allclose(rel[1], res.per_image["conv2"][[2, 3, 4]].mean(0), rtol=1e-6)
+    assert np.isnan(rel[2]).all()
+    with pytest.raises(EmptyClassError, match="no images of class 2"):
+        res.mean("conv2", 2)
+    tot = res.total_norm("conv2")
+    np.testing.assert_allclose(tot, np.linalg.norm(res.per_image["conv2"], axis=1), rtol=1e-6)
+
+
+def test_store_importance_equals_on_the_fly(tiny_store):
+    from volviz.analysis.importance import inputs_from_store, model_from_store
+    res = importance_from_store(tiny_store, batch_size=4, progress=False)
+    assert res.source == "store" and res.n_images == 9
+    inputs, _ = inputs_from_store(tiny_store)
+    fly = importance_on_the_fly(model_from_store(tiny_store).module, inputs, res.layers, target="true",
+                                progress=False)
+    for n in res.layers:  # fc1/fc2 come from the stored u, v factors: |u_j| * ||v||
+        np.testing.assert_allclose(res.per_image[n], fly.per_image[n], rtol=1e-4, atol=1e-7, err_msg=n)
+    assert tiny_store.layers["fc1"].weight_factors
+    # ... and equal the norms of the full stored gradients
+    g = np.stack([tiny_store.read("grad_weight", "fc1", i) for i in range(9)])
+    np.testing.assert_allclose(res.per_image["fc1"], np.linalg.norm(g, axis=2), rtol=1e-5)
+
+
+def test_float16_store(tmp_path):
+    imgs = write_image_folder(tmp_path / "imgs", n_per_class=2)
+    s16 = run_capture(tmp_path / "h", CaptureSettings(images=[str(imgs)], dtype="float16", **SETTINGS), progress=False)
+    s32 = run_capture(tmp_path / "f", CaptureSettings(images=[str(imgs)], **SETTINGS), progress=False)
+    a, b = importance_from_store(s16, progress=False), importance_from_store(s32, progress=False)
+    for n in a.layers:
+        np.testing.assert_allclose(a.per_image[n], b.per_image[n], rtol=2e-3,
+                                   atol=2e-3 * b.per_image[n].max(), err_msg=n)
+
+
+def test_bad_layers_and_non_differentiable(tiny_store):
+    m = tiny_cnn().eval()
+    inputs = InputSet.from_tensors(torch.randn(2, 1, 12, 12), [0, 1])
+    with pytest.raises(NoWeightsError, match=r"'pool' \(AdaptiveAvgPool2d\) has no weights.*conv1"):
+        importance_on_the_fly(m, inputs, ["pool"], progress=False)
+    with pytest.raises(NoWeightsError, match=r"'relu1' \(ReLU\) has no weights"):
+        importance_on_the_fly(m, inputs, ["relu1"], progress=False)
+    with pytest.raises(AnalysisError, match="not in this store"):
+        importance_from_store(tiny_store, ["relu1"], progress=False)
+
+    class Quantized(nn.Module):  # integer rounding cuts the gradient path after conv
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+            self.fc = nn.Linear(200, 2)
+
+        def forward(self, x):
+            h = (self.conv(x) * 10).to(torch.int32).float()
+            return self.fc(h.flatten(1))
+
+    with pytest.raises(NotDifferentiableError, match="'conv'"):
+        importance_on_the_fly(Quantized().eval(), inputs, ["conv", "fc"], progress=False)
+
+
+def test_cli_importance_writes_tables_and_grids(tiny_store, tmp_path):
+    out = tmp_path / "imp"
+    assert main(["importance", str(tiny_store.path), "--out", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert "importance_conv3.png" in names and "class_fc1.csv" in names and "per_image_conv1.csv" in names
+    rows = (out / "class_conv3.csv").read_text().splitlines()
+    assert rows[0].startswith("class,n_images,f0") and len(rows) == 4
+    res = importance_from_store(tiny_store, progress=False)
+    rel, _ = res.class_relevance("conv3")
+    np.testing.assert_allclose([float(v) for v in rows[2].split(",")[2:]], rel[1], rtol=1e-4)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["layers"]["conv3"]["grid"] == [2, 3]
+    # a layer without weights: a clear error, exit 2, nothing written
+    bad = tmp_path / "bad"
+    assert main(["importance", str(tiny_store.path), "--out", str(bad), "--layers", "pool"]) == 2
+    assert not bad.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".volviz-")]
+
+
+def test_cli_importance_fixed_target_recomputes(tiny_store, tmp_path):
+    out = tmp_path / "t"
+    assert main(["importance", str(tiny_store.path), "--out", str(out), "--target", "b", "--layers", "conv1"]) == 0
+    pairs = (out / "pairs_conv1.csv").read_text().splitlines()
+    assert [r.split(",")[:3] for r in pairs[1:]] == [["b", "a", "3"], ["b", "b", "3"], ["b", "c", "3"]]
+
+
+# ---- class groups ------------------------------------------------------------------------------
+def _toy_predictions():
+    # 3 images per class for classes 0..3; class 1 is often taken for 0, class 3 never for 0
+    labels = np.repeat(np.arange(4), 3)
+    probs = np.full((12, 4), 0.02)
+    for i, c in enumerate(labels):
+        probs[i, c] = 0.9
+    probs[3] = [0.6, 0.34, 0.03, 0.03]   # a 1 misclassified as 0
+    probs[4] = [0.3, 0.64, 0.03, 0.03]
+    probs[0] = [0.7, 0.24, 0.03, 0.03]
+    probs /= probs.sum(1, keepdims=True)
+    return labels, probs.argmax(1), probs
+
+
+def test_class_groups_similar_dissimilar_and_missing():
+    labels, pred, probs = _toy_predictions()
+    sim = confusion_similarity(probs, labels, 0)
+    P = np.array([probs[labels == a].mean(0) for a in range(4)])
+    np.testing.assert_allclose(sim, (P[0] + P[:, 0]) / 2)
+    g = pick_class_groups(labels, pred, probs, 0, class_names=list("wxyz"), indices=np.arange(100, 112))
+    assert (g.similar, g.dissimilar) == (1, 2)  # 2 and 3 tie: the lower index wins, deterministically
+    seq = g.sequence()
+    assert [lab for _, lab in seq] == ["reference w · correct", "similar x · correct",
+                                        "similar x · misclassified as w", "dissimilar y · correct"]
+    assert seq[2][0] == 103 and seq[0][0] in (101, 102)  # store indices, most confident first
+    assert any("reference class w: no misclassified" in m for m in g.missing)
+    with pytest.raises(EmptyClassError, match="reference class z has no labelled images"):
+        pick_class_groups(labels[labels != 3], pred[labels != 3], probs[labels != 3], 3, class_names=list("wxyz"))
+
+
+def test_group_gradients_shared_scale_and_magnitudes():
+    m = tiny_cnn().eval()
+    x = torch.randn(4, 1, 12, 12)
+    gg = group_gradients(m, x, 1, "conv2")
+    ref = loop_per_sample_grads(m, x, torch.full((4,), 1), ["conv2.weight"])["conv2.weight"].numpy()
+    np.testing.assert_allclose(np.stack(gg.arrays), ref, rtol=1e-4, atol=1e-7)
+    assert gg.clim == pytest.approx(float(np.abs(ref).max()), rel=1e-5)
+    np.testing.assert_allclose(gg.norms, np.linalg.norm(ref.reshape(4, -1), axis=1), rtol=1e-5)
+    res = importance_on_the_fly(m, InputSet.from_tensors(x, [0, 1, 1, 2]), ["conv2"], target=1, progress=False)
+    mag = magnitude_by_class(res, "conv2", 1)
+    assert mag[1]["n"] == 2 and mag[1]["mean"] == pytest.approx(gg.norms[1:3].mean(), rel=1e-4)
+
+
+def test_cli_groups(tiny_store, tmp_path, capsys):
+    out = tmp_path / "g"
+    assert main(["groups", str(tiny_store.path), "--class", "a", "--layer", "conv2", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "reference a" in text and "shared colour scale" in text
+    d = json.loads((out / "sequence.json").read_text())
+    assert d["reference"] == "a" and d["sequence"] and d["clim"] > 0 and len(d["norms"]) == len(d["sequence"])
+    assert (out / "groups.png").stat().st_size > 1000
+    assert main(["groups", str(tiny_store.path), "--class", "zebra"]) == 2

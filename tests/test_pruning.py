@@ -1,0 +1,136 @@
+"""Pruning analysis (volviz.analysis.pruning): exactly the chosen filters are zeroed, error rates
+match hand counts, the sweep removes filters in importance order, bad input is refused."""
+import numpy as np
+import pytest
+import torch
+
+from helpers import tiny_cnn, write_image_folder
+from volviz.analysis.importance import AnalysisError, EmptyClassError, InputSet
+from volviz.analysis.pruning import (
+    ThresholdError,
+    error_rates,
+    least_most_table,
+    predict,
+    sweep_thresholds,
+    table_markdown,
+    threshold_sweep,
+    zero_filters,
+)
+from volviz.cli import main
+
+
+def test_zero_filters_zeroes_exactly_the_chosen_ones_in_a_copy():
+    m = tiny_cnn().eval()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    p = zero_filters(m, "conv2", [0, 3])
+    for k, v in m.state_dict().items():  # the original is untouched
+        assert torch.equal(v, before[k]), k
+    w, b = p.conv2.weight.detach(), p.conv2.bias.detach()
+    assert torch.all(w[[0, 3]] == 0) and torch.all(b[[0, 3]] == 0)
+    assert torch.equal(w[[1, 2]], before["conv2.weight"][[1, 2]])
+    assert torch.equal(b[[1, 2]], before["conv2.bias"][[1, 2]])
+    for k, v in p.state_dict().items():  # nothing else changed
+        if not k.startswith("conv2."):
+            assert torch.equal(v, before[k]), k
+    # removing a filter = its output map is exactly zero
+    x = torch.randn(2, 1, 12, 12)
+    with torch.no_grad():
+        out = p.conv2(torch.relu(p.conv1(x)))
+    assert torch.all(out[:, [0, 3]] == 0)
+    keep = zero_filters(m, "conv2", [1], zero_bias=False)
+    assert torch.all(keep.conv2.weight[1] == 0) and keep.conv2.bias[1] == before["conv2.bias"][1]
+    with pytest.raises(AnalysisError, match="out of range"):
+        zero_filters(m, "conv2", [4])
+    with pytest.raises(AnalysisError, match="has no weights"):
+        zero_filters(m, "pool", [0])
+
+
+def test_error_rates_match_a_hand_count():
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, -1])
+    pred = np.array([0, 1, 0, 1, 1, 2, 0, 0, 2, 1])
+    per_class, overall, counts = error_rates(pred, labels, 4)
+    assert counts.tolist() == [3, 2, 4, 0]
+    np.testing.assert_allclose(per_class[:3], [1 / 3, 0.0, 2 / 4])
+    assert np.isnan(per_class[3])            # a class without images has no error rate
+    assert overall == pytest.approx(3 / 9)   # the unlabelled image is not counted
+    with pytest.raises(AnalysisError, match="labelled"):
+        error_rates(pred, -np.ones(10, int), 4)
+
+
+def _inputs(n=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 12, 12, generator=g)
+    return InputSet.from_tensors(x, np.arange(n) % 3)
+
+
+def test_least_most_table_removes_argmin_and_argmax():
+    m = tiny_cnn().eval()
+    inputs = _inputs()
+    rel = {"conv2": np.array([[0.5, 0.1, 0.9, 0.3], [0.2, 0.8, 0.4, 0.6], [0.7, 0.3, 0.1, 0.9]])}
+    rows = least_most_table(m, inputs, rel, [0, 1], k=2, class_names=list("abc"), progress=False)
+    assert [(r.least, r.most) for r in rows] == [([1, 3], [2, 0]), ([0, 2], [1, 3])]
+    for r in rows:
+        want, _, _ = error_rates(predict(zero_filters(m, "conv2", r.most), inputs), inputs.labels, 3)
+        assert r.error_most == pytest.approx(want[r.reference])
+        base, overall, counts = error_rates(predict(m, inputs), inputs.labels, 3)
+        assert r.error_before == pytest.approx(base[r.reference]) and r.n_images == counts[r.reference]
+    md = table_markdown(rows)
+    assert md.count("\n") == 4 and "| a | conv2 | 2 |" in md
+    with pytest.raises(AnalysisError, match="k=4"):
+        least_most_table(m, inputs, rel, [0], k=4, progress=False)
+    no_c = InputSet.from_tensors(inputs._cache[:4], np.array([0, 0, 1, 1]))
+    with pytest.raises(EmptyClassError, match="class c"):
+        least_most_table(m, no_c, rel, [2], class_names=list("abc"), progress=False)
+
+
+def test_threshold_sweep_order_and_range():
+    m = tiny_cnn().eval()
+    inputs = _inputs()
+    imp = np.array([0.4, 0.1, 0.3, 0.2])
+    th = sweep_thresholds(imp)
+    assert len(th) == 5 and th[0] == 0 and th[-1] > 0.4
+    s = threshold_sweep(m, inputs, "conv2", imp, n_classes=3, progress=False)
+    assert s.n_removed.tolist() == [0, 1, 2, 3, 4]
+    np.testing.assert_allclose(s.fraction_removed, [0, 0.25, 0.5, 0.75, 1])
+    base, overall, _ = error_rates(predict(m, inputs), inputs.labels, 3)
+    assert s.overall[0] == pytest.approx(overall)
+    # the 2nd step removes filters 1 and 3 (importance 0.1, 0.2)
+    want = error_rates(predict(zero_filters(m, "conv2", [1, 3]), inputs), inputs.labels, 3)[1]
+    assert s.overall[2] == pytest.approx(want)
+    assert "threshold,filters_removed,fraction_removed,overall_error" in s.to_csv()
+    s2 = threshold_sweep(m, inputs, "conv2", imp, thresholds=[0.0, 0.25], n_classes=3, progress=False)
+    assert s2.n_removed.tolist() == [0, 2]
+    with pytest.raises(ThresholdError, match=r"outside the range.*\[0, 0.4\]"):
+        threshold_sweep(m, inputs, "conv2", imp, thresholds=[0.1, 0.9], n_classes=3, progress=False)
+    with pytest.raises(ThresholdError):
+        threshold_sweep(m, inputs, "conv2", imp, thresholds=[-1.0], n_classes=3, progress=False)
+    many = sweep_thresholds(np.arange(500.0), steps=50)
+    assert len(many) == 51 and np.all(np.diff(many) > 0)
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prune")
+    imgs = write_image_folder(root / "imgs", n_per_class=4)
+    assert main(["capture", "--out", str(root / "s"), "--images", str(imgs), "--model", "helpers:tiny_cnn",
+                 "--size", "12", "12", "--channels", "1"]) == 0
+    return root / "s"
+
+
+def test_cli_prune_writes_table_and_sweep(tiny_store, tmp_path):
+    out = tmp_path / "p"
+    assert main(["prune", str(tiny_store), "--out", str(out), "--layers", "conv2", "conv3"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["sweep_conv2.csv", "sweep_conv2.png", "sweep_conv3.csv", "sweep_conv3.png", "table.csv", "table.md"]
+    table = (out / "table.csv").read_text().splitlines()
+    assert table[0].startswith("class,layer,k,images,error_before_%") and len(table) == 1 + 3 * 2
+    sweep = (out / "sweep_conv3.csv").read_text().splitlines()
+    assert sweep[1].split(",")[1] == "0" and sweep[-1].split(",")[1] == "6"  # 0 .. all 6 filters removed
+
+
+def test_cli_prune_bad_input_writes_nothing(tiny_store, tmp_path):
+    for args in (["--thresholds", "1e9"], ["--layers", "pool"], ["--classes", "zebra"], ["--reference", "9"]):
+        out = tmp_path / "bad"
+        assert main(["prune", str(tiny_store), "--out", str(out), *args]) == 2, args
+        assert not out.exists(), args
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".volviz-")]

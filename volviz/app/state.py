@@ -1,0 +1,165 @@
+"""The explorer's state keys (shared by the UI layout and the handlers) and their defaults.
+
+trame state belongs to the server and is shared by every connected browser: two tabs on the same
+server see (and move) the same slider. That is on purpose (a shared session, e.g. a presentation
+on one machine and a laptop); open a second ``volviz serve`` on another port for a private one.
+
+Keys of the whole app have a prefix per concern (``t_`` time slider, ``v_`` volume look, ``r_``
+recording, ``panel_`` 2-D panels, ``app_`` status). Keys of one pane (one store in one column)
+are ``p{i}_{name}``, made by :func:`pane_key`.
+"""
+from __future__ import annotations
+
+from volviz.analysis.reorder import ORDER_NAMES
+from volviz.analysis.sequence import SORTS
+from volviz.store.store import QUANTITIES
+from volviz.views.colors import OPACITY_PRESETS
+
+# ---- app status -------------------------------------------------------------------------
+APP_READY = "app_ready"          # True once the first scene is built: the page shows a marker
+APP_MESSAGE = "app_message"      # one line for the whole app (recording errors, ...)
+APP_N_PANES = "app_n_panes"
+APP_STORES = "app_stores"        # store picker items [{title, value}]
+
+# ---- time slider over the images ---------------------------------------------------------
+T_INDEX = "t_index"              # position in the image sequence (the slider)
+T_MAX = "t_max"                  # last position (longest sequence of all panes - 1)
+T_PLAYING = "t_playing"
+T_SPEED = "t_speed"              # images per second while playing
+T_LOOP = "t_loop"
+T_SORT = "t_sort"                # captured / probability / class / misclassified
+
+# ---- layer volume look (applies to every pane) -------------------------------------------
+V_QUANTITY = "v_quantity"
+V_ORDER = "v_order"
+V_FIT = "v_fit"                  # "set": one order over the image set; "image": per image
+V_CLUSTERS = "v_clusters"        # k-means clusters (0 = automatic)
+V_CMAP = "v_cmap"                # "auto" = inferno for activations, RdBu_r for gradients
+V_OPACITY = "v_opacity"          # preset name or "auto"
+V_RANGE = "v_range"              # [lo, hi] % of the layer's colour range spanned by the transfer functions
+V_DENSITY = "v_density"
+V_SLICES = "v_slices"
+V_SLICE_X = "v_slice_x"
+V_SLICE_Y = "v_slice_y"
+V_SLICE_Z = "v_slice_z"
+V_OUTLINE = "v_outline"
+
+# ---- 2-D panels --------------------------------------------------------------------------
+PANEL_TAB = "panel_tab"
+
+# ---- recording ---------------------------------------------------------------------------
+R_MODE = "r_mode"                # images / rotate
+R_FRAMES = "r_frames"            # frames of a rotation
+R_MAX_IMAGES = "r_max_images"    # images of a time series (from the slider position on)
+R_FPS = "r_fps"
+R_BUSY = "r_busy"
+R_PROGRESS = "r_progress"        # 0..100
+R_URL = "r_url"                  # download link of the last movie
+R_FILE = "r_file"                # its path on the server
+R_STATUS = "r_status"            # one line: "writing 12/60", "wrote ...", errors
+
+# ---- per pane ----------------------------------------------------------------------------
+PANE_FIELDS = (
+    "store",       # path of the store shown (store picker)
+    "layer",       # layer shown as a volume
+    "layers",      # layer select items
+    "fc_layer",    # linear layer of the neuron panels
+    "fc_layers",   # its items
+    "sort_class",  # class the sorted-neuron view sorts by (-1 = the predicted class)
+    "classes",     # its items
+    "title",       # store name + model
+    "caption",     # current image: index, id, true / predicted class
+    "correct",     # prediction correct? (None: unlabelled)
+    "input",       # current input image as a PNG data URL
+    "probs",       # bar chart rows [{name, p, true, pred}]
+    "panel",       # current 2-D panel as a PNG data URL
+    "panel_note",  # a line under the panel
+    "error",       # what went wrong in this pane (empty: nothing)
+)
+
+
+def pane_key(i: int, field: str) -> str:
+    """State key of one pane's field: ``pane_key(0, "layer") == "p0_layer"``."""
+    if field not in PANE_FIELDS:
+        raise KeyError(f"unknown pane field {field!r}")
+    return f"p{i}_{field}"
+
+
+# ---- choices and defaults -----------------------------------------------------------------
+QUANTITY_ITEMS = [
+    {"title": "activation", "value": "activation"},
+    {"title": "gradient w.r.t. activation", "value": "grad_activation"},
+    {"title": "gradient w.r.t. weights", "value": "grad_weight"},
+]
+assert [q["value"] for q in QUANTITY_ITEMS] == list(QUANTITIES)
+
+ORDER_ITEMS = [
+    {"title": "natural", "value": "natural"},
+    {"title": "PCA (filter outputs)", "value": "pca"},
+    {"title": "k-means, separators", "value": "kmeans"},
+    {"title": "two-level k-means", "value": "kmeans2"},
+    {"title": "slice-row PCA", "value": "slice-pca"},
+    {"title": "slice-row k-means", "value": "slice-kmeans"},
+]
+assert [o["value"] for o in ORDER_ITEMS] == list(ORDER_NAMES)
+
+FIT_ITEMS = [
+    {"title": "fixed over the image set", "value": "set"},
+    {"title": "per image", "value": "image"},
+]
+SORT_ITEMS = [
+    {"title": "as captured", "value": "captured"},
+    {"title": "by class probability", "value": "probability"},
+    {"title": "by true class", "value": "class"},
+    {"title": "misclassified first", "value": "misclassified"},
+]
+assert [s["value"] for s in SORT_ITEMS] == list(SORTS)
+
+CMAPS = ["auto", "inferno", "viridis", "magma", "plasma", "cividis", "gray", "hot", "RdBu_r",
+         "coolwarm", "seismic"]
+OPACITIES = ["auto", *OPACITY_PRESETS]
+RECORD_MODES = [{"title": "step through images", "value": "images"},
+                {"title": "rotate", "value": "rotate"}]
+
+DEFAULTS = {
+    APP_READY: False,
+    APP_MESSAGE: "",
+    APP_N_PANES: 1,
+    APP_STORES: [],
+    T_INDEX: 0,
+    T_MAX: 0,
+    T_PLAYING: False,
+    T_SPEED: 4,
+    T_LOOP: True,
+    T_SORT: "captured",
+    V_QUANTITY: "activation",
+    V_ORDER: "natural",
+    V_FIT: "set",
+    V_CLUSTERS: 0,
+    V_CMAP: "auto",
+    V_OPACITY: "auto",
+    V_RANGE: [0, 100],
+    V_DENSITY: 1.0,
+    V_SLICES: False,
+    V_SLICE_X: 0.5,
+    V_SLICE_Y: 0.5,
+    V_SLICE_Z: 0.5,
+    V_OUTLINE: True,
+    PANEL_TAB: "maps",
+    R_MODE: "images",
+    R_FRAMES: 48,
+    R_MAX_IMAGES: 40,
+    R_FPS: 8,
+    R_BUSY: False,
+    R_PROGRESS: 0,
+    R_URL: "",
+    R_FILE: "",
+    R_STATUS: "",
+}
+
+PANE_DEFAULTS = {
+    "store": "", "layer": None, "layers": [], "fc_layer": None, "fc_layers": [], "sort_class": -1,
+    "classes": [], "title": "", "caption": "", "correct": None, "input": "", "probs": [],
+    "panel": "", "panel_note": "", "error": "",
+}
+assert set(PANE_DEFAULTS) == set(PANE_FIELDS)

@@ -1,0 +1,183 @@
+"""The explorer's page: layout only. Every widget is bound to a state key of
+:mod:`volviz.app.state` or to a controller method of :class:`volviz.app.explorer.Explorer`.
+
+```
+app bar:   title · record (mode, button, progress, download link)
+drawer:    volume look: quantity, filter order, colour map, opacity preset + range, density,
+           slice planes, outline, reset camera
+content:   time bar: play/pause, step, slider over the images, speed, loop, image order
+           one column per pane: store picker, layer, 3-D view (mouse: rotate / zoom / pan),
+           input image + true/predicted class + probability bars, 2-D panel tabs
+footer:    app messages
+```
+"""
+from __future__ import annotations
+
+from trame.ui.vuetify3 import SinglePageWithDrawerLayout
+from trame.widgets import html
+from trame.widgets import vtk as vtk_widgets
+from trame.widgets import vuetify3 as v3
+
+from volviz.app import state as S
+from volviz.app.panels import PANELS
+
+pk = S.pane_key
+_SELECT = {"density": "compact", "hide_details": True, "variant": "outlined", "classes": "mb-3"}
+
+
+def build_ui(app) -> SinglePageWithDrawerLayout:
+    server, ctrl = app.server, app.ctrl
+    with SinglePageWithDrawerLayout(server, theme="dark", width=290) as layout:
+        layout.title.set_text("volviz explorer")
+        _toolbar(layout, ctrl)
+        with layout.drawer:
+            _volume_controls(ctrl)
+        with layout.content:
+            with v3.VContainer(fluid=True, classes="pa-2"):
+                _time_bar(ctrl)
+                with v3.VRow(dense=True):
+                    for pane in app.panes:
+                        with v3.VCol(cols=12, md=12 // len(app.panes)):
+                            _pane(pane)
+            html.Div(id="volviz-ready", v_if=(S.APP_READY,), style="display: none")
+        layout.footer.clear()
+        with layout.footer:
+            v3.VProgressCircular(indeterminate=("!!trame__busy",), color="#04a94d", size=16, width=3,
+                                 classes="mr-2")
+            html.Span("{{ %s }}" % S.APP_MESSAGE, classes="text-caption text-warning", id="app-message")
+            v3.VSpacer()
+            html.Span("{{ %s }}" % S.R_STATUS, classes="text-caption", id="record-status")
+    return layout
+
+
+def _toolbar(layout, ctrl) -> None:
+    with layout.toolbar:
+        v3.VSpacer()
+        v3.VSelect(v_model=(S.R_MODE,), items=("record_modes", S.RECORD_MODES), label="record",
+                   density="compact", hide_details=True, variant="outlined", style="max-width: 200px",
+                   classes="mx-2", disabled=(S.R_BUSY,))
+        with v3.VBtn(click=ctrl.record, disabled=(S.R_BUSY,), id="record-btn", variant="tonal",
+                     prepend_icon="mdi-record-rec", classes="mx-1"):
+            html.Span("Record MP4")
+        v3.VProgressLinear(v_if=(S.R_BUSY,), model_value=(S.R_PROGRESS,), color="red", height=8,
+                           rounded=True, style="max-width: 160px", classes="mx-2", id="record-progress")
+        v3.VBtn(v_if=(S.R_BUSY,), icon="mdi-stop", click=ctrl.cancel_record, size="small",
+                variant="text", title="cancel the recording")
+        with html.A(v_if=f"{S.R_URL} && !{S.R_BUSY}", href=(S.R_URL,), download=True,
+                    id="record-download", classes="mx-2 text-decoration-none"):
+            v3.VBtn("Download", prepend_icon="mdi-download", variant="tonal", color="green")
+
+
+def _volume_controls(ctrl) -> None:
+    with html.Div(classes="pa-3"):
+        html.Div("Layer volume", classes="text-subtitle-2 mb-2")
+        v3.VSelect(v_model=(S.V_QUANTITY,), items=("quantity_items", S.QUANTITY_ITEMS),
+                   label="quantity", id="quantity-select", **_SELECT)
+        v3.VSelect(v_model=(S.V_ORDER,), items=("order_items", S.ORDER_ITEMS), label="filter order",
+                   id="order-select", **_SELECT)
+        v3.VSelect(v_if=f"{S.V_ORDER} !== 'natural'", v_model=(S.V_FIT,),
+                   items=("fit_items", S.FIT_ITEMS), label="order fitted", **_SELECT)
+        v3.VSlider(v_if=f"{S.V_ORDER}.includes('kmeans')", v_model=(S.V_CLUSTERS,), min=0, max=20,
+                   step=1, label="clusters", thumb_label=True, hide_details=True, density="compact",
+                   classes="mb-3")
+        v3.VSelect(v_model=(S.V_CMAP,), items=("cmaps", S.CMAPS), label="colour map", **_SELECT)
+        v3.VSelect(v_model=(S.V_OPACITY,), items=("opacities", S.OPACITIES), label="opacity preset",
+                   **_SELECT)
+        html.Div("transfer function range (% of the layer's range)", classes="text-caption")
+        v3.VRangeSlider(v_model=(S.V_RANGE,), min=0, max=100, step=1, thumb_label=True,
+                        hide_details=True, density="compact", classes="mb-2")
+        v3.VSlider(v_model=(S.V_DENSITY,), min=0.1, max=4, step=0.1, label="density",
+                   thumb_label=True, hide_details=True, density="compact", classes="mb-2")
+        v3.VSwitch(v_model=(S.V_SLICES,), label="slice planes", hide_details=True, density="compact",
+                   color="primary", id="slices-switch")
+        with html.Div(v_if=(S.V_SLICES,)):
+            for key, axis in ((S.V_SLICE_X, "x (columns)"), (S.V_SLICE_Y, "y (rows)"),
+                              (S.V_SLICE_Z, "z (filters)")):
+                v3.VSlider(v_model=(key,), min=0, max=1, step=0.02, label=axis, hide_details=True,
+                           density="compact")
+        v3.VSwitch(v_model=(S.V_OUTLINE,), label="outline", hide_details=True, density="compact",
+                   color="primary")
+        v3.VBtn("Reset camera", click=ctrl.reset_camera, prepend_icon="mdi-camera-retake",
+                block=True, variant="tonal", classes="mt-2", id="reset-camera")
+        html.Div("Drag: rotate · wheel: zoom · shift+drag: pan", classes="text-caption mt-2 text-grey")
+
+
+def _time_bar(ctrl) -> None:
+    with v3.VSheet(classes="d-flex align-center px-2 mb-2", rounded=True, border=True):
+        with v3.VBtn(click=ctrl.toggle_play, icon=True, size="small", variant="text", id="play-btn"):
+            v3.VIcon(f"{{{{ {S.T_PLAYING} ? 'mdi-pause' : 'mdi-play' }}}}")
+        v3.VBtn(icon="mdi-skip-previous", click=ctrl.step_back, size="small", variant="text")
+        v3.VBtn(icon="mdi-skip-next", click=ctrl.step_forward, size="small", variant="text")
+        v3.VSlider(v_model=(S.T_INDEX,), min=0, max=(S.T_MAX,), step=1, hide_details=True,
+                   density="compact", thumb_label=True, classes="mx-3", id="time-slider",
+                   color="primary")
+        html.Span(f"{{{{ {S.T_INDEX} + 1 }}}} / {{{{ {S.T_MAX} + 1 }}}}", classes="text-body-2 mr-3",
+                  style="min-width: 5em", id="time-label")
+        v3.VSelect(v_model=(S.T_SPEED,), items=("speeds", [1, 2, 4, 8, 15, 30]), label="images/s",
+                   density="compact", hide_details=True, variant="outlined",
+                   style="max-width: 110px", classes="mr-2")
+        v3.VCheckbox(v_model=(S.T_LOOP,), label="loop", hide_details=True, density="compact",
+                     style="max-width: 90px")
+        v3.VSelect(v_model=(S.T_SORT,), items=("sort_items", S.SORT_ITEMS), label="image order",
+                   density="compact", hide_details=True, variant="outlined", style="max-width: 210px",
+                   id="sort-select")
+
+
+def _pane(pane) -> None:
+    i = pane.index
+    with v3.VCard(classes="pa-2", variant="outlined", id=f"pane-{i}"):
+        with html.Div(classes="d-flex align-center"):
+            v3.VSelect(v_model=(pk(i, "store"),), items=(S.APP_STORES,), label="store",
+                       density="compact", hide_details=True, variant="outlined", classes="mr-2",
+                       id=f"store-select-{i}")
+            v3.VSelect(v_model=(pk(i, "layer"),), items=(pk(i, "layers"),), label="layer",
+                       density="compact", hide_details=True, variant="outlined",
+                       id=f"layer-select-{i}")
+        html.Div("{{ %s }}" % pk(i, "title"), classes="text-caption text-grey mt-1")
+        v3.VAlert(v_if=(pk(i, "error"),), text=("%s" % pk(i, "error"),), type="error",
+                  density="compact", variant="tonal", classes="my-1", id=f"pane-error-{i}")
+        with html.Div(style="height: 52vh; min-height: 320px; position: relative;", classes="my-2",
+                      id=f"view-{i}"):
+            pane.view = vtk_widgets.VtkRemoteView(pane.plotter.ren_win, ref=f"view{i}",
+                                                  interactive_ratio=1, interactive_quality=60,
+                                                  still_quality=92)
+        with v3.VRow(dense=True):
+            with v3.VCol(cols=4):
+                _image_info(i)
+            with v3.VCol(cols=8):
+                _panels(i)
+
+
+def _image_info(i: int) -> None:
+    html.Img(src=(pk(i, "input"),), id=f"input-image-{i}",
+             style="width: 100%; max-width: 160px; image-rendering: pixelated; border: 1px solid #555;")
+    html.Div("{{ %s }}" % pk(i, "caption"), classes="text-caption", id=f"caption-{i}",
+             style=(f"{{color: {pk(i, 'correct')} === false ? '#ff6b6b' : 'inherit'}}",))
+    with html.Div(classes="mt-1", id=f"probs-{i}"):
+        with html.Div(v_for=f"(row, k) in {pk(i, 'probs')}", key="k",
+                      style="display: flex; align-items: center; font-size: 11px; height: 15px;"):
+            html.Div("{{ row.name }}", style="width: 4.5em; text-align: right; padding-right: 4px; "
+                     "overflow: hidden; white-space: nowrap;",
+                     classes=("{'font-weight-bold': row.true}",))
+            with html.Div(style="flex: 1; background: #2a2d34; height: 10px;"):
+                html.Div(style=("{width: row.p + '%', height: '100%', background: row.pred ? "
+                                "(row.true ? '#2ecc71' : '#e74c3c') : (row.true ? '#f5b041' : '#5dade2')}",))
+            html.Div("{{ row.p.toFixed(1) }}%", style="width: 3.8em; text-align: right;")
+        html.Div("green: predicted = true · red: wrong prediction · orange: true class",
+                 classes="text-caption text-grey", style="font-size: 10px !important;")
+
+
+def _panels(i: int) -> None:
+    with v3.VTabs(v_model=(S.PANEL_TAB,), density="compact", id=f"panel-tabs-{i}"):
+        for key, panel in PANELS.items():
+            v3.VTab(panel.title, value=key)
+    with html.Div(classes="d-flex mt-1", v_if=f"['neurons', 'sorted'].includes({S.PANEL_TAB})"):
+        v3.VSelect(v_model=(pk(i, "fc_layer"),), items=(pk(i, "fc_layers"),), label="linear layer",
+                   density="compact", hide_details=True, variant="outlined", classes="mr-2")
+        v3.VSelect(v_if=f"{S.PANEL_TAB} === 'sorted'", v_model=(pk(i, "sort_class"),),
+                   items=(pk(i, "classes"),), label="sort by weight to", density="compact",
+                   hide_details=True, variant="outlined")
+    html.Img(v_if=(pk(i, "panel"),), src=(pk(i, "panel"),), id=f"panel-image-{i}",
+             style="width: 100%; max-height: 34vh; object-fit: contain; image-rendering: pixelated;",
+             classes="mt-1")
+    html.Div("{{ %s }}" % pk(i, "panel_note"), classes="text-caption text-grey")

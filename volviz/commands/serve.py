@@ -1,0 +1,34 @@
+"""`volviz serve`: the explorer app in the browser."""
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """\
+examples:
+  volviz serve                                  # the embedded default (captured first if needed)
+  volviz serve stores/digits                    # one store
+  volviz serve stores/digits stores/faces       # two stores side by side
+  volviz serve stores/digits --port 9000
+  volviz serve stores/digits --host 0.0.0.0     # expose on purpose (prints a warning)
+
+Open the printed URL in a browser. The state is shared: every browser connected to one server sees
+and moves the same slider.
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="the explorer app in the browser (trame)",
+                       description="Serve the explorer: layer volumes you rotate, a time slider over "
+                       "the captured images, 2-D panels, recording. Headless; prints the URL.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    p.add_argument("stores", nargs="*", metavar="STORE",
+                   help="store folders (two: side by side; default: stores/digits)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free port)")
+    p.add_argument("--record-dir", default="out/recordings", help="where recorded movies go")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(a) -> int:
+    from volviz.app.server import serve
+    return serve(a.stores, host=a.host, port=a.port, timeout=0, record_dir=a.record_dir)

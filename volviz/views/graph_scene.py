@@ -1,0 +1,463 @@
+"""The unit graph as an off-screen pyvista scene: layer planes of thumbnails, glowing nodes and
+hot/cold edges, updated in place for each image of a time series.
+
+Actors (built once; :meth:`GraphScene.update_activations` only rewrites arrays):
+
+* ``edges_actor``: ONE line mesh with every drawn edge, per-edge RGBA: colour from cold (weak)
+  to hot (strong) relative to the strongest edge into the same layer, opacity growing with the
+  weight; strong edges are drawn last (on top).
+* ``nodes_actor``: ONE quad mesh with a square behind every unit, its colour = the unit's
+  response to the current image (dark -> bright on ``node_cmap``), grey when the unit does
+  not fire, a neutral colour for layers without data. Seen around a thumbnail it is a glowing
+  frame; for layers without thumbnails it is the node itself.
+* ``thumb_actors[layer]``: one textured quad mesh per layer whose texture is an atlas of the
+  layer's preferred-input thumbnails, next to a grey copy of them; a unit that does not fire
+  switches its texture coordinates to the grey copy (seed 000: grey thumbnails for units that
+  do not fire). The input layer shows the current image, one tinted tile per channel.
+* ``label_actors[layer]``: the layer's name above its plane; corner texts for title, caption
+  and legend.
+
+A camera pose may carry a clip depth: everything upstream of it is cut away (nodes, thumbnails,
+edges, labels), so that a close view of one layer is not hidden by the layers in front of it.
+
+Numpy in (graph as networkx, layout, thumbnails as uint8 arrays), images out; no torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyvista as pv
+
+from .camera_path import CameraPose, layer_pose, overview_pose
+from .colors import get_cmap
+from .graph_layout import DEPTH_AXIS, U_AXIS, V_AXIS, GraphLayout
+
+__all__ = ["GraphStyle", "GraphScene", "edge_arrays", "make_atlas", "channel_tiles"]
+
+INPUT = "input"
+
+
+@dataclass
+class GraphStyle:
+    """How a :class:`GraphScene` looks.
+
+    edges_per_node : draw only each node's strongest few incoming edges (``None``: all the
+        graph kept). The graph's own ``k`` decides what exists; this only thins the drawing.
+    fire_threshold : a unit "fires" when its response exceeds this fraction of its layer's
+        scale (the largest response over the series); otherwise it is drawn grey.
+    """
+
+    background: str = "#0d0f14"
+    edge_cmap: str = "coolwarm"
+    node_cmap: str = "inferno"
+    edge_alpha: tuple[float, float] = (0.10, 0.85)
+    edge_gamma: float = 0.8
+    line_width: float = 1.0
+    edges_per_node: int | None = None
+    thumbnail_px: int = 48
+    atlas_max_px: int = 4096
+    node_fill: float = 0.92  # node square side / cell
+    thumb_fill: float = 0.74  # thumbnail side / cell
+    fire_threshold: float = 0.05
+    grey: tuple[int, int, int] = (128, 128, 128)
+    nodata_color: tuple[int, int, int] = (58, 63, 75)
+    input_color: tuple[int, int, int] = (150, 160, 175)
+    show_labels: bool = True
+    label_size: int = 14
+    text_color: str = "#e8eaed"
+    anti_aliasing: str | None = "fxaa"
+
+
+# ------------------------------------------------------------------------------ arrays
+def edge_arrays(graph, layout: GraphLayout, edges_per_node: int | None = None):
+    """``(src_index, dst_index, t)`` of the edges to draw: global unit indices into
+    ``layout.all_positions()`` and the weight scaled to ``0..1`` between the weakest and the
+    strongest kept edge into the target's layer (weights of different layers differ in scale),
+    sorted weak first."""
+    off = layout.offsets()
+    rows = [(off[u[0]] + u[1], off[v[0]] + v[1], w, v[0]) for u, v, w in graph.edges(data="weight")
+            if u[0] in off and v[0] in off]
+    if not rows:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    src = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+    dst = np.fromiter((r[1] for r in rows), np.int64, len(rows))
+    w = np.fromiter((r[2] for r in rows), np.float64, len(rows))
+    lay = np.fromiter((layout.offsets()[r[3]] for r in rows), np.int64, len(rows))
+    t = np.zeros(len(rows), np.float32)
+    for key in np.unique(lay):  # min..max of the kept edges into each layer -> 0..1
+        m = lay == key
+        lo, hi = float(w[m].min()), float(w[m].max())
+        t[m] = (w[m] - lo) / (hi - lo) if hi > lo else 1.0
+    if edges_per_node is not None:
+        order = np.lexsort((-t, dst))  # by target, strongest first
+        d = dst[order]
+        first = np.r_[True, d[1:] != d[:-1]]
+        start = np.maximum.accumulate(np.where(first, np.arange(len(d)), 0))
+        keep = order[(np.arange(len(d)) - start) < edges_per_node]
+        src, dst, t = src[keep], dst[keep], t[keep]
+    order = np.argsort(t, kind="stable")
+    return src[order], dst[order], t[order]
+
+
+def _fit_tile(img: np.ndarray, px: int) -> np.ndarray:
+    """uint8 (h, w, 3) -> (px, px, 3): box-average down by an integer factor, then nearest."""
+    h, w = img.shape[:2]
+    f = max(1, min(h, w) // px)
+    if f > 1:
+        hh, ww = (h // f) * f, (w // f) * f
+        img = img[:hh, :ww].reshape(hh // f, f, ww // f, f, -1).mean(axis=(1, 3))
+        h, w = img.shape[:2]
+    yi = np.minimum((np.arange(px) * h) // px, h - 1)
+    xi = np.minimum((np.arange(px) * w) // px, w - 1)
+    return np.asarray(img[yi][:, xi], dtype=np.uint8)
+
+
+def thumbnails_to_uint8(images: np.ndarray) -> np.ndarray:
+    """Preferred inputs ``(n, C, H, W)`` (any range) -> ``uint8 (n, H, W, 3)``.
+
+    Values already in ``[0, 1]`` are kept (they are pixels); otherwise each image is stretched
+    to its own 1st..99th percentile. Grey (C = 1) is repeated to RGB; more than 3 channels
+    show the first 3.
+    """
+    a = np.asarray(images, dtype=np.float32)
+    if a.ndim != 4:
+        raise ValueError(f"thumbnails must be (n, C, H, W), got shape {a.shape}")
+    a = np.nan_to_num(a)
+    if a.min() < 0 or a.max() > 1:
+        lo = np.percentile(a, 1, axis=(1, 2, 3), keepdims=True)
+        hi = np.percentile(a, 99, axis=(1, 2, 3), keepdims=True)
+        a = np.clip((a - lo) / np.where(hi > lo, hi - lo, 1), 0, 1)
+    if a.shape[1] == 1:
+        a = np.repeat(a, 3, axis=1)
+    elif a.shape[1] == 2:
+        a = np.concatenate([a, a[:, :1]], axis=1)
+    a = a[:, :3]
+    return np.round(a.transpose(0, 2, 3, 1) * 255).astype(np.uint8)
+
+
+def channel_tiles(image: np.ndarray) -> np.ndarray:
+    """The current input image as one tile per channel: ``(C, H, W)`` in ``[0, 1]`` ->
+    ``uint8 (C, H, W, 3)``; with 3 channels, channel c tinted red / green / blue (seed 000's
+    input layer), otherwise grey."""
+    x = np.clip(np.nan_to_num(np.asarray(image, np.float32)), 0, 1)
+    if x.ndim == 2:
+        x = x[None]
+    c = x.shape[0]
+    out = np.zeros((c, *x.shape[1:], 3), np.float32)
+    for i in range(c):
+        if c == 3:
+            out[i, ..., i] = x[i]
+        else:
+            out[i] = x[i][..., None]
+    return np.round(out * 255).astype(np.uint8)
+
+
+def make_atlas(tiles: np.ndarray, px: int, grey: tuple[int, int, int] = (128, 128, 128),
+               max_px: int = 4096) -> tuple[np.ndarray, int, int, int]:
+    """An atlas of ``n`` tiles (left half, near-square grid) and their grey copies (right half).
+
+    Returns ``(atlas uint8 (rows*T, 2*cols*T, 3), rows, cols, T)``; tile ``j`` sits at grid
+    ``divmod(j, cols)`` of the left half, its grey copy at the same place in the right half.
+    """
+    n = len(tiles)
+    cols = max(1, math.ceil(math.sqrt(n)))
+    rows = max(1, math.ceil(n / cols))
+    t = int(max(4, min(px, max_px // (2 * cols), max_px // rows)))
+    atlas = np.zeros((rows * t, 2 * cols * t, 3), np.uint8)
+    g = np.asarray(grey, np.float32)
+    for j in range(n):
+        r, c = divmod(j, cols)
+        tile = _fit_tile(tiles[j], t)
+        atlas[r * t:(r + 1) * t, c * t:(c + 1) * t] = tile
+        lum = tile.astype(np.float32).mean(axis=2, keepdims=True)
+        ghost = g + 0.18 * (lum - lum.mean())  # flat grey with a faint trace of the picture
+        atlas[r * t:(r + 1) * t, (cols + c) * t:(cols + c + 1) * t] = np.clip(ghost, 0, 255).astype(np.uint8)
+    return atlas, rows, cols, t
+
+
+def _quads(centers: np.ndarray, half: float | np.ndarray, shift: np.ndarray | None = None) -> pv.PolyData:
+    half = np.broadcast_to(np.asarray(half, float), (len(centers),))[:, None]
+    c = centers if shift is None else centers + shift
+    du, dv = U_AXIS[None] * half, V_AXIS[None] * half
+    pts = np.stack([c - du - dv, c + du - dv, c + du + dv, c - du + dv], axis=1).reshape(-1, 3)
+    n = len(centers)
+    faces = np.column_stack([np.full(n, 4), np.arange(4 * n).reshape(n, 4)]).ravel()
+    return pv.PolyData(pts, faces=faces)
+
+
+# ------------------------------------------------------------------------------ scene
+class GraphScene:
+    """The graph in a pyvista ``Plotter`` (off screen unless ``plotter`` is given).
+
+    Parameters
+    ----------
+    graph : networkx DiGraph from :func:`volviz.analysis.network_graph.build_network_graph`.
+    layout : :class:`~volviz.views.graph_layout.GraphLayout` of the same layers.
+    thumbnails : ``{layer: uint8 (n, H, W, 3)}`` preferred inputs (see
+        :func:`thumbnails_to_uint8`); layers left out show plain squares.
+    input_image : ``(C, H, W)`` in ``[0, 1]``, shown on the input layer.
+    style, title, window_size, plotter : as in :class:`~volviz.views.volume.LayerVolumeScene`.
+
+    Examples
+    --------
+    >>> scene = GraphScene(G, layered_layout(G.graph["layers"]), thumbs)   # doctest: +SKIP
+    >>> scene.set_scales(scales); scene.update_activations(responses_of_image_0)  # doctest: +SKIP
+    >>> scene.screenshot("graph.png")                                       # doctest: +SKIP
+    """
+
+    def __init__(self, graph, layout: GraphLayout, thumbnails: dict[str, np.ndarray] | None = None, *,
+                 input_image: np.ndarray | None = None, style: GraphStyle | None = None, title: str = "",
+                 window_size: tuple[int, int] = (1024, 768), plotter: pv.Plotter | None = None):
+        self.style = dataclasses.replace(style) if style is not None else GraphStyle()
+        self.layout = layout
+        self.graph = graph
+        self.window_size = tuple(int(v) for v in window_size)
+        self._owns_plotter = plotter is None
+        if plotter is None:
+            plotter = pv.Plotter(off_screen=True, window_size=list(self.window_size))
+        self.plotter = plotter
+        plotter.set_background(self.style.background)
+        plotter.disable_anti_aliasing()
+        if self.style.anti_aliasing:
+            plotter.enable_anti_aliasing(self.style.anti_aliasing)
+        uid = f"volviz-graph-{id(self):x}"
+        self._uid = uid
+        self.offsets = layout.offsets()
+        self.positions = layout.all_positions()
+        self.scales: dict[str, float] = {}
+        self.values: dict[str, np.ndarray] = {}
+        self.firing: dict[str, np.ndarray] = {}
+
+        # nodes: one quad per unit, coloured per cell
+        cells = np.concatenate([np.full(p.n, p.cell) for p in layout.planes.values()])
+        self._cells = cells
+        self.nodes_mesh = _quads(self.positions, cells * self.style.node_fill / 2)
+        self._node_rgb = np.zeros((len(self.positions), 3), np.uint8)
+        self.nodes_mesh.cell_data["rgb"] = self._node_rgb
+        self.nodes_actor = plotter.add_mesh(self.nodes_mesh, scalars="rgb", rgb=True, lighting=False,
+                                            show_scalar_bar=False, name=f"{uid}-nodes", reset_camera=False)
+
+        # edges: one line mesh
+        self.edge_src, self.edge_dst, self.edge_t = edge_arrays(graph, layout, self.style.edges_per_node)
+        self.edges_mesh = self._edge_mesh()
+        self.edges_actor = None
+        if self.edges_mesh is not None:
+            self.edges_actor = plotter.add_mesh(self.edges_mesh, scalars="rgba", rgba=True, lighting=False,
+                                                line_width=self.style.line_width, show_scalar_bar=False,
+                                                name=f"{uid}-edges", reset_camera=False)
+
+        # thumbnails: one atlas + quad mesh per layer
+        self.thumb_actors: dict[str, object] = {}
+        self.thumb_meshes: dict[str, pv.PolyData] = {}
+        self._tc_base: dict[str, np.ndarray] = {}
+        self._atlas_cols: dict[str, int] = {}
+        thumbnails = dict(thumbnails or {})
+        if input_image is not None and INPUT in layout.planes:
+            thumbnails[INPUT] = channel_tiles(input_image)
+        for name, tiles in thumbnails.items():
+            if name in layout.planes and tiles is not None and len(tiles) == layout.planes[name].n:
+                self._add_thumbnails(name, np.asarray(tiles))
+
+        # labels (one small actor per layer, hidden with its layer when clipped) and texts
+        self.label_actors: dict[str, object] = {}
+        if self.style.show_labels:
+            for p in layout.planes.values():
+                pt = p.center + V_AXIS * (p.height / 2 + 0.6 * p.cell + 0.02 * layout.layer_gap)
+                self.label_actors[p.name] = plotter.add_point_labels(
+                    pt[None], [f"{p.name} ({p.n})"], font_size=self.style.label_size,
+                    text_color=self.style.text_color, shape=None, show_points=False, always_visible=True,
+                    bold=False, name=f"{uid}-label-{p.name}", reset_camera=False)
+        self.title_text, self.label_text = str(title), ""
+        self.title_actor = plotter.add_text(self.title_text, position="upper_left", font_size=11,
+                                            color=self.style.text_color, name=f"{uid}-title")
+        self.label_actor = plotter.add_text("", position="upper_right", font_size=11,
+                                            color=self.style.text_color, name=f"{uid}-label")
+        k = graph.graph.get("k")
+        legend = (f"edges: weight after ReLU, cold -> hot (strongest {k} per unit)  |  "
+                  "nodes: response to the image, dark -> bright; grey = not firing")
+        self.legend_actor = plotter.add_text(legend, position="lower_left", font_size=8,
+                                             color="#9aa0a6", name=f"{uid}-legend")
+        self._clip_plane = None
+        self.clip: float | None = None
+        self.update_activations({})
+        self.set_pose(overview_pose(layout, aspect=self.aspect))
+
+    # ------------------------------------------------------------------ building blocks
+    @property
+    def aspect(self) -> float:
+        w, h = self.plotter.window_size
+        return w / max(h, 1)
+
+    def _edge_mesh(self) -> pv.PolyData | None:
+        n = len(self.edge_src)
+        if n == 0:
+            return None
+        pts = np.empty((2 * n, 3))
+        pts[0::2] = self.positions[self.edge_src]
+        pts[1::2] = self.positions[self.edge_dst]
+        lines = np.column_stack([np.full(n, 2), np.arange(0, 2 * n, 2), np.arange(1, 2 * n, 2)]).ravel()
+        mesh = pv.PolyData(pts, lines=lines)
+        t = np.clip(self.edge_t, 0, 1) ** self.style.edge_gamma
+        rgb = np.asarray(get_cmap(self.style.edge_cmap)(t))[:, :3]
+        a0, a1 = self.style.edge_alpha
+        rgba = np.column_stack([rgb, a0 + (a1 - a0) * t])
+        mesh.cell_data["rgba"] = np.round(rgba * 255).astype(np.uint8)
+        return mesh
+
+    def _add_thumbnails(self, name: str, tiles: np.ndarray) -> None:
+        p = self.layout.planes[name]
+        atlas, rows, cols, t = make_atlas(tiles, self.style.thumbnail_px, self.style.grey, self.style.atlas_max_px)
+        shift = -DEPTH_AXIS * 0.02 * p.cell  # a hair in front of the node squares
+        mesh = _quads(p.positions, p.cell * self.style.thumb_fill / 2, shift)
+        j = np.arange(p.n)
+        r, c = j // cols, j % cols
+        width, height = 2 * cols * t, rows * t
+        eps_u, eps_v = 0.5 / width, 0.5 / height  # half a texel inside: no bleeding
+        u0, u1 = c * t / width + eps_u, (c + 1) * t / width - eps_u
+        v_top, v_bot = 1 - r * t / height - eps_v, 1 - (r + 1) * t / height + eps_v
+        tc = np.stack([np.column_stack([u0, v_bot]), np.column_stack([u1, v_bot]),
+                       np.column_stack([u1, v_top]), np.column_stack([u0, v_top])], axis=1).reshape(-1, 2)
+        mesh.active_texture_coordinates = tc.astype(np.float32)
+        tex = pv.Texture(atlas)
+        tex.interpolate = True
+        tex.mipmap = True
+        actor = self.plotter.add_mesh(mesh, texture=tex, lighting=False, name=f"{self._uid}-thumbs-{name}",
+                                      reset_camera=False, show_scalar_bar=False)
+        self.thumb_meshes[name] = mesh
+        self.thumb_actors[name] = actor
+        if getattr(self, "_clip_plane", None) is not None:
+            actor.mapper.AddClippingPlane(self._clip_plane)
+        self._tc_base[name] = tc[:, 0].astype(np.float32).copy()
+        self._atlas_cols[name] = cols
+
+    def _set_grey(self, name: str, grey: np.ndarray) -> None:
+        mesh = self.thumb_meshes.get(name)
+        if mesh is None:
+            return
+        tc = mesh.active_texture_coordinates
+        shift = np.repeat(np.asarray(grey, bool), 4) * 0.5  # the grey copy: right half of the atlas
+        tc[:, 0] = self._tc_base[name] + shift
+        mesh.GetPointData().GetTCoords().Modified()
+
+    # ------------------------------------------------------------------ public API
+    def set_scales(self, scales: dict[str, float]) -> None:
+        """Per-layer response that maps to the brightest colour (e.g. the largest response over
+        the whole series, so that magnitudes compare across images)."""
+        self.scales = {k: float(v) for k, v in scales.items()}
+
+    def update_activations(self, values: dict[str, np.ndarray]) -> None:
+        """Colour every unit by its response (``{layer: (n,)}``; layers left out show the
+        neutral colour) and grey out the thumbnails of units that do not fire. Arrays are
+        changed in place; nothing is rebuilt."""
+        st = self.style
+        cmap = get_cmap(st.node_cmap)
+        rgb = self._node_rgb
+        self.values, self.firing = {}, {}
+        for name, p in self.layout.planes.items():
+            sl = slice(self.offsets[name], self.offsets[name] + p.n)
+            v = values.get(name)
+            if v is None:
+                rgb[sl] = st.input_color if name == INPUT else st.nodata_color
+                if name != INPUT:
+                    self._set_grey(name, np.zeros(p.n, bool))
+                continue
+            v = np.nan_to_num(np.asarray(v, np.float32).ravel())
+            if v.size != p.n:
+                raise ValueError(f"layer {name!r}: {v.size} values for {p.n} units")
+            scale = self.scales.get(name) or float(v.max())
+            scale = scale if scale > 0 else 1.0
+            t = np.clip(v / scale, 0, 1)
+            fires = v > st.fire_threshold * scale
+            col = np.round(np.asarray(cmap(0.25 + 0.75 * t))[:, :3] * 255).astype(np.uint8)
+            col[~fires] = st.grey
+            rgb[sl] = col
+            self._set_grey(name, ~fires)
+            self.values[name], self.firing[name] = v, fires
+        self.nodes_mesh.cell_data["rgb"][:] = rgb
+        self.nodes_mesh.GetCellData().GetArray("rgb").Modified()
+
+    def set_input_image(self, image: np.ndarray) -> None:
+        """Show ``(C, H, W)`` (values in ``[0, 1]``) on the input layer's nodes."""
+        if INPUT not in self.layout.planes:
+            return
+        tiles = channel_tiles(image)
+        if INPUT not in self.thumb_actors:
+            self._add_thumbnails(INPUT, tiles)
+            return
+        atlas, *_ = make_atlas(tiles, self.style.thumbnail_px, self.style.grey, self.style.atlas_max_px)
+        tex = pv.Texture(atlas)
+        tex.interpolate = True
+        self.thumb_actors[INPUT].texture = tex
+
+    def set_title(self, text: str) -> None:
+        self.title_text = str(text)
+        self.title_actor.set_text("upper_left", self.title_text)
+
+    def set_label(self, text: str) -> None:
+        """Text in the upper right corner (the current image)."""
+        self.label_text = str(text)
+        self.label_actor.set_text("upper_right", self.label_text)
+
+    def set_pose(self, pose: CameraPose) -> None:
+        """Move the camera; ``pose.clip`` hides every layer upstream of that depth (and the
+        parts of edges there), so that a close view of a layer is not hidden by the layers
+        in front of it."""
+        pose.apply(self.plotter.camera, self.plotter.renderer)
+        self.set_clip(pose.clip)
+
+    def set_clip(self, depth: float | None) -> None:
+        from vtkmodules.vtkCommonDataModel import vtkPlane
+
+        if self._clip_plane is None:
+            self._clip_plane = vtkPlane()
+            self._clip_plane.SetNormal(*DEPTH_AXIS)
+            for actor in [self.nodes_actor, self.edges_actor, *self.thumb_actors.values()]:
+                if actor is not None:
+                    actor.mapper.AddClippingPlane(self._clip_plane)
+        lo = float(self.layout.bounds()[0] @ DEPTH_AXIS) - self.layout.layer_gap
+        d = lo if depth is None else max(float(depth), lo)
+        self._clip_plane.SetOrigin(*(DEPTH_AXIS * d))
+        self.clip = None if depth is None else d
+        for name, actor in self.label_actors.items():
+            actor.SetVisibility(bool(self.layout.planes[name].center @ DEPTH_AXIS >= d))
+
+    def view_overview(self, **kw) -> CameraPose:
+        pose = overview_pose(self.layout, aspect=self.aspect, **kw)
+        self.set_pose(pose)
+        return pose
+
+    def view_layer(self, layer: str, **kw) -> CameraPose:
+        pose = layer_pose(self.layout, layer, aspect=self.aspect, **kw)
+        self.set_pose(pose)
+        return pose
+
+    def screenshot(self, path=None) -> np.ndarray:
+        """Render and return ``uint8 (height, width, 3)``; also write it to ``path``."""
+        self.plotter.renderer.ResetCameraClippingRange()
+        self.plotter.render()
+        img = np.ascontiguousarray(self.plotter.screenshot(return_img=True)[..., :3])
+        if path is not None:
+            import imageio.v3 as iio
+
+            p = Path(path)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            iio.imwrite(p, img, extension=p.suffix or ".png")
+        return img
+
+    @property
+    def n_actors(self) -> int:
+        return len(self.plotter.renderer.actors)
+
+    def close(self) -> None:
+        if self._owns_plotter:
+            self.plotter.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
