@@ -339,28 +339,27 @@ def camera_path_for(keyframes: list[dict], layout, aspect: float):
             elif view == "pose":
                 poses = [cp.CameraPose(kf["position"], kf["focal_point"], kf.get("up", (0, 0, 1)),
                                        float(kf.get("view_angle", 30.0)), kf.get("clip"))]
-            else:  # orbit about the layer's centre (or the graph's) from where the camera is
-                start = prev if prev is not None else cp.overview_pose(layout, aspect=aspect)
+            else:  # orbit about the layer's centre (or the graph's), from where the camera is
                 if "layer" in kf:
                     if kf["layer"] not in layout.planes:
                         raise ValueError(f"no layer {kf['layer']!r}; layers: {', '.join(layout.planes)}")
                     center = layout.planes[kf["layer"]].center
-                    if prev is None or not np.allclose(prev.focal_point, center):
-                        start = cp.layer_pose(layout, kf["layer"], aspect=aspect, **angles)
+                    at_layer = prev is not None and np.allclose(prev.focal_point, center)
+                    start = prev if at_layer else cp.layer_pose(layout, kf["layer"], aspect=aspect, **angles)
                 else:
                     center = layout.center()
+                    start = prev if prev is not None else cp.overview_pose(layout, aspect=aspect, **angles)
                 poses = cp.orbit_poses(start, center, float(kf.get("degrees", 360.0)))
-                if prev is not None and not poses[0].same_as(prev):
-                    poses = poses  # fly to the orbit's start first (its duration is the first part)
-                else:
-                    poses = poses[1:]
+                if prev is not None and poses[0].same_as(prev):
+                    poses = poses[1:]  # already there; otherwise the first part flies to the start
         except ValueError as exc:
             raise SceneError(f"keyframe {i + 1}: {exc}") from None
         duration = float(kf.get("duration", 0.0 if prev is None else 2.0))
         if view == "orbit":
-            step = duration / max(len(poses), 1)
+            first = 1 if keys else 0  # the very first key of a path sits at t = 0
+            step = duration / max(len(poses) - 1 + first, 1)
             for j, pose in enumerate(poses):
-                keys.append((t + step * (j + 1) if keys else t + step * j, pose))
+                keys.append((t + step * (j + first), pose))
             t = keys[-1][0]
         else:
             t = t + (duration if keys else 0.0)

@@ -36,7 +36,7 @@ def to_volume(array: np.ndarray, quantity: str) -> tuple[np.ndarray, str]:
         return weight_volume(array), "weights"
     if array.ndim == 1:
         from volviz.views.grid import neuron_grid
-        return neuron_grid(array)[None].astype(np.float32), "neurons"
+        return neuron_grid(array, fill=0.0)[None].astype(np.float32), "neurons"
     if array.ndim == 2:  # conv1d maps (C, L)
         return array[:, None, :].astype(np.float32), "maps"
     if array.ndim != 3:
