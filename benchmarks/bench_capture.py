@@ -54,13 +54,16 @@ def timed(fn, device, repeat: int) -> float:
     return best
 
 
-def bench_model(name: str, batch: int, size: int, device, repeat: int, skip_loop: bool, skip_vmap: bool) -> dict:
+def bench_model(name: str, batch: int, size: int, device, repeat: int, skip_loop: bool, skip_vmap: bool,
+                conv_only: bool = False) -> dict:
     model, shape = build(name)
     model.to(device)
     shape = shape or (3, size, size)
     x = torch.randn(batch, *shape, device=device)
-    layers = select_layers(model)
+    layers = select_layers(model, None, ["conv"] if conv_only else None)
     weighted = [f"{n}.weight" for n in layers]
+    for k, prm in model.named_parameters():  # the floor computes exactly the gradients we compare
+        prm.requires_grad_(k in weighted)
     with torch.no_grad():
         t = model(x).argmax(1)
 
@@ -72,7 +75,9 @@ def bench_model(name: str, batch: int, size: int, device, repeat: int, skip_loop
         with torch.no_grad():
             model(x)
 
-    row = {"model": name, "batch": batch, "input": list(shape), "layers": len(layers)}
+    row = {"model": name, "batch": batch, "input": list(shape), "layers": len(layers),
+           "layer_types": "conv" if conv_only else "conv+linear",
+           "params": sum(p.numel() for k, p in model.named_parameters() if k in weighted)}
     row["floor_s"] = timed(floor, device, repeat)
     row["volviz_s"] = timed(lambda: capture_batch(model, x, layers, target="pred"), device, repeat)
     row["forward_s"] = timed(plain_forward, device, repeat)
@@ -105,6 +110,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--skip-loop", action="store_true")
     p.add_argument("--skip-vmap", action="store_true")
+    p.add_argument("--conv-only", nargs="*", default=["vgg16"],
+                   help="models whose per-image gradients are taken for conv layers only (VGG16's fc6 alone "
+                   "is 103M weights: 64 per-image copies for the loop/vmap baselines need 26 GB)")
     p.add_argument("--no-tf32", action="store_true", help="disable TF32 on CUDA (exact float32)")
     a = p.parse_args()
     if a.threads:
@@ -113,13 +121,16 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     device = torch.device(a.device)
-    rows = [bench_model(m, a.batch, a.size, device, a.repeat, a.skip_loop, a.skip_vmap) for m in a.models]
     machine = {"device": str(device), "platform": platform.platform(), "processor": platform.processor(),
                "threads": torch.get_num_threads(), "torch": torch.__version__,
                "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"capture-{device.type}.json"
-    out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+    rows = []
+    for m in a.models:
+        rows.append(bench_model(m, a.batch, a.size, device, a.repeat, a.skip_loop, a.skip_vmap, m in a.conv_only))
+        out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))  # keep what is done
+        print(rows[-1], flush=True)
     print(f"machine: {machine}")
     print("| model | batch | input | floor s | volviz s | volviz/floor | vmap/floor | loop/floor | loop/volviz | capture(acts)/forward |")
     print("|---|---|---|---|---|---|---|---|---|---|")

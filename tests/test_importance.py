@@ -215,3 +215,19 @@ def test_cli_groups(tiny_store, tmp_path, capsys):
     assert d["reference"] == "a" and d["sequence"] and d["clim"] > 0 and len(d["norms"]) == len(d["sequence"])
     assert (out / "groups.png").stat().st_size > 1000
     assert main(["groups", str(tiny_store.path), "--class", "zebra"]) == 2
+
+
+def test_probability_output_gradients():
+    m = tiny_cnn().eval()
+    x, labels = torch.randn(4, 1, 12, 12), torch.tensor([0, 1, 2, 0])
+    res = importance_on_the_fly(m, InputSet.from_tensors(x, labels), ["conv2", "fc2"], target=1, output="prob",
+                                progress=False)
+    for n in range(4):  # direct: d softmax(m(x))[1] / dW, one image at a time
+        p = torch.softmax(m(x[n:n + 1]), 1)[0, 1]
+        g2, gf = torch.autograd.grad(p, [m.conv2.weight, m.fc2.weight])
+        np.testing.assert_allclose(res.per_image["conv2"][n], g2.flatten(1).norm(dim=1).numpy(), rtol=1e-4, atol=1e-9)
+        np.testing.assert_allclose(res.per_image["fc2"][n], gf.norm(dim=1).numpy(), rtol=1e-4, atol=1e-9)
+    gg = group_gradients(m, x, 1, "conv2", output="prob")
+    np.testing.assert_allclose(gg.norms, res.total_norm("conv2"), rtol=1e-4)
+    with pytest.raises(AnalysisError, match="unknown output"):
+        importance_on_the_fly(m, InputSet.from_tensors(x, labels), output="softmax", progress=False)

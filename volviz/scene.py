@@ -174,7 +174,8 @@ def load_scene(path: str | os.PathLike | None = None, *, text: str | None = None
                                   "label_size", "thumbnail_px") if k in v}
 
     if "optimize" in d:
-        o = _take(dict(d["optimize"]), {"layers", "seeds", "steps", "search", "param"}, "[optimize]", path)
+        o = _take(dict(d["optimize"]), {"layers", "seeds", "steps", "search", "search_steps", "search_units",
+                                        "param", "conv_objective", "init"}, "[optimize]", path)
         sc.optimize = o
 
     if "series" in d:
@@ -260,14 +261,17 @@ def load_thumbnails(store, layers, optimize: dict | None = None, progress: bool 
         if todo:
             from volviz.analysis.actmax.run import PreferredSettings, run_preferred
             from volviz.store.store import Store
-            log.info("optimizing preferred inputs of %s", ", ".join(todo))
-            run_preferred(Store.open(store.path, "r+"), todo, PreferredSettings(**opt), progress=progress)
+            log.warning("optimizing the preferred inputs of %s into %s (once)", ", ".join(todo), store.path)
+            try:
+                run_preferred(Store.open(store.path, "r+"), todo, PreferredSettings(**opt), progress=progress)
+            except R.PreferredError as exc:  # e.g. an interrupted run made with other settings
+                log.warning("cannot optimize: %s; those layers show plain nodes", exc)
     out = {}
     for name in wanted:
         try:
             out[name] = R.thumbnails(store, name, size=None)
         except (R.PreferredError, KeyError, ValueError) as exc:
-            log.debug("no thumbnails for %s: %s", name, exc)
+            log.info("no preferred inputs for %s (plain nodes): %s", name, exc)
     return out
 
 

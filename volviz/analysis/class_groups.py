@@ -234,27 +234,31 @@ class GroupGradients:
         return {k: float(np.mean(v)) for k, v in out.items()}
 
 
-def group_gradients(model, x, reference: int, layer: str, *, quantity: str = "grad_weight") -> GroupGradients:
-    """Capture the gradient of neuron ``reference`` for the images ``x (S, C, H, W)`` (the
-    sequence, in order) w.r.t. ``layer``'s weights or activation."""
+def group_gradients(model, x, reference: int, layer: str, *, quantity: str = "grad_weight",
+                    output: str = "score") -> GroupGradients:
+    """The gradient of neuron ``reference`` (its ``output``: 'score' before softmax as the capture
+    stores, 'prob' or 'log-prob') for each image of ``x (S, C, H, W)`` (the sequence, in order)
+    w.r.t. ``layer``'s weight or activation; one backward pass per image (S is small)."""
     import torch
-    from volviz.capture.engine import capture_batch
+    from volviz.analysis.importance import _output_values, check_weighted_layers
+    from volviz.capture.engine import model_logits
+    from volviz.capture.tap import LayerTap
 
     if quantity not in ("grad_weight", "grad_activation"):
         raise AnalysisError(f"quantity must be grad_weight or grad_activation, not {quantity!r}")
     if quantity == "grad_weight":
-        from volviz.analysis.importance import check_weighted_layers
         check_weighted_layers(model, [layer])
-    res = capture_batch(model, torch.as_tensor(x), [layer], target=int(reference),
-                        weight_gradients=quantity == "grad_weight")
-    if quantity == "grad_activation":
-        arr = res.grad_act[layer]
-    elif layer in res.grad_weight_factors:
-        u, v = res.grad_weight_factors[layer]
-        arr = np.einsum("no,ni->noi", u, v)
-    else:
-        arr = res.grad_weight[layer]
-    arrays = [a for a in arr]
+    modules = dict(model.named_modules())
+    if layer not in modules:
+        raise AnalysisError(f"no layer named {layer!r}")
+    arrays = []
+    for xi in torch.as_tensor(x):
+        with LayerTap(model, [layer]) as tap, torch.enable_grad():
+            val = _output_values(model_logits(model(xi[None])), output)[0, int(reference)]
+            wrt = modules[layer].weight if quantity == "grad_weight" else tap.records[layer].output
+            (g,) = torch.autograd.grad(val, [wrt], allow_unused=True)
+        arrays.append(np.zeros(tuple(wrt.shape[1:] if quantity == "grad_activation" else wrt.shape), np.float32)
+                      if g is None else (g[0] if quantity == "grad_activation" else g).detach().float().numpy())
     norms = np.array([float(np.linalg.norm(a)) for a in arrays])
     clim = float(max((np.abs(a).max() for a in arrays), default=0.0))
     return GroupGradients(layer, quantity, int(reference), arrays, norms, clim)

@@ -49,6 +49,7 @@ from volviz.capture.tap import LayerTap
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
+    "OUTPUTS",
     "AnalysisError",
     "EmptyClassError",
     "NoWeightsError",
@@ -72,6 +73,8 @@ __all__ = [
 
 #: bytes of per-image weight gradients formed at once (one layer, a chunk of the batch)
 DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024
+#: what is differentiated: the class score before softmax (default), its probability, its log
+OUTPUTS = ("score", "prob", "log-prob")
 
 
 class AnalysisError(ValueError):
@@ -238,16 +241,19 @@ class ImportanceResult:
         return buf.getvalue()
 
     def pairs_csv(self, layer: str) -> str:
-        """Mean importance per (output neuron, input class) pair that has images."""
+        """Mean importance per (output neuron, input class) pair that has images, and the mean norm
+        of the layer's whole weight gradient (``mean_grad_norm``)."""
         imp = self._layer(layer)
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["neuron", "input_class", "n_images"] + [f"f{j}" for j in range(imp.shape[1])])
+        tot = self.total_norm(layer)
+        w.writerow(["neuron", "input_class", "n_images", "mean_grad_norm"] + [f"f{j}" for j in range(imp.shape[1])])
         for r in np.unique(self.target):
             for c in np.unique(self.label[self.target == r]):
                 sel = (self.target == r) & (self.label == c)
                 w.writerow([self.class_name(int(r)), self.class_name(int(c)) if c >= 0 else "unlabelled",
-                            int(sel.sum())] + [f"{v:.6g}" for v in imp[sel].astype(np.float64).mean(0)])
+                            int(sel.sum()), f"{tot[sel].mean():.6g}"]
+                           + [f"{v:.6g}" for v in imp[sel].astype(np.float64).mean(0)])
         return buf.getvalue()
 
 
@@ -337,16 +343,28 @@ def inputs_from_paths(paths: list[str], store_or_prep, class_names: list[str] | 
 
 
 # ---- on the fly -------------------------------------------------------------------------------
+def _output_values(logits: torch.Tensor, output: str) -> torch.Tensor:
+    if output == "score":
+        return logits
+    if output == "prob":
+        return torch.softmax(logits, 1)
+    if output == "log-prob":
+        return torch.log_softmax(logits, 1)
+    raise AnalysisError(f"unknown output {output!r}; valid: {', '.join(OUTPUTS)}")
+
+
 def batch_filter_importance(model: nn.Module, x: torch.Tensor, layers: list[str],
                             target: torch.Tensor | str | int = "pred", *, labels: torch.Tensor | None = None,
-                            class_names: list[str] | None = None, max_bytes: int = DEFAULT_CHUNK_BYTES
+                            class_names: list[str] | None = None, output: str = "score",
+                            max_bytes: int = DEFAULT_CHUNK_BYTES
                             ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """One batch: filter norms ``(n, C_out)`` of every layer's per-image weight gradient of the
     score of one output neuron per image, the batch's logits and the neurons used.
 
     ``target``: a tensor of neuron indices, or 'true' / 'pred' / a class (see
-    ``volviz.capture.engine.resolve_targets``). Per-image gradients exist for at most
-    ``max_bytes`` of one layer at a time."""
+    ``volviz.capture.engine.resolve_targets``). ``output``: differentiate the class ``score``
+    (before softmax, as the capture does), its softmax ``prob`` or its ``log-prob``. Per-image
+    gradients exist for at most ``max_bytes`` of one layer at a time."""
     if model.training:
         raise AnalysisError("importance needs model.eval(): in training mode dropout and batch norm "
                             "mix images and the per-image gradients would be wrong")
@@ -362,7 +380,7 @@ def batch_filter_importance(model: nn.Module, x: torch.Tensor, layers: list[str]
                 "graph: torch.no_grad, detach or integer ops inside forward)")
         targets = target if isinstance(target, torch.Tensor) else resolve_targets(
             target, logits.detach(), labels, class_names)
-        score = logits.gather(1, targets.view(-1, 1)).sum()
+        score = _output_values(logits, output).gather(1, targets.view(-1, 1)).sum()
         missing = [n for n in layers if n not in tap.records]
         if missing:
             raise AnalysisError(f"layer(s) {', '.join(missing)} did not run in the forward pass")
@@ -404,12 +422,15 @@ def batch_filter_importance(model: nn.Module, x: torch.Tensor, layers: list[str]
 
 def importance_on_the_fly(model: nn.Module, inputs: InputSet, layers: list[str] | None = None, *,
                           target: str | int = "true", class_names: list[str] | None = None,
-                          batch_size: int = 64, max_bytes: int = DEFAULT_CHUNK_BYTES,
+                          output: str = "score", batch_size: int = 64, max_bytes: int = DEFAULT_CHUNK_BYTES,
                           progress: bool = True) -> ImportanceResult:
     """Per-image filter importance of ``layers`` for ``inputs``, computed from the model in
     batches. ``target``: 'true' (each image's label, predicted where unlabelled), 'pred', or a
-    class index / name (one neuron for every image, e.g. to compare input classes)."""
+    class index / name (one neuron for every image, e.g. to compare input classes). ``output``:
+    'score' (the class score before softmax, default, as stored by the capture), 'prob' or
+    'log-prob'."""
     layers = check_weighted_layers(model, layers)
+    _output_values(torch.zeros(1, 2), output)  # refuse an unknown output before any work
     per_image: dict[str, list[np.ndarray]] = {n: [] for n in layers}
     tgt, pred = [], []
     n_classes = None
@@ -417,7 +438,8 @@ def importance_on_the_fly(model: nn.Module, inputs: InputSet, layers: list[str] 
     try:
         for _, x, labels in inputs.batches(batch_size):
             norms, logits, t = batch_filter_importance(model, x, layers, target, labels=labels,
-                                                       class_names=class_names, max_bytes=max_bytes)
+                                                       class_names=class_names, output=output,
+                                                       max_bytes=max_bytes)
             n_classes = logits.shape[1]
             for n in layers:
                 per_image[n].append(norms[n].numpy())

@@ -288,6 +288,10 @@ def sweep_figure(sweep: SweepResult, path, highlight: int | None = None):
         if sweep.overall_most_first is not None and ax is axes[1]:
             ax.plot(xs, 100 * sweep.overall_most_first, color="black", lw=1.6, ls="--", drawstyle="steps-post",
                     label="overall, most important\nremoved first (control)", zorder=4)
+            if highlight is not None and sweep.error_most_first is not None:
+                ax.plot(xs, 100 * sweep.error_most_first[:, highlight], color="crimson", lw=1.6, ls="--",
+                        drawstyle="steps-post", label=f"class {names[highlight]}, most\nimportant first (control)",
+                        zorder=3)
         ax.set_xlabel(xl)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("error rate (%)")

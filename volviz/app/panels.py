@@ -116,7 +116,7 @@ def maps_panel(ctx: PanelContext, cmap: str | None = None) -> PanelImage:
         img = maps[0]
         note = f"{ctx.layer}: {int(np.isfinite(img).sum())} neurons as a grid"
     else:
-        signed = ctx.quantity != "activation"
+        signed = _signed(maps)  # gradients, pre-ReLU maps: keep zero at the middle colour
         img = vis_square(maps, normalize=None if signed else "global")
         what = {"maps": "feature maps", "weights": "filters' weight gradients"}[lv.kind]
         note = f"{ctx.layer}: {maps.shape[0]} {what} ({maps.shape[1]}x{maps.shape[2]}), " \

@@ -38,7 +38,7 @@ def build_ui(app) -> SinglePageWithDrawerLayout:
                 with v3.VRow(dense=True):
                     for pane in app.panes:
                         with v3.VCol(cols=12, md=12 // len(app.panes)):
-                            _pane(pane)
+                            _pane(pane, wide=len(app.panes) == 1)
             html.Div(id="volviz-ready", v_if=(S.APP_READY,), style="display: none")
         layout.footer.clear()
         with layout.footer:
@@ -56,6 +56,12 @@ def _toolbar(layout, ctrl) -> None:
         v3.VSelect(v_model=(S.R_MODE,), items=("record_modes", S.RECORD_MODES), label="record",
                    density="compact", hide_details=True, variant="outlined", style="max-width: 200px",
                    classes="mx-2", disabled=(S.R_BUSY,))
+        v3.VTextField(v_if=f"{S.R_MODE} === 'images'", v_model_number=(S.R_MAX_IMAGES,), type="number",
+                      label="images", min=1, density="compact", hide_details=True, variant="outlined",
+                      style="max-width: 90px", classes="mx-1", id="record-count", disabled=(S.R_BUSY,))
+        v3.VTextField(v_if=f"{S.R_MODE} === 'rotate'", v_model_number=(S.R_FRAMES,), type="number",
+                      label="frames", min=2, density="compact", hide_details=True, variant="outlined",
+                      style="max-width: 90px", classes="mx-1", id="record-frames", disabled=(S.R_BUSY,))
         with v3.VBtn(click=ctrl.record, disabled=(S.R_BUSY,), id="record-btn", variant="tonal",
                      prepend_icon="mdi-record-rec", classes="mx-1"):
             html.Span("Record MP4")
@@ -123,7 +129,9 @@ def _time_bar(ctrl) -> None:
                    id="sort-select")
 
 
-def _pane(pane) -> None:
+def _pane(pane, wide: bool) -> None:
+    """One store: pickers, the 3-D view, and beside it (one pane) or below it (two panes) the
+    input image, the class probabilities and the 2-D panels."""
     i = pane.index
     with v3.VCard(classes="pa-2", variant="outlined", id=f"pane-{i}"):
         with html.Div(classes="d-flex align-center"):
@@ -136,24 +144,28 @@ def _pane(pane) -> None:
         html.Div("{{ %s }}" % pk(i, "title"), classes="text-caption text-grey mt-1")
         v3.VAlert(v_if=(pk(i, "error"),), text=("%s" % pk(i, "error"),), type="error",
                   density="compact", variant="tonal", classes="my-1", id=f"pane-error-{i}")
-        with html.Div(style="height: 52vh; min-height: 320px; position: relative;", classes="my-2",
-                      id=f"view-{i}"):
-            pane.view = vtk_widgets.VtkRemoteView(pane.plotter.ren_win, ref=f"view{i}",
-                                                  interactive_ratio=1, interactive_quality=60,
-                                                  still_quality=92)
-        with v3.VRow(dense=True):
-            with v3.VCol(cols=4):
-                _image_info(i)
-            with v3.VCol(cols=8):
-                _panels(i)
+        with v3.VRow(dense=True, classes="mt-1"):
+            with v3.VCol(cols=12, lg=8 if wide else 12):
+                with html.Div(style=f"height: {'72' if wide else '50'}vh; min-height: 320px; "
+                              "position: relative;", id=f"view-{i}"):
+                    pane.view = vtk_widgets.VtkRemoteView(
+                        pane.plotter.ren_win, ref=f"view{i}", interactive_ratio=1,
+                        interactive_quality=60, still_quality=92)
+            with v3.VCol(cols=12, lg=4 if wide else 12):
+                with v3.VRow(dense=True):
+                    with v3.VCol(cols=12 if wide else 4):
+                        _image_info(i)
+                    with v3.VCol(cols=12 if wide else 8):
+                        _panels(i)
 
 
 def _image_info(i: int) -> None:
     html.Img(src=(pk(i, "input"),), id=f"input-image-{i}",
-             style="width: 100%; max-width: 160px; image-rendering: pixelated; border: 1px solid #555;")
+             style="width: 100%; max-width: 112px; image-rendering: pixelated; border: 1px solid #555;",
+             classes="float-left mr-2")
     html.Div("{{ %s }}" % pk(i, "caption"), classes="text-caption", id=f"caption-{i}",
              style=(f"{{color: {pk(i, 'correct')} === false ? '#ff6b6b' : 'inherit'}}",))
-    with html.Div(classes="mt-1", id=f"probs-{i}"):
+    with html.Div(classes="mt-1", id=f"probs-{i}", style="clear: both;"):
         with html.Div(v_for=f"(row, k) in {pk(i, 'probs')}", key="k",
                       style="display: flex; align-items: center; font-size: 11px; height: 15px;"):
             html.Div("{{ row.name }}", style="width: 4.5em; text-align: right; padding-right: 4px; "
@@ -178,6 +190,6 @@ def _panels(i: int) -> None:
                    items=(pk(i, "classes"),), label="sort by weight to", density="compact",
                    hide_details=True, variant="outlined")
     html.Img(v_if=(pk(i, "panel"),), src=(pk(i, "panel"),), id=f"panel-image-{i}",
-             style="width: 100%; max-height: 34vh; object-fit: contain; image-rendering: pixelated;",
+             style="width: 100%; max-height: 36vh; object-fit: contain; image-rendering: pixelated;",
              classes="mt-1")
     html.Div("{{ %s }}" % pk(i, "panel_note"), classes="text-caption text-grey")

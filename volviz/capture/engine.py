@@ -80,11 +80,10 @@ def capture_batch(model: nn.Module, x: torch.Tensor, layers: list[str], *, targe
             rec = tap.records.get(name)
             if rec is None:
                 raise RuntimeError(f"layer {name} did not run in the forward pass")
-            a = rec.output.detach()
-            res.act[name] = a.float().cpu().numpy().copy()
-            bad = int((~torch.isfinite(a)).sum())
-            if bad:
-                res.nonfinite[name] = bad
+            a = rec.output.detach()  # never modified in place: the network ran on a clone
+            res.act[name] = a.float().cpu().numpy()
+            if not torch.isfinite(a.sum()):  # one reduction; count only when something is off
+                res.nonfinite[name] = int((~torch.isfinite(a)).sum())
         if not gradients:
             return res
         score = logits.gather(1, targets.view(-1, 1)).sum()
@@ -92,12 +91,12 @@ def capture_batch(model: nn.Module, x: torch.Tensor, layers: list[str], *, targe
         grads = torch.autograd.grad(score, outs, allow_unused=True)
         for name, out, g in zip(layers, outs, grads):
             g = torch.zeros_like(out) if g is None else g
-            res.grad_act[name] = g.float().cpu().numpy().copy()
+            res.grad_act[name] = g.float().cpu().numpy()
             if name in fast:
                 module, inp = modules[name], tap.records[name].input.detach()
                 factors = linear_factors(inp, g) if isinstance(module, nn.Linear) else None
                 if factors is not None:
-                    res.grad_weight_factors[name] = tuple(f.float().cpu().numpy().copy() for f in factors)
+                    res.grad_weight_factors[name] = tuple(f.detach().float().cpu().numpy().copy() for f in factors)
                 else:
                     res.grad_weight[name] = hook_per_sample_grad(module, inp, g).float().cpu().numpy()
     if slow:

@@ -65,6 +65,10 @@ class LayerTap:
                     f"layer {name} ({type(module).__name__}) runs more than once per forward pass "
                     "(a shared module), so its activation is ambiguous; select the layers around it")
             inp = args[0] if (name in self.keep_inputs and args) else None
+            if not torch.is_grad_enabled():
+                # no graph to keep: one copy of the value, and the network goes on with its own tensor
+                self.records[name] = Recorded(output.detach().clone(), inp)
+                return None
             self.records[name] = Recorded(output, inp)
             return output.clone()
         return hook

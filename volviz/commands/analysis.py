@@ -95,6 +95,9 @@ def add_importance(sub) -> None:
     p.add_argument("--target", help="output neuron: true (each image's label), pred, or a class; other than "
                    "the store's target, the gradients are recomputed from the model")
     p.add_argument("--from-model", action="store_true", help="recompute from the model even when the store has the gradients")
+    p.add_argument("--output", choices=["score", "prob", "log-prob"], default="score",
+                   help="differentiate the class score before softmax (default, as stored), its softmax "
+                   "probability or its log; other than score, the gradients are recomputed from the model")
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=cmd_importance)
 
@@ -103,7 +106,9 @@ def _compute_importance(store, a, layers=None, target=None, inputs=None):
     from volviz.analysis.importance import importance_from_store, importance_on_the_fly, model_from_store
     target = target or getattr(a, "target", None) or store.plan["settings"]["target"]
     layers = layers if layers is not None else a.layers
+    output = getattr(a, "output", "score")
     stored_ok = (not getattr(a, "images", None) and inputs is None and not getattr(a, "from_model", False)
+                 and output == "score"
                  and str(target) == str(store.plan["settings"]["target"])
                  and all(store.has("grad_weight", n) for n in (layers or [n for n, i in store.layers.items() if i.weight_shape])))
     if stored_ok:
@@ -114,7 +119,7 @@ def _compute_importance(store, a, layers=None, target=None, inputs=None):
     if not layers:
         layers = [n for n, i in store.layers.items() if i.weight_shape] or None
     res = importance_on_the_fly(loaded.module, inputs, layers, target=target, class_names=store.class_names,
-                                batch_size=a.batch_size)
+                                output=output, batch_size=a.batch_size)
     return res, loaded
 
 
@@ -364,12 +369,15 @@ def add_groups(sub) -> None:
     p.add_argument("--per-group", type=int, default=1, help="images per group (default 1)")
     p.add_argument("--layer", help="layer whose gradient is shown (default: the first captured layer with weights)")
     p.add_argument("--quantity", choices=["grad_weight", "grad_activation"], default="grad_weight")
+    p.add_argument("--output", choices=["score", "prob", "log-prob"], default="score",
+                   help="differentiate the reference class score before softmax (default, as the capture "
+                   "stores), its softmax probability or its log")
     p.add_argument("--out", help="folder for sequence.json and groups.png")
     p.add_argument("--no-stats", action="store_true", help="skip the gradient norms over all images of the three classes")
     p.set_defaults(func=cmd_groups)
 
 
-def _group_stats(store, model, groups, layer: str) -> dict:
+def _group_stats(store, model, groups, layer: str, output: str = "score") -> dict:
     """Mean norm of the reference neuron's weight gradient over ALL store images of the
     reference, similar and dissimilar class (not only the few in the sequence)."""
     import numpy as np
@@ -381,7 +389,7 @@ def _group_stats(store, model, groups, layer: str) -> dict:
     idx = [int(i) for i in np.flatnonzero(store.done) if int(labels[i]) in wanted]
     inputs = InputSet([store.images[i] for i in idx], _prep_from_plan(store.plan))
     res = importance_on_the_fly(model, inputs, [layer], target=groups.reference, class_names=store.class_names,
-                                progress=False)
+                                output=output, progress=False)
     mag = magnitude_by_class(res, layer, groups.reference)
     return {g: dict(mag[c], **{"class": groups.name(c)}) for c, g in wanted.items() if c in mag}
 
@@ -419,16 +427,17 @@ def cmd_groups(a) -> int:
     loaded = model_from_store(store)
     prep = _prep_from_plan(store.plan)
     x = torch.stack([prep(read_image(ImageRecord(**store.images[it.index]))) for it in groups.items])
-    gg = group_gradients(loaded.module, x, groups.reference, layer, quantity=a.quantity)
+    gg = group_gradients(loaded.module, x, groups.reference, layer, quantity=a.quantity, output=a.output)
     print(groups.table())
-    print(f"\n||d S_{groups.name(groups.reference)} / d {layer}|| ({a.quantity}) per step:")
+    what = {"score": "S", "prob": "p", "log-prob": "log p"}[a.output] + f"_{groups.name(groups.reference)}"
+    print(f"\n||d {what} / d {layer}|| ({a.quantity}) per step:")
     for s, (it, n) in enumerate(zip(groups.items, gg.norms)):
         print(f"  t={s:<3} {it.label:<40} {n:.4g}")
     print(f"shared colour scale: max |grad| over the sequence = {gg.clim:.4g}")
     stats = {}
     if a.quantity == "grad_weight" and not a.no_stats:
-        stats = _group_stats(store, loaded.module, groups, layer)
-        print(f"\nover ALL images of each class: mean ||d S_{groups.name(groups.reference)} / d {layer}.weight||")
+        stats = _group_stats(store, loaded.module, groups, layer, a.output)
+        print(f"\nover ALL images of each class: mean ||d {what} / d {layer}.weight||")
         print(f"  {'group':<11} {'class':>6} {'images':>7} {'mean':>10} {'median':>10} {'correct':>10} {'miscl.':>10} {'n miscl.':>8}")
         for g, d in stats.items():
             print(f"  {g:<11} {d['class']:>6} {d['n']:>7} {d['mean']:>10.4g} {d['median']:>10.4g} "
@@ -437,12 +446,12 @@ def cmd_groups(a) -> int:
         mosaics = [_mosaic(arr, a.quantity) for arr in gg.arrays]
         mclim = float(max(np.nanmax(m) for m in mosaics))
         d = groups.to_dict()
-        d.update(layer=layer, quantity=a.quantity, clim=gg.clim,
+        d.update(layer=layer, quantity=a.quantity, output=a.output, clim=gg.clim,
                  norms=[float(v) for v in gg.norms], store=str(store.path), group_stats=stats)
         with _Outputs(a.out) as out:
             out.text("sequence.json", json.dumps(d, indent=1))
             groups_figure(groups, mosaics, mclim, out.path("groups.png"), norms=gg.norms,
-                          title=f"{layer} {a.quantity} of neuron {groups.name(groups.reference)} "
+                          title=f"{layer} {a.quantity} of {what} "
                                 f"(per-filter magnitude, one scale [0, {mclim:.3g}])")
         print(f"-> {a.out}")
     return 0

@@ -47,6 +47,7 @@ class CameraPose:
     up: np.ndarray = field(default_factory=lambda: Z_UP.copy())
     view_angle: float = 30.0  # vertical, degrees (VTK's default)
     clip: float | None = None  # hide what lies upstream of this depth (x); None: nothing
+    clip_far: float | None = None  # hide what lies downstream of this depth; None: nothing
 
     def __post_init__(self):
         self.position = np.asarray(self.position, float)
@@ -59,8 +60,8 @@ class CameraPose:
                 and np.allclose(self.focal_point, other.focal_point, atol=tol * scale)
                 and np.allclose(self.up, other.up, atol=tol)
                 and abs(self.view_angle - other.view_angle) < 1e-9
-                and (self.clip == other.clip or (self.clip is not None and other.clip is not None
-                                                 and abs(self.clip - other.clip) < 1e-9 * scale)))
+                and all(a == b or (a is not None and b is not None and abs(a - b) < 1e-9 * scale)
+                        for a, b in ((self.clip, other.clip), (self.clip_far, other.clip_far))))
 
     def apply(self, camera, renderer=None) -> None:
         """Set a pyvista / VTK-like camera (``position``, ``focal_point``, ``up``,
@@ -74,11 +75,12 @@ class CameraPose:
 
     def to_dict(self) -> dict:
         return {"position": self.position.tolist(), "focal_point": self.focal_point.tolist(),
-                "up": self.up.tolist(), "view_angle": self.view_angle, "clip": self.clip}
+                "up": self.up.tolist(), "view_angle": self.view_angle, "clip": self.clip,
+                "clip_far": self.clip_far}
 
     def replace(self, **changes) -> "CameraPose":
         d = {"position": self.position, "focal_point": self.focal_point, "up": self.up,
-             "view_angle": self.view_angle, "clip": self.clip}
+             "view_angle": self.view_angle, "clip": self.clip, "clip_far": self.clip_far}
         d.update(changes)
         return CameraPose(**d)
 
@@ -116,27 +118,31 @@ def fit_box(lo, hi, azimuth: float, elevation: float, *, aspect: float = 4 / 3,
     return CameraPose(c + d * dist, c, u, view_angle)
 
 
-def overview_pose(layout: GraphLayout, *, azimuth: float = 55.0, elevation: float = 22.0,
+def overview_pose(layout: GraphLayout, *, azimuth: float = 62.0, elevation: float = 22.0,
                   aspect: float = 4 / 3, zoom: float = 1.0, view_angle: float = 30.0) -> CameraPose:
     """The whole graph, seen obliquely from the input side (input left, output right)."""
     lo, hi = layout.bounds()
     pose = fit_box(lo, hi, azimuth, elevation, aspect=aspect, view_angle=view_angle)
-    return _zoomed(pose, zoom).replace(clip=_no_clip(layout))
+    return _zoomed(pose, zoom).replace(clip=_no_clip(layout), clip_far=_no_clip_far(layout))
 
 
 def layer_pose(layout: GraphLayout, layer: str, *, azimuth: float = 18.0, elevation: float = 10.0,
-               aspect: float = 4 / 3, zoom: float = 1.0, view_angle: float = 30.0) -> CameraPose:
-    """One layer's plane, nearly face on (from the input side)."""
+               aspect: float = 4 / 3, zoom: float = 1.0, view_angle: float = 30.0,
+               isolate: bool = True) -> CameraPose:
+    """One layer's plane, nearly face on (from the input side). The layers in front of it are
+    always cut away (they would hide it); with ``isolate`` the layers behind it too, leaving the
+    plane and its incoming edges."""
     if layer not in layout.planes:
         raise ValueError(f"no layer {layer!r} in the layout; layers: {', '.join(layout.planes)}")
     lo, hi = layout.bounds([layer])
     pose = fit_box(lo, hi, azimuth, elevation, aspect=aspect, view_angle=view_angle, margin=1.12)
-    return _zoomed(pose, zoom).replace(clip=_clip_before(layout, layer))
+    far = _clip_after(layout, layer) if isolate else _no_clip_far(layout)
+    return _zoomed(pose, zoom).replace(clip=_clip_before(layout, layer), clip_far=far)
 
 
 def unit_pose(layout: GraphLayout, layer: str, unit: int, *, azimuth: float = 12.0,
               elevation: float = 6.0, aspect: float = 4 / 3, radius_cells: float = 2.0,
-              view_angle: float = 30.0) -> CameraPose:
+              view_angle: float = 30.0, isolate: bool = True) -> CameraPose:
     """A close-up of one unit and its immediate neighbours."""
     if layer not in layout.planes:
         raise ValueError(f"no layer {layer!r} in the layout; layers: {', '.join(layout.planes)}")
@@ -145,11 +151,20 @@ def unit_pose(layout: GraphLayout, layer: str, unit: int, *, azimuth: float = 12
         raise ValueError(f"unit {unit} out of range for layer {layer!r} ({n} units)")
     lo, hi = unit_box(layout, layer, unit, radius_cells)
     pose = fit_box(lo, hi, azimuth, elevation, aspect=aspect, view_angle=view_angle, margin=1.0)
-    return pose.replace(clip=_clip_before(layout, layer))
+    far = _clip_after(layout, layer) if isolate else _no_clip_far(layout)
+    return pose.replace(clip=_clip_before(layout, layer), clip_far=far)
 
 
 def _no_clip(layout: GraphLayout) -> float:
     return float(layout.bounds()[0] @ DEPTH_AXIS - layout.layer_gap)
+
+
+def _no_clip_far(layout: GraphLayout) -> float:
+    return float(layout.bounds()[1] @ DEPTH_AXIS + layout.layer_gap)
+
+
+def _clip_after(layout: GraphLayout, layer: str) -> float:
+    return float(layout.planes[layer].center @ DEPTH_AXIS + 0.5 * layout.layer_gap)
 
 
 def _clip_before(layout: GraphLayout, layer: str) -> float:
@@ -177,7 +192,7 @@ def orbit_poses(start: CameraPose, center=None, degrees: float = 360.0, n: int |
     for a in np.linspace(0.0, math.radians(degrees), n):
         rot = _rotation(axis, a)
         out.append(CameraPose(c + rot @ (start.position - c), c + rot @ (start.focal_point - c),
-                              rot @ start.up, start.view_angle, start.clip))
+                              rot @ start.up, start.view_angle, start.clip, start.clip_far))
     return out
 
 
@@ -218,12 +233,14 @@ class CameraPath:
             "up": np.array([p.up for p in self.poses]),
             "view_angle": np.array([[p.view_angle] for p in self.poses]),
         }
-        clips = np.array([np.nan if p.clip is None else p.clip for p in self.poses], float)
-        self._has_clip = bool(np.isfinite(clips).any())
-        if self._has_clip:  # a key without a clip takes its nearest neighbour's
-            ok = np.flatnonzero(np.isfinite(clips))
-            clips = clips[ok[np.abs(np.arange(len(clips))[:, None] - ok[None]).argmin(axis=1)]]
-            self._vals["clip"] = clips[:, None]
+        self._has = {}
+        for name in ("clip", "clip_far"):
+            clips = np.array([np.nan if getattr(p, name) is None else getattr(p, name) for p in self.poses])
+            self._has[name] = bool(np.isfinite(clips).any())
+            if self._has[name]:  # a key without a clip takes its nearest neighbour's
+                ok = np.flatnonzero(np.isfinite(clips))
+                clips = clips[ok[np.abs(np.arange(len(clips))[:, None] - ok[None]).argmin(axis=1)]]
+                self._vals[name] = clips[:, None]
         still = np.zeros(n, bool)  # keys next to a hold, and the ends, get zero tangents
         still[0] = still[-1] = True
         for i in range(n - 1):
@@ -271,8 +288,9 @@ class CameraPath:
             up = up - np.dot(up, f) * f
         nu = np.linalg.norm(up)
         up = up / nu if nu > 1e-9 else Z_UP.copy()
-        clip = float(self._eval("clip", t)[0]) if self._has_clip else None
-        return CameraPose(pos, foc, up, float(self._eval("view_angle", t)[0]), clip)
+        clip = float(self._eval("clip", t)[0]) if self._has["clip"] else None
+        far = float(self._eval("clip_far", t)[0]) if self._has["clip_far"] else None
+        return CameraPose(pos, foc, up, float(self._eval("view_angle", t)[0]), clip, far)
 
     def sample(self, fps: float, duration: float | None = None) -> list[CameraPose]:
         """One pose per frame at ``fps`` over ``duration`` (default the path's)."""

@@ -101,7 +101,7 @@ class GraphLayout:
 
 
 def layered_layout(layers: list[dict], *, unit_spacing: float = 1.0, size_exponent: float = 0.5,
-                   layer_gap: float | None = None, gap_factor: float = 0.45,
+                   layer_gap: float | None = None, gap_factor: float = 0.55,
                    stack: str = "order") -> GraphLayout:
     """Place every layer's units on a plane, planes along ``+x``.
 

@@ -52,10 +52,10 @@ class GraphStyle:
     """
 
     background: str = "#0d0f14"
-    edge_cmap: str = "coolwarm"
+    edge_cmap: str = "turbo"
     node_cmap: str = "inferno"
-    edge_alpha: tuple[float, float] = (0.10, 0.85)
-    edge_gamma: float = 0.8
+    edge_alpha: tuple[float, float] = (0.06, 0.9)
+    edge_gamma: float = 1.6
     line_width: float = 1.0
     edges_per_node: int | None = None
     thumbnail_px: int = 48
@@ -270,19 +270,19 @@ class GraphScene:
                 self.label_actors[p.name] = plotter.add_point_labels(
                     pt[None], [f"{p.name} ({p.n})"], font_size=self.style.label_size,
                     text_color=self.style.text_color, shape=None, show_points=False, always_visible=True,
-                    bold=False, name=f"{uid}-label-{p.name}", reset_camera=False)
+                    bold=False, name=f"{uid}-layername:{p.name}", reset_camera=False)
         self.title_text, self.label_text = str(title), ""
         self.title_actor = plotter.add_text(self.title_text, position="upper_left", font_size=11,
                                             color=self.style.text_color, name=f"{uid}-title")
         self.label_actor = plotter.add_text("", position="upper_right", font_size=11,
-                                            color=self.style.text_color, name=f"{uid}-label")
+                                            color=self.style.text_color, name=f"{uid}-caption")
         k = graph.graph.get("k")
         legend = (f"edges: weight after ReLU, cold -> hot (strongest {k} per unit)  |  "
                   "nodes: response to the image, dark -> bright; grey = not firing")
         self.legend_actor = plotter.add_text(legend, position="lower_left", font_size=8,
                                              color="#9aa0a6", name=f"{uid}-legend")
-        self._clip_plane = None
-        self.clip: float | None = None
+        self._clip_planes = None
+        self.clip: tuple[float | None, float | None] = (None, None)
         self.update_activations({})
         self.set_pose(overview_pose(layout, aspect=self.aspect))
 
@@ -329,8 +329,8 @@ class GraphScene:
                                       reset_camera=False, show_scalar_bar=False)
         self.thumb_meshes[name] = mesh
         self.thumb_actors[name] = actor
-        if getattr(self, "_clip_plane", None) is not None:
-            actor.mapper.AddClippingPlane(self._clip_plane)
+        for plane in getattr(self, "_clip_planes", None) or ():
+            actor.mapper.AddClippingPlane(plane)
         self._tc_base[name] = tc[:, 0].astype(np.float32).copy()
         self._atlas_cols[name] = cols
 
@@ -403,27 +403,34 @@ class GraphScene:
         self.label_actor.set_text("upper_right", self.label_text)
 
     def set_pose(self, pose: CameraPose) -> None:
-        """Move the camera; ``pose.clip`` hides every layer upstream of that depth (and the
-        parts of edges there), so that a close view of a layer is not hidden by the layers
-        in front of it."""
+        """Move the camera; ``pose.clip`` / ``pose.clip_far`` hide every layer upstream /
+        downstream of those depths (and the parts of edges there), so that a close view of a
+        layer is not hidden by the layers in front of it, nor cluttered by those behind it."""
         pose.apply(self.plotter.camera, self.plotter.renderer)
-        self.set_clip(pose.clip)
+        self.set_clip(pose.clip, pose.clip_far)
 
-    def set_clip(self, depth: float | None) -> None:
+    def set_clip(self, near: float | None, far: float | None = None) -> None:
+        """Show only the part of the graph with ``near <= depth <= far`` (``None``: open)."""
         from vtkmodules.vtkCommonDataModel import vtkPlane
 
-        if self._clip_plane is None:
-            self._clip_plane = vtkPlane()
-            self._clip_plane.SetNormal(*DEPTH_AXIS)
+        if self._clip_planes is None:
+            self._clip_planes = (vtkPlane(), vtkPlane())
+            self._clip_planes[0].SetNormal(*DEPTH_AXIS)
+            self._clip_planes[1].SetNormal(*(-DEPTH_AXIS))
             for actor in [self.nodes_actor, self.edges_actor, *self.thumb_actors.values()]:
                 if actor is not None:
-                    actor.mapper.AddClippingPlane(self._clip_plane)
-        lo = float(self.layout.bounds()[0] @ DEPTH_AXIS) - self.layout.layer_gap
-        d = lo if depth is None else max(float(depth), lo)
-        self._clip_plane.SetOrigin(*(DEPTH_AXIS * d))
-        self.clip = None if depth is None else d
+                    for plane in self._clip_planes:
+                        actor.mapper.AddClippingPlane(plane)
+        lo_b, hi_b = (float(b @ DEPTH_AXIS) for b in self.layout.bounds())
+        lo, hi = lo_b - self.layout.layer_gap, hi_b + self.layout.layer_gap
+        n = lo if near is None else min(max(float(near), lo), hi)
+        f = hi if far is None else min(max(float(far), lo), hi)
+        self._clip_planes[0].SetOrigin(*(DEPTH_AXIS * n))
+        self._clip_planes[1].SetOrigin(*(DEPTH_AXIS * f))
+        self.clip = (None if near is None else n, None if far is None else f)
         for name, actor in self.label_actors.items():
-            actor.SetVisibility(bool(self.layout.planes[name].center @ DEPTH_AXIS >= d))
+            x = float(self.layout.planes[name].center @ DEPTH_AXIS)
+            actor.SetVisibility(bool(n <= x <= f))
 
     def view_overview(self, **kw) -> CameraPose:
         pose = overview_pose(self.layout, aspect=self.aspect, **kw)

@@ -1,0 +1,341 @@
+"""The explorer app driven in-process, as trame drives it: ``state.ready()``, set state keys,
+``state.flush()`` (change handlers run synchronously), then look at the VTK scene."""
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import threading
+import uuid
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from helpers import write_image_folder
+from volviz.cli import main
+
+pytest.importorskip("trame")
+
+from trame.app import get_server  # noqa: E402
+
+from volviz.app import state as S  # noqa: E402
+from volviz.app.explorer import Explorer  # noqa: E402
+from volviz.app.panels import class_weights, sorted_neurons  # noqa: E402
+from volviz.app.prefetch import ChunkCache, Coalescer  # noqa: E402
+from volviz.store.store import Store  # noqa: E402
+
+TINY = ["--model", "helpers:tiny_cnn", "--size", "12", "12", "--channels", "1"]
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """Two tiny stores (TinyCNN, 9 images of 3 classes; the second with other images)."""
+    root = tmp_path_factory.mktemp("app")
+    out = []
+    for k in range(2):
+        imgs = write_image_folder(root / f"imgs{k}", n_per_class=3, seed=k)
+        assert main(["capture", "--out", str(root / f"s{k}"), "--images", str(imgs), *TINY]) == 0
+        out.append(root / f"s{k}")
+    return out
+
+
+@pytest.fixture
+def make_app(tmp_path, can_render):
+    apps = []
+
+    def make(paths, **kw):
+        server = get_server(f"test-{uuid.uuid4().hex[:8]}", client_type="vue3")
+        app = Explorer([str(p) for p in paths], server=server, record_dir=tmp_path / "rec",
+                       window_size=(320, 240), **kw)
+        app.state.ready()
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.close()
+
+
+def _set(app, **changes):
+    for k, v in changes.items():
+        app.state[k] = v
+    app.state.flush()
+
+
+def test_opens_on_first_conv_layer_with_image_info(make_app, stores):
+    app = make_app([stores[0]])
+    st, pane = app.state, app.panes[0]
+    assert st[S.APP_READY] and not st["p0_error"]
+    assert pane.layer == "conv1" and st["p0_layer"] == "conv1"
+    assert pane.scene.shape == (4, 12, 12)
+    assert st[S.T_MAX] == 8 and st[S.T_INDEX] == 0
+    assert st["p0_input"].startswith("data:image/png;base64,")
+    assert len(st["p0_probs"]) == 3 and sum(r["true"] for r in st["p0_probs"]) == 1
+    assert "1/9 · image 0" in st["p0_caption"]
+    assert st["p0_panel"].startswith("data:image/png") and "conv1: 4 feature maps" in st["p0_panel_note"]
+    assert [it["value"] for it in st["p0_layers"]] == ["conv1", "conv2", "conv3", "fc1", "fc2"]
+    img = pane.scene.screenshot()
+    assert img.std() > 5, "the volume is not visible"
+
+
+def test_slider_updates_scalars_in_place_reading_one_chunk(make_app, stores):
+    app = make_app([stores[0]])
+    pane = app.panes[0]
+    scene, actor, grid = pane.scene, pane.scene.volume_actor, pane.scene.grid
+    n_actors = len(pane.plotter.renderer.actors)
+    before_vals = scene._values.copy()
+    before_img = scene.screenshot()
+    reads = []  # store reads in the foreground (the prefetcher reads in its own thread)
+    real_read = pane.store.read
+    main_thread = threading.current_thread()
+    pane.store.read = lambda *a: (threading.current_thread() is main_thread and reads.append(a)) \
+        or real_read(*a)
+    app.prefetcher.wait()
+    app.cache.clear()  # nothing prefetched yet: the step itself must read its chunk
+
+    _set(app, **{S.T_INDEX: 4})
+    image = pane.image_at(4)
+    assert pane.image == image
+    assert pane.scene is scene and scene.volume_actor is actor and scene.grid is grid
+    assert len(pane.plotter.renderer.actors) == n_actors, "a slider step added actors"
+    assert not np.array_equal(scene._values, before_vals)
+    np.testing.assert_allclose(scene.displayed, real_read("activation", "conv1", image))
+    assert reads == [("activation", "conv1", image)], "a step must read exactly its one chunk"
+    assert np.abs(scene.screenshot().astype(int) - before_img).mean() > 0.2
+    assert f"image {image}" in app.state["p0_caption"]
+
+    # the prefetcher has read the next chunks: the next step reads nothing from the store
+    app.prefetcher.wait()
+    reads.clear()
+    hits = app.cache.hits
+    _set(app, **{S.T_INDEX: 5})
+    assert reads == [] and app.cache.hits > hits
+    assert app.stats["steps"] >= 2
+
+
+def test_layer_quantity_and_order_change_the_scene(make_app, stores):
+    app = make_app([stores[0]])
+    pane = app.panes[0]
+    store = Store.open(stores[0])
+    _set(app, p0_layer="conv3")
+    assert pane.layer == "conv3" and pane.scene.shape == (6, 6, 6)
+    np.testing.assert_allclose(pane.scene.displayed, store.read("activation", "conv3", 0))
+
+    _set(app, **{S.V_ORDER: "pca", S.V_FIT: "image"})
+    from volviz.views.source import LayerVolumeSource
+    expect = LayerVolumeSource(store).get("conv3", "activation", 0, "pca", "image")
+    np.testing.assert_array_equal(pane.scene.order, expect.order)
+    assert "pca (per image)" in pane.scene.title_text
+
+    _set(app, **{S.V_ORDER: "kmeans", S.V_CLUSTERS: 2})
+    assert len(pane.scene.boundaries) == 1 and pane.scene.separators_actor.GetVisibility()
+
+    _set(app, **{S.V_QUANTITY: "grad_weight", S.V_ORDER: "natural"})
+    assert pane.quantity == "grad_weight"
+    assert pane.scene.shape[0] == 6  # one slice per output filter
+    assert pane.scene.clim[0] == -pane.scene.clim[1]  # signed: symmetric, diverging
+    assert pane.scene.style.opacity == "diverging"
+
+
+def test_look_changes_in_place(make_app, stores):
+    app = make_app([stores[0]])
+    scene = app.panes[0].scene
+    lo, hi = scene.clim
+    _set(app, **{S.V_CMAP: "viridis", S.V_OPACITY: "linear", S.V_RANGE: [0, 50]})
+    assert app.panes[0].scene is scene
+    assert scene.style.cmap == "viridis" and scene.style.opacity == "linear"
+    assert scene.clim[1] == pytest.approx(lo + 0.5 * (hi - lo))
+    assert not scene.slices_actor.GetVisibility()
+    _set(app, **{S.V_SLICES: True, S.V_SLICE_Z: 0.0})
+    assert scene.slices_actor.GetVisibility() and scene.style.slice_positions[2] == 0.0
+    _set(app, **{S.V_OUTLINE: False})
+    assert not scene.outline_actor.GetVisibility()
+    cam = scene.plotter.camera
+    cam.azimuth = 80
+    pos = cam.position
+    app.reset_camera()
+    assert cam.position != pos
+
+
+def test_time_controls_loop_and_image_order(make_app, stores):
+    app = make_app([stores[0]])
+    st = app.state
+    _set(app, **{S.T_INDEX: 8})
+    assert app.step(1) == 0  # loops
+    st.flush()
+    _set(app, **{S.T_LOOP: False, S.T_INDEX: 8, S.T_PLAYING: True})
+    assert app.step(1) == 8 and st[S.T_PLAYING] is False  # stops at the end
+    st.flush()
+    pane = app.panes[0]
+    _set(app, **{S.T_SORT: "probability"})
+    probs, pred = pane.columns["probs"], pane.columns["pred"]
+    p = probs[pane.sequence, pred[pane.sequence]]
+    assert np.all(np.diff(p) <= 1e-6) and st[S.T_INDEX] == 0
+    assert pane.image == pane.sequence[0]
+
+
+def test_neuron_panels_and_sorted_neurons(make_app, stores):
+    app = make_app([stores[0]])
+    _set(app, **{S.PANEL_TAB: "neurons"})
+    assert app.state["p0_panel"] and "fc1: 8 neurons" in app.state["p0_panel_note"]
+    _set(app, **{S.PANEL_TAB: "sorted", "p0_sort_class": 2})
+    note = app.state["p0_panel_note"]
+    assert "fc1 sorted by weight to class c" in note, note
+    # the sort itself: fc2's weights to class 2 order fc1's neurons, largest first
+    pane = app.panes[0]
+    w, _ = class_weights(pane.model(), pane.store.layers, "fc1", 3)
+    assert w.shape == (3, 8)
+    act = pane.store.read("activation", "fc1", pane.image)
+    img, order, means = sorted_neurons(act, w[2])
+    assert np.all(np.diff(w[2][order]) <= 0)
+    rows, cols = 2, 4  # near_square_grid(8)
+    assert img.shape == (rows, cols + 1 + 2)
+    np.testing.assert_allclose(means, act[order].reshape(rows, cols).mean(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(img[:, -1], means, rtol=1e-5)
+
+
+def test_sorted_neurons_on_a_chain_and_on_a_missing_path():
+    import torch
+    model = torch.nn.Sequential()
+    model.add_module("a", torch.nn.Linear(5, 4))
+    model.add_module("b", torch.nn.Linear(4, 3))
+    model.add_module("c", torch.nn.Linear(3, 2))
+    from volviz.store.store import LayerInfo
+    layers = {n: LayerInfo(n, "linear", "Linear", (m.out_features,), tuple(m.weight.shape))
+              for n, m in model.named_children()}
+    w, note = class_weights(model, layers, "a", 2)
+    np.testing.assert_allclose(w, (model.c.weight @ model.b.weight).detach().numpy(), rtol=1e-5)
+    assert "linear approximation" in note
+    with pytest.raises(ValueError, match="no chain"):
+        class_weights(model, layers, "c", 7)
+
+
+def test_record_writes_a_playable_movie(make_app, stores):
+    app = make_app([stores[0]])
+    _set(app, **{S.R_MAX_IMAGES: 4, S.T_INDEX: 7})
+    path = app.record("images")
+    assert path.exists() and path.suffix == ".mp4" and path.parent == app.record_dir
+    frames = iio.imread(path, index=None)
+    assert frames.shape == (4, 608, 800, 3)
+    assert np.abs(frames[0].astype(int) - frames[1]).mean() > 0.1  # the images step
+    assert app.state[S.R_URL] == f"recordings/{path.name}"
+    assert app.server.serve["recordings"] == str(app.record_dir)
+    _set(app, **{S.R_FRAMES: 3})
+    rot = iio.imread(app.record("rotate"), index=None)
+    assert len(rot) == 3 and np.abs(rot[0].astype(int) - rot[1]).mean() > 0.1
+    # the live view is untouched by recording
+    assert app.panes[0].image == app.panes[0].image_at(7)
+
+
+def test_recording_goes_on_when_the_browser_leaves_and_can_be_cancelled(make_app, stores, caplog):
+    app = make_app([stores[0]])
+    _set(app, **{S.R_MAX_IMAGES: 5})
+
+    async def run(cancel: bool):
+        app.start_recording()
+        await asyncio.sleep(0.05)
+        assert app.state[S.R_BUSY]
+        if cancel:
+            app.cancel_recording()
+        else:
+            app.ctrl.on_client_exited()  # the browser closed mid-recording
+        await app._record_task
+
+    asyncio.run(run(cancel=False))
+    assert "writing goes on" in caplog.text
+    assert app.state[S.R_STATUS].startswith("wrote") and not app.state[S.R_BUSY]
+    assert len(iio.imread(app.state[S.R_FILE], index=None)) == 5
+    before = sorted(app.record_dir.iterdir())
+    asyncio.run(run(cancel=True))
+    assert app.state[S.R_STATUS] == "recording stopped: recording cancelled"
+    assert sorted(app.record_dir.iterdir()) == before, "a cancelled recording left a file"
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "newer", "nothing-captured"])
+def test_bad_stores_are_shown_in_the_page_and_the_app_goes_on(make_app, stores, tmp_path, case):
+    bad = tmp_path / case
+    if case == "empty":
+        bad.mkdir()
+    elif case in ("newer", "nothing-captured"):
+        shutil.copytree(stores[0], bad)
+        if case == "newer":
+            m = json.loads((bad / "manifest.json").read_text())
+            (bad / "manifest.json").write_text(json.dumps(dict(m, format_version=99)))
+        else:
+            import zarr
+            zarr.open_group(str(bad), mode="r+")["done"][:] = False
+    app = make_app([bad])
+    err = app.state["p0_error"]
+    expect = {"missing": "no store at", "empty": "not a volviz store", "newer": "newer volviz",
+              "nothing-captured": "holds no captured image yet"}[case]
+    assert expect in err and str(bad) in err
+    assert app.panes[0].scene is None and app.state[S.APP_READY]
+    _set(app, **{S.T_INDEX: 3, S.V_ORDER: "pca"})  # nothing to show: no crash
+    # pick a good store: the error goes, the volume comes
+    _set(app, p0_store=str(stores[0]))
+    assert app.state["p0_error"] == "" and app.panes[0].scene is not None
+    assert app.panes[0].layer == "conv1"
+
+
+def test_a_vanished_layer_keeps_the_last_good_view(make_app, stores, tmp_path):
+    s = tmp_path / "s"
+    shutil.copytree(stores[0], s)
+    app = make_app([s])
+    shutil.rmtree(s / "act" / "conv2")  # deleted while the app runs
+    _set(app, p0_layer="conv2")
+    assert "conv2" in app.state["p0_error"]
+    assert app.panes[0].layer == "conv1" and app.state["p0_layer"] == "conv1"
+    _set(app, **{S.T_INDEX: 2})  # still works
+    assert app.panes[0].image == app.panes[0].image_at(2)
+
+
+def test_two_stores_side_by_side_move_together(make_app, stores):
+    app = make_app(stores)
+    assert len(app.panes) == 2 and app.state[S.APP_N_PANES] == 2
+    a, b = app.panes
+    assert a.scene is not None and b.scene is not None and a.plotter is not b.plotter
+    va, vb = a.scene._values.copy(), b.scene._values.copy()
+    _set(app, **{S.T_INDEX: 6})
+    assert a.image == a.image_at(6) and b.image == b.image_at(6)
+    assert not np.array_equal(va, a.scene._values) and not np.array_equal(vb, b.scene._values)
+    _set(app, p1_layer="conv2")  # each pane has its own layer
+    assert a.layer == "conv1" and b.layer == "conv2"
+    picker = [it["value"] for it in app.state[S.APP_STORES]]
+    assert str(stores[0].resolve()) in picker and str(stores[1].resolve()) in picker
+
+
+def test_coalescer_draws_only_the_latest_position():
+    drawn = []
+
+    async def run():
+        c = Coalescer(drawn.append, delay=0.01)
+        for v in range(10):
+            c.request(v)
+        await asyncio.sleep(0.05)
+        c.request(42)
+        await asyncio.sleep(0.05)
+        return c
+
+    c = asyncio.run(run())
+    assert drawn == [9, 42] and c.skipped == 9
+    Coalescer(drawn.append).request(7)  # no event loop: at once
+    assert drawn[-1] == 7
+
+
+def test_chunk_cache_is_bounded_lru():
+    cache = ChunkCache(max_bytes=3 * 800)
+    for k in range(5):
+        cache.put(k, np.zeros(100))  # 800 bytes each
+    assert len(cache) == 3 and 0 not in cache and 4 in cache
+    assert cache.get_or_load(4, lambda: 1 / 0) is not None and cache.hits == 1
+
+
+def test_serve_command_line(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert "--host" in out and "--port" in out and "side by side" in out
+    from volviz.app.server import is_loopback
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")

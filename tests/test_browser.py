@@ -1,0 +1,292 @@
+"""The explorer in a real browser: Debian's chromium driven by Playwright loads the page served
+by ``volviz serve`` on localhost, as a user would.
+
+Screenshots go to the ``out_dir`` folder (``VOLVIZ_TEST_OUT=folder`` keeps them; the docs'
+images in ``docs/img/app/`` come from here). The store is the embedded digits LeNet on 40 test
+digits (4 per class) when its weights are in ``data/``, else the tiny test CNN.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from helpers import write_image_folder
+from volviz.cli import main
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = ["--model", "helpers:tiny_cnn", "--size", "12", "12", "--channels", "1"]
+BACKGROUND = np.array([0x15, 0x17, 0x1C])  # VolumeStyle.background
+
+
+def _need_chromium():
+    if not os.path.exists(CHROMIUM):
+        reason = f"{CHROMIUM} not found: apt-get install -y chromium (make test does)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    pytest.importorskip("playwright.sync_api")
+
+
+# ----------------------------------------------------------------------------- stores, servers
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser")
+    digits = ROOT / "data" / "digits"
+    if (ROOT / "data" / "digits.pt").exists() and (digits / "test").is_dir():
+        imgs = root / "digits-imgs"
+        for cls in sorted((digits / "test").iterdir()):
+            (imgs / cls.name).mkdir(parents=True)
+            for f in sorted(cls.glob("*.png"))[:4]:
+                shutil.copy(f, imgs / cls.name / f.name)
+        main_args = ["capture", "--out", str(root / "digits"), "--images", str(imgs)]
+    else:
+        imgs = write_image_folder(root / "imgs", n_per_class=4)
+        main_args = ["capture", "--out", str(root / "digits"), "--images", str(imgs), *TINY]
+    assert main(main_args) == 0
+    imgs = write_image_folder(root / "tiny-imgs", n_per_class=4, seed=1)
+    assert main(["capture", "--out", str(root / "tiny"), "--images", str(imgs), *TINY]) == 0
+    newer = root / "from-a-newer-volviz"  # offered by the store picker (it sits next to the others)
+    shutil.copytree(root / "tiny", newer)
+    m = json.loads((newer / "manifest.json").read_text())
+    (newer / "manifest.json").write_text(json.dumps(dict(m, format_version=99)))
+    return {"digits": root / "digits", "tiny": root / "tiny", "newer": newer, "root": root}
+
+
+class Server:
+    """``volviz serve`` in a subprocess on a free port; its URL is read from what it prints."""
+
+    def __init__(self, stores: list[pathlib.Path], record_dir: pathlib.Path):
+        env = dict(os.environ, VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow",
+                   PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "volviz", "serve", *map(str, stores), "--port", "0",
+             "--record-dir", str(record_dir)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=record_dir.parent)
+        self.lines: list[str] = []
+        self.url = None
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.time() + 120
+        while self.url is None:
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                pytest.fail("volviz serve did not start:\n" + "".join(self.lines))
+            time.sleep(0.1)
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            m = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
+            if m:
+                self.url = m.group(1)
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    _need_chromium()
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(stores, browser, can_render):
+    s = Server([stores["digits"]], stores["root"] / "rec")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def page(server, browser):
+    """One page kept open across the tests (the state is the server's anyway)."""
+    pg = browser.new_page(viewport={"width": 1400, "height": 900})
+    _open(pg, server.url)
+    yield pg
+    pg.close()
+
+
+# ----------------------------------------------------------------------------- page helpers
+def _open(pg, url):
+    pg.goto(url)
+    pg.wait_for_selector("#volviz-ready", state="attached", timeout=60_000)
+    _wait_view(pg, 0, lambda img: _volume_visible(img), "the volume never appeared")
+
+
+def _view(pg, i=0) -> np.ndarray:
+    return iio.imread(io.BytesIO(pg.locator(f"#view-{i}").screenshot()))[..., :3]
+
+
+def _volume_visible(img: np.ndarray) -> bool:
+    """Pixels unlike the background in the middle of the view (where the volume is; the texts
+    and the colour bar lie at the edges)."""
+    h, w = img.shape[:2]
+    mid = img[h // 5: 4 * h // 5, w // 5: 4 * w // 5].astype(int)
+    differs = np.abs(mid - BACKGROUND).max(axis=2) > 40
+    return differs.mean() > 0.05 and mid.std() > 10
+
+
+def _differs(a: np.ndarray, b: np.ndarray, t: float = 0.5) -> bool:
+    return a.shape == b.shape and np.abs(a.astype(int) - b).mean() > t
+
+
+def _wait_view(pg, i, ok, message, timeout=30.0) -> np.ndarray:
+    deadline = time.time() + timeout
+    while True:
+        img = _view(pg, i)
+        if ok(img):
+            return img
+        if time.time() > deadline:
+            raise AssertionError(message)
+        time.sleep(0.3)
+
+
+def _pick(pg, select_id: str, option: str):
+    pg.locator(f".v-select:has(#{select_id}) .v-field").click()
+    pg.locator(".v-overlay-container .v-list-item", has_text=option).first.click()
+
+
+def _slider_thumb(pg):
+    return pg.locator(".v-slider:has(#time-slider) [role=slider]")
+
+
+def _save(img_or_page, out_dir, name):
+    path = out_dir / name
+    if isinstance(img_or_page, np.ndarray):
+        iio.imwrite(path, img_or_page)
+    else:
+        img_or_page.screenshot(path=str(path))
+    return path
+
+
+# ----------------------------------------------------------------------------- tests
+def test_page_opens_on_the_first_conv_layer(page, out_dir):
+    img = _view(page)
+    assert _volume_visible(img)
+    assert page.input_value("#layer-select-0").startswith("conv1")
+    assert page.inner_text("#time-label").replace(" ", "") == "1/40"
+    assert "image 0" in page.inner_text("#caption-0")
+    assert page.locator("#probs-0 >> text=%").count() >= 10
+    assert page.locator("#input-image-0").get_attribute("src").startswith("data:image/png")
+    _save(page, out_dir, "explorer.png")
+
+
+def test_time_slider_moves_every_view(page, out_dir):
+    before = _view(page)
+    caption = page.inner_text("#caption-0")
+    thumb = _slider_thumb(page)
+    thumb.focus()
+    for _ in range(3):
+        thumb.press("ArrowRight")
+    page.wait_for_function("document.querySelector('#time-label').innerText.replace(/ /g, '') === '4/40'")
+    after = _wait_view(page, 0, lambda img: _differs(img, before), "the slider did not change the picture")
+    assert _volume_visible(after)
+    page.wait_for_function("document.querySelector('#caption-0').innerText.startsWith('4/40')")
+    assert page.inner_text("#caption-0") != caption
+
+
+def test_switch_layer_and_order(page, out_dir):
+    before = _view(page)
+    _pick(page, "layer-select-0", "conv2")
+    conv2 = _wait_view(page, 0, lambda img: _differs(img, before, 2.0), "layer switch did not redraw")
+    assert _volume_visible(conv2)
+    assert page.input_value("#layer-select-0").startswith("conv2")
+    _pick(page, "order-select", "k-means, separators")
+    km = _wait_view(page, 0, lambda img: _differs(img, conv2), "order switch did not redraw")
+    assert _volume_visible(km)
+    _save(page, out_dir, "kmeans-conv2.png")
+    # the 2-D panels follow: the sorted-neuron view of fc1
+    page.locator("#panel-tabs-0 .v-tab", has_text="Sorted neurons").click()
+    page.wait_for_function("document.querySelector('#pane-0').innerText.includes('sorted by weight to class')",
+                           timeout=30_000)
+    _save(page, out_dir, "sorted-neurons.png")
+    page.locator("#panel-tabs-0 .v-tab", has_text="Feature maps").click()
+
+
+def test_two_browsers_share_the_slider(page, browser):
+    other = browser.new_page(viewport={"width": 1200, "height": 800})
+    try:
+        _open(other, page.url)
+        assert other.inner_text("#time-label") == page.inner_text("#time-label")
+        thumb = _slider_thumb(other)
+        thumb.focus()
+        thumb.press("ArrowRight")
+        want = other.inner_text("#time-label")
+        page.wait_for_function(f"document.querySelector('#time-label').innerText === {want!r}")
+    finally:
+        other.close()
+
+
+def test_record_survives_the_browser_leaving(page, browser, server, stores):
+    rec = browser.new_page(viewport={"width": 1400, "height": 900})
+    _open(rec, server.url)
+    rec.fill("#record-count", "6")
+    rec.click("#record-btn")
+    rec.wait_for_selector("#record-progress", timeout=20_000)
+    rec.close(run_before_unload=True)  # the user leaves mid-recording
+    page.wait_for_selector("#record-download", timeout=90_000)
+    href = page.get_attribute("#record-download", "href")
+    assert href.startswith("recordings/") and href.endswith(".mp4")
+    resp = page.request.get(page.url.rstrip("/") + "/" + href)
+    assert resp.ok
+    frames = iio.imread(resp.body(), index=None, extension=".mp4")
+    assert frames.shape[0] == 6 and frames.shape[1:] == (608, 800, 3)
+    assert "wrote" in page.inner_text("#record-status")
+    assert "writing goes on" in server.log
+    assert server.proc.poll() is None
+
+
+def test_a_bad_store_shows_a_message_and_the_app_goes_on(page, stores):
+    _pick(page, "store-select-0", "from-a-newer-volviz")
+    page.wait_for_selector("#pane-error-0", timeout=20_000)
+    assert "newer volviz" in page.inner_text("#pane-error-0")
+    _pick(page, "store-select-0", "digits")
+    page.wait_for_selector("#pane-error-0", state="detached", timeout=20_000)
+    _wait_view(page, 0, _volume_visible, "the good store did not come back")
+
+
+def test_two_stores_side_by_side(stores, browser, can_render, out_dir):
+    srv = Server([stores["digits"], stores["tiny"]], stores["root"] / "rec2")
+    pg = browser.new_page(viewport={"width": 1500, "height": 950})
+    try:
+        _open(pg, srv.url)
+        right = _wait_view(pg, 1, _volume_visible, "the second store's volume never appeared")
+        left = _view(pg, 0)
+        _save(pg, out_dir, "side-by-side.png")
+        thumb = _slider_thumb(pg)
+        thumb.focus()
+        thumb.press("ArrowRight")
+        _wait_view(pg, 0, lambda img: _differs(img, left), "left view did not follow the slider")
+        _wait_view(pg, 1, lambda img: _differs(img, right), "right view did not follow the slider")
+    finally:
+        pg.close()
+        srv.stop()
