@@ -64,7 +64,7 @@ def test_grey_rgb_and_n_channel_inputs(channels, param):
 
 def test_only_the_layers_up_to_the_target_run():
     m = tiny_cnn().eval()
-    calls = {"conv2": 0, "conv3": 0, "fc2": 0}
+    calls = {"conv1": 0, "conv3": 0, "fc2": 0}
     hooks = [getattr(m, n).register_forward_hook(lambda *a, n=n: calls.__setitem__(n, calls[n] + 1))
              for n in calls]
     try:
@@ -74,10 +74,26 @@ def test_only_the_layers_up_to_the_target_run():
     finally:
         for h in hooks:
             h.remove()
-    assert calls["conv3"] == 0 and calls["fc2"] == 0 and calls["conv2"] > 5
-    assert not m.conv2._forward_hooks  # the stop hook is removed after every call
+    assert calls["conv3"] == 0 and calls["fc2"] == 0 and calls["conv1"] > 5
+    assert not m.conv2._forward_hooks and not m.conv2._forward_pre_hooks  # stop hooks are removed
     with pytest.raises(ObjectiveError, match="needs a layer with flat output"):
-        _problem(m, "conv2", "neuron").values(torch.rand(1, 1, 12, 12))
+        _problem(m, "conv2", "neuron").values(torch.rand(1, 1, 12, 12), torch.tensor([0]))
+    with pytest.raises(ObjectiveError, match="out of range"):
+        optimize_batch(_problem(m, "fc1", "neuron"), [8], [0], Config(), 1)
+
+
+@pytest.mark.parametrize("layer,kind", [("conv1", "channel"), ("conv2", "centre"), ("conv3", "channel"),
+                                        ("fc1", "neuron")])
+def test_computing_only_the_target_unit_equals_the_whole_layer(layer, kind):
+    m = tiny_cnn().eval().requires_grad_(False)
+    x = torch.rand(6, 1, 12, 12, requires_grad=True)
+    units = torch.tensor([3, 0, 2, 1, 3, 0])
+    fast = Problem(m, layer, kind, (1, 12, 12)).values(x, units)
+    full = Problem(m, layer, kind, (1, 12, 12), unit_only=False).values(x, units)
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-6)
+    g1, = torch.autograd.grad(fast.sum(), x)
+    g2, = torch.autograd.grad(full.sum(), x)
+    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
 
 
 class RGBFirst3x3(nn.Module):

@@ -170,6 +170,28 @@ def _wait_view(pg, i, ok, message, timeout=30.0) -> np.ndarray:
         time.sleep(0.3)
 
 
+def _shown(pg, i, text, timeout=30_000):
+    """Wait until the server says view ``i`` shows ``text`` (its data-shown marker)."""
+    how = "endsWith" if text.startswith("image ") else "includes"
+    pg.wait_for_function(f"(document.querySelector('#view-{i}').dataset.shown || '').{how}({text!r})",
+                         timeout=timeout)
+
+
+def _settled(pg, i, before, message, timeout=30.0) -> np.ndarray:
+    """The view's picture once it differs from ``before`` and stopped changing (the server
+    pushes a fast image, then the final one)."""
+    deadline = time.time() + timeout
+    last = None
+    while True:
+        img = _view(pg, i)
+        if last is not None and _differs(img, before) and not _differs(img, last, 0.05):
+            return img
+        if time.time() > deadline:
+            raise AssertionError(message)
+        last = img
+        time.sleep(0.4)
+
+
 def _pick(pg, select_id: str, option: str):
     pg.locator(f".v-select:has(#{select_id}) .v-field").click()
     pg.locator(".v-overlay-container .v-list-item", has_text=option).first.click()
@@ -208,7 +230,8 @@ def test_time_slider_moves_every_view(page, out_dir):
     for _ in range(3):
         thumb.press("ArrowRight")
     page.wait_for_function("document.querySelector('#time-label').innerText.replace(/ /g, '') === '4/40'")
-    after = _wait_view(page, 0, lambda img: _differs(img, before), "the slider did not change the picture")
+    _shown(page, 0, "image 3")  # captured order: position 4 is image 3
+    after = _settled(page, 0, before, "the slider did not change the picture")
     assert _volume_visible(after)
     page.wait_for_function("document.querySelector('#caption-0').innerText.startsWith('4/40')")
     assert page.inner_text("#caption-0") != caption
@@ -217,19 +240,21 @@ def test_time_slider_moves_every_view(page, out_dir):
 def test_switch_layer_and_order(page, out_dir):
     before = _view(page)
     _pick(page, "layer-select-0", "conv2")
-    conv2 = _wait_view(page, 0, lambda img: _differs(img, before, 2.0), "layer switch did not redraw")
+    _shown(page, 0, "conv2 · activation · natural")
+    conv2 = _settled(page, 0, before, "layer switch did not redraw")
     assert _volume_visible(conv2)
     assert page.input_value("#layer-select-0").startswith("conv2")
     _pick(page, "order-select", "k-means, separators")
-    km = _wait_view(page, 0, lambda img: _differs(img, conv2), "order switch did not redraw")
+    _shown(page, 0, "conv2 · activation · kmeans (set)")
+    km = _settled(page, 0, conv2, "order switch did not redraw")
     assert _volume_visible(km)
     _save(page, out_dir, "kmeans-conv2.png")
     # the 2-D panels follow: the sorted-neuron view of fc1
-    page.locator("#panel-tabs-0 .v-tab", has_text="Sorted neurons").click()
+    page.locator("#panel-tabs-0 .v-tab", has_text="Sorted").click()
     page.wait_for_function("document.querySelector('#pane-0').innerText.includes('sorted by weight to class')",
                            timeout=30_000)
     _save(page, out_dir, "sorted-neurons.png")
-    page.locator("#panel-tabs-0 .v-tab", has_text="Feature maps").click()
+    page.locator("#panel-tabs-0 .v-tab", has_text="Maps").click()
 
 
 def test_two_browsers_share_the_slider(page, browser):
@@ -256,7 +281,7 @@ def test_record_survives_the_browser_leaving(page, browser, server, stores):
     page.wait_for_selector("#record-download", timeout=90_000)
     href = page.get_attribute("#record-download", "href")
     assert href.startswith("recordings/") and href.endswith(".mp4")
-    resp = page.request.get(page.url.rstrip("/") + "/" + href)
+    resp = page.request.get(server.url + href)
     assert resp.ok
     frames = iio.imread(resp.body(), index=None, extension=".mp4")
     assert frames.shape[0] == 6 and frames.shape[1:] == (608, 800, 3)
@@ -271,6 +296,7 @@ def test_a_bad_store_shows_a_message_and_the_app_goes_on(page, stores):
     assert "newer volviz" in page.inner_text("#pane-error-0")
     _pick(page, "store-select-0", "digits")
     page.wait_for_selector("#pane-error-0", state="detached", timeout=20_000)
+    _shown(page, 0, "conv1")
     _wait_view(page, 0, _volume_visible, "the good store did not come back")
 
 
@@ -285,8 +311,10 @@ def test_two_stores_side_by_side(stores, browser, can_render, out_dir):
         thumb = _slider_thumb(pg)
         thumb.focus()
         thumb.press("ArrowRight")
-        _wait_view(pg, 0, lambda img: _differs(img, left), "left view did not follow the slider")
-        _wait_view(pg, 1, lambda img: _differs(img, right), "right view did not follow the slider")
+        _shown(pg, 0, "image 1")
+        _shown(pg, 1, "image 1")
+        _settled(pg, 0, left, "left view did not follow the slider")
+        _settled(pg, 1, right, "right view did not follow the slider")
     finally:
         pg.close()
         srv.stop()

@@ -147,3 +147,16 @@ def test_layer_selection_names_globs_types_and_errors():
     with pytest.raises(LayerSelectionError, match="no conv layer"):
         select_layers(NoConv())
     assert select_layers(TinyCNN(), ["fc*"]) == ["fc1", "fc2"]
+
+
+def test_workspace_buffers_reused_across_batches_of_different_sizes():
+    m = tiny_cnn().eval()
+    ws = {}
+    for n in (5, 3):  # the second, smaller batch writes into the first one's buffers
+        x = torch.randn(n, 1, 12, 12)
+        res = capture_batch(m, x, ["conv2", "conv3"], target="pred", workspace=ws)
+        ref = loop_per_sample_grads(m, x, torch.tensor(res.target), ["conv2.weight", "conv3.weight"])
+        for k in ("conv2", "conv3"):
+            assert res.grad_weight[k].shape[0] == n
+            np.testing.assert_allclose(res.grad_weight[k], ref[f"{k}.weight"].numpy(), rtol=1e-4, atol=1e-7)
+    assert ws["conv2"].shape[0] == 5

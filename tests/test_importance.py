@@ -231,3 +231,30 @@ def test_probability_output_gradients():
     np.testing.assert_allclose(gg.norms, res.total_norm("conv2"), rtol=1e-4)
     with pytest.raises(AnalysisError, match="unknown output"):
         importance_on_the_fly(m, InputSet.from_tensors(x, labels), output="softmax", progress=False)
+
+
+@pytest.mark.parametrize("kw", [dict(padding=1), dict(padding="same", padding_mode="reflect"),
+                                dict(stride=2, dilation=2)])
+def test_gram_filter_norms_equal_direct(kw):
+    from volviz.analysis.importance import conv2d_filter_norms_gram, filter_norms
+    from volviz.capture.persample import hook_per_sample_grad
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 5, 3, **kw)
+    inp = torch.randn(4, 6, 9, 9)
+    go = torch.randn_like(conv(inp))
+    direct = filter_norms(hook_per_sample_grad(conv, inp, go))
+    np.testing.assert_allclose(conv2d_filter_norms_gram(conv, inp, go, max_bytes=5000).numpy(), direct.numpy(),
+                               rtol=1e-4)
+
+
+def test_deep_small_maps_use_the_gram_path_and_agree_with_loop():
+    from volviz.analysis.importance import _gram_is_cheaper
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, stride=2, padding=1),
+                      nn.ReLU(), nn.Flatten(), nn.Linear(64 * 2 * 2, 5)).eval()
+    x = torch.randn(3, 3, 4, 4)
+    assert _gram_is_cheaper(m[2], torch.zeros(1, 64, 2, 2)) and not _gram_is_cheaper(m[0], torch.zeros(1, 32, 4, 4))
+    res = importance_on_the_fly(m, InputSet.from_tensors(x, [0, 1, 2]), ["0", "2", "5"], target="true", progress=False)
+    ref = _loop_norms(m, x, torch.tensor([0, 1, 2]), ["0", "2", "5"])
+    for n in ["0", "2", "5"]:
+        np.testing.assert_allclose(res.per_image[n], ref[n], rtol=1e-4, atol=1e-7, err_msg=n)

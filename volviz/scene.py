@@ -405,10 +405,12 @@ class PreparedScene:
 
     def caption(self, step: int) -> str:
         st = self.store
+        if not hasattr(self, "_columns"):
+            self._columns = {k: st.column(k) for k in ("label", "pred", "probs")}
         i = int(self.indices[step])
         names = st.class_names or []
-        label, pred = int(st.column("label")[i]), int(st.column("pred")[i])
-        probs = st.column("probs")[i]
+        label, pred = int(self._columns["label"][i]), int(self._columns["pred"][i])
+        probs = self._columns["probs"][i]
         cls = _class_index(st, self.scene.series.cls) if self.scene.series else None
         c = pred if cls is None else cls
         cname = names[c] if c < len(names) else str(c)

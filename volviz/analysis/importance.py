@@ -18,7 +18,9 @@ Two ways to compute it, both streaming in batches:
 * :func:`importance_on_the_fly` runs the model: one forward and one backward pass per batch give
   every layer's input and output gradient, and per-image weight gradients are formed (by
   :mod:`volviz.capture.persample`) for at most ``max_bytes`` worth of images of one layer at a
-  time, reduced to filter norms, and dropped.
+  time, reduced to filter norms, and dropped. Where it is cheaper (convolutions with small output
+  maps, e.g. resnet18 layer3/4), the norms come from the Gram matrix of the unfolded input
+  instead, and the gradients are never formed (:func:`conv2d_filter_norms_gram`).
 
 Memory bound (on the fly): the batch's activations and activation gradients (as in one training
 step of ``batch_size`` images), plus ``max_bytes`` (default 256 MiB) for one chunk of per-image
@@ -58,6 +60,7 @@ __all__ = [
     "InputSet",
     "batch_filter_importance",
     "filter_norms",
+    "conv2d_filter_norms_gram",
     "factor_norms",
     "importance_from_store",
     "importance_on_the_fly",
@@ -343,6 +346,47 @@ def inputs_from_paths(paths: list[str], store_or_prep, class_names: list[str] | 
 
 
 # ---- on the fly -------------------------------------------------------------------------------
+def _gram_is_cheaper(module: nn.Module, grad_out: torch.Tensor) -> bool:
+    """Conv2d filter norms via the Gram matrix of the unfolded input cost ``L^2 (ci + C_out)``
+    per image against ``C_out ci L`` for forming the gradients (``L`` output positions, ``ci`` =
+    C_in k_h k_w): cheaper in deep layers with small maps (resnet18 layer3/4)."""
+    if not isinstance(module, nn.Conv2d) or module.groups != 1:
+        return False
+    L = grad_out.shape[-2] * grad_out.shape[-1]
+    ci = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+    return L * (ci + module.out_channels) < module.out_channels * ci
+
+
+def conv2d_filter_norms_gram(module: nn.Conv2d, inp: torch.Tensor, grad_out: torch.Tensor,
+                             max_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
+    """Per-image filter norms of a (groups=1) Conv2d without forming the gradients:
+    ``||G_n[j]||^2 = g_nj^T (U_n^T U_n) g_nj`` with ``U_n`` the unfolded input (ci x L) and
+    ``g_nj`` filter j's output gradient (L) (Goodfellow 2015, Rochette et al. 2019)."""
+    import torch.nn.functional as F
+    from volviz.capture.persample import _same_padding
+
+    padding = module.padding
+    if isinstance(padding, str) or module.padding_mode != "zeros":
+        if isinstance(padding, str):
+            pads = _same_padding(module) if padding == "same" else (0, 0, 0, 0)
+        else:
+            pads = module._reversed_padding_repeated_twice
+        inp = F.pad(inp, pads, mode="constant" if module.padding_mode == "zeros" else module.padding_mode)
+        padding = (0, 0)
+    n_all = inp.shape[0]
+    L = grad_out.shape[-2] * grad_out.shape[-1]
+    ci = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+    step = max(1, int(max_bytes // ((ci * L + L * L + module.out_channels * L) * 4)))
+    out = []
+    for s in range(0, n_all, step):
+        cols = F.unfold(inp[s:s + step], module.kernel_size, dilation=module.dilation, padding=padding,
+                        stride=module.stride)                      # (n, ci, L)
+        gram = torch.bmm(cols.transpose(1, 2), cols)               # (n, L, L)
+        g = grad_out[s:s + step].reshape(cols.shape[0], module.out_channels, L)
+        out.append((torch.bmm(g, gram) * g).sum(2).clamp_min(0).sqrt())
+    return torch.cat(out)
+
+
 def _output_values(logits: torch.Tensor, output: str) -> torch.Tensor:
     if output == "score":
         return logits
@@ -401,6 +445,9 @@ def batch_filter_importance(model: nn.Module, x: torch.Tensor, layers: list[str]
             g = g.detach()
             if isinstance(module, nn.Linear) and inp.dim() == 2:
                 out[name] = factor_norms(g, inp).float()
+                continue
+            if _gram_is_cheaper(module, g):
+                out[name] = conv2d_filter_norms_gram(module, inp, g, max_bytes).float()
                 continue
             numel = module.weight.numel()
             step = max(1, int(max_bytes // (numel * 4)))

@@ -134,6 +134,7 @@ class Explorer:
         self._play_task = None
         self._record_task = None
         self._record_cancel = False
+        self._record_left_logged = False
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="volviz-writer")
 
         stores = [str(s) for s in stores]
@@ -185,6 +186,25 @@ class Explorer:
         ctrl.record = self.start_recording
         ctrl.cancel_record = self.cancel_recording
         ctrl.on_client_exited.add(self._on_client_exited)
+        self.clients: set[str] = set()
+        self.server.add_protocol_to_configure(self._watch_connections)
+
+    def _watch_connections(self, root_protocol) -> None:
+        """Count websocket connections (a browser that crashes or loses the network sends no
+        'client exited' message: the socket closing is the reliable signal)."""
+        from wslink.websocket import LinkProtocol
+
+        app = self
+
+        class ConnectionWatch(LinkProtocol):
+            def onConnect(self, request, client_id):
+                app.clients.add(client_id)
+
+            def onClose(self, client_id):
+                app.clients.discard(client_id)
+                app._on_client_exited()
+
+        root_protocol.registerLinkProtocol(ConnectionWatch())
 
     # ------------------------------------------------------------------ errors
     def _pane_error(self, pane: Pane, exc: BaseException | str) -> None:
@@ -445,6 +465,10 @@ class Explorer:
 
     # ------------------------------------------------------------------ view
     def _push(self, pane: Pane) -> None:
+        """Send the pane's new image; ``p{i}_shown`` names what it shows (the page marks the
+        view with it, tests wait for it)."""
+        shown = "" if pane.scene is None else f"{pane.scene.title_text} · image {pane.image}"
+        self.state[pk(pane.index, "shown")] = shown
         if pane.view is not None:
             pane.view.update()
 
@@ -654,6 +678,7 @@ class Explorer:
             self.record()
             return
         self._record_cancel = False
+        self._record_left_logged = False
         self._record_task = loop.create_task(self._record_async(self.state[S.R_MODE]))
 
     def cancel_recording(self) -> None:
@@ -709,10 +734,13 @@ class Explorer:
 
     def _on_client_exited(self, **_) -> None:
         if self._record_task is not None and not self._record_task.done():
-            log.warning("a browser left while a movie is being written; writing goes on, the file "
-                        "will be offered for download on the next visit (see %s)", self.record_dir)
+            if not self._record_left_logged:
+                self._record_left_logged = True
+                log.warning("a browser left while a movie is being written; writing goes on, the "
+                            "file will be offered for download on the next visit (folder %s)",
+                            self.record_dir)
         else:
-            log.info("a browser left")
+            log.info("a browser left (%d connected)", len(getattr(self, "clients", ())))
 
     # ------------------------------------------------------------------ teardown
     def close(self) -> None:

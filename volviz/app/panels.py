@@ -214,6 +214,6 @@ def sorted_panel(ctx: PanelContext, cmap: str | None = None) -> PanelImage:
                       f"weights; right column = row averages ({fin[0]:.3g} top, {fin[-1]:.3g} bottom)")
 
 
-register_panel("maps", "Feature maps", maps_panel)
+register_panel("maps", "Maps", maps_panel)
 register_panel("neurons", "Neurons", neurons_panel)
-register_panel("sorted", "Sorted neurons", sorted_panel)
+register_panel("sorted", "Sorted", sorted_panel)

@@ -75,6 +75,7 @@ PANE_FIELDS = (
     "panel",       # current 2-D panel as a PNG data URL
     "panel_note",  # a line under the panel
     "error",       # what went wrong in this pane (empty: nothing)
+    "shown",       # what the 3-D view shows now: "layer · quantity · order · image N"
 )
 
 
@@ -160,6 +161,6 @@ DEFAULTS = {
 PANE_DEFAULTS = {
     "store": "", "layer": None, "layers": [], "fc_layer": None, "fc_layers": [], "sort_class": -1,
     "classes": [], "title": "", "caption": "", "correct": None, "input": "", "probs": [],
-    "panel": "", "panel_note": "", "error": "",
+    "panel": "", "panel_note": "", "error": "", "shown": "",
 }
 assert set(PANE_DEFAULTS) == set(PANE_FIELDS)

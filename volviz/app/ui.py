@@ -147,7 +147,9 @@ def _pane(pane, wide: bool) -> None:
         with v3.VRow(dense=True, classes="mt-1"):
             with v3.VCol(cols=12, lg=8 if wide else 12):
                 with html.Div(style=f"height: {'72' if wide else '50'}vh; min-height: 320px; "
-                              "position: relative;", id=f"view-{i}"):
+                              "position: relative;", id=f"view-{i}",
+                              __properties=[("data_shown", "data-shown")],
+                              data_shown=(pk(i, "shown"),)):
                     pane.view = vtk_widgets.VtkRemoteView(
                         pane.plotter.ren_win, ref=f"view{i}", interactive_ratio=1,
                         interactive_quality=60, still_quality=92)

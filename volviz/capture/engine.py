@@ -61,9 +61,23 @@ def model_logits(out) -> torch.Tensor:
     return out.reshape(out.shape[0], -1)
 
 
+def _buffer(workspace: dict | None, name: str, shape: tuple, like: torch.Tensor) -> torch.Tensor | None:
+    if workspace is None or not isinstance(like, torch.Tensor):
+        return None
+    buf = workspace.get(name)
+    if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0] or buf.dtype != like.dtype \
+            or buf.device != like.device:
+        buf = workspace[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
+    return buf[: shape[0]]
+
+
 def capture_batch(model: nn.Module, x: torch.Tensor, layers: list[str], *, target: str | int = "true",
                   labels: torch.Tensor | None = None, class_names: list[str] | None = None,
-                  gradients: bool = True, weight_gradients: bool = True) -> BatchResult:
+                  gradients: bool = True, weight_gradients: bool = True,
+                  workspace: dict | None = None) -> BatchResult:
+    """Capture one batch. ``workspace``: a dict kept by the caller across batches; per-image weight
+    gradients are then written into buffers reused from call to call, and the returned arrays
+    alias them: consume (store) them before the next call with the same workspace."""
     if model.training:
         raise RuntimeError("capture needs model.eval(): in training mode dropout and batch norm mix "
                            "images, and per-image gradients would be wrong")
@@ -98,7 +112,8 @@ def capture_batch(model: nn.Module, x: torch.Tensor, layers: list[str], *, targe
                 if factors is not None:
                     res.grad_weight_factors[name] = tuple(f.detach().float().cpu().numpy().copy() for f in factors)
                 else:
-                    res.grad_weight[name] = hook_per_sample_grad(module, inp, g).float().cpu().numpy()
+                    buf = _buffer(workspace, name, (x.shape[0], *module.weight.shape), g)
+                    res.grad_weight[name] = hook_per_sample_grad(module, inp, g, buf).float().cpu().numpy()
     if slow:
         x_ = x.detach()
         pg = func_per_sample_grads(model, x_, targets, [f"{n}.weight" for n in slow])

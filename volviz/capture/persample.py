@@ -43,7 +43,8 @@ def _same_padding(module: nn.Conv2d) -> tuple[int, int, int, int]:
     return tuple(pads)
 
 
-def _conv2d_per_sample(module: nn.Conv2d, inp: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+def _conv2d_per_sample(module: nn.Conv2d, inp: torch.Tensor, grad_out: torch.Tensor,
+                       out: torch.Tensor | None = None) -> torch.Tensor:
     padding = module.padding
     if isinstance(padding, str) or module.padding_mode != "zeros":
         if isinstance(padding, str):
@@ -60,7 +61,10 @@ def _conv2d_per_sample(module: nn.Conv2d, inp: torch.Tensor, grad_out: torch.Ten
     per_image = c_in * kh * kw * L
     step = max(1, min(N, UNFOLD_BUDGET // max(per_image, 1)))
     ci = (c_in // g) * kh * kw
-    out = torch.empty(N, g, c_out // g, ci, dtype=grad_out.dtype, device=grad_out.device)
+    if out is None:
+        out = torch.empty(N, g, c_out // g, ci, dtype=grad_out.dtype, device=grad_out.device)
+    else:
+        out = out.view(N, g, c_out // g, ci)
     for s in range(0, N, step):
         cols = F.unfold(inp[s:s + step], (kh, kw), dilation=module.dilation, padding=padding,
                         stride=module.stride)
@@ -71,15 +75,17 @@ def _conv2d_per_sample(module: nn.Conv2d, inp: torch.Tensor, grad_out: torch.Ten
     return out.view(N, c_out, c_in // g, kh, kw)
 
 
-def hook_per_sample_grad(module: nn.Module, inp: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+def hook_per_sample_grad(module: nn.Module, inp: torch.Tensor, grad_out: torch.Tensor,
+                         out: torch.Tensor | None = None) -> torch.Tensor:
     """Per-image gradient w.r.t. ``module.weight`` from the layer's input and output gradient,
-    shape (N, *weight.shape)."""
+    shape (N, *weight.shape). ``out``: a contiguous buffer of that shape to write conv results
+    into (reusing one across batches saves the page faults of fresh gigabytes)."""
     if isinstance(module, nn.Linear):
         g2 = grad_out.reshape(grad_out.shape[0], -1, grad_out.shape[-1])
         x2 = inp.reshape(inp.shape[0], -1, inp.shape[-1])
         return torch.einsum("nlo,nli->noi", g2, x2)
     if isinstance(module, nn.Conv2d):
-        return _conv2d_per_sample(module, inp, grad_out)
+        return _conv2d_per_sample(module, inp, grad_out, out)
     if isinstance(module, nn.Conv1d):
         as2d = nn.Conv2d(module.in_channels, module.out_channels, (1, module.kernel_size[0]),
                          stride=(1, module.stride[0]), dilation=(1, module.dilation[0]),

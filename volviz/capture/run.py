@@ -254,6 +254,7 @@ def execute(store: Store, loaded: LoadedModel, prep: Preprocess, progress: bool 
     t0 = time.perf_counter()
     bar = tqdm(total=len(records), initial=len(records) - len(pending), desc="capturing",
                unit="img", disable=not progress)
+    workspace: dict = {}  # per-image weight gradient buffers reused batch after batch
     try:
         for start, stop in _runs(pending, plan["batch_size"]):
             batch = records[start:stop]
@@ -262,7 +263,7 @@ def execute(store: Store, loaded: LoadedModel, prep: Preprocess, progress: bool 
             try:
                 res = capture_batch(loaded.module, x, layers, target=s["target"], labels=labels,
                                     class_names=class_names, gradients=plan["gradients"],
-                                    weight_gradients=plan["weight_gradients"])
+                                    weight_gradients=plan["weight_gradients"], workspace=workspace)
             except RuntimeError as exc:
                 if "does not require grad" in str(exc) or "differentiable" in str(exc):
                     raise CaptureError(f"the model is not differentiable between the output and a "

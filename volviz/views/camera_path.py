@@ -163,14 +163,15 @@ def _no_clip_far(layout: GraphLayout) -> float:
     return float(layout.bounds()[1] @ DEPTH_AXIS + layout.layer_gap)
 
 
-def _clip_after(layout: GraphLayout, layer: str) -> float:
-    return float(layout.planes[layer].center @ DEPTH_AXIS + 0.5 * layout.layer_gap)
+def _clip_after(layout: GraphLayout, layer: str, stub: float = 0.15) -> float:
+    return float(layout.planes[layer].center @ DEPTH_AXIS + stub * layout.layer_gap)
 
 
-def _clip_before(layout: GraphLayout, layer: str) -> float:
-    """Half a gap upstream of ``layer``: the layers in front of it (which would hide it from a
-    camera close enough to read it) are cut away."""
-    return float(layout.planes[layer].center @ DEPTH_AXIS - 0.5 * layout.layer_gap)
+def _clip_before(layout: GraphLayout, layer: str, stub: float = 0.15) -> float:
+    """A little upstream of ``layer``: the layers in front of it (which would hide it from a
+    camera close enough to read it) are cut away, and of its incoming edges only short stubs
+    remain (whole edges would scribble across the thumbnails)."""
+    return float(layout.planes[layer].center @ DEPTH_AXIS - stub * layout.layer_gap)
 
 
 def _zoomed(pose: CameraPose, zoom: float) -> CameraPose:
@@ -183,17 +184,23 @@ def _zoomed(pose: CameraPose, zoom: float) -> CameraPose:
 def orbit_poses(start: CameraPose, center=None, degrees: float = 360.0, n: int | None = None,
                 axis=Z_UP) -> list[CameraPose]:
     """Poses turning ``start``'s camera by ``degrees`` about ``axis`` through ``center``
-    (default: its focal point), first pose = ``start``; ``n`` poses (default one per 30°, +1)."""
+    (default: its focal point), first pose = ``start``; ``n`` poses (default one per 15°, +1:
+    the spline through them stays within about 1 % of the circle)."""
     c = start.focal_point if center is None else np.asarray(center, float)
     axis = np.asarray(axis, float) / np.linalg.norm(axis)
     if n is None:
-        n = max(2, int(math.ceil(abs(degrees) / 30.0)) + 1)
+        n = max(2, int(math.ceil(abs(degrees) / 15.0)) + 1)
     out = []
     for a in np.linspace(0.0, math.radians(degrees), n):
         rot = _rotation(axis, a)
         out.append(CameraPose(c + rot @ (start.position - c), c + rot @ (start.focal_point - c),
                               rot @ start.up, start.view_angle, start.clip, start.clip_far))
     return out
+
+
+def _smoothstep(x: float) -> float:
+    x = min(max(x, 0.0), 1.0)
+    return x * x * (3 - 2 * x)
 
 
 def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:
@@ -276,6 +283,26 @@ class CameraPath:
         h01, h11 = -2 * s**3 + 3 * s**2, s**3 - s**2
         return h00 * v[i] + h10 * h * m[i] + h01 * v[i + 1] + h11 * h * m[i + 1]
 
+    def _eval_window(self, name: str, t: float, widest) -> float:
+        """Clip depths move "widen first, then narrow": in the first half of a move the clip
+        window opens to cover both ends' windows, in the second half it closes onto the
+        target's (smoothstep in each half). Flying from one isolated layer to the next, the
+        next appears before the first disappears, so no frame shows an empty window."""
+        v, ts = self._vals[name][:, 0], self.times
+        if len(ts) == 1 or t <= ts[0]:
+            return float(v[0])
+        if t >= ts[-1]:
+            return float(v[-1])
+        i = int(np.searchsorted(ts, t, side="right")) - 1
+        a, b = float(v[i]), float(v[i + 1])
+        m = widest(a, b)
+        s = (t - ts[i]) / (ts[i + 1] - ts[i])
+        if s < 0.5:
+            e = _smoothstep(2 * s)
+            return a + (m - a) * e
+        e = _smoothstep(2 * s - 1)
+        return m + (b - m) * e
+
     def pose_at(self, t: float) -> CameraPose:
         """The pose at time ``t`` (seconds; clamped to the path's ends)."""
         t = float(t)
@@ -288,8 +315,8 @@ class CameraPath:
             up = up - np.dot(up, f) * f
         nu = np.linalg.norm(up)
         up = up / nu if nu > 1e-9 else Z_UP.copy()
-        clip = float(self._eval("clip", t)[0]) if self._has["clip"] else None
-        far = float(self._eval("clip_far", t)[0]) if self._has["clip_far"] else None
+        clip = self._eval_window("clip", t, min) if self._has["clip"] else None
+        far = self._eval_window("clip_far", t, max) if self._has["clip_far"] else None
         return CameraPose(pos, foc, up, float(self._eval("view_angle", t)[0]), clip, far)
 
     def sample(self, fps: float, duration: float | None = None) -> list[CameraPose]:

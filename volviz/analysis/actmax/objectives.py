@@ -17,6 +17,7 @@ output and raises :class:`_Stop`, so nothing after the layer is computed (the co
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["OBJECTIVE_KINDS", "ObjectiveError", "LayerOutput", "unit_values", "unit_count",
@@ -37,28 +38,37 @@ class LayerOutput:
     """``f(x)`` = the output of ``layer`` for model input ``x``, computing only what precedes it.
 
     ``layer=None`` means the model's own output (flattened logits).
+
+    :meth:`units` goes one step further: for a ``Linear`` layer or a ``Conv2d`` (``groups=1``,
+    zero padding) it stops at the layer's *input* and computes only unit ``u_b`` for element b
+    (one weight row, or one filter via a grouped convolution with one group per element), so the
+    target layer costs one unit, not all of them: 6x cheaper for the digits model's ``conv2``.
+    ``unit_only=False`` computes the whole layer and picks the unit (same numbers up to rounding).
     """
 
-    def __init__(self, model: nn.Module, layer: str | None):
+    def __init__(self, model: nn.Module, layer: str | None, unit_only: bool = True):
         self.model = model
         self.layer = layer
+        self.module = None
         if layer is not None:
             modules = dict(model.named_modules())
             if layer not in modules:
                 raise ObjectiveError(f"no layer named {layer!r} in the model")
             self.module = modules[layer]
+        m = self.module
+        self.unit_only = bool(unit_only) and (
+            isinstance(m, nn.Linear) or
+            (isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros"
+             and not isinstance(m.padding, str)))
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.layer is None:
-            from volviz.capture.engine import model_logits
-            return model_logits(self.model(x))
+    def _run_to(self, x: torch.Tensor, pre: bool) -> torch.Tensor:
         box: dict[str, torch.Tensor] = {}
 
-        def hook(module, args, output):
-            box["out"] = output
+        def hook(module, args, output=None):
+            box["out"] = args[0] if pre else output
             raise _Stop
 
-        handle = self.module.register_forward_hook(hook)
+        handle = self.module.register_forward_pre_hook(hook) if pre else self.module.register_forward_hook(hook)
         try:
             self.model(x)
         except _Stop:
@@ -71,6 +81,33 @@ class LayerOutput:
         if not isinstance(out, torch.Tensor):
             raise ObjectiveError(f"layer {self.layer} returns {type(out).__name__}, not a tensor")
         return out
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layer is None:
+            from volviz.capture.engine import model_logits
+            return model_logits(self.model(x))
+        return self._run_to(x, pre=False)
+
+    def units(self, x: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+        """Output of unit ``units[b]`` for image b: ``(B, H, W)`` (conv) or ``(B,)`` (flat)."""
+        if not self.unit_only:
+            out = self(x)
+            return out[torch.arange(out.shape[0], device=out.device), units.to(out.device)]
+        inp = self._run_to(x, pre=True)
+        m = self.module
+        units = units.to(inp.device)
+        w = m.weight[units]  # (B, in) or (B, C_in, k, k): one unit's weights per element
+        bias = None if m.bias is None else m.bias[units]
+        if isinstance(m, nn.Linear):
+            if inp.dim() != 2:
+                out = self(x)
+                return out[torch.arange(out.shape[0], device=out.device), units]
+            y = torch.einsum("bi,bi->b", inp, w.to(inp.dtype))
+            return y if bias is None else y + bias.to(y.dtype)
+        b, c, h, wd = inp.shape
+        y = F.conv2d(inp.reshape(1, b * c, h, wd), w, None if bias is None else bias, m.stride, m.padding,
+                     m.dilation, groups=b)
+        return y.reshape(b, *y.shape[2:])
 
 
 def unit_count(kind: str, out_shape: tuple[int, ...]) -> int:
@@ -88,6 +125,17 @@ def check_kind(kind: str, out_shape: tuple[int, ...]) -> None:
     if kind in ("neuron", "class") and len(out_shape) != 1:
         raise ObjectiveError(f"objective {kind!r} needs a layer with flat output (N,); this "
                              f"layer's output is {tuple(out_shape)}: use 'channel' or 'centre'")
+
+
+def reduce_unit(out: torch.Tensor, kind: str) -> torch.Tensor:
+    """``(B, H, W)`` or ``(B,)`` output of one unit per element -> ``(B,)`` objective (float32)."""
+    out = out.float()
+    if kind == "channel":
+        return out.flatten(1).mean(1)
+    if kind == "centre":
+        h, w = out.shape[-2:]
+        return out[:, h // 2, w // 2]
+    return out
 
 
 def unit_values(act: torch.Tensor, kind: str, units: torch.Tensor | None = None) -> torch.Tensor:

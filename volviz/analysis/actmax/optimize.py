@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from volviz.analysis.actmax.objectives import LayerOutput, check_kind, l1_penalty, tv_penalty, unit_values
+from volviz.analysis.actmax.objectives import (LayerOutput, ObjectiveError, check_kind, l1_penalty, reduce_unit, tv_penalty,
+                                              unit_values)
 from volviz.analysis.actmax.param import PARAM_KINDS, make_param
 from volviz.analysis.actmax.transforms import blurred_noise, element_rngs, jitter, jitter_table
 
@@ -105,11 +106,12 @@ class Problem:
     device: str = "cpu"
     precision: str = "fp32"
     channels_last: bool = True  # feed channels-last input (2x faster on the CPU with a channels-last model)
+    unit_only: bool = True      # compute only the target unit of the target layer (LayerOutput.units)
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
-        self.forward = LayerOutput(self.model, self.layer)
+        self.forward = LayerOutput(self.model, self.layer, self.unit_only)
 
     def _vec(self, v) -> torch.Tensor:
         c = self.input_shape[0]
@@ -143,17 +145,25 @@ class Problem:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
     def values(self, pixels: torch.Tensor, units: torch.Tensor | None = None) -> torch.Tensor:
-        """Objective of unit ``units[b]`` for image b (or of every unit, ``(B, U)``)."""
+        """Objective of unit ``units[b]`` for image b, ``(B,)``, or of every unit, ``(B, U)``."""
         with self.precision_context():
-            act = self.forward(self.normalize(pixels))
-        check_kind(self.kind, tuple(act.shape[1:]))
-        return unit_values(act, self.kind, units)
+            x = self.normalize(pixels)
+            if units is None:
+                act = self.forward(x)
+                check_kind(self.kind, tuple(act.shape[1:]))
+                return unit_values(act, self.kind)
+            out = self.forward.units(x, units)
+        if out.dim() != (3 if self.kind in ("channel", "centre") else 1):  # wrong kind for the layer
+            check_kind(self.kind, tuple(self.forward(x[:1]).shape[1:]))
+        return reduce_unit(out, self.kind)
 
     def out_shape(self) -> tuple[int, ...]:
-        """Per-image output shape of the layer (one forward pass on one image)."""
-        with torch.no_grad():
-            x = torch.full((1, *self.input_shape), 0.5, device=self.device)
-            return tuple(self.forward(self.normalize(x)).shape[1:])
+        """Per-image output shape of the layer (one forward pass on one image, then cached)."""
+        if getattr(self, "_out_shape", None) is None:
+            with torch.no_grad():
+                x = torch.full((1, *self.input_shape), 0.5, device=self.device)
+                self._out_shape = tuple(self.forward(self.normalize(x)).shape[1:])
+        return self._out_shape
 
 
 @dataclass
@@ -191,6 +201,10 @@ def optimize_batch(problem: Problem, units, seeds, configs: Config | list[Config
     if len(seeds) != b:
         raise ValueError(f"{len(seeds)} seeds for {b} units")
     cfgs = _as_configs(configs, b)
+    n_units = problem.out_shape()[0]
+    if b and (units.min() < 0 or units.max() >= n_units):
+        raise ObjectiveError(f"unit {units.max() if units.max() >= n_units else units.min()} out of range: "
+                             f"layer {problem.layer} has {n_units} units")
     dev = problem.device
     c, h, w = problem.input_shape
     f32 = dict(dtype=torch.float32, device=dev)
