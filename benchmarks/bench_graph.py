@@ -100,6 +100,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-per-node", action="store_true")
     ap.add_argument("--out", default=str(RESULTS / "graph-cpu.json"))
+    ap.add_argument("--img-dir", default=str(RESULTS.parents[1] / "docs" / "img" / "graph"),
+                    help="where the overview and layer screenshots go")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
@@ -148,9 +150,9 @@ def main() -> None:
     row["fps_atlas_overview"] = round(fps(scene, poses, a.frames), 2)
     zoom = layer_pose(layout, G.graph["layers"][5]["name"], aspect=a.width / a.height)
     row["fps_atlas_layer"] = round(fps(scene, orbit_poses(zoom, degrees=20, n=a.frames), a.frames), 2)
-    img = scene.screenshot(RESULTS / "graph-vgg16-layer.png")
+    img = scene.screenshot(pathlib.Path(a.img_dir) / f"{a.model}_layer.png")
     scene.set_pose(over)
-    scene.screenshot(RESULTS / "graph-vgg16-overview.png")
+    scene.screenshot(pathlib.Path(a.img_dir) / f"{a.model}_overview.png")
     assert img.std() > 5
 
     if not a.skip_per_node:

@@ -153,6 +153,19 @@ def test_search_prior_scales_with_input_size_and_starts_at_the_base():
     assert max(c.jitter for c in big) > 2 and {c.param for c in big} == {"pixel", "fourier"}
 
 
+def test_search_keeps_the_default_unless_a_candidate_is_significantly_better():
+    from volviz.analysis.actmax.search import SearchResult
+    cfgs = [Config(), Config(lr=0.1), Config(lr=0.2)]
+    base = np.array([1.0, 0.5, 0.8, 1.2, 0.9, 0.7])
+    noisy = base + np.array([0.3, -0.25, 0.2, -0.2, 0.25, -0.2])  # higher mean, inside the noise
+    scores = np.stack([base, noisy, base])
+    r = SearchResult(cfgs, scores.mean(1), scores.mean(1), np.zeros(3), np.ones(3), np.arange(6), 10, 1.0, scores)
+    assert scores[1].mean() > scores[0].mean() and r.best == 0
+    scores[2] = base + 0.1 + np.array([0.01, -0.01, 0.02, 0.0, -0.02, 0.01])  # small but consistent gain
+    r = SearchResult(cfgs, scores.mean(1), scores.mean(1), np.zeros(3), np.ones(3), np.arange(6), 10, 1.0, scores)
+    assert r.best == 2 and r.best_config.lr == 0.2 and "* 2" in r.table()
+
+
 # ---- the store: round trip, resume, fidelity, CLI -------------------------------------------
 SETTINGS = PreferredSettings(seeds=2, steps=60, search=4, search_units=3, batch_size=6)
 LAYERS = ["conv1", "conv3", "fc1", "fc2"]

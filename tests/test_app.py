@@ -21,7 +21,7 @@ from trame.app import get_server  # noqa: E402
 
 from volviz.app import state as S  # noqa: E402
 from volviz.app.explorer import Explorer  # noqa: E402
-from volviz.app.panels import class_weights, sorted_neurons  # noqa: E402
+from volviz.app.panels import class_weights, relu_follows, sorted_neurons  # noqa: E402
 from volviz.app.prefetch import ChunkCache, Coalescer  # noqa: E402
 from volviz.store.store import Store  # noqa: E402
 
@@ -181,7 +181,7 @@ def test_neuron_panels_and_sorted_neurons(make_app, stores):
     assert app.state["p0_panel"] and "fc1: 8 neurons" in app.state["p0_panel_note"]
     _set(app, **{S.PANEL_TAB: "sorted", "p0_sort_class": 2})
     note = app.state["p0_panel_note"]
-    assert "fc1 sorted by weight to class c" in note, note
+    assert "fc1 after ReLU, sorted by weight to class c" in note, note  # TinyCNN: fc1 -> relu2 -> fc2
     # the sort itself: fc2's weights to class 2 order fc1's neurons, largest first
     pane = app.panes[0]
     w, _ = class_weights(pane.model(), pane.store.layers, "fc1", 3)
@@ -190,7 +190,7 @@ def test_neuron_panels_and_sorted_neurons(make_app, stores):
     img, order, means = sorted_neurons(act, w[2])
     assert np.all(np.diff(w[2][order]) <= 0)
     rows, cols = 2, 4  # near_square_grid(8)
-    assert img.shape == (rows, cols + 1 + 2)
+    assert img.shape == (rows, cols + 1 + 3)
     np.testing.assert_allclose(means, act[order].reshape(rows, cols).mean(axis=1), rtol=1e-5)
     np.testing.assert_allclose(img[:, -1], means, rtol=1e-5)
 
@@ -209,6 +209,9 @@ def test_sorted_neurons_on_a_chain_and_on_a_missing_path():
     assert "linear approximation" in note
     with pytest.raises(ValueError, match="no chain"):
         class_weights(model, layers, "c", 7)
+    assert not relu_follows(model, "a")
+    relu_net = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    assert relu_follows(relu_net, "0") and not relu_follows(relu_net, "2")
 
 
 def test_record_writes_a_playable_movie(make_app, stores):

@@ -237,6 +237,17 @@ def test_time_slider_moves_every_view(page, out_dir):
     assert page.inner_text("#caption-0") != caption
 
 
+def test_play_and_pause(page):
+    label = page.inner_text("#time-label")
+    page.click("#play-btn")
+    page.wait_for_function(f"document.querySelector('#time-label').innerText !== {label!r}", timeout=20_000)
+    page.click("#play-btn")
+    time.sleep(0.8)  # a step in flight may still land
+    paused = page.inner_text("#time-label")
+    time.sleep(1.2)
+    assert page.inner_text("#time-label") == paused, "still playing after pause"
+
+
 def test_switch_layer_and_order(page, out_dir):
     before = _view(page)
     _pick(page, "layer-select-0", "conv2")
@@ -274,7 +285,7 @@ def test_two_browsers_share_the_slider(page, browser):
 def test_record_survives_the_browser_leaving(page, browser, server, stores):
     rec = browser.new_page(viewport={"width": 1400, "height": 900})
     _open(rec, server.url)
-    rec.fill("#record-count", "6")
+    rec.fill("#record-count", "16")
     rec.click("#record-btn")
     rec.wait_for_selector("#record-progress", timeout=20_000)
     rec.close(run_before_unload=True)  # the user leaves mid-recording
@@ -284,7 +295,7 @@ def test_record_survives_the_browser_leaving(page, browser, server, stores):
     resp = page.request.get(server.url + href)
     assert resp.ok
     frames = iio.imread(resp.body(), index=None, extension=".mp4")
-    assert frames.shape[0] == 6 and frames.shape[1:] == (608, 800, 3)
+    assert frames.shape[0] == 16 and frames.shape[1:] == (608, 800, 3)
     assert "wrote" in page.inner_text("#record-status")
     assert "writing goes on" in server.log
     assert server.proc.poll() is None

@@ -72,6 +72,9 @@ def test_least_most_table_removes_argmin_and_argmax():
     for r in rows:
         want, _, _ = error_rates(predict(zero_filters(m, "conv2", r.most), inputs), inputs.labels, 3)
         assert r.error_most == pytest.approx(want[r.reference])
+        with torch.no_grad():  # mean p(class) of the class's images, by hand
+            pr = torch.softmax(zero_filters(m, "conv2", r.least)(inputs._cache), 1).numpy()
+        assert r.prob_least == pytest.approx(pr[inputs.labels == r.reference, r.reference].mean(), rel=1e-5)
         base, overall, counts = error_rates(predict(m, inputs), inputs.labels, 3)
         assert r.error_before == pytest.approx(base[r.reference]) and r.n_images == counts[r.reference]
     md = table_markdown(rows)

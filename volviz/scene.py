@@ -159,7 +159,7 @@ def load_scene(path: str | os.PathLike | None = None, *, text: str | None = None
 
     v = _take(dict(d.get("view", {})), {"width", "height", "fps", "edges_per_node", "thumbnails", "size_exponent",
                                         "layer_gap", "gap_factor", "stack", "background", "edge_cmap",
-                                        "node_cmap", "line_width", "fire_threshold", "label_size",
+                                        "node_cmap", "line_width", "fire_threshold", "label_size", "max_edges",
                                         "thumbnail_px"}, "[view]", path)
     for key in ("width", "height"):
         if key in v:
@@ -171,7 +171,7 @@ def load_scene(path: str | os.PathLike | None = None, *, text: str | None = None
     sc.thumbnails = bool(v.get("thumbnails", True))
     sc.layout = {k: v[k] for k in ("size_exponent", "layer_gap", "gap_factor", "stack") if k in v}
     sc.style = {k: v[k] for k in ("background", "edge_cmap", "node_cmap", "line_width", "fire_threshold",
-                                  "label_size", "thumbnail_px") if k in v}
+                                  "label_size", "thumbnail_px", "max_edges") if k in v}
 
     if "optimize" in d:
         o = _take(dict(d["optimize"]), {"layers", "seeds", "steps", "search", "search_steps", "search_units",
@@ -250,7 +250,8 @@ def load_thumbnails(store, layers, optimize: dict | None = None, progress: bool 
     are optimized into the store first."""
     try:
         from volviz.analysis.actmax import results as R
-    except ImportError:  # pragma: no cover - the preferred-inputs package is part of volviz
+    except Exception as exc:  # pragma: no cover - never let the movie fail for thumbnails
+        log.warning("preferred inputs unavailable (%s); plain nodes", exc)
         return {}
     wanted = [n for n in layers if n in store.layers]
     if optimize is not None:
@@ -270,8 +271,10 @@ def load_thumbnails(store, layers, optimize: dict | None = None, progress: bool 
     for name in wanted:
         try:
             out[name] = R.thumbnails(store, name, size=None)
-        except (R.PreferredError, KeyError, ValueError) as exc:
+        except R.PreferredError as exc:
             log.info("no preferred inputs for %s (plain nodes): %s", name, exc)
+        except Exception as exc:  # a damaged group must not stop the movie
+            log.warning("cannot read the preferred inputs of %s (plain nodes): %s", name, exc)
     return out
 
 
@@ -391,6 +394,7 @@ class PreparedScene:
     times: np.ndarray  # start time of each image (+ end)
     responses: dict[str, np.ndarray]  # layer -> (len(indices), n_units)
     scales: dict[str, float]
+    _shown: int = -1
 
     @property
     def duration(self) -> float:
@@ -418,7 +422,17 @@ class PreparedScene:
         return (f"image {step + 1}/{len(self.indices)}  [{st.images[i]['id']}]\n"
                 f"true {true}   P({cname}) = {probs[c]:.2f}")
 
+    def seek(self, t: float) -> None:
+        """Show the movie's moment ``t`` (seconds): camera pose and the image of that moment
+        (activations are updated only when the image changes). The app's preview calls this
+        from its time slider; :func:`scene_frames` calls it once per frame."""
+        step = self.step_at(t)
+        if step != self._shown:
+            self.show_step(step)
+        self.graph_scene.set_pose(self.path.pose_at(t))
+
     def show_step(self, step: int) -> None:
+        self._shown = step
         gs = self.graph_scene
         gs.update_activations({k: v[step] for k, v in self.responses.items()})
         gs.set_input_image(self.store.read_input(int(self.indices[step])))
@@ -465,14 +479,8 @@ def prepare_scene(scene: Scene, *, width: int | None = None, height: int | None 
 def scene_frames(prepared: PreparedScene, fps: float):
     """Yield one rendered frame per ``1 / fps`` seconds: camera on its path, the series'
     image of that moment (activations updated only when the image changes)."""
-    shown = 0
     for f in range(prepared.n_frames(fps)):
-        t = f / fps
-        step = prepared.step_at(t)
-        if step != shown:
-            prepared.show_step(step)
-            shown = step
-        prepared.graph_scene.set_pose(prepared.path.pose_at(t))
+        prepared.seek(f / fps)
         yield prepared.graph_scene.screenshot()
 
 

@@ -62,6 +62,7 @@ class GroupItem:
     pred: int
     prob: float           # probability of the predicted class
     label: str            # human-readable group label for the time slider
+    store_target: int = -1  # the neuron whose gradients the store holds for this image (-1: unknown)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,6 +82,13 @@ class ClassGroups:
     def name(self, k: int) -> str:
         return self.class_names[k] if self.class_names else str(k)
 
+    @property
+    def store_has_reference_gradients(self) -> bool:
+        """True when the store's gradients of every image in the sequence are those of the
+        reference neuron (a capture with ``--target <reference>``); otherwise (the default
+        ``--target true``) an app shows :func:`group_gradients` instead of the stored arrays."""
+        return all(it.store_target == self.reference for it in self.items)
+
     def sequence(self) -> list[tuple[int, str]]:
         """What the time slider plays: (image index, group label), in order."""
         return [(it.index, it.label) for it in self.items]
@@ -90,7 +98,8 @@ class ClassGroups:
                 "dissimilar": self.name(self.dissimilar), "by": self.by,
                 "similarity": {self.name(k): (None if not np.isfinite(v) else round(float(v), 6))
                                for k, v in enumerate(self.similarity)},
-                "sequence": [it.to_dict() for it in self.items], "missing": self.missing}
+                "sequence": [it.to_dict() for it in self.items], "missing": self.missing,
+                "store_has_reference_gradients": self.store_has_reference_gradients}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -213,6 +222,9 @@ def class_groups_from_store(store, reference, *, by: str = "confusion", per_grou
     groups = pick_class_groups(labels, pred, probs, r, by="descriptor" if sim is not None else by,
                                similarity=sim, per_group=per_group, class_names=store.class_names, indices=rows)
     groups.by = by
+    target = store.column("target")
+    for it in groups.items:
+        it.store_target = int(target[it.index])
     return groups
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "ThresholdError",
     "zero_filters",
     "predict",
+    "predict_probs",
     "error_rates",
     "PruneRow",
     "least_most_table",
@@ -69,9 +70,22 @@ def zero_filters(model: nn.Module, layer: str, filters, *, zero_bias: bool = Tru
 
 
 @torch.no_grad()
+def predict_probs(model: nn.Module, inputs: InputSet, batch_size: int = 256) -> np.ndarray:
+    """Softmax probabilities (N, K) of every image of ``inputs``."""
+    return np.concatenate([torch.softmax(model_logits(model(x)).double(), 1).numpy()
+                           for _, x, _ in inputs.batches(batch_size)])
+
+
 def predict(model: nn.Module, inputs: InputSet, batch_size: int = 256) -> np.ndarray:
     """Predicted class of every image of ``inputs``."""
-    return np.concatenate([model_logits(model(x)).argmax(1).numpy() for _, x, _ in inputs.batches(batch_size)])
+    return predict_probs(model, inputs, batch_size).argmax(1)
+
+
+def _class_prob(probs: np.ndarray, labels: np.ndarray, c: int) -> float:
+    """Mean probability the model gives class c on the images of class c (a finer measure than
+    the error rate when only a few images of the class are misclassified)."""
+    sel = labels == c
+    return float(probs[sel, c].mean()) if sel.any() else float("nan")
 
 
 def error_rates(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, float, np.ndarray]:
@@ -104,6 +118,9 @@ class PruneRow:
     overall_most: float
     least: list[int] = field(default_factory=list)
     most: list[int] = field(default_factory=list)
+    prob_before: float = float("nan")   # mean p(class r) over the class-r images
+    prob_least: float = float("nan")
+    prob_most: float = float("nan")
 
 
 def _rank(importance: np.ndarray) -> np.ndarray:
@@ -116,8 +133,8 @@ def least_most_table(model: nn.Module, inputs: InputSet, relevance: dict[str, np
                      zero_bias: bool = True, batch_size: int = 256, progress: bool = True) -> list[PruneRow]:
     """``relevance[layer]``: (K, C_out) class-wise relevance. One row per (class, layer)."""
     n_classes = next(iter(relevance.values())).shape[0]
-    base_pred = predict(model, inputs, batch_size)
-    base, base_all, counts = error_rates(base_pred, inputs.labels, n_classes)
+    base_probs = predict_probs(model, inputs, batch_size)
+    base, base_all, counts = error_rates(base_probs.argmax(1), inputs.labels, n_classes)
     for r in classes:
         if counts[r] == 0:
             name = class_names[r] if class_names else r
@@ -135,25 +152,29 @@ def least_most_table(model: nn.Module, inputs: InputSet, relevance: dict[str, np
             raise AnalysisError(f"k={k} filters cannot be removed from {layer}: it has {n_f} filters (use 1..{n_f - 1})")
         order = _rank(imp)
         least, most = order[:k].tolist(), order[::-1][:k].tolist()
-        e_l, a_l, _ = error_rates(predict(zero_filters(model, layer, least, zero_bias=zero_bias), inputs, batch_size),
-                                  inputs.labels, n_classes)
-        e_m, a_m, _ = error_rates(predict(zero_filters(model, layer, most, zero_bias=zero_bias), inputs, batch_size),
-                                  inputs.labels, n_classes)
+        p_l = predict_probs(zero_filters(model, layer, least, zero_bias=zero_bias), inputs, batch_size)
+        p_m = predict_probs(zero_filters(model, layer, most, zero_bias=zero_bias), inputs, batch_size)
+        e_l, a_l, _ = error_rates(p_l.argmax(1), inputs.labels, n_classes)
+        e_m, a_m, _ = error_rates(p_m.argmax(1), inputs.labels, n_classes)
         rows.append(PruneRow(r, class_names[r] if class_names else str(r), layer, k, int(counts[r]),
-                             float(base[r]), float(e_l[r]), float(e_m[r]), base_all, a_l, a_m, least, most))
+                             float(base[r]), float(e_l[r]), float(e_m[r]), base_all, a_l, a_m, least, most,
+                             _class_prob(base_probs, inputs.labels, r), _class_prob(p_l, inputs.labels, r),
+                             _class_prob(p_m, inputs.labels, r)))
     return rows
 
 
 _COLUMNS = ["class", "layer", "k", "images", "error_before_%", "error_least_removed_%",
             "error_most_removed_%", "overall_before_%", "overall_least_removed_%",
-            "overall_most_removed_%", "least_filters", "most_filters"]
+            "overall_most_removed_%", "least_filters", "most_filters",
+            "p_class_before", "p_class_least_removed", "p_class_most_removed"]
 
 
 def _row_values(r: PruneRow) -> list:
     p = lambda v: f"{100 * v:.2f}"  # noqa: E731
     return [r.class_name, r.layer, r.k, r.n_images, p(r.error_before), p(r.error_least), p(r.error_most),
             p(r.overall_before), p(r.overall_least), p(r.overall_most),
-            " ".join(map(str, r.least)), " ".join(map(str, r.most))]
+            " ".join(map(str, r.least)), " ".join(map(str, r.most)),
+            f"{r.prob_before:.4f}", f"{r.prob_least:.4f}", f"{r.prob_most:.4f}"]
 
 
 def table_csv(rows: list[PruneRow]) -> str:
@@ -167,11 +188,13 @@ def table_csv(rows: list[PruneRow]) -> str:
 
 def table_markdown(rows: list[PruneRow]) -> str:
     head = ["class", "layer", "k", "images", "initial error (%)", "least important removed (%)",
-            "most important removed (%)", "overall: initial / least / most (%)", "least", "most"]
+            "most important removed (%)", "overall: initial / least / most (%)",
+            "mean p(class): initial / least / most", "least", "most"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         v = _row_values(r)
-        lines.append("| " + " | ".join(map(str, v[:7] + [f"{v[7]} / {v[8]} / {v[9]}", v[10], v[11]])) + " |")
+        lines.append("| " + " | ".join(map(str, v[:7] + [f"{v[7]} / {v[8]} / {v[9]}",
+                                                        f"{v[12]} / {v[13]} / {v[14]}", v[10], v[11]])) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -37,6 +37,8 @@ QUANTITY_LABEL = {"activation": "activation", "grad_activation": "dS/da", "grad_
 RECORD_SIZE = (800, 608)          # multiples of 16: no padding in the MP4
 PREFETCH_AHEAD = 6
 CLIM_SAMPLES = 12                 # images sampled for a layer's colour range (fixed while stepping)
+STEP_SAMPLE_DISTANCE = 2.0        # ray-cast image sample distance while the slider moves: 1/4 of
+REFINE_AFTER_S = 0.3              # the rays; full quality again this long after the last step
 pk = S.pane_key
 
 
@@ -132,6 +134,8 @@ class Explorer:
         self.coalescer = Coalescer(self._show_position_guarded)
         self.stats = {"steps": 0, "rebuilds": 0, "step_ms": [], "rebuild_ms": []}
         self._play_task = None
+        self._refine_handle = None
+        self.fast_steps = True  # coarser renders while the slider moves (see set_step_quality)
         self._record_task = None
         self._record_cancel = False
         self._record_left_logged = False
@@ -373,12 +377,35 @@ class Explorer:
         self._update_panel(pane)
         self._push(pane)
 
-    def show_position(self, position: int) -> None:
-        """Every pane to slider position ``position``: scalars updated in place, no new actors."""
+    def set_step_quality(self, pane: Pane, fast: bool) -> bool:
+        """Fast (coarser) ray casting while the slider moves or plays, full quality at rest.
+        Returns True when the quality changed (the view then needs a new image)."""
+        mapper = pane.scene.volume_actor.mapper if pane.scene is not None else None
+        if mapper is None or not hasattr(mapper, "SetImageSampleDistance"):
+            return False
+        want = STEP_SAMPLE_DISTANCE if fast else 1.0
+        if mapper.GetImageSampleDistance() == want:
+            return False
+        mapper.SetImageSampleDistance(want)
+        return True
+
+    def _refine(self) -> None:
+        self._refine_handle = None
+        if self.coalescer.busy:
+            return
+        with self.state:
+            for pane in self.panes:
+                if self.set_step_quality(pane, False):
+                    self._push(pane)
+
+    def show_position(self, position: int, fast: bool = False) -> None:
+        """Every pane to slider position ``position``: scalars updated in place, no new actors.
+        ``fast``: render this step coarser (the server does while the slider moves, then refines)."""
         t0 = time.perf_counter()
         for pane in self.panes:
             if pane.scene is None:
                 continue
+            self.set_step_quality(pane, fast)
             image = pane.image_at(position)
             if image is None or image == pane.image:
                 continue
@@ -400,12 +427,20 @@ class Explorer:
         self._prefetch(position)
 
     def _show_position_guarded(self, position) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None  # in-process use: full quality at once
         with self.state:  # flush captions / images to the browsers after an async drain
             try:
-                self.show_position(int(position))
+                self.show_position(int(position), fast=loop is not None and self.fast_steps)
             except Exception as exc:  # noqa: BLE001
                 log.exception("slider step failed")
                 self.state[S.APP_MESSAGE] = f"slider step failed: {exc}"
+        if loop is not None and self.fast_steps:
+            if self._refine_handle is not None:
+                self._refine_handle.cancel()
+            self._refine_handle = loop.call_later(REFINE_AFTER_S, self._refine)
 
     def _prefetch(self, position: int) -> None:
         tmax, loop = int(self.state[S.T_MAX]), bool(self.state[S.T_LOOP])

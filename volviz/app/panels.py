@@ -18,7 +18,7 @@ import numpy as np
 from volviz.views.grid import near_square_grid, neuron_grid, to_rgb, vis_square
 
 __all__ = ["PANELS", "PanelContext", "PanelImage", "class_weights", "input_rgb", "png_data_url",
-           "prob_rows", "register_panel", "sorted_neurons"]
+           "prob_rows", "register_panel", "relu_follows", "sorted_neurons"]
 
 
 @dataclass
@@ -57,12 +57,20 @@ def register_panel(key: str, title: str, render: Callable[[PanelContext], PanelI
 
 
 # ------------------------------------------------------------------------------ encoding
-def png_data_url(rgb: np.ndarray) -> str:
-    """``uint8 (H, W[, 3])`` as a ``data:image/png;base64,...`` URL."""
-    import imageio.v3 as iio
+MAX_PANEL_SIDE = 640  # px: the panels are ~400 px wide in the page; larger mosaics are reduced
 
+
+def png_data_url(rgb: np.ndarray, max_side: int = MAX_PANEL_SIDE) -> str:
+    """``uint8 (H, W[, 3])`` as a ``data:image/png;base64,...`` URL (fast zlib level; images
+    longer than ``max_side`` are box-filtered down first: a 64 x 112 x 112 mosaic is 903 px)."""
+    from PIL import Image
+
+    img = Image.fromarray(np.ascontiguousarray(rgb))
+    if max(img.size) > max_side:
+        f = max_side / max(img.size)
+        img = img.resize((max(1, round(img.width * f)), max(1, round(img.height * f))), Image.BOX)
     buf = io.BytesIO()
-    iio.imwrite(buf, np.ascontiguousarray(rgb), extension=".png")
+    img.save(buf, format="PNG", compress_level=1)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -172,8 +180,28 @@ def class_weights(model, layers: dict, layer: str, n_outputs: int) -> tuple[np.n
                      "scores; pick the linear layer just before the output")
 
 
+def relu_follows(model, layer: str) -> bool:
+    """True when a ``ReLU`` module comes after ``layer`` before the next weighted module (in
+    registration order, e.g. LeNet's ``fc1 -> relu1 -> fc2``): the next layer then sees the
+    rectified activations, as Caffe's in-place ReLU shows them (seed 003)."""
+    import torch
+
+    seen = False
+    for name, m in model.named_modules():
+        if name == layer:
+            seen = True
+            continue
+        if not seen or list(m.children()):
+            continue
+        if isinstance(m, torch.nn.ReLU):
+            return True
+        if any(True for _ in m.parameters(recurse=False)):
+            return False
+    return False
+
+
 def sorted_neurons(act: np.ndarray, weights_c: np.ndarray, cols: int | None = None,
-                   gap: int = 1, avg_width: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   gap: int = 1, avg_width: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Seed 003 §4.2: neurons sorted by their weight to one class (largest first), laid out
     row-major, with each row's mean activation.
 
@@ -205,13 +233,29 @@ def sorted_panel(ctx: PanelContext, cmap: str | None = None) -> PanelImage:
     if cls is None or cls < 0:
         cls = int(store.column("pred")[ctx.image])
     vec = ctx.read("activation", ctx.fc_layer, ctx.image).ravel()
+    relu = relu_follows(ctx.model(), ctx.fc_layer)
+    if relu:
+        vec = np.maximum(vec, 0)
     img, _, means = sorted_neurons(vec, w[cls])
     names = store.class_names
     cname = names[cls] if names and cls < len(names) else str(cls)
+    n_avg = 3
+    grid = img[:, : -(n_avg + 1)]
+    rgb = to_rgb(img, cmap or "viridis", clim=_robust(grid))
+    # the row averages get their own colour range, so their trend shows (seed 003 fig. 22)
+    rgb[:, -n_avg:] = to_rgb(img[:, -n_avg:], cmap or "viridis", clim=_robust(means, 100))
     fin = means[np.isfinite(means)]
-    return PanelImage(to_rgb(img, cmap or "viridis"),
-                      f"{ctx.fc_layer} sorted by weight to class {cname}{how}: top row = largest "
-                      f"weights; right column = row averages ({fin[0]:.3g} top, {fin[-1]:.3g} bottom)")
+    return PanelImage(rgb, f"{ctx.fc_layer}{' after ReLU' if relu else ''}, sorted by weight to class "
+                           f"{cname}{how}: top rows = largest weights; right = row averages, own colour "
+                           f"scale ({fin[0]:.3g} top row, {fin[-1]:.3g} bottom row)")
+
+
+def _robust(a: np.ndarray, pct: float = 99.0) -> tuple[float, float] | None:
+    fin = np.asarray(a)[np.isfinite(a)]
+    if not fin.size:
+        return None
+    lo, hi = float(fin.min()), float(np.percentile(fin, pct))
+    return (lo, hi) if hi > lo else None
 
 
 register_panel("maps", "Maps", maps_panel)

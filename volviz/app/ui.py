@@ -151,7 +151,8 @@ def _pane(pane, wide: bool) -> None:
                               __properties=[("data_shown", "data-shown")],
                               data_shown=(pk(i, "shown"),)):
                     pane.view = vtk_widgets.VtkRemoteView(
-                        pane.plotter.ren_win, ref=f"view{i}", interactive_ratio=1,
+                        # while the mouse turns the volume: half-size, lower-quality images
+                        pane.plotter.ren_win, ref=f"view{i}", interactive_ratio=0.5,
                         interactive_quality=60, still_quality=92)
             with v3.VCol(cols=12, lg=4 if wide else 12):
                 with v3.VRow(dense=True):

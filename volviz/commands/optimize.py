@@ -112,11 +112,11 @@ def cmd_optimize(a) -> int:
 
 
 def grid_image(images: np.ndarray, normalize: str = "per_unit", channels=None, unit_gap: int = 2,
-               seed_gap: int = 1) -> np.ndarray:
-    """float ``(units, C, H, W)`` or ``(units, seeds, C, H, W)`` -> uint8 RGB mosaic (white gaps).
+               seed_gap: int = 1, gap_color=(128, 128, 128)) -> np.ndarray:
+    """float ``(units, C, H, W)`` or ``(units, seeds, C, H, W)`` -> uint8 RGB mosaic.
 
     With seeds, each unit is a horizontal strip of its seeds; strips are laid out so that the whole
-    grid is near square.
+    grid is near square. Gaps are mid grey, so black and white tiles (digits) both stand out.
     """
     from volviz.analysis.actmax.display import to_display
     from volviz.views.grid import near_square_grid, tile_mosaic, to_rgb
@@ -133,7 +133,7 @@ def grid_image(images: np.ndarray, normalize: str = "per_unit", channels=None, u
         strips = np.stack([tile_mosaic(t, 1, s, gap=seed_gap) for t in tiles])  # (U, h, sw, 3)
         cols = max(1, round(math.sqrt(u * h / strips.shape[2])))
         mosaic = tile_mosaic(strips, -(-u // cols), cols, gap=unit_gap * 2)
-    return to_rgb(mosaic)
+    return to_rgb(mosaic, nan_color=gap_color)
 
 
 def write_grid(store, layer: str, out, seeds: str = "best", normalize: str = "per_unit", channels=None,

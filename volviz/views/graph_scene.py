@@ -47,6 +47,9 @@ class GraphStyle:
 
     edges_per_node : draw only each node's strongest few incoming edges (``None``: all the
         graph kept). The graph's own ``k`` decides what exists; this only thins the drawing.
+    max_edges : draw at most this many edges, the strongest relative to their layer (a VGG16
+        graph with k = 8 has 107k; on a software renderer every 10k long lines cost about
+        0.05 s per frame, and beyond ~20k the overview turns into a solid tube).
     fire_threshold : a unit "fires" when its response exceeds this fraction of its layer's
         scale (the largest response over the series); otherwise it is drawn grey.
     """
@@ -58,6 +61,7 @@ class GraphStyle:
     edge_gamma: float = 1.6
     line_width: float = 1.0
     edges_per_node: int | None = None
+    max_edges: int | None = 10000
     thumbnail_px: int = 48
     atlas_max_px: int = 4096
     node_fill: float = 0.92  # node square side / cell
@@ -73,7 +77,8 @@ class GraphStyle:
 
 
 # ------------------------------------------------------------------------------ arrays
-def edge_arrays(graph, layout: GraphLayout, edges_per_node: int | None = None):
+def edge_arrays(graph, layout: GraphLayout, edges_per_node: int | None = None,
+                max_edges: int | None = None):
     """``(src_index, dst_index, t)`` of the edges to draw: global unit indices into
     ``layout.all_positions()`` and the weight scaled to ``0..1`` between the weakest and the
     strongest kept edge into the target's layer (weights of different layers differ in scale),
@@ -100,6 +105,8 @@ def edge_arrays(graph, layout: GraphLayout, edges_per_node: int | None = None):
         keep = order[(np.arange(len(d)) - start) < edges_per_node]
         src, dst, t = src[keep], dst[keep], t[keep]
     order = np.argsort(t, kind="stable")
+    if max_edges is not None and len(order) > max_edges:
+        order = order[len(order) - max_edges:]  # the strongest (relative to their layer)
     return src[order], dst[order], t[order]
 
 
@@ -242,7 +249,8 @@ class GraphScene:
                                             show_scalar_bar=False, name=f"{uid}-nodes", reset_camera=False)
 
         # edges: one line mesh
-        self.edge_src, self.edge_dst, self.edge_t = edge_arrays(graph, layout, self.style.edges_per_node)
+        self.edge_src, self.edge_dst, self.edge_t = edge_arrays(graph, layout, self.style.edges_per_node,
+                                                                  self.style.max_edges)
         self.edges_mesh = self._edge_mesh()
         self.edges_actor = None
         if self.edges_mesh is not None:
@@ -265,8 +273,9 @@ class GraphScene:
         # labels (one small actor per layer, hidden with its layer when clipped) and texts
         self.label_actors: dict[str, object] = {}
         if self.style.show_labels:
-            for p in layout.planes.values():
-                pt = p.center + V_AXIS * (p.height / 2 + 0.6 * p.cell + 0.02 * layout.layer_gap)
+            for i, p in enumerate(layout.planes.values()):
+                side = 1.0 if i % 2 == 0 else -1.0  # alternate above / below: neighbours do not collide
+                pt = p.center + side * V_AXIS * (p.height / 2 + 0.6 * p.cell + 0.02 * layout.layer_gap)
                 self.label_actors[p.name] = plotter.add_point_labels(
                     pt[None], [f"{p.name} ({p.n})"], font_size=self.style.label_size,
                     text_color=self.style.text_color, shape=None, show_points=False, always_visible=True,
@@ -304,7 +313,8 @@ class GraphScene:
         t = np.clip(self.edge_t, 0, 1) ** self.style.edge_gamma
         rgb = np.asarray(get_cmap(self.style.edge_cmap)(t))[:, :3]
         a0, a1 = self.style.edge_alpha
-        rgba = np.column_stack([rgb, a0 + (a1 - a0) * t])
+        dense = min(1.0, math.sqrt(3000.0 / n))  # many overlapping lines: each more transparent
+        rgba = np.column_stack([rgb, (a0 + (a1 - a0) * t) * (0.35 + 0.65 * dense)])
         mesh.cell_data["rgba"] = np.round(rgba * 255).astype(np.uint8)
         return mesh
 

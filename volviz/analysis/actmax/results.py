@@ -11,7 +11,8 @@ Layout (next to the capture's arrays, in the same zarr group)::
     real_top_image   int64   (U,)             which image that was
     real_mean        float32 (U,)             mean objective over the real images
     scale            float32 (U,)             real_top - real_mean (1 where that is ~0): the unit of z
-    search/          score, z, hf, beats_real (N,), units (k,); attrs: configs, best, steps
+    search/          score, z, hf, beats_real (N,), units (k,), unit_scores (N, k); attrs: configs,
+                     best, steps, hf_weight
     attrs: format, layer, objective, n_units, seeds, steps, image_shape, chunk_units, settings,
            config (the setting used), prepared, complete, summary
 
@@ -98,6 +99,9 @@ def prepare_layer(store: Store, layer: str, *, meta: dict, n_units: int, n_seeds
         a = s.create_array("units", shape=(len(search.units),), chunks=(len(search.units),), dtype="int64",
                            fill_value=0)
         a[:] = search.units
+        a = s.create_array("unit_scores", shape=search.unit_scores.shape, chunks=search.unit_scores.shape,
+                           dtype="float64", fill_value=np.nan)
+        a[:] = search.unit_scores
         s.attrs.update({"configs": [c.to_dict() for c in search.configs], "best": search.best,
                         "steps": search.steps, "hf_weight": search.hf_weight})
     g.attrs.update({"config": config, "prepared": True})
@@ -144,7 +148,7 @@ class PreferredInfo:
     settings: dict
     complete: bool
     summary: dict = field(default_factory=dict)
-    search: dict | None = None    # {configs, best, steps, hf_weight, score, z, hf, beats_real, units}
+    search: dict | None = None    # {configs, best, steps, hf_weight, score, z, hf, beats_real, units, unit_scores}
 
     @property
     def z(self) -> np.ndarray:
@@ -197,8 +201,8 @@ def preferred_info(store, layer: str, partial: bool = False) -> PreferredInfo:
     search = None
     if "search" in g:
         s = g["search"]
-        search = dict(s.attrs.asdict(), **{k: np.asarray(s[k][:]) for k in ("score", "z", "hf",
-                                                                             "beats_real", "units")})
+        search = dict(s.attrs.asdict(), **{k: np.asarray(s[k][:]) for k in ("score", "z", "hf", "beats_real",
+                                                                             "units", "unit_scores") if k in s})
     return PreferredInfo(layer, at["objective"], at["n_units"], list(at["seeds"]), tuple(at["image_shape"]),
                          np.asarray(g["activation"][:]), np.asarray(g["activation_init"][:]),
                          np.asarray(g["real_top"][:]), np.asarray(g["real_top_image"][:]),

@@ -17,8 +17,11 @@ setting still wins by raising a unit that stays below its real images.
 Every candidate setting is evaluated on the same units with the same seeds (common random numbers,
 so differences come from the settings, not from the noise), and all candidates run together, one
 (setting, unit) pair per batch element: ``n_configs x n_units`` elements in one or a few batched
-runs (one group per parameterization). Candidate 0 is always the default :class:`Config`, so the
-search never returns a setting that scored below the default on its evaluation.
+runs (one group per parameterization). Candidate 0 is always the default :class:`Config`. With
+16 candidates scored on a few units, the top score is biased upward by noise (the winner's curse),
+so a candidate replaces the default only when it beats it *significantly*: its mean paired score
+difference over the evaluated units exceeds twice that difference's standard error. Among those,
+the highest score wins; when none qualifies, the default is kept (and the table says so).
 """
 from __future__ import annotations
 
@@ -118,10 +121,23 @@ class SearchResult:
     units: np.ndarray      # the evaluated units
     steps: int
     hf_weight: float
+    unit_scores: np.ndarray | None = None  # (N, k) score per candidate and evaluated unit
+
+    def significant(self) -> np.ndarray:
+        """(N,) True where candidate i beats candidate 0 by more than 2 paired standard errors."""
+        if self.unit_scores is None or self.unit_scores.shape[1] < 2:
+            return np.isfinite(self.score) & (self.score > self.score[0])
+        d = self.unit_scores - self.unit_scores[:1]
+        mean = np.nanmean(d, 1)
+        se = np.nanstd(d, 1, ddof=1) / np.sqrt(np.isfinite(d).sum(1))
+        return np.isfinite(mean) & (mean > 2 * se) & (mean > 0)
 
     @property
     def best(self) -> int:
-        return int(np.nanargmax(np.where(np.isfinite(self.score), self.score, -np.inf)))
+        ok = self.significant()
+        if not ok.any():
+            return 0
+        return int(np.argmax(np.where(ok, self.score, -np.inf)))
 
     @property
     def best_config(self) -> Config:
@@ -130,11 +146,14 @@ class SearchResult:
     def table(self, top: int = 5) -> str:
         order = np.argsort(-np.nan_to_num(self.score, nan=-np.inf))[:top]
         rows = [f"{'#':>3} {'score':>7} {'z':>7} {'HF':>5} {'beats':>5}  setting"]
+        sig = self.significant()
         for i in order:
             c = self.configs[i]
-            rows.append(f"{i:>3} {self.score[i]:7.3f} {self.z[i]:7.2f} {self.hf[i]:5.2f} "
+            mark = "*" if i == self.best else ("+" if sig[i] else " ")
+            rows.append(f"{mark}{i:>2} {self.score[i]:7.3f} {self.z[i]:7.2f} {self.hf[i]:5.2f} "
                         f"{self.beats_real[i]:5.2f}  {c.param} lr={c.lr:.3g} l2={c.l2_decay:.2g} "
                         f"l1={c.l1:.2g} tv={c.tv:.2g} blur={c.blur_sigma:.2g}/{c.blur_every} jit={c.jitter}")
+        rows.append("* chosen (+ significantly better than the default #0; without one, #0 is kept)")
         return "\n".join(rows)
 
 
@@ -168,4 +187,4 @@ def random_search(problem: Problem, units, configs: list[Config], steps: int, *,
             score[ci, uj], z[ci, uj], hf[ci, uj] = s, zz, h
             beats[ci, uj] = res.activation > top[uj]
     return SearchResult(configs, score.mean(1), z.mean(1), hf.mean(1), beats.mean(1), units, steps,
-                        hf_weight)
+                        hf_weight, score)
