@@ -123,6 +123,9 @@ def main(argv=None) -> int:
     p.add_argument("--single-units", help="units timed one at a time (a number, or all)")
     p.add_argument("--threads", type=int)
     p.add_argument("--bare", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--unit-only", choices=["auto", "all", "linear", "off"], default="auto",
+                   help="compute only the target unit of the target layer: auto (Linear always, Conv2d on "
+                   "the CPU), all, linear, off (whole target layer)")
     p.add_argument("--out", help="JSON file (default benchmarks/results/actmax_<model>_<device>_<precision>.json)")
     a = p.parse_args(argv)
     cfg_p = dict(PRESETS[a.preset])
@@ -141,11 +144,13 @@ def main(argv=None) -> int:
         torch.backends.cudnn.benchmark = True
     model, shape, mean, std, note = load(cfg_p["model"], cfg_p["size"], dev)
     cfg = Config(param=a.param)
+    unit_only = {"auto": None, "all": True, "linear": "linear", "off": False}[a.unit_only]
     rows = []
     for layer in cfg_p["layers"]:
         probe = Problem(model, layer, "neuron", shape, mean, std, device=dev, precision=cfg_p["precision"])
         kind = kind_of(probe.out_shape())
-        pr = Problem(model, layer, kind, shape, mean, std, device=dev, precision=cfg_p["precision"])
+        pr = Problem(model, layer, kind, shape, mean, std, device=dev, precision=cfg_p["precision"],
+                     unit_only=unit_only)
         n = pr.out_shape()[0]
         single = np.arange(n) if cfg_p["single_units"] == "all" else \
             np.unique(np.linspace(0, n - 1, min(n, int(cfg_p["single_units"]))).round().astype(int))
@@ -170,7 +175,7 @@ def main(argv=None) -> int:
            "gpu": torch.cuda.get_device_name(0) if torch.device(dev).type == "cuda" else None}
     print()
     print(f"model {cfg_p['model']} ({note or 'trained weights'}), input {shape}, {cfg_p['steps']} steps, "
-          f"{a.seeds} seed(s), param {a.param}, device {dev} ({env['gpu'] or env['cpu']}), precision "
+          f"{a.seeds} seed(s), param {a.param}, unit-only {a.unit_only}, device {dev} ({env['gpu'] or env['cpu']}), precision "
           f"{cfg_p['precision']}, batch {cfg_p['batch_size']}, torch threads {env['threads']}")
     head = f"{'layer':<14}{'units':>6}{'batched s':>11}{'1-unit s/unit':>15}{'1-unit layer s':>16}{'speedup':>9}"
     if cfg_p["bare"]:
@@ -192,7 +197,8 @@ def main(argv=None) -> int:
     out = pathlib.Path(a.out) if a.out else \
         ROOT / "benchmarks" / "results" / f"actmax_{cfg_p['model']}_{torch.device(dev).type}_{cfg_p['precision']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": dict(cfg_p, seeds=a.seeds, param=a.param, note=note), "env": env,
+    out.write_text(json.dumps({"settings": dict(cfg_p, seeds=a.seeds, param=a.param, unit_only=a.unit_only,
+                                                note=note), "env": env,
                                "rows": rows, "total_batched_s": round(tot_b, 3), "total_single_s": round(tot_s, 2),
                                "total_speedup": round(tot_s / tot_b, 1),
                                "total_speedup_cpu_time": round(cpu_speedup, 1)}, indent=1))

@@ -175,7 +175,8 @@ def main() -> int:
             synth = synthetic_store(pathlib.Path(tmp), a.steps + 1)
             rows.append(bench_layer(str(synth), "0", a.steps, tuple(a.size)) | {"store": "synthetic"})
     out = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": 1,
-                       "renderer": "VTK off-screen (EGL) " + _gl_renderer()},
+                       "renderer": "VTK off-screen (EGL) " + _gl_renderer(),
+                       "load_average_1min_at_end": round(os.getloadavg()[0], 2)},
            "rows": rows}
     pathlib.Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(a.out).write_text(json.dumps(out, indent=1))
@@ -196,7 +197,7 @@ def _gl_renderer() -> str:
     try:
         import pyvista as pv
         p = pv.Plotter(off_screen=True, window_size=(16, 16))
-        p.render()
+        p.screenshot(return_img=True)
         info = p.ren_win.ReportCapabilities()
         p.close()
         for line in info.splitlines():

@@ -6,9 +6,11 @@ images, on the fly from the model, for the embedded digits LeNet and for resnet1
     .venv/bin/python benchmarks/bench_importance.py --device cuda    # on a GPU machine
 
 Measures images / second of ``volviz.analysis.importance.importance_on_the_fly`` (batched per-image
-weight gradients, reduced to filter norms in chunks of at most ``max_bytes``) and, on a small
-subset, of the naive reference (one forward + backward pass per image,
-``volviz.capture.persample.loop_per_sample_grads``), and checks that both agree. Inputs are random
+weight gradients reduced to filter norms in chunks of at most ``max_bytes``, or Gram-matrix norms
+where cheaper), against the floor (the same images, one batched forward + backward giving only the
+batch-summed weight gradient) and, on a small subset, the naive reference (one forward + backward
+pass per image, ``volviz.capture.persample.loop_per_sample_grads``), and checks that volviz and the
+reference agree. Inputs are random
 tensors of the model's input shape (the work does not depend on pixel values); resnet18 has
 random weights and 1,000 classes. Prints a table and writes JSON to ``benchmarks/results/``.
 """
@@ -68,6 +70,16 @@ def bench(name: str, n: int, size: int, batch: int, loop_n: int, device: str) ->
         torch.cuda.synchronize()
     t = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak so far (MiB), before the loop baseline
+    # floor: the same images, one batched forward + backward (weights' .grad summed over the batch)
+    params = [dict(model.named_modules())[l].weight for l in layers]
+    t2 = time.perf_counter()
+    for s in range(0, n, batch):
+        xb, tb = x[s:s + batch].to(device), labels[s:s + batch].to(device)
+        out = model(xb)
+        torch.autograd.grad(out.gather(1, tb.view(-1, 1)).sum(), params)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t_floor = time.perf_counter() - t2
     # naive reference on a subset: one backward pass per image, full weight gradients
     xs, ts = x[:loop_n].to(device), labels[:loop_n].to(device)
     t1 = time.perf_counter()
@@ -78,10 +90,11 @@ def bench(name: str, n: int, size: int, batch: int, loop_n: int, device: str) ->
         r = ref[f"{l}.weight"]
         r = r.reshape(loop_n, r.shape[1], -1).norm(dim=2).cpu().numpy()
         err = max(err, float(np.abs(r - res.per_image[l][:loop_n]).max() / max(r.max(), 1e-30)))
-    params = sum(getattr(dict(model.named_modules())[l], "weight").numel() for l in layers)
+    n_weights = sum(p.numel() for p in params)
     filters = sum(res.per_image[l].shape[1] for l in layers)
     return {"model": name, "input": list(shape), "images": n, "batch_size": batch, "layers": len(layers),
-            "filters": filters, "weights": int(params), "seconds": round(t, 3),
+            "filters": filters, "weights": int(n_weights), "seconds": round(t, 3),
+            "floor_seconds": round(t_floor, 3), "volviz_over_floor": round(t / t_floor, 2),
             "images_per_s": round(n / t, 1), "loop_images": loop_n, "loop_images_per_s": round(loop_n / t_loop, 1),
             "speedup_vs_loop": round((n / t) / (loop_n / t_loop), 1), "max_rel_diff_vs_loop": err,
             "result_mib": round(sum(v.nbytes for v in res.per_image.values()) / 2**20, 2),
@@ -117,12 +130,13 @@ def main(argv=None) -> int:
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(info, indent=1) + "\n")
     os.replace(tmp, out)
-    print("\n| model | input | images | batch | layers | filters | seconds | images/s | loop images/s | speed-up | peak RSS (MiB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| model | input | images | layers | filters | volviz s | images/s | floor s | volviz / floor "
+          "| loop images/s | volviz / loop speed-up | peak RSS (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {'x'.join(map(str, r['input']))} | {r['images']} | {r['batch_size']} | {r['layers']} | "
-              f"{r['filters']} | {r['seconds']} | {r['images_per_s']} | {r['loop_images_per_s']} | {r['speedup_vs_loop']} | "
-              f"{r['peak_rss_mib_after_importance']:.0f} |")
+        print(f"| {r['model']} | {'x'.join(map(str, r['input']))} | {r['images']} | {r['layers']} | "
+              f"{r['filters']} | {r['seconds']} | **{r['images_per_s']}** | {r['floor_seconds']} | {r['volviz_over_floor']} | "
+              f"{r['loop_images_per_s']} | {r['speedup_vs_loop']} | {r['peak_rss_mib_after_importance']:.0f} |")
     print(f"\npeak RSS {peak:.0f} MiB; {info['machine']}, {a.threads} thread(s), torch {torch.__version__} -> {out}")
     return 0
 

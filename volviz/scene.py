@@ -57,7 +57,7 @@ __all__ = ["SceneError", "Scene", "SeriesSpec", "load_scene", "ensure_store", "l
 
 VIEWS = ("overview", "layer", "orbit", "unit", "pose")
 _KEY_FIELDS = {"view", "layer", "unit", "duration", "hold", "azimuth", "elevation", "zoom", "degrees",
-               "position", "focal_point", "up", "view_angle", "clip", "radius"}
+               "position", "focal_point", "up", "view_angle", "clip", "clip_far", "radius"}
 
 
 class SceneError(ValueError):
@@ -207,8 +207,13 @@ def load_scene(path: str | os.PathLike | None = None, *, text: str | None = None
             raise _err(path, f"keyframe {i + 1}: view = {view!r} needs a layer")
         if view == "unit" and "unit" not in kf:
             raise _err(path, f"keyframe {i + 1}: view = 'unit' needs a unit (index)")
-        if view == "pose" and not {"position", "focal_point"} <= set(kf):
-            raise _err(path, f"keyframe {i + 1}: view = 'pose' needs position and focal_point")
+        if view == "pose":
+            if not {"position", "focal_point"} <= set(kf):
+                raise _err(path, f"keyframe {i + 1}: view = 'pose' needs position and focal_point")
+            for key in ("position", "focal_point", "up"):
+                v = kf.get(key, [0, 0, 1])
+                if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):
+                    raise _err(path, f"keyframe {i + 1}: {key} must be [x, y, z], got {v!r}")
         for key in ("duration", "hold"):
             if key in kf:
                 kf[key] = _number(kf[key], f"keyframe {i + 1} {key}", path, 0.0)
@@ -345,7 +350,7 @@ def camera_path_for(keyframes: list[dict], layout, aspect: float):
                                       radius_cells=float(kf.get("radius", 2.0)), **angles)]
             elif view == "pose":
                 poses = [cp.CameraPose(kf["position"], kf["focal_point"], kf.get("up", (0, 0, 1)),
-                                       float(kf.get("view_angle", 30.0)), kf.get("clip"))]
+                                       float(kf.get("view_angle", 30.0)), kf.get("clip"), kf.get("clip_far"))]
             else:  # orbit about the layer's centre (or the graph's), from where the camera is
                 if "layer" in kf:
                     if kf["layer"] not in layout.planes:
@@ -376,7 +381,10 @@ def camera_path_for(keyframes: list[dict], layout, aspect: float):
         if hold > 0:
             t += hold
             keys.append((t, prev))
-    return cp.CameraPath(keys)
+    try:
+        return cp.CameraPath(keys)
+    except ValueError as exc:
+        raise SceneError(f"camera key frames: {exc}") from None
 
 
 # ------------------------------------------------------------------------------ preparation

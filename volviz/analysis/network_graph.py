@@ -411,8 +411,11 @@ def _trace_fx(model: nn.Module, x: torch.Tensor, tracker: _Tracker) -> None:
     from torch.fx import Node, symbolic_trace
     from torch.fx.passes.shape_prop import ShapeProp
 
+    import contextlib
+    import io
+
     gm = symbolic_trace(model)
-    with torch.no_grad():
+    with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints tracebacks
         ShapeProp(gm).propagate(x)
     modules = dict(gm.named_modules())
     placeholders = 0
@@ -599,17 +602,23 @@ def trace_dataflow(model: nn.Module, input_shape: tuple[int, ...], *, tracer: st
             try:
                 _trace_fx(model, x, tracker)
                 used = "fx"
-            except GraphBuildError:
-                raise
             except Exception as exc:  # fx cannot trace: control flow on data, unsupported calls
                 if tracer == "fx":
+                    if isinstance(exc, GraphBuildError):
+                        raise
                     raise GraphBuildError(f"torch.fx cannot trace the model: {str(exc).splitlines()[0][:300]}") from None
                 log.info("torch.fx failed (%s); tracing one forward pass instead",
                          str(exc).splitlines()[0][:200])
                 tracker = _Tracker(mode)
                 used = "dispatch"
         if used == "dispatch":
-            _trace_dispatch(model, x, tracker)
+            try:
+                _trace_dispatch(model, x, tracker)
+            except GraphBuildError:
+                raise
+            except Exception as exc:
+                raise GraphBuildError(f"the model does not run on an input of shape {tuple(x.shape)}: "
+                                      f"{str(exc).splitlines()[0][:300]}") from None
     finally:
         model.train(was_training)
     if len(tracker.layers) < 2:

@@ -141,7 +141,7 @@ class Explorer:
         self._record_left_logged = False
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="volviz-writer")
 
-        stores = [str(s) for s in stores]
+        stores = [str(pathlib.Path(s).resolve()) for s in stores]  # = the store picker's values
         n = min(2, max(1, len(stores)))
         self.panes = [Pane(i, self._make_plotter()) for i in range(n)]
         self.state.update(copy.deepcopy(S.DEFAULTS))

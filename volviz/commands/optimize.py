@@ -97,11 +97,12 @@ def cmd_optimize(a) -> int:
                           param=a.param, config=fixed, init=a.init, batch_size=a.batch_size,
                           device=a.device, precision=a.precision)
     summaries = run_preferred(a.store, a.layers, s, overwrite=a.overwrite, progress=not a.quiet)
-    print(f"{'layer':<16} {'objective':<9} {'units':>5} {'beats real':>10} {'median z':>9} "
+    print(f"{'layer':<16} {'objective':<9} {'units':>5} {'beats real':>10} {'>= real':>8} {'median z':>9} "
           f"{'HF':>5} {'seconds':>8}")
     for layer, m in summaries.items():
         print(f"{layer:<16} {m.get('objective', '?'):<9} {m.get('units', 0):>5} "
-              f"{m.get('beats_real_fraction', float('nan')):>10.2f} {m.get('median_z', float('nan')):>9.2f} "
+              f"{m.get('beats_real_fraction', float('nan')):>10.2f} {m.get('matches_real_fraction', float('nan')):>8.2f} "
+              f"{m.get('median_z', float('nan')):>9.2f} "
               f"{m.get('mean_hf', float('nan')):>5.2f} {m.get('seconds', 0):>8.1f}"
               + ("  (already done)" if m.get("skipped") else ""))
     if a.grid_dir:

@@ -163,11 +163,11 @@ def _no_clip_far(layout: GraphLayout) -> float:
     return float(layout.bounds()[1] @ DEPTH_AXIS + layout.layer_gap)
 
 
-def _clip_after(layout: GraphLayout, layer: str, stub: float = 0.15) -> float:
+def _clip_after(layout: GraphLayout, layer: str, stub: float = 0.1) -> float:
     return float(layout.planes[layer].center @ DEPTH_AXIS + stub * layout.layer_gap)
 
 
-def _clip_before(layout: GraphLayout, layer: str, stub: float = 0.15) -> float:
+def _clip_before(layout: GraphLayout, layer: str, stub: float = 0.1) -> float:
     """A little upstream of ``layer``: the layers in front of it (which would hide it from a
     camera close enough to read it) are cut away, and of its incoming edges only short stubs
     remain (whole edges would scribble across the thumbnails)."""

@@ -233,6 +233,11 @@ class GraphScene:
             plotter.enable_anti_aliasing(self.style.anti_aliasing)
         uid = f"volviz-graph-{id(self):x}"
         self._uid = uid
+        fs = min(1.5, max(0.55, plotter.window_size[1] / 768))  # text scales with the window
+
+        def font(size: int) -> int:
+            return max(6, int(round(size * fs)))
+
         self.offsets = layout.offsets()
         self.positions = layout.all_positions()
         self.scales: dict[str, float] = {}
@@ -277,18 +282,18 @@ class GraphScene:
                 side = 1.0 if i % 2 == 0 else -1.0  # alternate above / below: neighbours do not collide
                 pt = p.center + side * V_AXIS * (p.height / 2 + 0.6 * p.cell + 0.02 * layout.layer_gap)
                 self.label_actors[p.name] = plotter.add_point_labels(
-                    pt[None], [f"{p.name} ({p.n})"], font_size=self.style.label_size,
+                    pt[None], [f"{p.name} ({p.n})"], font_size=font(self.style.label_size),
                     text_color=self.style.text_color, shape=None, show_points=False, always_visible=True,
                     bold=False, name=f"{uid}-layername:{p.name}", reset_camera=False)
         self.title_text, self.label_text = str(title), ""
-        self.title_actor = plotter.add_text(self.title_text, position="upper_left", font_size=11,
+        self.title_actor = plotter.add_text(self.title_text, position="upper_left", font_size=font(11),
                                             color=self.style.text_color, name=f"{uid}-title")
-        self.label_actor = plotter.add_text("", position="lower_right", font_size=10,
+        self.label_actor = plotter.add_text("", position="lower_right", font_size=font(10),
                                             color=self.style.text_color, name=f"{uid}-caption")
         k = graph.graph.get("k")
         legend = (f"edges: weight after ReLU, cold -> hot (strongest {k} in per unit)\n"
                   "nodes: response to the image, dark -> bright; grey: not firing")
-        self.legend_actor = plotter.add_text(legend, position="lower_left", font_size=8,
+        self.legend_actor = plotter.add_text(legend, position="lower_left", font_size=font(8),
                                              color="#9aa0a6", name=f"{uid}-legend")
         self._clip_planes = None
         self.clip: tuple[float | None, float | None] = (None, None)

@@ -43,10 +43,11 @@ class LayerOutput:
     zero padding) it stops at the layer's *input* and computes only unit ``u_b`` for element b
     (one weight row, or one filter via a grouped convolution with one group per element), so the
     target layer costs one unit, not all of them: 6x cheaper for the digits model's ``conv2``.
-    ``unit_only=False`` computes the whole layer and picks the unit (same numbers up to rounding).
+    ``unit_only=False`` computes the whole layer and picks the unit (same numbers up to rounding);
+    ``unit_only="linear"`` does so for conv layers only.
     """
 
-    def __init__(self, model: nn.Module, layer: str | None, unit_only: bool = True):
+    def __init__(self, model: nn.Module, layer: str | None, unit_only: bool | str = True):
         self.model = model
         self.layer = layer
         self.module = None
@@ -56,9 +57,10 @@ class LayerOutput:
                 raise ObjectiveError(f"no layer named {layer!r} in the model")
             self.module = modules[layer]
         m = self.module
+        conv_ok = unit_only is True or unit_only == "all"
         self.unit_only = bool(unit_only) and (
             isinstance(m, nn.Linear) or
-            (isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros"
+            (conv_ok and isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros"
              and not isinstance(m.padding, str)))
 
     def _run_to(self, x: torch.Tensor, pre: bool) -> torch.Tensor:

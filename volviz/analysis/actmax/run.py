@@ -238,6 +238,9 @@ def _summary(info_act: np.ndarray, act_init: np.ndarray, top: np.ndarray, mean: 
     return {
         "units": int(len(best)),
         "beats_real_fraction": float(np.mean(best > top)),
+        # a tie counts here: the optimum may itself be a real image (a black crop for a unit that
+        # prefers black); tolerance 1e-3 of the unit's scale
+        "matches_real_fraction": float(np.mean(best >= top - 1e-3 * scale)),
         "all_seeds_beat_real_fraction": float(np.mean((info_act > top[:, None]).all(1))),
         "increased_fraction": float(np.mean(info_act > act_init)),
         "median_z": float(np.median((best - mean) / scale)),
@@ -279,7 +282,7 @@ def run_preferred(store: Store | str | os.PathLike, layers: list[str] | None = N
                 continue
         todo.append(layer)
     if not todo:
-        return out
+        return {n: out[n] for n in layers}
 
     shape, _, _ = _input_spec(st)
     stats = real_statistics(st)
@@ -329,7 +332,7 @@ def run_preferred(store: Store | str | os.PathLike, layers: list[str] | None = N
             out[layer] = summary
     finally:
         bar.close()
-    return out
+    return {n: out[n] for n in layers}
 
 
 def _prepare(st: Store, layer: str, problem: Problem, n_units: int, settings: PreferredSettings,
