@@ -241,6 +241,21 @@ def test_time_slider_moves_every_view(page, stores):
     assert page.inner_text("#caption-0") != caption
 
 
+def test_mouse_turns_the_volume_and_reset_camera_brings_it_back(page):
+    before = _settled(page, 0, np.zeros_like(_view(page)), "no picture")
+    box = page.locator("#view-0").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 150, y + 40, steps=8)
+    page.mouse.up()
+    turned = _settled(page, 0, before, "dragging did not turn the volume")
+    assert _volume_visible(turned)
+    page.click("#reset-camera")
+    back = _settled(page, 0, turned, "reset camera did not redraw")
+    assert np.abs(back.astype(int) - before).mean() < np.abs(turned.astype(int) - before).mean() / 2
+
+
 def test_play_and_pause(page):
     label = page.inner_text("#time-label")
     page.click("#play-btn")

@@ -285,7 +285,7 @@ def test_scene_renders_and_updates_activations_in_place(can_render):
     G, L, scene = _tiny_scene()
     try:
         actors = dict(scene.plotter.renderer.actors)
-        assert len(scene.thumb_actors) == 3  # one atlas per layer with thumbnails (input, conv1, conv2)
+        assert len(scene.thumb_actors) == 4  # one atlas per layer; fc has no preferred inputs: slate tiles
         assert scene.edges_mesh.n_cells == G.number_of_edges()  # all edges in one actor
         a = scene.screenshot()
         assert a.std() > 5

@@ -258,3 +258,25 @@ def test_deep_small_maps_use_the_gram_path_and_agree_with_loop():
     ref = _loop_norms(m, x, torch.tensor([0, 1, 2]), ["0", "2", "5"])
     for n in ["0", "2", "5"]:
         np.testing.assert_allclose(res.per_image[n], ref[n], rtol=1e-4, atol=1e-7, err_msg=n)
+
+
+@pytest.mark.skipif(not __import__("volviz.sources.demo", fromlist=["x"]).demo_weights_path("digits").exists(),
+                    reason="digits weights not trained")
+def test_digits_dissimilar_class_gradients_are_smaller_for_the_probability():
+    """Seed 004 figs 4-5 on the shipped digits: the gradient of the reference class's probability is
+    orders of magnitude smaller for images of the most dissimilar class (for the score before softmax
+    it is not: see docs/gradient-analysis.md)."""
+    from volviz.sources import demo
+    from volviz.sources.images import discover_images
+    from volviz.sources.models import load_model
+    from volviz.sources.preprocess import Preprocess
+    lm = load_model("digits")
+    inputs = InputSet(discover_images([demo.demo_images_dir("digits")], class_names=lm.class_names).records,
+                      Preprocess(lm.input_size[1:], 1, lm.mean, lm.std))
+    with torch.no_grad():
+        probs = torch.softmax(lm.module(inputs.tensor(range(len(inputs)))), 1).numpy()
+    for r in (0, 4, 7):
+        g = pick_class_groups(inputs.labels, probs.argmax(1), probs, r)
+        res = importance_on_the_fly(lm.module, inputs, ["conv2"], target=r, output="prob", progress=False)
+        mag = magnitude_by_class(res, "conv2", r)
+        assert mag[g.dissimilar]["mean"] < 0.1 * mag[r]["mean"], (r, g.dissimilar, mag)

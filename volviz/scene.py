@@ -250,13 +250,13 @@ def ensure_store(scene: Scene, progress: bool = True):
 
 def load_thumbnails(store, layers, optimize: dict | None = None, progress: bool = True) -> dict[str, np.ndarray]:
     """``{layer: uint8 (n, H, W, 3)}`` preferred-input thumbnails from the store (``volviz
-    optimize``); layers without results are left out (the scene draws plain nodes). With
+    optimize``); layers without results are left out (the scene draws neutral tiles). With
     ``optimize`` (a dict of ``PreferredSettings`` fields, plus ``layers``), the missing layers
     are optimized into the store first."""
     try:
         from volviz.analysis.actmax import results as R
     except Exception as exc:  # pragma: no cover - never let the movie fail for thumbnails
-        log.warning("preferred inputs unavailable (%s); plain nodes", exc)
+        log.warning("preferred inputs unavailable (%s); neutral tiles", exc)
         return {}
     wanted = [n for n in layers if n in store.layers]
     if optimize is not None:
@@ -271,15 +271,15 @@ def load_thumbnails(store, layers, optimize: dict | None = None, progress: bool 
             try:
                 run_preferred(Store.open(store.path, "r+"), todo, PreferredSettings(**opt), progress=progress)
             except R.PreferredError as exc:  # e.g. an interrupted run made with other settings
-                log.warning("cannot optimize: %s; those layers show plain nodes", exc)
+                log.warning("cannot optimize: %s; those layers show neutral tiles", exc)
     out = {}
     for name in wanted:
         try:
             out[name] = R.thumbnails(store, name, size=None)
         except R.PreferredError as exc:
-            log.info("no preferred inputs for %s (plain nodes): %s", name, exc)
+            log.info("no preferred inputs for %s (neutral tiles): %s", name, exc)
         except Exception as exc:  # a damaged group must not stop the movie
-            log.warning("cannot read the preferred inputs of %s (plain nodes): %s", name, exc)
+            log.warning("cannot read the preferred inputs of %s (neutral tiles): %s", name, exc)
     return out
 
 
@@ -474,7 +474,8 @@ def prepare_scene(scene: Scene, *, width: int | None = None, height: int | None 
     scales = {k: float(v.max()) for k, v in responses.items()}
     w, h = int(width or scene.width), int(height or scene.height)
     style_kw = dict(scene.style)
-    style = dataclasses.replace(GraphStyle(), edges_per_node=scene.edges_per_node, **style_kw)
+    style = dataclasses.replace(GraphStyle(), edges_per_node=scene.edges_per_node,
+                                missing_thumbnail="grey" if scene.thumbnails else "none", **style_kw)
     gs = GraphScene(G, layout, thumbs, input_image=store.read_input(int(indices[0])), style=style,
                     title=scene.title, window_size=(w, h), plotter=plotter)
     gs.set_scales(scales)

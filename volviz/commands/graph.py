@@ -14,7 +14,7 @@ examples:
 Edges: weight strength after ReLU thresholding (positive weights only; --mode abs for |W|), hot =
 strong, cold = weak, relative to the strongest edge into the same layer. Nodes: the unit's
 response to the image (ReLU, spatial mean for conv channels); grey = the unit does not fire.
-Thumbnails: preferred inputs from `volviz optimize STORE` (plain nodes for layers without them).
+Thumbnails: preferred inputs from `volviz optimize STORE` (neutral slate tiles for layers without them).
 """
 
 
@@ -39,7 +39,7 @@ def register(sub) -> None:
     p.add_argument("--elevation", type=float, help="camera elevation in degrees")
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--height", type=int, default=768)
-    p.add_argument("--no-thumbnails", action="store_true", help="plain nodes, no preferred inputs")
+    p.add_argument("--no-thumbnails", action="store_true", help="plain coloured squares, no preferred inputs")
     p.add_argument("--export", help="also write the graph: .graphml or .json (node-link)")
     p.set_defaults(func=cmd_graph)
 
@@ -90,7 +90,7 @@ def cmd_graph(a) -> int:
     layout = layered_layout(G.graph["layers"])
     units = [d["name"] for d in G.graph["layers"] if d["kind"] != "input"]
     thumbs = {} if a.no_thumbnails else load_thumbnails(store, units, progress=False)
-    style = GraphStyle(edges_per_node=a.edges_per_node)
+    style = GraphStyle(edges_per_node=a.edges_per_node, missing_thumbnail="none" if a.no_thumbnails else "grey")
     title = f"{store.plan['model']['spec']}: {G.number_of_nodes()} units, {G.number_of_edges()} edges (k={a.k})"
     scene = GraphScene(G, layout, thumbs, input_image=store.read_input(a.image), style=style, title=title,
                        window_size=(a.width, a.height))

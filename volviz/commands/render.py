@@ -46,8 +46,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slice-pos", nargs=3, type=float, metavar=("X", "Y", "Z"), default=(0.5, 0.5, 0.5),
                    help="slice positions as fractions 0..1")
     p.add_argument("--no-outline", action="store_true")
-    p.add_argument("--width", type=int, default=800)
-    p.add_argument("--height", type=int, default=608)
+    p.add_argument("--width", type=int, help="pixels (default 800; a scene file's own size)")
+    p.add_argument("--height", type=int, help="pixels (default 608; a scene file's own size)")
 
 
 def register(sub) -> None:
@@ -70,7 +70,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help=".mp4 or .gif")
     p.add_argument("--mode", default="images", choices=["rotate", "images", "both"])
     p.add_argument("--frames", type=int, default=72, help="frames of a full rotation (default 72)")
-    p.add_argument("--fps", type=float, default=12)
+    p.add_argument("--fps", type=float, help="frames per second (default 12; a scene file's own fps)")
     p.add_argument("--sort", default="captured", choices=["captured", "probability", "class", "misclassified"],
                    help="order of images in the time series")
     p.add_argument("--max-images", type=int, help="play at most this many images")
@@ -140,7 +140,7 @@ def _scene(store, a, layer, image, fit):
     lv = src.get(layer, a.quantity, image, a.order, fit, n_clusters=a.clusters)
     title = f"{store.plan['model']['spec']}  {layer}  {a.quantity}  order={a.order}"
     scene = LayerVolumeScene(lv.volume, lv.order, lv.boundaries, style_for(a, a.quantity), title,
-                             window_size=(a.width, a.height))
+                             window_size=(a.width or 800, a.height or 608))
     scene.set_label(caption(store, image))
     return src, lv, scene
 
@@ -213,7 +213,7 @@ def cmd_movie(a) -> int:
         def chain():
             for f in frames:
                 yield from f
-        write_movie(a.out, chain(), fps=a.fps, total=total)
+        write_movie(a.out, chain(), fps=a.fps or 12, total=total)
     print(f"wrote {a.out}")
     return 0
 

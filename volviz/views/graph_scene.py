@@ -62,6 +62,8 @@ class GraphStyle:
     line_width: float = 1.0
     edges_per_node: int | None = None
     max_edges: int | None = 10000
+    missing_thumbnail: str = "grey"  # layers without preferred inputs: "grey" tiles or "none" (squares)
+    missing_color: tuple[int, int, int] = (74, 79, 90)
     thumbnail_px: int = 48
     atlas_max_px: int = 4096
     node_fill: float = 0.92  # node square side / cell
@@ -205,7 +207,8 @@ class GraphScene:
     graph : networkx DiGraph from :func:`volviz.analysis.network_graph.build_network_graph`.
     layout : :class:`~volviz.views.graph_layout.GraphLayout` of the same layers.
     thumbnails : ``{layer: uint8 (n, H, W, 3)}`` preferred inputs (see
-        :func:`thumbnails_to_uint8`); layers left out show plain squares.
+        :func:`thumbnails_to_uint8`); layers left out show neutral slate tiles
+        (``style.missing_thumbnail = "grey"``) or plain squares (``"none"``).
     input_image : ``(C, H, W)`` in ``[0, 1]``, shown on the input layer.
     style, title, window_size, plotter : as in :class:`~volviz.views.volume.LayerVolumeScene`.
 
@@ -271,8 +274,15 @@ class GraphScene:
         thumbnails = dict(thumbnails or {})
         if input_image is not None and INPUT in layout.planes:
             thumbnails[INPUT] = channel_tiles(input_image)
-        for name, tiles in thumbnails.items():
-            if name in layout.planes and tiles is not None and len(tiles) == layout.planes[name].n:
+        if self.style.missing_thumbnail not in ("grey", "none"):
+            raise ValueError(f"missing_thumbnail must be 'grey' or 'none', got {self.style.missing_thumbnail!r}")
+        for name, p in layout.planes.items():
+            tiles = thumbnails.get(name)
+            if tiles is not None and len(tiles) != p.n:
+                tiles = None  # results for another version of the layer: treat as missing
+            if tiles is None and name != INPUT and self.style.missing_thumbnail == "grey":
+                tiles = np.broadcast_to(np.asarray(self.style.missing_color, np.uint8), (p.n, 4, 4, 3))
+            if tiles is not None:
                 self._add_thumbnails(name, np.asarray(tiles))
 
         # labels (one small actor per layer, hidden with its layer when clipped) and texts
