@@ -175,7 +175,8 @@ def main(argv=None) -> int:
            "gpu": torch.cuda.get_device_name(0) if torch.device(dev).type == "cuda" else None}
     print()
     print(f"model {cfg_p['model']} ({note or 'trained weights'}), input {shape}, {cfg_p['steps']} steps, "
-          f"{a.seeds} seed(s), param {a.param}, unit-only {a.unit_only}, device {dev} ({env['gpu'] or env['cpu']}), precision "
+          f"{a.seeds} seed(s), param {a.param}, unit-only {a.unit_only}, device {dev} "
+          f"({env['gpu'] or env['cpu']}), precision "
           f"{cfg_p['precision']}, batch {cfg_p['batch_size']}, torch threads {env['threads']}")
     head = f"{'layer':<14}{'units':>6}{'batched s':>11}{'1-unit s/unit':>15}{'1-unit layer s':>16}{'speedup':>9}"
     if cfg_p["bare"]:

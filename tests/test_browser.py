@@ -280,10 +280,10 @@ def test_switch_layer_and_order(page, out_dir):
     assert _volume_visible(km)
     _save(page, out_dir, "kmeans-conv2.png")
     page.locator("#slices-switch").check()
-    _settled(page, 0, km, "slice planes did not show")
+    sliced = _settled(page, 0, km, "slice planes did not show")
     _save(page, out_dir, "slices.png")
     page.locator("#slices-switch").uncheck()
-    page.wait_for_function("!document.querySelector('#slices-switch').checked")
+    _settled(page, 0, sliced, "slice planes did not go")
     # the 2-D panels follow: the sorted-neuron view of fc1
     page.locator("#panel-tabs-0 .v-tab", has_text="Sorted").click()
     page.wait_for_function("document.querySelector('#pane-0').innerText.includes('sorted by weight to class')",

@@ -82,7 +82,7 @@ def test_class_means_and_empty_class():
     assert counts.tolist() == [3, 3, 0]
     np.testing.assert_allclose(rel[1], res.per_image["conv2"][[2, 3, 4]].mean(0), rtol=1e-6)
     assert np.isnan(rel[2]).all()
-    with pytest.raises(EmptyClassError, match="no images of class 2"):
+    with pytest.raises(EmptyClassError, match="class 2 has no images here; classes with images: 0, 1"):
         res.mean("conv2", 2)
     tot = res.total_norm("conv2")
     np.testing.assert_allclose(tot, np.linalg.norm(res.per_image["conv2"], axis=1), rtol=1e-6)

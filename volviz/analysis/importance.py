@@ -190,12 +190,15 @@ class ImportanceResult:
         sel = (self.target == reference) & (self.label == input_class)
         n = int(sel.sum())
         if n == 0:
-            have = sorted(set(int(c) for c in self.label[self.target == reference] if c >= 0))
-            why = (f"images of class {self.class_name(input_class)} analysed w.r.t. output neuron "
-                   f"{self.class_name(reference)}")
-            hint = (f"; classes with such images: {', '.join(self.class_name(c) for c in have)}" if have
-                    else "; capture (or --images) with target 'true' or this class")
-            raise EmptyClassError(f"no {why}{hint}")
+            present = sorted(set(int(c) for c in self.label if c >= 0))
+            if input_class not in present:
+                raise EmptyClassError(
+                    f"class {self.class_name(input_class)} has no images here; classes with images: "
+                    f"{', '.join(self.class_name(c) for c in present) or 'none (unlabelled images)'}")
+            raise EmptyClassError(
+                f"no images of class {self.class_name(input_class)} analysed w.r.t. output neuron "
+                f"{self.class_name(reference)} (their gradients were taken for other neurons); capture "
+                "with --target true or this class, or use --images")
         return self._layer(layer)[sel].astype(np.float64).mean(0), n
 
     def class_relevance(self, layer: str) -> tuple[np.ndarray, np.ndarray]:

@@ -242,6 +242,7 @@ class Explorer:
                                  f"--out {path}` (or wait for the running capture)")
         except Exception as exc:  # noqa: BLE001 - missing, empty, newer, corrupt: all shown
             self._pane_error(pane, f"cannot open store {path}: {exc}")
+            self._refresh_time()
             self._push(pane)
             return False
         from volviz.views.source import LayerVolumeSource

@@ -60,7 +60,7 @@ class FrameQueue:
             yield item
 
 
-def composite(frames: list[np.ndarray], gap: int = 8) -> np.ndarray:
+def composite(frames: list[np.ndarray], gap: int = 16) -> np.ndarray:
     """Frames of the panes side by side (same height), separated by a dark gap."""
     if len(frames) == 1:
         return frames[0]

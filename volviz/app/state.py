@@ -58,6 +58,16 @@ R_URL = "r_url"                  # download link of the last movie
 R_FILE = "r_file"                # its path on the server
 R_STATUS = "r_status"            # one line: "writing 12/60", "wrote ...", errors
 
+# ---- items of the selects (static lists the layout registers with these keys) ------------
+ITEMS_QUANTITY = "items_quantity"
+ITEMS_ORDER = "items_order"
+ITEMS_FIT = "items_fit"
+ITEMS_CMAP = "items_cmap"
+ITEMS_OPACITY = "items_opacity"
+ITEMS_SPEED = "items_speed"
+ITEMS_SORT = "items_sort"
+ITEMS_RECORD_MODES = "items_record_modes"
+
 # ---- per pane ----------------------------------------------------------------------------
 PANE_FIELDS = (
     "store",       # path of the store shown (store picker)
@@ -116,6 +126,7 @@ SORT_ITEMS = [
 ]
 assert [s["value"] for s in SORT_ITEMS] == list(SORTS)
 
+SPEEDS = [1, 2, 4, 8, 15, 30]  # images per second
 CMAPS = ["auto", "inferno", "viridis", "magma", "plasma", "cividis", "gray", "hot", "RdBu_r",
          "coolwarm", "seismic"]
 OPACITIES = ["auto", *OPACITY_PRESETS]

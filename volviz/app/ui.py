@@ -53,7 +53,7 @@ def build_ui(app) -> SinglePageWithDrawerLayout:
 def _toolbar(layout, ctrl) -> None:
     with layout.toolbar:
         v3.VSpacer()
-        v3.VSelect(v_model=(S.R_MODE,), items=("record_modes", S.RECORD_MODES), label="record",
+        v3.VSelect(v_model=(S.R_MODE,), items=(S.ITEMS_RECORD_MODES, S.RECORD_MODES), label="record",
                    density="compact", hide_details=True, variant="outlined", style="max-width: 200px",
                    classes="mx-2", disabled=(S.R_BUSY,))
         v3.VTextField(v_if=f"{S.R_MODE} === 'images'", v_model_number=(S.R_MAX_IMAGES,), type="number",
@@ -77,17 +77,17 @@ def _toolbar(layout, ctrl) -> None:
 def _volume_controls(ctrl) -> None:
     with html.Div(classes="pa-3"):
         html.Div("Layer volume", classes="text-subtitle-2 mb-2")
-        v3.VSelect(v_model=(S.V_QUANTITY,), items=("quantity_items", S.QUANTITY_ITEMS),
+        v3.VSelect(v_model=(S.V_QUANTITY,), items=(S.ITEMS_QUANTITY, S.QUANTITY_ITEMS),
                    label="quantity", id="quantity-select", **_SELECT)
-        v3.VSelect(v_model=(S.V_ORDER,), items=("order_items", S.ORDER_ITEMS), label="filter order",
+        v3.VSelect(v_model=(S.V_ORDER,), items=(S.ITEMS_ORDER, S.ORDER_ITEMS), label="filter order",
                    id="order-select", **_SELECT)
         v3.VSelect(v_if=f"{S.V_ORDER} !== 'natural'", v_model=(S.V_FIT,),
-                   items=("fit_items", S.FIT_ITEMS), label="order fitted", **_SELECT)
+                   items=(S.ITEMS_FIT, S.FIT_ITEMS), label="order fitted", **_SELECT)
         v3.VSlider(v_if=f"{S.V_ORDER}.includes('kmeans')", v_model=(S.V_CLUSTERS,), min=0, max=20,
                    step=1, label="clusters", thumb_label=True, hide_details=True, density="compact",
                    classes="mb-3")
-        v3.VSelect(v_model=(S.V_CMAP,), items=("cmaps", S.CMAPS), label="colour map", **_SELECT)
-        v3.VSelect(v_model=(S.V_OPACITY,), items=("opacities", S.OPACITIES), label="opacity preset",
+        v3.VSelect(v_model=(S.V_CMAP,), items=(S.ITEMS_CMAP, S.CMAPS), label="colour map", **_SELECT)
+        v3.VSelect(v_model=(S.V_OPACITY,), items=(S.ITEMS_OPACITY, S.OPACITIES), label="opacity preset",
                    **_SELECT)
         html.Div("transfer function range (% of the layer's range)", classes="text-caption")
         v3.VRangeSlider(v_model=(S.V_RANGE,), min=0, max=100, step=1, thumb_label=True,
@@ -119,12 +119,12 @@ def _time_bar(ctrl) -> None:
                    color="primary")
         html.Span(f"{{{{ {S.T_INDEX} + 1 }}}} / {{{{ {S.T_MAX} + 1 }}}}", classes="text-body-2 mr-3",
                   style="min-width: 5em", id="time-label")
-        v3.VSelect(v_model=(S.T_SPEED,), items=("speeds", [1, 2, 4, 8, 15, 30]), label="images/s",
+        v3.VSelect(v_model=(S.T_SPEED,), items=(S.ITEMS_SPEED, S.SPEEDS), label="images/s",
                    density="compact", hide_details=True, variant="outlined",
                    style="max-width: 110px", classes="mr-2")
         v3.VCheckbox(v_model=(S.T_LOOP,), label="loop", hide_details=True, density="compact",
                      style="max-width: 90px")
-        v3.VSelect(v_model=(S.T_SORT,), items=("sort_items", S.SORT_ITEMS), label="image order",
+        v3.VSelect(v_model=(S.T_SORT,), items=(S.ITEMS_SORT, S.SORT_ITEMS), label="image order",
                    density="compact", hide_details=True, variant="outlined", style="max-width: 210px",
                    id="sort-select")
 
@@ -157,15 +157,16 @@ def _pane(pane, wide: bool) -> None:
             with v3.VCol(cols=12, lg=4 if wide else 12):
                 with v3.VRow(dense=True):
                     with v3.VCol(cols=12 if wide else 4):
-                        _image_info(i)
+                        _image_info(i, wide)
                     with v3.VCol(cols=12 if wide else 8):
                         _panels(i)
 
 
-def _image_info(i: int) -> None:
+def _image_info(i: int, wide: bool) -> None:
+    """The input image with its caption beside it (one pane) or below it (two panes)."""
     html.Img(src=(pk(i, "input"),), id=f"input-image-{i}",
              style="width: 100%; max-width: 112px; image-rendering: pixelated; border: 1px solid #555;",
-             classes="float-left mr-2")
+             classes="float-left mr-2" if wide else "d-block")
     html.Div("{{ %s }}" % pk(i, "caption"), classes="text-caption", id=f"caption-{i}",
              style=(f"{{color: {pk(i, 'correct')} === false ? '#ff6b6b' : 'inherit'}}",))
     with html.Div(classes="mt-1", id=f"probs-{i}", style="clear: both;"):

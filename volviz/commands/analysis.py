@@ -7,7 +7,6 @@ and moved into ``--out`` only when everything succeeded: a failed run leaves not
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib

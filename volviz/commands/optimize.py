@@ -101,7 +101,8 @@ def cmd_optimize(a) -> int:
           f"{'HF':>5} {'seconds':>8}")
     for layer, m in summaries.items():
         print(f"{layer:<16} {m.get('objective', '?'):<9} {m.get('units', 0):>5} "
-              f"{m.get('beats_real_fraction', float('nan')):>10.2f} {m.get('matches_real_fraction', float('nan')):>8.2f} "
+              f"{m.get('beats_real_fraction', float('nan')):>10.2f} "
+              f"{m.get('matches_real_fraction', float('nan')):>8.2f} "
               f"{m.get('median_z', float('nan')):>9.2f} "
               f"{m.get('mean_hf', float('nan')):>5.2f} {m.get('seconds', 0):>8.1f}"
               + ("  (already done)" if m.get("skipped") else ""))

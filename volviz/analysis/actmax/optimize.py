@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from volviz.analysis.actmax.objectives import (LayerOutput, ObjectiveError, check_kind, l1_penalty, reduce_unit, tv_penalty,
-                                              unit_values)
+from volviz.analysis.actmax.objectives import (LayerOutput, ObjectiveError, check_kind, l1_penalty,
+                                              reduce_unit, tv_penalty, unit_values)
 from volviz.analysis.actmax.param import PARAM_KINDS, make_param
 from volviz.analysis.actmax.transforms import blurred_noise, element_rngs, jitter, jitter_table
 

@@ -206,7 +206,8 @@ def preferred_info(store, layer: str, partial: bool = False) -> PreferredInfo:
     return PreferredInfo(layer, at["objective"], at["n_units"], list(at["seeds"]), tuple(at["image_shape"]),
                          np.asarray(g["activation"][:]), np.asarray(g["activation_init"][:]),
                          np.asarray(g["real_top"][:]), np.asarray(g["real_top_image"][:]),
-                         np.asarray(g["real_mean"][:]), np.asarray(g["scale"][:]), at.get("config", {}), at.get("settings", {}),
+                         np.asarray(g["real_mean"][:]), np.asarray(g["scale"][:]), at.get("config", {}),
+                         at.get("settings", {}),
                          bool(at.get("complete", False)), at.get("summary", {}), search)
 
 
