@@ -1,4 +1,5 @@
-"""Analysis of captured arrays: filter orders, importance, embeddings (numpy + scikit-learn only).
+"""Analysis of a model and its captured arrays: filter orders, image sequences, importance and
+pruning, gradient checks, saliency, class groups, preferred inputs, the network graph.
 
-Nothing here imports torch, pyvista or VTK: views consume the results.
+Nothing here imports pyvista, VTK or trame: the views consume the results.
 """
