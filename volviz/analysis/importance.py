@@ -504,22 +504,6 @@ def importance_on_the_fly(model: nn.Module, inputs: InputSet, layers: list[str] 
 
 
 # ---- from a store -----------------------------------------------------------------------------
-def _read_rows(store, key: str, rows: np.ndarray) -> np.ndarray:
-    """Rows of one stored array as float32, undoing the per-image float16 scale.
-
-    (Batched counterpart of ``Store._get``: one zarr selection per batch instead of per image.)
-    """
-    arr = store.root[key]
-    contiguous = len(rows) and rows[-1] - rows[0] + 1 == len(rows)
-    a = np.asarray(arr[rows[0]:rows[-1] + 1] if contiguous else arr.oindex[rows])
-    if arr.dtype == np.float16:
-        parent, leaf = key.rsplit("/", 1)
-        sc = store.root[f"{parent}/scale_{leaf}"]
-        s = np.asarray(sc[rows[0]:rows[-1] + 1] if contiguous else sc.oindex[rows], dtype=np.float32)
-        a = a.astype(np.float32) * s.reshape(-1, *([1] * (a.ndim - 1)))
-    return a.astype(np.float32, copy=False)
-
-
 def importance_from_store(store, layers: list[str] | None = None, *, batch_size: int = 64,
                           progress: bool = True) -> ImportanceResult:
     """Per-image filter importance from the weight gradients a capture stored (w.r.t. the
@@ -554,11 +538,11 @@ def importance_from_store(store, layers: list[str] | None = None, *, batch_size:
             for s in range(0, len(idx), batch_size):
                 rows = idx[s:s + batch_size]
                 if info.weight_factors:
-                    u = _read_rows(store, f"grad_weight/{name}/u", rows)
-                    v = _read_rows(store, f"grad_weight/{name}/v", rows)
+                    u = store.read_rows(f"grad_weight/{name}/u", rows)
+                    v = store.read_rows(f"grad_weight/{name}/v", rows)
                     parts.append(factor_norms(u, v).astype(np.float32))
                 else:
-                    parts.append(filter_norms(_read_rows(store, f"grad_weight/{name}/w", rows)).astype(np.float32))
+                    parts.append(filter_norms(store.read_rows(f"grad_weight/{name}/w", rows)).astype(np.float32))
                 bar.update(len(rows))
             per_image[name] = np.concatenate(parts)
     finally:

