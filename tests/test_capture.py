@@ -160,3 +160,17 @@ def test_workspace_buffers_reused_across_batches_of_different_sizes():
             assert res.grad_weight[k].shape[0] == n
             np.testing.assert_allclose(res.grad_weight[k], ref[f"{k}.weight"].numpy(), rtol=1e-4, atol=1e-7)
     assert ws["conv2"].shape[0] == 5
+
+
+def test_batched_weight_grads_for_unusual_convolutions():
+    torch.manual_seed(0)
+    m = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding="same", padding_mode="reflect"),
+        nn.Conv2d(4, 4, 3, padding=2, dilation=2, stride=2, groups=4),  # depthwise, dilated, strided
+        nn.Conv2d(4, 3, (3, 1), padding="valid", padding_mode="circular"),
+        nn.Flatten(), nn.LazyLinear(2)).eval()
+    x = torch.randn(3, 2, 10, 10)
+    m(x)  # materialize the lazy layer
+    _check_against_loop(m, x, ["0", "1", "2", "4"])
+    c1d = nn.Sequential(nn.Conv1d(2, 3, 3, padding=1, padding_mode="replicate"), nn.Flatten(), nn.Linear(24, 2)).eval()
+    _check_against_loop(c1d, torch.randn(4, 2, 8), ["0", "2"])

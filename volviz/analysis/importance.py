@@ -366,16 +366,9 @@ def conv2d_filter_norms_gram(module: nn.Conv2d, inp: torch.Tensor, grad_out: tor
     ``||G_n[j]||^2 = g_nj^T (U_n^T U_n) g_nj`` with ``U_n`` the unfolded input (ci x L) and
     ``g_nj`` filter j's output gradient (L) (Goodfellow 2015, Rochette et al. 2019)."""
     import torch.nn.functional as F
-    from volviz.capture.persample import _same_padding
+    from volviz.capture.persample import explicit_padding
 
-    padding = module.padding
-    if isinstance(padding, str) or module.padding_mode != "zeros":
-        if isinstance(padding, str):
-            pads = _same_padding(module) if padding == "same" else (0, 0, 0, 0)
-        else:
-            pads = module._reversed_padding_repeated_twice
-        inp = F.pad(inp, pads, mode="constant" if module.padding_mode == "zeros" else module.padding_mode)
-        padding = (0, 0)
+    inp, padding = explicit_padding(module, inp)
     n_all = inp.shape[0]
     L = grad_out.shape[-2] * grad_out.shape[-1]
     ci = module.in_channels * module.kernel_size[0] * module.kernel_size[1]

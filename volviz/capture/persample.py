@@ -43,8 +43,9 @@ def _same_padding(module: nn.Conv2d) -> tuple[int, int, int, int]:
     return tuple(pads)
 
 
-def _conv2d_per_sample(module: nn.Conv2d, inp: torch.Tensor, grad_out: torch.Tensor,
-                       out: torch.Tensor | None = None) -> torch.Tensor:
+def explicit_padding(module: nn.Conv2d, inp: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+    """The input padded as the conv pads it when ``F.unfold`` cannot ('same'/'valid' strings,
+    reflect / replicate / circular modes); returns (input, padding left for unfold)."""
     padding = module.padding
     if isinstance(padding, str) or module.padding_mode != "zeros":
         if isinstance(padding, str):
@@ -52,8 +53,13 @@ def _conv2d_per_sample(module: nn.Conv2d, inp: torch.Tensor, grad_out: torch.Ten
         else:
             pads = module._reversed_padding_repeated_twice
         mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-        inp = F.pad(inp, pads, mode=mode)
-        padding = (0, 0)
+        return F.pad(inp, pads, mode=mode), (0, 0)
+    return inp, padding
+
+
+def _conv2d_per_sample(module: nn.Conv2d, inp: torch.Tensor, grad_out: torch.Tensor,
+                       out: torch.Tensor | None = None) -> torch.Tensor:
+    inp, padding = explicit_padding(module, inp)
     N, c_in = inp.shape[:2]
     c_out, g = module.out_channels, module.groups
     kh, kw = module.kernel_size
