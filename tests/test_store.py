@@ -169,3 +169,6 @@ def test_nan_activations_are_stored_and_flagged(tmp_path, images, caplog):
     a = store.read("activation", "conv1", 0)
     assert np.isnan(a[0]).all() and np.isfinite(a[1]).all()
     assert "NaN/Inf" in caplog.text
+    assert store.manifest["summary"]["nonfinite"]["conv1"] == 9 * 12 * 12
+    from volviz.cli import describe_store
+    assert "conv1: 1296 NaN/Inf activation values" in describe_store(store)

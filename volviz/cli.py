@@ -112,6 +112,8 @@ def describe_store(store, short: bool = False) -> str:
         lines.append(f"accuracy    {store.manifest['summary']['accuracy']:.3f} on labelled images")
     if store.class_names:
         lines.append(f"classes     {', '.join(store.class_names)}")
+    for layer, bad in ((store.manifest or {}).get("summary", {}).get("nonfinite") or {}).items():
+        lines.append(f"WARNING     {layer}: {bad} NaN/Inf activation values (rendered clamped, flagged in views)")
     lines.append("layers:")
     for info in store.layers.values():
         w = "x".join(map(str, info.weight_shape)) if info.weight_shape else "-"

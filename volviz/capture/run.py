@@ -255,6 +255,7 @@ def execute(store: Store, loaded: LoadedModel, prep: Preprocess, progress: bool 
     bar = tqdm(total=len(records), initial=len(records) - len(pending), desc="capturing",
                unit="img", disable=not progress)
     workspace: dict = {}  # per-image weight gradient buffers reused batch after batch
+    nonfinite: dict[str, int] = dict((store.manifest or {}).get("summary", {}).get("nonfinite", {}))
     try:
         for start, stop in _runs(pending, plan["batch_size"]):
             batch = records[start:stop]
@@ -270,6 +271,7 @@ def execute(store: Store, loaded: LoadedModel, prep: Preprocess, progress: bool 
                                        f"selected layer ({exc}); capture with --no-grads") from None
                 raise
             for name, bad in res.nonfinite.items():
+                nonfinite[name] = nonfinite.get(name, 0) + bad
                 log.warning("layer %s: %d NaN/Inf activation values in images %d-%d", name, bad, start, stop - 1)
             store.write_batch(start, res, labels.numpy(), _unnormalize(x, prep))
             bar.update(len(batch))
@@ -282,6 +284,7 @@ def execute(store: Store, loaded: LoadedModel, prep: Preprocess, progress: bool 
         "n_images": int(done.sum()),
         "seconds": round(time.perf_counter() - t0, 3),
         "accuracy": float((label[has_label] == pred[has_label]).mean()) if has_label.any() else None,
+        "nonfinite": nonfinite,  # layer -> NaN/Inf activation values seen (rendered, flagged)
     }
     store.finalize(summary)
     return store
