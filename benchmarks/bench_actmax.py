@@ -64,6 +64,16 @@ def load(model_name: str, size: int | None, device: str):
     return prepare_model(loaded.module, device), shape, loaded.mean, loaded.std, note
 
 
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def kind_of(problem_out_shape) -> str:
     return "channel" if len(problem_out_shape) == 3 else "neuron"
 
@@ -171,7 +181,7 @@ def main(argv=None) -> int:
     tot_b = sum(r["batched_s"] for r in rows)
     tot_s = sum(r["single_s_layer"] for r in rows)
     env = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
-           "cpu": platform.processor() or platform.machine(),
+           "cpu": cpu_name(),
            "gpu": torch.cuda.get_device_name(0) if torch.device(dev).type == "cuda" else None}
     print()
     print(f"model {cfg_p['model']} ({note or 'trained weights'}), input {shape}, {cfg_p['steps']} steps, "

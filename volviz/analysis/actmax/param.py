@@ -10,9 +10,10 @@ store's ``input`` array holds exactly these). The optimizer normalizes with the 
 * :class:`FourierImage`: the parameters are the real FFT coefficients of a logit image, scaled by
   ``1 / f`` (Olah et al., lucid/lucent), mixed across channels by the square root of the channels'
   covariance, then squashed with a sigmoid into ``(0, 1)``. Unlike lucent, the ``1 / f`` scale is
-  normalized to unit RMS, so the start image has the same contrast at 28 x 28 as at 224 x 224
-  (one cause of lucent's washed-out small images, lucent issues #10 and #25). Decay shrinks the
-  spectrum, blur multiplies it by the Gaussian's transfer function, clipping is not needed.
+  normalized to unit RMS, so an optimizer step changes the image by about as much at 28 x 28 as at
+  224 x 224 (lucent's unnormalized scale is one reason its small images differ, lucent #10). Decay
+  shrinks the spectrum, blur multiplies it by the Gaussian's transfer function, clipping is not
+  needed.
 
 Both can start from any pixel image (noise or a mean image): :class:`FourierImage` inverts its own
 mapping at construction.
