@@ -273,5 +273,7 @@ def test_cli_optimize_and_grid(store, tmp_path):
     assert main(["preferred-grid", str(path), "--layer", "conv3", "--out", str(out), "--seeds", "all"]) == 0
     img = iio.imread(out)
     assert img.ndim == 3 and img.shape[2] == 3 and min(img.shape[:2]) >= 100
+    assert main(["render", str(path), "--layer", "conv2", "--preferred", "--out", str(tmp_path / "r.png")]) == 0
+    assert iio.imread(tmp_path / "r.png").std() > 10
     assert main(["preferred-grid", str(path), "--layer", "conv2d_nope", "--out", str(out)]) == 2
     assert main(["optimize", str(path), "--layers", "nope", "--quiet"]) == 2

@@ -13,6 +13,7 @@ examples:
   volviz render stores/digits --layer conv2 --quantity grad_weight --out conv2-gradw.png
   volviz render stores/digits --layer conv2 --grid --out conv2-maps.png   # 2-D grid of feature maps
   volviz render stores/digits --layer conv1 --slices --opacity linear --image 17 --out s.png
+  volviz render stores/digits --layer conv2 --preferred --out conv2-preferred.png   # after volviz optimize
 
 quantities: activation, grad_activation (gradient of the target neuron w.r.t. the activations),
 grad_weight (w.r.t. each filter's weights: a C_out x C_in x kH x kW tensor shown as C_out slices,
@@ -59,6 +60,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="PNG file")
     p.add_argument("--image", default="0", help="image index or id (default 0)")
     p.add_argument("--grid", action="store_true", help="2-D grid of feature maps (vis_square) instead of 3-D")
+    p.add_argument("--preferred", action="store_true",
+                   help="grid of the layer's preferred inputs (computed by `volviz optimize STORE`)")
     _common(p)
     p.set_defaults(func=cmd_render)
 
@@ -148,8 +151,13 @@ def _scene(store, a, layer, image, fit):
 def cmd_render(a) -> int:
     store = _open(a.store)
     layer = a.layer or default_layer(store)
-    image = resolve_image(store, a.image)
     out = pathlib.Path(a.out)
+    if a.preferred:
+        from volviz.commands.optimize import write_grid
+        write_grid(store, layer, out)
+        print(f"wrote {out}")
+        return 0
+    image = resolve_image(store, a.image)
     from volviz.views.source import LayerVolumeSource
     lv = LayerVolumeSource(store).get(layer, a.quantity, image, a.order, a.fit or "image", n_clusters=a.clusters)
     if a.grid or lv.kind == "neurons":  # a linear layer's vector is a 2-D grid of neurons, not a volume
@@ -242,7 +250,7 @@ def cmd_demo(a) -> int:
         ns = argparse.Namespace(store=str(path), out=str(out / name), image="0", layer=layer, quantity=q,
                                 order=order, fit="image", clusters=None, cmap=None, opacity=None,
                                 slices=False, slice_pos=(0.5, 0.5, 0.5), no_outline=False, width=800,
-                                height=608, grid=grid)
+                                height=608, grid=grid, preferred=False)
         cmd_render(ns)
     if a.no_serve:
         return 0
