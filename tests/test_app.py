@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pathlib
 import shutil
 import threading
 import uuid
@@ -342,3 +343,236 @@ def test_serve_command_line(capsys):
     from volviz.app.server import is_loopback
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
+
+
+# ----------------------------------------------------------------------------- issues 4 and 5 in the app
+def _png(url: str) -> np.ndarray:
+    import base64
+    return iio.imread(base64.b64decode(url.split(",", 1)[1]), extension=".png")
+
+
+def test_importance_panel_matches_importance_from_store(make_app, stores, monkeypatch):
+    import volviz.analysis.importance as imp
+    app = make_app([stores[0]])
+    pane, st = app.panes[0], app.state
+    calls = []
+    real = imp.importance_from_store
+    monkeypatch.setattr(imp, "importance_from_store", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    _set(app, **{S.PANEL_TAB: "importance", "p0_sort_class": 1})
+    res = real(pane.store, ["conv1"], progress=False)
+    rows = list(np.flatnonzero(pane.store.done))
+    d = pane.panel_data
+    mean, n = res.mean("conv1", 1)
+    np.testing.assert_allclose(d["class_mean"], mean, rtol=1e-6)
+    assert d["n"] == n == 3 and d["cls"] == 1
+    np.testing.assert_allclose(d["per_image"], res.per_image["conv1"][rows.index(pane.image)])
+    assert d["target"] == res.target[rows.index(pane.image)]
+    assert _png(st["p0_panel"]).shape == (270, 360, 3)
+    assert "conv1: importance ||dS/dW_j|| of its 4 filters" in st["p0_panel_note"]
+    # the slider: the image's bars follow, the class mean stays, nothing is recomputed
+    _set(app, **{S.T_INDEX: 4})
+    np.testing.assert_allclose(pane.panel_data["per_image"], res.per_image["conv1"][rows.index(pane.image)])
+    np.testing.assert_allclose(pane.panel_data["class_mean"], mean, rtol=1e-6)
+    assert calls == [["conv1"]], "the importance of a layer is computed once"
+    # a linear layer (stored as factors) and the default class: the predicted one
+    _set(app, **{"p0_layer": "fc1", "p0_sort_class": -1})
+    res = real(pane.store, ["fc1"], progress=False)
+    pred = int(pane.columns["pred"][pane.image])
+    np.testing.assert_allclose(pane.panel_data["class_mean"], res.mean("fc1", pred)[0], rtol=1e-6)
+    np.testing.assert_allclose(pane.panel_data["per_image"], res.per_image["fc1"][rows.index(pane.image)], rtol=1e-6)
+
+
+def test_saliency_switch_overlays_the_map_of_the_predicted_class(make_app, stores):
+    import torch
+    from volviz.analysis.saliency import overlay
+    app = make_app([stores[0]])
+    pane, st = app.panes[0], app.state
+    _set(app, **{S.T_INDEX: 2})
+    plain = _png(st["p0_input"])
+    _set(app, **{S.SAL_ON: True})
+    i = pane.image
+    # direct autograd on the model input, as in seeds 001 / 002: max over channels of |dS_pred / dI|
+    x = torch.from_numpy(pane.store.read_input(i))[None].requires_grad_(True)  # mean 0 / std 1 here
+    pred = int(pane.columns["pred"][i])
+    pane.model()(x)[0, pred].backward()
+    expect = overlay(pane.store.read_input(i), x.grad.abs().amax(1)[0].numpy())
+    got = _png(st["p0_input"])
+    assert np.abs(got.astype(int) - expect).max() <= 1 and np.abs(got.astype(int) - plain).mean() > 1
+    assert "predicted class" in st["p0_sal_note"]
+    _set(app, **{S.SAL_METHOD: "integrated-gradients"})
+    assert np.abs(_png(st["p0_input"]).astype(int) - got).mean() > 0.1
+    _set(app, **{S.SAL_ON: False})
+    np.testing.assert_array_equal(_png(st["p0_input"]), plain)
+    assert st["p0_sal_note"] == ""
+
+
+def test_preferred_inputs_panel(make_app, stores, tmp_path):
+    from volviz.analysis.actmax.results import thumbnails
+    s = tmp_path / "s"
+    shutil.copytree(stores[0], s)
+    app = make_app([s])
+    pane, st = app.panes[0], app.state
+    _set(app, **{S.PANEL_TAB: "preferred"})
+    assert st["p0_panel"] == "" and f"volviz optimize {s}" in st["p0_panel_note"]
+    assert main(["optimize", str(s), "--layers", "conv1", "--seeds", "1", "--steps", "6", "--search", "0",
+                 "--quiet", "--threads", "1"]) == 0
+    _set(app, **{S.PANEL_TAB: "maps"})
+    _set(app, **{S.PANEL_TAB: "preferred"})  # the results appear without restarting the app
+    tiles = thumbnails(pane.store, "conv1", size=None)
+    np.testing.assert_array_equal(pane.panel_data["tiles"], tiles)
+    np.testing.assert_array_equal(pane.panel_data["order"], pane.shown.order)
+    assert _png(st["p0_panel"]).shape[:2] == (2 * 12 + 1, 2 * 12 + 1)  # 4 tiles of 12 x 12, 1 px gap
+    assert "preferred input of each of its 4 units" in st["p0_panel_note"]
+
+
+def test_graph_tab_follows_the_slider_in_place(make_app, stores):
+    from volviz.analysis.importance import importance_from_store
+    from volviz.analysis.network_graph import unit_responses
+    from volviz.app.graph_tab import importance_sizes
+    app = make_app([stores[0]])
+    pane, st, tab = app.panes[0], app.state, app.graph_tab
+    _set(app, **{S.T_INDEX: 1})
+    assert tab.scene is None, "a hidden graph is not built"
+    _set(app, **{S.APP_TAB: "graph"})
+    sc = tab.scene
+    assert sc is not None and tab.units == ["conv1", "conv2", "conv3", "fc1", "fc2"]
+    nodes, edges, thumbs, n_actors = sc.nodes_mesh, sc.edges_mesh, dict(sc.thumb_meshes), sc.n_actors
+    for k, v in unit_responses(pane.store, pane.image, tab.units).items():
+        np.testing.assert_allclose(sc.values[k], v)
+    rgb, img = sc.nodes_mesh.cell_data["rgb"].copy(), sc.screenshot()
+    assert st[S.G_SHOWN].endswith(f"image {pane.image}")
+    _set(app, **{S.T_INDEX: 5})
+    assert tab.scene is sc and sc.nodes_mesh is nodes and sc.edges_mesh is edges and sc.n_actors == n_actors
+    assert all(sc.thumb_meshes[k] is m for k, m in thumbs.items()), "a step rebuilt the graph"
+    for k, v in unit_responses(pane.store, pane.image, tab.units).items():
+        np.testing.assert_allclose(sc.values[k], v)
+    assert not np.array_equal(sc.nodes_mesh.cell_data["rgb"], rgb)
+    assert np.abs(sc.screenshot().astype(int) - img).mean() > 0.05
+    assert st[S.G_SHOWN].endswith(f"image {pane.image}")
+    # importance (issue 5) as node colour and size: same meshes, values of the analysis
+    pts = np.array(nodes.points)
+    _set(app, **{S.G_COLOR: "importance-class", S.G_SIZE: True})
+    cls = int(pane.columns["pred"][pane.image])
+    res = importance_from_store(pane.store, tab.units, progress=False)
+    want = {k: res.mean(k, cls)[0] for k in tab.units}
+    for k in tab.units:
+        np.testing.assert_allclose(sc.values[k], want[k], rtol=1e-6)
+    off = sc.offsets["conv1"]
+    np.testing.assert_allclose(sc.unit_scale[off:off + 4], importance_sizes(want)["conv1"], rtol=1e-6)
+    assert sc.nodes_mesh is nodes and not np.allclose(np.array(nodes.points), pts)
+    _set(app, **{S.G_SIZE: False, S.G_COLOR: "response"})
+    np.testing.assert_allclose(np.array(nodes.points), pts)
+    # hidden again: slider steps leave the graph alone; it catches up when shown
+    shown = tab.image
+    _set(app, **{S.APP_TAB: "volume", S.T_INDEX: 7})
+    assert tab.image == shown and tab.dirty
+    _set(app, **{S.APP_TAB: "graph"})
+    assert tab.image == pane.image == pane.image_at(7) and tab.scene is sc
+
+
+def test_class_groups_order_plays_the_groups_with_one_colour_scale(make_app, stores):
+    import torch
+    from volviz.analysis.class_groups import class_groups_from_store, group_gradients
+    from volviz.app.analysis_panels import model_input
+    from volviz.views.volume import weight_volume
+    app = make_app([stores[0]])
+    pane, st = app.panes[0], app.state
+    _set(app, **{S.T_SORT: S.GROUPS, S.T_GROUP_CLASS: 0, S.T_GROUP_N: 1})
+    groups = class_groups_from_store(pane.store, 0, per_group=1)
+    seq = groups.sequence()
+    assert len(seq) >= 3 and [i for i, _ in seq] == list(pane.sequence) and st[S.T_MAX] == len(seq) - 1
+    assert "reference a" in st["p0_group_note"] and "computed from the model" in st["p0_group_note"]
+    for pos, (i, label) in enumerate(seq):
+        _set(app, **{S.T_INDEX: pos})
+        assert pane.image == i and st["p0_group"] == label and label in st["p0_caption"]
+        assert label in pane.scene.label_text
+    # the weight gradients of the REFERENCE neuron for every image (the store holds each image's own
+    # class), all on one colour scale: the largest |gradient| over the sequence
+    _set(app, **{S.T_INDEX: 0, S.V_QUANTITY: "grad_weight"})
+    assert not groups.store_has_reference_gradients
+    x = torch.cat([model_input(pane.store, i)[0] for i, _ in seq])
+    gg = group_gradients(pane.model(), x, 0, "conv1", quantity="grad_weight")
+    assert pane.scene.clim == pytest.approx((-gg.clim, gg.clim), rel=1e-5)
+    for pos, (i, _) in enumerate(seq):
+        _set(app, **{S.T_INDEX: pos})
+        np.testing.assert_allclose(pane.scene.displayed, weight_volume(gg.arrays[pos]), rtol=1e-5, atol=1e-7)
+        assert pane.scene.clim == pytest.approx((-gg.clim, gg.clim), rel=1e-5)
+        if groups.items[pos].class_index == 0:  # the store's own gradient is the reference one here
+            np.testing.assert_allclose(pane.store.read("grad_weight", "conv1", i), gg.arrays[pos],
+                                       rtol=1e-4, atol=1e-6)
+    # another reference: another sequence; back to the captured order: the stored gradients again
+    _set(app, **{S.T_GROUP_CLASS: 2})
+    assert list(pane.sequence) == [i for i, _ in class_groups_from_store(pane.store, 2, per_group=1).sequence()]
+    _set(app, **{S.T_SORT: "captured"})
+    assert pane.play is None and st["p0_group"] == "" and list(pane.sequence) == list(range(9))
+    np.testing.assert_allclose(pane.scene.displayed,
+                               weight_volume(pane.store.read("grad_weight", "conv1", pane.image)), rtol=1e-6)
+
+
+def test_pruning_tab_computes_and_shows_a_result_folder(make_app, stores, tmp_path):
+    from volviz.analysis.importance import importance_from_store, inputs_from_store, model_from_store
+    from volviz.analysis.pruning import least_most_table, table_markdown
+    from volviz.app.prune_tab import markdown_table
+    app = make_app([stores[0]])
+    st, store = app.state, app.panes[0].store
+    assert st[S.PR_LAYER] == "conv1" and [it["value"] for it in st[S.PR_LAYERS]] == \
+        ["conv1", "conv2", "conv3", "fc1", "fc2"]
+    _set(app, **{S.PR_LAYER: "conv2", S.PR_K: 1, S.PR_STEPS: 3})
+    app.prune_tab.start()  # no server loop: at once
+    folder = pathlib.Path(st[S.PR_SHOWN])
+    assert folder.parent == app.prune_tab.out_dir and st[S.PR_STATUS] == f"showing {folder}"
+    assert {p.name for p in folder.iterdir()} == {"table.csv", "table.md", "sweep_conv2.csv", "sweep_conv2.png"}
+    rel = importance_from_store(store, ["conv2"], progress=False).class_relevance("conv2")[0]
+    rows = least_most_table(model_from_store(store).module, inputs_from_store(store)[0], {"conv2": rel},
+                            [0, 1, 2], k=1, class_names=store.class_names, progress=False)
+    head, want = markdown_table(table_markdown(rows))[1:]
+    assert st[S.PR_HEAD] == head and st[S.PR_ROWS] == want
+    assert len(st[S.PR_IMAGES]) == 1 and st[S.PR_IMAGES][0]["src"].startswith("data:image/png;base64,")
+    # a folder written by `volviz prune --out` shows the same way
+    out = tmp_path / "cli"
+    assert main(["prune", str(stores[0]), "--out", str(out), "--layers", "conv1", "--steps", "3"]) == 0
+    _set(app, **{S.PR_DIR: str(out)})
+    app.prune_tab.load_from_state()
+    assert st[S.PR_SHOWN] == str(out) and len(st[S.PR_ROWS]) == 3 and st[S.PR_HEAD][0] == "class"
+    assert "Error rate" in st[S.PR_TEXT] and st[S.PR_IMAGES][0]["title"] == "sweep of conv1"
+    _set(app, **{S.PR_DIR: str(tmp_path)})
+    app.prune_tab.load_from_state()
+    assert "not a `volviz prune --out` folder" in st[S.PR_STATUS] and st[S.PR_SHOWN] == str(out)
+
+
+def test_scene_preview_scrubs_camera_and_images(make_app, stores, tmp_path):
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    (scenes / "tiny.toml").write_text(f"""
+title = "tiny"
+[store]
+path = "{stores[0]}"
+[series]
+order = "captured"
+first = 0.5
+last = 0.5
+[[keyframes]]
+view = "overview"
+hold = 1.0
+[[keyframes]]
+view = "layer"
+layer = "conv2"
+duration = 2.0
+""")
+    (scenes / "broken.toml").write_text("title = 'no key frames'\n[store]\nmodel = 'digits'\n")
+    app = make_app([stores[0]], scene_dirs=[scenes])
+    st, tab = app.state, app.scene_tab
+    assert [it["title"] for it in st[S.SC_FILES]] == ["scenes/broken.toml", "scenes/tiny.toml"]
+    _set(app, **{S.APP_TAB: "scene", S.SC_FILE: str((scenes / "broken.toml").resolve())})
+    assert "needs at least one [[keyframes]]" in st[S.SC_STATUS] and tab.prepared is None
+    _set(app, **{S.SC_FILE: str((scenes / "tiny.toml").resolve())})  # no server loop: at once
+    p = tab.prepared
+    assert p is not None and st[S.SC_DURATION] == pytest.approx(4.5) and "9 images" in st[S.SC_STATUS]
+    gs, cam = p.graph_scene, tab.plotter.camera
+    nodes, before = gs.nodes_mesh, cam.position
+    _set(app, **{S.SC_T: 2.6})
+    assert p.graph_scene is gs and gs.nodes_mesh is nodes and gs.plotter is tab.plotter
+    assert cam.position != before, "the camera did not move along its path"
+    assert p.step_at(2.6) == 5 and st[S.SC_CAPTION].startswith("image 6/9")
+    np.testing.assert_allclose(gs.values["conv1"], p.responses["conv1"][5])
+    assert st[S.SC_SHOWN] == "tiny.toml · t=2.60"

@@ -60,6 +60,9 @@ def stores(tmp_path_factory):
         imgs = write_image_folder(root / "imgs", n_per_class=4)
         main_args = ["capture", "--out", str(root / "digits"), "--images", str(imgs), *TINY]
     assert main(main_args) == 0
+    # preferred inputs (issue 4) for the graph's thumbnails and the Preferred panel: a quick run
+    assert main(["optimize", str(root / "digits"), "--seeds", "1", "--steps", "24", "--search", "0",
+                 "--quiet", "--threads", "1"]) == 0
     imgs = write_image_folder(root / "tiny-imgs", n_per_class=4, seed=1)
     assert main(["capture", "--out", str(root / "tiny"), "--images", str(imgs), *TINY]) == 0
     newer = root / "from-a-newer-volviz"  # offered by the store picker (it sits next to the others)
@@ -146,7 +149,9 @@ def _open(pg, url):
 
 
 def _view(pg, i=0) -> np.ndarray:
-    return iio.imread(io.BytesIO(pg.locator(f"#view-{i}").screenshot()))[..., :3]
+    """A screenshot of view ``i`` (a pane's number, or "graph")."""
+    where = f"#{i}-view" if isinstance(i, str) else f"#view-{i}"
+    return iio.imread(io.BytesIO(pg.locator(where).screenshot()))[..., :3]
 
 
 def _volume_visible(img: np.ndarray) -> bool:
@@ -195,6 +200,19 @@ def _settled(pg, i, before, message, timeout=30.0) -> np.ndarray:
         time.sleep(0.4)
 
 
+def _stable(pg, i, timeout=30.0) -> np.ndarray:
+    """View ``i`` once it shows a volume and stopped changing (e.g. after the page resized)."""
+    deadline, last = time.time() + timeout, None
+    while True:
+        img = _view(pg, i)
+        if last is not None and last.shape == img.shape and not _differs(img, last, 0.05) and _volume_visible(img):
+            return img
+        if time.time() > deadline:
+            raise AssertionError("the view did not settle")
+        last = img
+        time.sleep(0.4)
+
+
 def _pick(pg, select_id: str, option: str):
     pg.locator(f".v-select:has(#{select_id}) .v-field").click()
     pg.locator(".v-overlay-container .v-list-item", has_text=option).first.click()
@@ -204,10 +222,22 @@ def _slider_thumb(pg):
     return pg.locator(".v-slider:has(#time-slider) [role=slider]")
 
 
-def _save(img_or_page, out_dir, name):
+def _save(img_or_page, out_dir, name, height=None):
+    """A screenshot; ``height``: of a page made that tall for it (panels below the fold)."""
     path = out_dir / name
     if isinstance(img_or_page, np.ndarray):
         iio.imwrite(path, img_or_page)
+    elif height:
+        size = img_or_page.viewport_size
+        img_or_page.set_viewport_size({"width": size["width"], "height": height})
+        try:
+            if img_or_page.locator("#view-0").count():  # the volume view re-renders at its new size
+                _stable(img_or_page, 0)
+            else:
+                time.sleep(0.5)
+            img_or_page.screenshot(path=str(path))
+        finally:
+            img_or_page.set_viewport_size(size)
     else:
         img_or_page.screenshot(path=str(path))
     return path
@@ -334,6 +364,81 @@ def test_a_bad_store_shows_a_message_and_the_app_goes_on(page, stores):
     page.wait_for_selector("#pane-error-0", state="detached", timeout=20_000)
     _shown(page, 0, "conv1")
     _wait_view(page, 0, _volume_visible, "the good store did not come back")
+
+
+def _tab(pg, name: str):
+    pg.locator(f"#tab-{name}").click()
+
+
+def _graph_visible(img: np.ndarray) -> bool:
+    """A rendered graph: mostly GraphStyle's dark background, with nodes and edges in the middle
+    (not the blank view of a page still waiting for its first image)."""
+    h, w = img.shape[:2]
+    far = np.abs(img.astype(int) - np.array([0x0D, 0x0F, 0x14])).max(axis=2) > 40
+    return far.mean() < 0.5 and far[h // 6: 5 * h // 6, w // 6: 5 * w // 6].mean() > 0.02
+
+
+def test_analysis_panels_graph_and_pruning_tabs(page, stores, out_dir):
+    """Issues 5 and 4 in the page: the importance and preferred-input panels, the saliency
+    switch, the Graph tab following the time slider, the Pruning tab computing its table."""
+    pane = page.locator("#pane-0")
+    page.locator("#panel-tabs-0 .v-tab", has_text="Importance").click()
+    page.wait_for_function("document.querySelector('#pane-0').innerText.includes('dS/dW_j|| of its')",
+                           timeout=30_000)
+    plain = page.get_attribute("#input-image-0", "src")
+    page.locator("#saliency-switch-0").check()
+    page.wait_for_selector("#sal-note-0", timeout=20_000)
+    page.wait_for_function(f"document.querySelector('#input-image-0').src !== {plain!r}")
+    assert "predicted class" in page.inner_text("#sal-note-0")
+    _save(page, out_dir, "importance-saliency.png", height=1060)
+    page.locator("#saliency-switch-0").uncheck()
+    page.wait_for_selector("#sal-note-0", state="detached", timeout=20_000)
+    page.locator("#panel-tabs-0 .v-tab", has_text="Preferred").click()
+    page.wait_for_function("document.querySelector('#pane-0').innerText.includes('of its 20 units')",
+                           timeout=30_000)
+    assert pane.locator("#panel-image-0").get_attribute("src").startswith("data:image/png")
+    _pick(page, "layer-select-0", "conv2")  # the panel follows the layer
+    page.wait_for_function("document.querySelector('#pane-0').innerText.includes('of its 50 units')",
+                           timeout=30_000)
+    _save(page, out_dir, "preferred.png", height=960)
+    page.locator("#panel-tabs-0 .v-tab", has_text="Maps").click()
+    _pick(page, "layer-select-0", "conv1")
+    _shown(page, 0, "conv1 · activation")
+
+    # the Graph tab: a graph in view, following the time slider; the volume view is gone meanwhile
+    _tab(page, "graph")
+    page.wait_for_selector("#view-0", state="detached", timeout=20_000)
+    page.wait_for_function("(document.querySelector('#graph-view') || {dataset: {}}).dataset.shown", timeout=60_000)
+    before = _wait_view(page, "graph", _graph_visible, "the graph never appeared")
+    shown = page.get_attribute("#graph-view", "data-shown")
+    _save(page, out_dir, "graph.png")
+    thumb = _slider_thumb(page)
+    thumb.focus()
+    thumb.press("ArrowRight")
+    page.wait_for_function(f"document.querySelector('#graph-view').dataset.shown !== {shown!r}", timeout=20_000)
+    assert _graph_visible(_settled(page, "graph", before, "the graph did not follow the slider"))
+    _pick(page, "graph-color", "importance, class-averaged")
+    page.wait_for_function("document.querySelector('#graph-view').dataset.shown.includes('importance-class')",
+                           timeout=20_000)
+    page.locator("#graph-size").check()
+    page.wait_for_function("document.querySelector('#graph-view').dataset.shown.includes('sized')", timeout=20_000)
+    _settled(page, "graph", before, "importance did not redraw the graph")
+    _save(page, out_dir, "graph-importance.png")
+    page.locator("#graph-size").uncheck()
+    _pick(page, "graph-color", "response to the image")
+
+    # the Pruning tab: computed in the background, the table and the sweep plot shown
+    _tab(page, "prune")
+    page.click("#prune-compute")
+    page.wait_for_selector("#prune-table", timeout=60_000)
+    page.wait_for_selector(".prune-plot", timeout=20_000)
+    page.wait_for_selector("#prune-compute:not([disabled])", timeout=20_000)
+    assert page.locator("#prune-table tbody tr").count() == stores["k"]
+    assert "showing" in page.inner_text("#prune-status")
+    _save(page, out_dir, "pruning.png", height=1040)
+
+    _tab(page, "volume")
+    _wait_view(page, 0, _volume_visible, "the volume did not come back")
 
 
 def test_two_stores_side_by_side(stores, browser, can_render, out_dir):

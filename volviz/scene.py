@@ -52,8 +52,8 @@ import numpy as np
 log = logging.getLogger("volviz.scene")
 
 __all__ = ["SceneError", "Scene", "SeriesSpec", "load_scene", "ensure_store", "load_thumbnails",
-           "PreparedScene", "prepare_scene", "camera_path_for", "series_timeline", "movie_from_scene",
-           "scene_frames"]
+           "PreparedScene", "SceneData", "load_scene_data", "build_prepared", "prepare_scene",
+           "camera_path_for", "series_timeline", "movie_from_scene", "scene_frames"]
 
 VIEWS = ("overview", "layer", "orbit", "unit", "pose")
 _KEY_FIELDS = {"view", "layer", "unit", "duration", "hold", "azimuth", "elevation", "zoom", "degrees",
@@ -447,12 +447,28 @@ class PreparedScene:
         gs.set_label(self.caption(step))
 
 
-def prepare_scene(scene: Scene, *, width: int | None = None, height: int | None = None,
-                  plotter=None, progress: bool = True) -> PreparedScene:
-    """Store (captured if needed), graph, layout, thumbnails, responses, camera path."""
+@dataclass
+class SceneData:
+    """What a scene shows, without VTK: :func:`load_scene_data` makes it (it may capture the
+    store and read every response: seconds), :func:`build_prepared` turns it into a view (the
+    app does the first in a background thread and the second in its render thread)."""
+
+    scene: Scene
+    store: object
+    graph: object
+    layout: object
+    thumbnails: dict[str, np.ndarray]
+    indices: np.ndarray
+    times: np.ndarray
+    responses: dict[str, np.ndarray]
+    scales: dict[str, float]
+
+
+def load_scene_data(scene: Scene, progress: bool = True) -> SceneData:
+    """Store (captured if needed), graph, layout, thumbnails (optimized first when the scene's
+    ``[optimize]`` says so and ``scene.optimize`` is set), the series and its responses."""
     from volviz.analysis.network_graph import graph_for_store, series_responses
     from volviz.views.graph_layout import layered_layout
-    from volviz.views.graph_scene import GraphScene, GraphStyle
 
     store = ensure_store(scene, progress)
     G = graph_for_store(store, **scene.graph)
@@ -472,17 +488,35 @@ def prepare_scene(scene: Scene, *, width: int | None = None, height: int | None 
         indices, times = np.array([scene.image]), np.array([0.0, 0.0])
     responses = series_responses(store, indices, unit_layers)
     scales = {k: float(v.max()) for k, v in responses.items()}
+    return SceneData(scene, store, G, layout, thumbs, indices, times, responses, scales)
+
+
+def build_prepared(data: SceneData, *, width: int | None = None, height: int | None = None,
+                   plotter=None) -> PreparedScene:
+    """The graph scene (in ``plotter``, or an off-screen one) and the camera path of ``data``,
+    showing the series' first image."""
+    from volviz.views.graph_scene import GraphScene, GraphStyle
+
+    scene, store = data.scene, data.store
     w, h = int(width or scene.width), int(height or scene.height)
     style_kw = dict(scene.style)
     style = dataclasses.replace(GraphStyle(), edges_per_node=scene.edges_per_node,
                                 missing_thumbnail="grey" if scene.thumbnails else "none", **style_kw)
-    gs = GraphScene(G, layout, thumbs, input_image=store.read_input(int(indices[0])), style=style,
-                    title=scene.title, window_size=(w, h), plotter=plotter)
-    gs.set_scales(scales)
-    path = camera_path_for(scene.keyframes, layout, w / h)
-    prepared = PreparedScene(scene, store, G, layout, gs, path, indices, times, responses, scales)
+    gs = GraphScene(data.graph, data.layout, data.thumbnails, input_image=store.read_input(int(data.indices[0])),
+                    style=style, title=scene.title, window_size=(w, h), plotter=plotter)
+    gs.set_scales(data.scales)
+    path = camera_path_for(scene.keyframes, data.layout, w / h)
+    prepared = PreparedScene(scene, store, data.graph, data.layout, gs, path, data.indices, data.times,
+                             data.responses, data.scales)
     prepared.show_step(0)
     return prepared
+
+
+def prepare_scene(scene: Scene, *, width: int | None = None, height: int | None = None,
+                  plotter=None, progress: bool = True) -> PreparedScene:
+    """Store (captured if needed), graph, layout, thumbnails, responses, camera path:
+    :func:`load_scene_data` then :func:`build_prepared`."""
+    return build_prepared(load_scene_data(scene, progress), width=width, height=height, plotter=plotter)
 
 
 def scene_frames(prepared: PreparedScene, fps: float):

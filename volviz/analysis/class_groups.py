@@ -192,13 +192,12 @@ def pick_class_groups(labels: np.ndarray, pred: np.ndarray, probs: np.ndarray, r
 
 
 def _store_descriptors(store, layer: str | None, rows: np.ndarray, batch_size: int = 128) -> tuple[np.ndarray, str]:
-    from volviz.analysis.importance import _read_rows
     names = list(store.layers)
     if layer is None:
         layer = names[-2] if len(names) >= 2 else names[-1]
     if layer not in store.layers:
         raise AnalysisError(f"layer {layer!r} is not in this store; layers: {', '.join(names)}")
-    parts = [_read_rows(store, f"act/{layer}/data", rows[s:s + batch_size]).reshape(len(rows[s:s + batch_size]), -1)
+    parts = [store.read_rows(f"act/{layer}/data", rows[s:s + batch_size]).reshape(len(rows[s:s + batch_size]), -1)
              for s in range(0, len(rows), batch_size)]
     return np.concatenate(parts), layer
 

@@ -18,6 +18,7 @@ import copy
 import csv
 import io
 import pathlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -130,8 +131,10 @@ def _rank(importance: np.ndarray) -> np.ndarray:
 
 def least_most_table(model: nn.Module, inputs: InputSet, relevance: dict[str, np.ndarray],
                      classes: list[int], *, k: int = 1, class_names: list[str] | None = None,
-                     zero_bias: bool = True, batch_size: int = 256, progress: bool = True) -> list[PruneRow]:
-    """``relevance[layer]``: (K, C_out) class-wise relevance. One row per (class, layer)."""
+                     zero_bias: bool = True, batch_size: int = 256, progress: bool = True,
+                     on_step: Callable[[], None] | None = None) -> list[PruneRow]:
+    """``relevance[layer]``: (K, C_out) class-wise relevance. One row per (class, layer).
+    ``on_step()`` is called after each row (progress in an app; raising in it stops the run)."""
     n_classes = next(iter(relevance.values())).shape[0]
     base_probs = predict_probs(model, inputs, batch_size)
     base, base_all, counts = error_rates(base_probs.argmax(1), inputs.labels, n_classes)
@@ -160,6 +163,8 @@ def least_most_table(model: nn.Module, inputs: InputSet, relevance: dict[str, np
                              float(base[r]), float(e_l[r]), float(e_m[r]), base_all, a_l, a_m, least, most,
                              _class_prob(base_probs, inputs.labels, r), _class_prob(p_l, inputs.labels, r),
                              _class_prob(p_m, inputs.labels, r)))
+        if on_step is not None:
+            on_step()
     return rows
 
 
@@ -247,11 +252,13 @@ def sweep_thresholds(importance: np.ndarray, steps: int = 50) -> np.ndarray:
 def threshold_sweep(model: nn.Module, inputs: InputSet, layer: str, importance: np.ndarray, *,
                     thresholds: np.ndarray | None = None, steps: int = 50, n_classes: int,
                     reference: str = "all", class_names: list[str] | None = None, zero_bias: bool = True,
-                    control: bool = True, batch_size: int = 256, progress: bool = True) -> SweepResult:
+                    control: bool = True, batch_size: int = 256, progress: bool = True,
+                    on_step: Callable[[], None] | None = None) -> SweepResult:
     """Zero every filter of ``layer`` with importance < threshold, for each threshold.
 
     ``control``: also remove the same NUMBER of filters starting from the most important ones
-    (``error_most_first``): if the ranking means anything, that curve rises much earlier."""
+    (``error_most_first``): if the ranking means anything, that curve rises much earlier.
+    ``on_step()`` is called after each threshold (progress in an app; raising in it stops the run)."""
     importance = np.asarray(importance, dtype=np.float64)
     if not np.all(np.isfinite(importance)):
         raise EmptyClassError(f"the importance of {layer} is undefined (no images for the reference class)")
@@ -281,6 +288,8 @@ def threshold_sweep(model: nn.Module, inputs: InputSet, layer: str, importance: 
                                           inputs, batch_size), inputs.labels, n_classes)
             c_errs.append(e)
             c_overall.append(a)
+        if on_step is not None:
+            on_step()
     return SweepResult(layer, reference, importance, np.asarray(thresholds), np.asarray(removed),
                        np.vstack(errs), np.asarray(overall), counts, class_names,
                        np.vstack(c_errs) if control else None, np.asarray(c_overall) if control else None)

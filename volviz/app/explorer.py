@@ -8,6 +8,12 @@ in place (same ImageData, same actors), captions and the visible 2-D panel, then
 then the :class:`~volviz.app.prefetch.Prefetcher` reads the next chunks in a background thread.
 A new layer, quantity or store rebuilds that pane's scene; order and look change in place.
 
+The main tabs (Volume, Graph, Scene preview, Pruning) are views of their own
+(:mod:`~volviz.app.graph_tab`, :mod:`~volviz.app.scene_tab`, :mod:`~volviz.app.prune_tab`);
+a hidden tab's view is not in the page, so it is never rendered, and the Graph tab catches up
+with the slider when it shows. The image order "class groups" (:mod:`~volviz.app.groups`) plays
+seed 004's reference / similar / dissimilar sequence with one colour scale.
+
 Every handler catches its errors and shows them in the page (the pane's alert, or the app
 message) and in the log: a bad store, a vanished layer or a failed recording never stops the
 server.
@@ -25,7 +31,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from volviz.analysis.sequence import store_sequence
+from volviz.app import analysis_panels  # noqa: F401 - registers the Importance and Preferred panels
 from volviz.app import state as S
+from volviz.app.groups import OverrideStore, make_group_play
 from volviz.app.panels import PANELS, PanelContext, PanelImage, input_rgb, png_data_url, prob_rows
 from volviz.app.prefetch import ChunkCache, Coalescer, Prefetcher
 from volviz.app.recording import FrameQueue, RecordingCancelled, composite, movie_path
@@ -79,6 +87,16 @@ class Pane:
         self.clims: dict[tuple[str, str], tuple[float, float]] = {}
         self.columns: dict[str, np.ndarray] = {}
         self._model = None
+        self.memo: dict = {}             # per store: importance, preferred inputs (see remember)
+        self.play = None                 # GroupPlay while the image order is "class groups"
+        self.variant = None              # what the volumes come from beyond the store (cache keys)
+        self.panel_data: dict | None = None  # the numbers of the 2-D panel shown (tests read them)
+
+    def remember(self, key, compute):
+        """``compute()`` once per store (cleared when the pane opens another store)."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
 
     def image_at(self, position: int) -> int | None:
         if not len(self.sequence):
@@ -119,7 +137,8 @@ class Explorer:
     """
 
     def __init__(self, stores: list[str], server=None, record_dir: str | pathlib.Path = "out/recordings",
-                 window_size: tuple[int, int] = (800, 600), build_ui: bool = True):
+                 window_size: tuple[int, int] = (800, 600), build_ui: bool = True, scene_dirs=None,
+                 prune_dir: str | pathlib.Path | None = None):
         if server is None:
             from trame.app import get_server
             server = get_server("volviz", client_type="vue3")
@@ -145,17 +164,26 @@ class Explorer:
         n = min(2, max(1, len(stores)))
         self.panes = [Pane(i, self._make_plotter()) for i in range(n)]
         self.state.update(copy.deepcopy(S.DEFAULTS))
+        self._shown_sort = (S.DEFAULTS[S.T_SORT],)
         for pane in self.panes:
             self.state.update({pk(pane.index, f): copy.deepcopy(v) for f, v in S.PANE_DEFAULTS.items()})
         self.state[S.APP_N_PANES] = n
         self.state[S.APP_STORES] = discover_stores(stores)
         self._register()
+        from volviz.app.graph_tab import GraphTab
+        from volviz.app.prune_tab import PruneTab
+        from volviz.app.scene_tab import SceneTab
+        self.graph_tab = GraphTab(self)
+        self.scene_tab = SceneTab(self, scene_dirs)
+        self.prune_tab = PruneTab(self, prune_dir or self.record_dir.parent / "prune")
         if build_ui:
             self._build_ui()
         for pane, path in zip(self.panes, stores):
             self.state[pk(pane.index, "store")] = path
             self._open_store(pane, path)
         self._refresh_time()
+        self._refresh_x_panes()
+        self.prune_tab.refresh()
         self.state[S.APP_READY] = True
 
     # ------------------------------------------------------------------ setup
@@ -174,7 +202,9 @@ class Explorer:
         st.change(S.V_CMAP, S.V_OPACITY, S.V_RANGE, S.V_DENSITY, S.V_SLICES, S.V_SLICE_X,
                   S.V_SLICE_Y, S.V_SLICE_Z, S.V_OUTLINE)(self._on_style)
         st.change(S.T_INDEX)(self._on_index)
-        st.change(S.T_SORT)(self._on_sort)
+        st.change(S.T_SORT, S.T_GROUP_CLASS, S.T_GROUP_N)(self._on_sort)
+        st.change(S.SAL_ON, S.SAL_METHOD)(self._on_saliency)
+        st.change(S.APP_TAB)(self._on_app_tab)
         st.change(S.T_PLAYING)(self._on_playing)
         st.change(S.PANEL_TAB)(self._on_panel_tab)
         for pane in self.panes:
@@ -184,6 +214,7 @@ class Explorer:
             st.change(pk(i, "fc_layer"), pk(i, "sort_class"))(functools.partial(self._on_panel_pane, i))
         ctrl.view_update = self.push
         ctrl.reset_camera = self.reset_camera
+        ctrl.graph_reset_camera = lambda: self.graph_tab.reset_camera()
         ctrl.toggle_play = self.toggle_play
         ctrl.step_forward = functools.partial(self.step, 1)
         ctrl.step_back = functools.partial(self.step, -1)
@@ -229,10 +260,11 @@ class Explorer:
         pane.close_scene()
         pane.path, pane.store, pane.source = path, None, None
         pane.sequence, pane.clims, pane.columns, pane._model = np.zeros(0, np.intp), {}, {}, None
+        pane.memo, pane.play, pane.variant, pane.panel_data = {}, None, None, None
         i = pane.index
         for f in ("layers", "fc_layers", "classes", "probs"):
             self.state[pk(i, f)] = []
-        for f in ("caption", "input", "panel", "panel_note", "title"):
+        for f in ("caption", "input", "panel", "panel_note", "title", "group", "group_note", "sal_note"):
             self.state[pk(i, f)] = ""
         self.state[pk(i, "title")] = pathlib.Path(path).name
         try:
@@ -245,10 +277,9 @@ class Explorer:
             self._refresh_time()
             self._push(pane)
             return False
-        from volviz.views.source import LayerVolumeSource
-        pane.store, pane.source = store, LayerVolumeSource(store)
+        pane.store = store
         pane.columns = {c: store.column(c) for c in ("probs", "label", "pred")}
-        pane.sequence = store_sequence(store, self.state[S.T_SORT])
+        self._set_sequence(pane, self.state[S.T_SORT])
         layers = store.layers
         model = store.plan.get("model", {}).get("spec", "?")
         self.state[pk(i, "title")] = f"{pathlib.Path(path).name} · {model} · {int(store.done.sum())} images"
@@ -266,9 +297,43 @@ class Explorer:
         convs = [n for n, info in layers.items() if info.kind == "conv"]
         layer = convs[0] if convs else next(iter(layers))
         self.state[pk(i, "layer")] = layer
+        if i == 0:
+            self.state[S.ITEMS_GROUP_CLASSES] = [{"title": f"class {nm}", "value": k} for k, nm in enumerate(names)]
         self._clear_error(pane)
         self._refresh_time()
+        self._refresh_x_panes()
+        if i == int(self.state[S.X_PANE] or 0):
+            self.prune_tab.refresh()
         return self._rebuild(pane, layer, self.state[S.V_QUANTITY])
+
+    def _refresh_x_panes(self) -> None:
+        """Items of the analysis tabs' store select (one per pane)."""
+        self.state[S.X_PANES] = [{"title": self.state[pk(p.index, "title")] or f"pane {p.index + 1}",
+                                  "value": p.index} for p in self.panes]
+
+    def _set_sequence(self, pane: Pane, by: str) -> bool:
+        """The pane's image order ``by``; for "class groups" also its labels and where its
+        gradients come from. Returns True when the volumes' source changed (rebuild needed)."""
+        old = pane.variant
+        pane.play, pane.variant = None, None
+        i = pane.index
+        self.state[pk(i, "group")] = self.state[pk(i, "group_note")] = ""
+        if by == S.GROUPS:
+            ref, n = int(self.state[S.T_GROUP_CLASS] or 0), int(self.state[S.T_GROUP_N] or 1)
+            try:
+                pane.play = make_group_play(pane.store, ref, n)
+                pane.variant = ("groups", ref, n)
+                self.state[pk(i, "group_note")] = pane.play.note()
+            except Exception as exc:  # noqa: BLE001 - no such class, nothing to compare with
+                log.warning("pane %d: class groups: %s", i, exc)
+                self.state[pk(i, "group_note")] = f"class groups: {exc}; playing the images as captured"
+        pane.sequence = pane.play.sequence if pane.play is not None else \
+            store_sequence(pane.store, by if by != S.GROUPS else "captured")
+        if pane.source is None or old != pane.variant:
+            from volviz.views.source import LayerVolumeSource
+            pane.source = LayerVolumeSource(OverrideStore(pane.store) if pane.play is not None else pane.store)
+            return True
+        return False
 
     def _refresh_time(self) -> None:
         lengths = [len(p.sequence) for p in self.panes if p.store is not None]
@@ -283,7 +348,7 @@ class Explorer:
         return self.state[S.V_ORDER], self.state[S.V_FIT], (clusters if clusters > 0 else None)
 
     def _lv_key(self, pane: Pane, image: int, layer: str, quantity: str):
-        return ("lv", pane.path, layer, quantity, int(image), *self._order_params())
+        return ("lv", pane.path, pane.variant, layer, quantity, int(image), *self._order_params())
 
     def _loader(self, pane: Pane, image: int, layer: str, quantity: str):
         order, fit, clusters = self._order_params()
@@ -304,7 +369,15 @@ class Explorer:
 
     def _clim(self, pane: Pane, layer: str, quantity: str) -> tuple[float, float]:
         """Colour range of a layer over a sample of the images: fixed while the slider moves."""
-        key = (layer, quantity)
+        key = (pane.variant, layer, quantity)
+        if key not in pane.clims and pane.play is not None:
+            # class groups: ONE scale over the whole sequence (seed 004: magnitudes compare);
+            # gradients: the largest |value| of the sequence, symmetric
+            from volviz.views.colors import auto_clim
+            from volviz.views.source import to_volume
+            vols = [to_volume(pane.source.store.read(quantity, layer, int(k)), quantity)[0] for k in pane.sequence]
+            grad = quantity != "activation"
+            pane.clims[key] = auto_clim(vols, symmetric=True if grad else None, percentile=100 if grad else 99.5)
         if key not in pane.clims:
             from volviz.views.colors import auto_clim
             from volviz.views.source import to_volume
@@ -350,6 +423,8 @@ class Explorer:
         t0 = time.perf_counter()
         image = pane.image_at(self.state[S.T_INDEX])
         try:
+            if pane.play is not None:  # class groups: the reference neuron's gradients, if computed
+                pane.source.store.overrides.update(pane.play.overrides(pane.model, pane.store, layer, quantity))
             lv = self.load(pane, image, layer, quantity)
             clim = self._clim(pane, layer, quantity)
         except Exception as exc:  # noqa: BLE001 - vanished layer, missing gradients, ...
@@ -366,6 +441,7 @@ class Explorer:
         self._update_info(pane)
         self._update_panel(pane)
         self._push(pane)
+        self.graph_tab.sync()
         self.stats["rebuilds"] += 1
         self.stats["rebuild_ms"].append((time.perf_counter() - t0) * 1e3)
         return True
@@ -423,6 +499,7 @@ class Explorer:
             self._update_info(pane)
             self._update_panel(pane)
             self._push(pane)
+        self.graph_tab.sync()
         self.stats["steps"] += 1
         self.stats["step_ms"].append((time.perf_counter() - t0) * 1e3)
         self._prefetch(position)
@@ -471,15 +548,44 @@ class Explorer:
         lab, pred = int(labels[i]), int(preds[i])
         true = name(lab) if lab >= 0 else "?"
         pos = pane.position_of(i)
+        group = pane.play.label_at(i) if pane.play is not None else ""
         st[pk(pane.index, "caption")] = (
-            f"{pos + 1}/{len(pane.sequence)} · image {i} ({store.images[i]['id']}) · true {true} · "
-            f"predicted {name(pred)} ({probs[i, pred]:.2f})")
+            f"{pos + 1}/{len(pane.sequence)} · {group + ' · ' if group else ''}image {i} ({store.images[i]['id']}) · "
+            f"true {true} · predicted {name(pred)} ({probs[i, pred]:.2f})")
+        st[pk(pane.index, "group")] = group
         st[pk(pane.index, "correct")] = None if lab < 0 else bool(lab == pred)
         st[pk(pane.index, "probs")] = prob_rows(probs[i], lab, pred, names)
-        st[pk(pane.index, "input")] = png_data_url(input_rgb(store.read_input(i)))
-        pane.scene.set_label(f"image {i}")
+        st[pk(pane.index, "input")] = self._input_image(pane, i)
+        pane.scene.set_label(f"image {i}" + (f"\n{group}" if group else ""))
+
+    def _input_image(self, pane: Pane, i: int) -> str:
+        """The input image as a PNG data URL; with the saliency switch on, the map of the
+        predicted class over it (captum; cached per image and method)."""
+        st, note = self.state, pk(pane.index, "sal_note")
+        plain = input_rgb(pane.store.read_input(i))
+        if not st[S.SAL_ON]:
+            st[note] = ""
+            return png_data_url(plain)
+        method = st[S.SAL_METHOD] or "saliency"
+        try:
+            from volviz.app.analysis_panels import saliency_overlay
+            rgb = self.cache.get_or_load(("saliency", pane.path, int(i), method),
+                                         lambda: saliency_overlay(pane.model(), pane.store, i, method)[0])
+        except Exception as exc:  # noqa: BLE001 - model missing, not differentiable
+            log.warning("saliency: %s", exc)
+            st[note] = f"saliency unavailable: {exc}"
+            return png_data_url(plain)
+        names = pane.store.class_names
+        t = int(pane.columns["pred"][i])
+        how = {"saliency": "gradient", "integrated-gradients": "integrated gradients",
+               "guided-backprop": "guided backprop"}.get(method, method)
+        st[note] = (f"saliency map ({how}): max over channels of |dS/dI| for the predicted class "
+                    f"{names[t] if names and t < len(names) else t}; bright = large")
+        return png_data_url(rgb)
 
     def _update_panel(self, pane: Pane) -> None:
+        if self.state[S.APP_TAB] != "volume":
+            return  # not in the page: computed when the Volume tab shows again
         tab = self.state[S.PANEL_TAB]
         panel = PANELS.get(tab)
         if panel is None or pane.shown is None:
@@ -490,12 +596,13 @@ class Explorer:
                 store=pane.store, image=pane.image, layer=pane.layer, quantity=pane.quantity,
                 volume=pane.shown, fc_layer=self.state[pk(pane.index, "fc_layer")],
                 sort_class=-1 if sort_class is None else int(sort_class),
-                read=functools.partial(self.read, pane), model=pane.model)
+                read=functools.partial(self.read, pane), model=pane.model, memo=pane.remember)
             try:
                 out = panel.render(ctx)
             except Exception as exc:  # noqa: BLE001
                 log.warning("panel %s failed: %s", tab, exc)
                 out = PanelImage(None, f"{panel.title}: {exc}")
+        pane.panel_data = out.data
         self.state[pk(pane.index, "panel")] = png_data_url(out.rgb) if out.rgb is not None else ""
         self.state[pk(pane.index, "panel_note")] = out.note
 
@@ -565,16 +672,43 @@ class Explorer:
     def _on_index(self, **_) -> None:
         self.coalescer.request(int(self.state[S.T_INDEX]))
 
+    def _sort_key(self) -> tuple:
+        st = self.state
+        return (st[S.T_SORT], st[S.T_GROUP_CLASS], st[S.T_GROUP_N]) if st[S.T_SORT] == S.GROUPS else (st[S.T_SORT],)
+
     def _on_sort(self, **_) -> None:
+        """A new image order (or another reference class / group size for "class groups")."""
+        if self._sort_key() == self._shown_sort:
+            return  # only the class-groups settings changed, and another order plays
+        self._shown_sort = self._sort_key()
+        changed = {}
         for pane in self.panes:
             if pane.store is not None:
-                pane.sequence = store_sequence(pane.store, self.state[S.T_SORT])
+                changed[pane.index] = self._set_sequence(pane, self.state[S.T_SORT])
                 pane.image = None  # redraw even when the first image is the same
         self._refresh_time()
-        if self.state[S.T_INDEX] != 0:
-            self.state[S.T_INDEX] = 0  # its handler draws
-        else:
-            self.show_position(0)
+        self.state[S.T_INDEX] = 0  # its handler finds everything drawn
+        for pane in self.panes:
+            if changed.get(pane.index) and pane.scene is not None:
+                self._rebuild(pane, pane.layer, pane.quantity)  # other volumes, one colour scale
+        self.show_position(0)
+
+    def _on_saliency(self, **_) -> None:
+        for pane in self.panes:
+            if pane.scene is not None and pane.image is not None:
+                self.state[pk(pane.index, "input")] = self._input_image(pane, pane.image)
+
+    def _on_app_tab(self, **_) -> None:
+        tab = self.state[S.APP_TAB]
+        if tab != "scene":
+            self.state[S.SC_PLAYING] = False
+        if tab == "volume":  # panels were left alone while hidden; the views remount
+            for pane in self.panes:
+                if pane.scene is not None:
+                    self._update_panel(pane)
+                    self._push(pane)
+        elif tab == "graph":
+            self.graph_tab.sync()
 
     def _on_panel_tab(self, **_) -> None:
         for pane in self.panes:
@@ -783,6 +917,8 @@ class Explorer:
         self.state[S.T_PLAYING] = False
         self.prefetcher.shutdown()
         self._writer.shutdown(wait=False, cancel_futures=True)
+        for tab in (self.graph_tab, self.scene_tab, self.prune_tab):
+            tab.close()
         for pane in self.panes:
             pane.close_scene()
             pane.plotter.close()

@@ -3,8 +3,8 @@ layer's activations as a grid of neurons, the sorted-neuron view, the input imag
 probabilities. Pure numpy -> small PNGs (the browser scales them up with sharp pixels).
 
 Panels are a registry: ``register_panel("key", "Title", fn)`` adds a tab to the app, where
-``fn(ctx: PanelContext) -> PanelImage``. Later features (importance, saliency, preferred inputs)
-plug in this way without touching the layout.
+``fn(ctx: PanelContext) -> PanelImage``. The importance and preferred-input panels plug in this
+way (:mod:`volviz.app.analysis_panels`) without touching the layout.
 """
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ __all__ = ["PANELS", "PanelContext", "PanelImage", "class_weights", "input_rgb",
 class PanelImage:
     rgb: np.ndarray | None      # uint8 (H, W, 3); None: nothing to show (see note)
     note: str = ""
+    data: dict | None = None    # the numbers drawn (the app keeps them: tests compare them)
+
+
+def _no_memo(key, compute):
+    return compute()
 
 
 @dataclass
@@ -39,6 +44,7 @@ class PanelContext:
     sort_class: int                       # -1: the predicted class of the image
     read: Callable[[str, str, int], np.ndarray]   # cached store read (quantity, layer, image)
     model: Callable[[], object]           # lazily loaded nn.Module (raises with a clear message)
+    memo: Callable[[object, Callable[[], object]], object] = _no_memo  # memo(key, compute): per store
 
 
 @dataclass

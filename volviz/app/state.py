@@ -5,8 +5,9 @@ server see (and move) the same slider. That is on purpose (a shared session, e.g
 on one machine and a laptop); open a second ``volviz serve`` on another port for a private one.
 
 Keys of the whole app have a prefix per concern (``t_`` time slider, ``v_`` volume look, ``r_``
-recording, ``panel_`` 2-D panels, ``app_`` status). Keys of one pane (one store in one column)
-are ``p{i}_{name}``, made by :func:`pane_key`.
+recording, ``panel_`` 2-D panels, ``sal_`` saliency overlay, ``g_`` graph tab, ``sc_`` scene
+preview tab, ``pr_`` pruning tab, ``x_`` analysis tabs, ``app_`` status). Keys of one pane (one
+store in one column) are ``p{i}_{name}``, made by :func:`pane_key`.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ APP_READY = "app_ready"          # True once the first scene is built: the page 
 APP_MESSAGE = "app_message"      # one line for the whole app (recording errors, ...)
 APP_N_PANES = "app_n_panes"
 APP_STORES = "app_stores"        # store picker items [{title, value}]
+APP_TAB = "app_tab"              # main tab: volume | graph | scene | prune (hidden tabs never render)
 
 # ---- time slider over the images ---------------------------------------------------------
 T_INDEX = "t_index"              # position in the image sequence (the slider)
@@ -27,7 +29,9 @@ T_MAX = "t_max"                  # last position (longest sequence of all panes 
 T_PLAYING = "t_playing"
 T_SPEED = "t_speed"              # images per second while playing
 T_LOOP = "t_loop"
-T_SORT = "t_sort"                # captured / probability / class / misclassified
+T_SORT = "t_sort"                # captured / probability / class / misclassified / groups
+T_GROUP_CLASS = "t_group_class"  # class groups order: the reference class (index)
+T_GROUP_N = "t_group_n"          # class groups order: images per group (correct / misclassified each)
 
 # ---- layer volume look (applies to every pane) -------------------------------------------
 V_QUANTITY = "v_quantity"
@@ -44,8 +48,50 @@ V_SLICE_Y = "v_slice_y"
 V_SLICE_Z = "v_slice_z"
 V_OUTLINE = "v_outline"
 
-# ---- 2-D panels --------------------------------------------------------------------------
+# ---- 2-D panels and the saliency overlay on the input image ------------------------------
 PANEL_TAB = "panel_tab"
+SAL_ON = "sal_on"                # show the saliency map over the input image
+SAL_METHOD = "sal_method"        # saliency | integrated-gradients | guided-backprop
+
+# ---- analysis tabs (graph, pruning): which pane's store they show -------------------------
+X_PANE = "x_pane"
+X_PANES = "x_panes"              # items [{title, value: pane index}]
+
+# ---- graph tab ---------------------------------------------------------------------------
+G_COLOR = "g_color"              # node colour: response | importance-class | importance-image
+G_SIZE = "g_size"                # node size from importance
+G_FOCUS = "g_focus"              # camera: "" (overview) or a layer name
+G_LAYERS = "g_layers"            # focus items
+G_NOTE = "g_note"                # a line under the graph (thumbnails, importance class, errors)
+G_SHOWN = "g_shown"              # what the graph view shows now (tests wait for it)
+
+# ---- scene preview tab -------------------------------------------------------------------
+SC_FILES = "sc_files"            # items: scenes/*.toml found
+SC_FILE = "sc_file"              # the scene shown
+SC_T = "sc_t"                    # time in the movie (s)
+SC_DURATION = "sc_duration"
+SC_PLAYING = "sc_playing"
+SC_BUSY = "sc_busy"              # preparing (capture / graph / responses) in a background thread
+SC_STATUS = "sc_status"
+SC_CAPTION = "sc_caption"
+SC_SHOWN = "sc_shown"
+
+# ---- pruning tab -------------------------------------------------------------------------
+PR_LAYER = "pr_layer"
+PR_LAYERS = "pr_layers"
+PR_K = "pr_k"                    # filters removed in the least / most table
+PR_REFERENCE = "pr_reference"    # sweep ranking: "all" or a class index (as a string)
+PR_REFERENCES = "pr_references"
+PR_STEPS = "pr_steps"            # thresholds of the sweep (at most)
+PR_BUSY = "pr_busy"
+PR_PROGRESS = "pr_progress"
+PR_STATUS = "pr_status"
+PR_DIR = "pr_dir"                # a `volviz prune --out DIR` folder to show
+PR_TEXT = "pr_text"              # the text above the table
+PR_HEAD = "pr_head"              # table header cells
+PR_ROWS = "pr_rows"              # table rows (lists of cells)
+PR_IMAGES = "pr_images"          # [{title, src}] the sweep plots
+PR_SHOWN = "pr_shown"            # the folder shown
 
 # ---- recording ---------------------------------------------------------------------------
 R_MODE = "r_mode"                # images / rotate
@@ -67,6 +113,10 @@ ITEMS_OPACITY = "items_opacity"
 ITEMS_SPEED = "items_speed"
 ITEMS_SORT = "items_sort"
 ITEMS_RECORD_MODES = "items_record_modes"
+ITEMS_TABS = "items_tabs"
+ITEMS_GROUP_CLASSES = "items_group_classes"
+ITEMS_SAL = "items_sal"
+ITEMS_G_COLOR = "items_g_color"
 
 # ---- per pane ----------------------------------------------------------------------------
 PANE_FIELDS = (
@@ -86,6 +136,9 @@ PANE_FIELDS = (
     "panel_note",  # a line under the panel
     "error",       # what went wrong in this pane (empty: nothing)
     "shown",       # what the 3-D view shows now: "layer · quantity · order · image N"
+    "group",       # class groups order: the current image's group ("reference 3 · correct")
+    "group_note",  # class groups order: which classes, and where the gradients come from
+    "sal_note",    # saliency overlay: what the map shows
 )
 
 
@@ -118,13 +171,24 @@ FIT_ITEMS = [
     {"title": "fixed over the image set", "value": "set"},
     {"title": "per image", "value": "image"},
 ]
+GROUPS = "groups"  # the class-groups image order (seed 004 §3.2.2), see volviz.app.groups
 SORT_ITEMS = [
     {"title": "as captured", "value": "captured"},
     {"title": "by class probability", "value": "probability"},
     {"title": "by true class", "value": "class"},
     {"title": "misclassified first", "value": "misclassified"},
+    {"title": "class groups (reference / similar / dissimilar)", "value": GROUPS},
 ]
-assert [s["value"] for s in SORT_ITEMS] == list(SORTS)
+assert [s["value"] for s in SORT_ITEMS] == [*SORTS, GROUPS]
+
+TABS = [{"title": "Volume", "value": "volume"}, {"title": "Graph", "value": "graph"},
+        {"title": "Scene preview", "value": "scene"}, {"title": "Pruning", "value": "prune"}]
+SAL_ITEMS = [{"title": "gradient (Saliency)", "value": "saliency"},
+             {"title": "integrated gradients", "value": "integrated-gradients"},
+             {"title": "guided backprop", "value": "guided-backprop"}]
+G_COLOR_ITEMS = [{"title": "response to the image", "value": "response"},
+                 {"title": "importance, class-averaged", "value": "importance-class"},
+                 {"title": "importance, this image", "value": "importance-image"}]
 
 SPEEDS = [1, 2, 4, 8, 15, 30]  # images per second
 CMAPS = ["auto", "inferno", "viridis", "magma", "plasma", "cividis", "gray", "hot", "RdBu_r",
@@ -138,12 +202,15 @@ DEFAULTS = {
     APP_MESSAGE: "",
     APP_N_PANES: 1,
     APP_STORES: [],
+    APP_TAB: "volume",
     T_INDEX: 0,
     T_MAX: 0,
     T_PLAYING: False,
     T_SPEED: 4,
     T_LOOP: True,
     T_SORT: "captured",
+    T_GROUP_CLASS: 0,
+    T_GROUP_N: 2,
     V_QUANTITY: "activation",
     V_ORDER: "natural",
     V_FIT: "set",
@@ -158,6 +225,41 @@ DEFAULTS = {
     V_SLICE_Z: 0.5,
     V_OUTLINE: True,
     PANEL_TAB: "maps",
+    ITEMS_GROUP_CLASSES: [],
+    SAL_ON: False,
+    SAL_METHOD: "saliency",
+    X_PANE: 0,
+    X_PANES: [],
+    G_COLOR: "response",
+    G_SIZE: False,
+    G_FOCUS: "",
+    G_LAYERS: [],
+    G_NOTE: "",
+    G_SHOWN: "",
+    SC_FILES: [],
+    SC_FILE: None,
+    SC_T: 0.0,
+    SC_DURATION: 0.0,
+    SC_PLAYING: False,
+    SC_BUSY: False,
+    SC_STATUS: "",
+    SC_CAPTION: "",
+    SC_SHOWN: "",
+    PR_LAYER: None,
+    PR_LAYERS: [],
+    PR_K: 1,
+    PR_REFERENCE: "all",
+    PR_REFERENCES: [],
+    PR_STEPS: 20,
+    PR_BUSY: False,
+    PR_PROGRESS: 0,
+    PR_STATUS: "",
+    PR_DIR: "",
+    PR_TEXT: "",
+    PR_HEAD: [],
+    PR_ROWS: [],
+    PR_IMAGES: [],
+    PR_SHOWN: "",
     R_MODE: "images",
     R_FRAMES: 48,
     R_MAX_IMAGES: 40,
@@ -172,6 +274,7 @@ DEFAULTS = {
 PANE_DEFAULTS = {
     "store": "", "layer": None, "layers": [], "fc_layer": None, "fc_layers": [], "sort_class": -1,
     "classes": [], "title": "", "caption": "", "correct": None, "input": "", "probs": [],
-    "panel": "", "panel_note": "", "error": "", "shown": "",
+    "panel": "", "panel_note": "", "error": "", "shown": "", "group": "", "group_note": "",
+    "sal_note": "",
 }
 assert set(PANE_DEFAULTS) == set(PANE_FIELDS)

@@ -2,14 +2,19 @@
 :mod:`volviz.app.state` or to a controller method of :class:`volviz.app.explorer.Explorer`.
 
 ```
-app bar:   title · record (mode, button, progress, download link)
+app bar:   title · main tabs (Volume, Graph, Scene preview, Pruning) · record (Volume tab)
 drawer:    volume look: quantity, filter order, colour map, opacity preset + range, density,
            slice planes, outline, reset camera
-content:   time bar: play/pause, step, slider over the images, speed, loop, image order
-           one column per pane: store picker, layer, 3-D view (mouse: rotate / zoom / pan),
-           input image + true/predicted class + probability bars, 2-D panel tabs
+content:   time bar (Volume and Graph tabs): play/pause, step, slider over the images, speed,
+           loop, image order (+ reference class and images per group for "class groups")
+           Volume tab: one column per pane: store picker, layer, 3-D view (mouse: rotate /
+           zoom / pan), input image (+ saliency switch) + true/predicted class + probability
+           bars, 2-D panel tabs (maps, neurons, sorted, importance, preferred inputs)
+           Graph / Scene preview / Pruning tabs: volviz.app.ui_tabs
 footer:    app messages
 ```
+A tab's content is in the page only while the tab is chosen (``v-if``): a hidden 3-D view is
+never rendered.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from trame.widgets import vuetify3 as v3
 
 from volviz.app import state as S
 from volviz.app.panels import PANELS
+from volviz.app.ui_tabs import graph_tab, prune_tab, scene_tab
 
 pk = S.pane_key
 _SELECT = {"density": "compact", "hide_details": True, "variant": "outlined", "classes": "mb-3"}
@@ -31,14 +37,24 @@ def build_ui(app) -> SinglePageWithDrawerLayout:
         layout.title.set_text("volviz explorer")
         _toolbar(layout, ctrl)
         with layout.drawer:
-            _volume_controls(ctrl)
+            with html.Div(v_if=f"{S.APP_TAB} === 'volume'"):
+                _volume_controls(ctrl)
+            with html.Div(v_else=True, classes="pa-3 text-caption text-grey"):
+                _tab_help()
         with layout.content:
             with v3.VContainer(fluid=True, classes="pa-2"):
-                _time_bar(ctrl)
-                with v3.VRow(dense=True):
+                with html.Div(v_if=f"['volume', 'graph'].includes({S.APP_TAB})"):
+                    _time_bar(ctrl)
+                with v3.VRow(dense=True, v_if=f"{S.APP_TAB} === 'volume'"):
                     for pane in app.panes:
                         with v3.VCol(cols=12, md=12 // len(app.panes)):
                             _pane(pane, wide=len(app.panes) == 1)
+                with html.Div(v_if=f"{S.APP_TAB} === 'graph'"):
+                    graph_tab(app)
+                with html.Div(v_if=f"{S.APP_TAB} === 'scene'"):
+                    scene_tab(app)
+                with html.Div(v_if=f"{S.APP_TAB} === 'prune'"):
+                    prune_tab(app)
             html.Div(id="volviz-ready", v_if=(S.APP_READY,), style="display: none")
         layout.footer.clear()
         with layout.footer:
@@ -52,26 +68,49 @@ def build_ui(app) -> SinglePageWithDrawerLayout:
 
 def _toolbar(layout, ctrl) -> None:
     with layout.toolbar:
+        with v3.VTabs(v_model=(S.APP_TAB,), density="compact", id="main-tabs", classes="ml-4"):
+            for t in S.TABS:
+                v3.VTab(t["title"], value=t["value"], id=f"tab-{t['value']}", min_width=0, classes="px-3")
         v3.VSpacer()
-        v3.VSelect(v_model=(S.R_MODE,), items=(S.ITEMS_RECORD_MODES, S.RECORD_MODES), label="record",
-                   density="compact", hide_details=True, variant="outlined", style="max-width: 200px",
-                   classes="mx-2", disabled=(S.R_BUSY,))
-        v3.VTextField(v_if=f"{S.R_MODE} === 'images'", v_model_number=(S.R_MAX_IMAGES,), type="number",
-                      label="images", min=1, density="compact", hide_details=True, variant="outlined",
-                      style="max-width: 90px", classes="mx-1", id="record-count", disabled=(S.R_BUSY,))
-        v3.VTextField(v_if=f"{S.R_MODE} === 'rotate'", v_model_number=(S.R_FRAMES,), type="number",
-                      label="frames", min=2, density="compact", hide_details=True, variant="outlined",
-                      style="max-width: 90px", classes="mx-1", id="record-frames", disabled=(S.R_BUSY,))
-        with v3.VBtn(click=ctrl.record, disabled=(S.R_BUSY,), id="record-btn", variant="tonal",
-                     prepend_icon="mdi-record-rec", classes="mx-1"):
-            html.Span("Record MP4")
-        v3.VProgressLinear(v_if=(S.R_BUSY,), model_value=(S.R_PROGRESS,), color="red", height=8,
-                           rounded=True, style="max-width: 160px", classes="mx-2", id="record-progress")
-        v3.VBtn(v_if=(S.R_BUSY,), icon="mdi-stop", click=ctrl.cancel_record, size="small",
-                variant="text", title="cancel the recording")
-        with html.A(v_if=f"{S.R_URL} && !{S.R_BUSY}", href=(S.R_URL,), download=True,
-                    id="record-download", classes="mx-2 text-decoration-none"):
-            v3.VBtn("Download", prepend_icon="mdi-download", variant="tonal", color="green")
+        with html.Div(v_if=f"{S.APP_TAB} === 'volume'", classes="d-flex align-center"):
+            _record_controls(ctrl)
+
+
+def _record_controls(ctrl) -> None:
+    v3.VSelect(v_model=(S.R_MODE,), items=(S.ITEMS_RECORD_MODES, S.RECORD_MODES), label="record",
+               density="compact", hide_details=True, variant="outlined", style="max-width: 200px",
+               classes="mx-2", disabled=(S.R_BUSY,))
+    v3.VTextField(v_if=f"{S.R_MODE} === 'images'", v_model_number=(S.R_MAX_IMAGES,), type="number",
+                  label="images", min=1, density="compact", hide_details=True, variant="outlined",
+                  style="max-width: 90px", classes="mx-1", id="record-count", disabled=(S.R_BUSY,))
+    v3.VTextField(v_if=f"{S.R_MODE} === 'rotate'", v_model_number=(S.R_FRAMES,), type="number",
+                  label="frames", min=2, density="compact", hide_details=True, variant="outlined",
+                  style="max-width: 90px", classes="mx-1", id="record-frames", disabled=(S.R_BUSY,))
+    with v3.VBtn(click=ctrl.record, disabled=(S.R_BUSY,), id="record-btn", variant="tonal",
+                 prepend_icon="mdi-record-rec", classes="mx-1"):
+        html.Span("Record MP4")
+    v3.VProgressLinear(v_if=(S.R_BUSY,), model_value=(S.R_PROGRESS,), color="red", height=8,
+                       rounded=True, style="max-width: 160px", classes="mx-2", id="record-progress")
+    v3.VBtn(v_if=(S.R_BUSY,), icon="mdi-stop", click=ctrl.cancel_record, size="small",
+            variant="text", title="cancel the recording")
+    with html.A(v_if=f"{S.R_URL} && !{S.R_BUSY}", href=(S.R_URL,), download=True,
+                id="record-download", classes="mx-2 text-decoration-none"):
+        v3.VBtn("Download", prepend_icon="mdi-download", variant="tonal", color="green")
+
+
+def _tab_help() -> None:
+    """The drawer on the Graph, Scene preview and Pruning tabs (their controls are on the tab)."""
+    html.Div("Graph", classes="text-subtitle-2 text-white mb-1", v_if=f"{S.APP_TAB} === 'graph'")
+    html.Div("The store's network: a plane per layer, a node per unit with its preferred input "
+             "(volviz optimize), edges from the weights. The time slider, the image order and the "
+             "pane's class (Importance tab) apply here too.", v_if=f"{S.APP_TAB} === 'graph'")
+    html.Div("Scene preview", classes="text-subtitle-2 text-white mb-1", v_if=f"{S.APP_TAB} === 'scene'")
+    html.Div("A scenes/*.toml movie as volviz movie renders it: the slider is the movie's time. Scenes "
+             "name their own store (captured first when missing).", v_if=f"{S.APP_TAB} === 'scene'")
+    html.Div("Pruning", classes="text-subtitle-2 text-white mb-1", v_if=f"{S.APP_TAB} === 'prune'")
+    html.Div("Seed 004's analysis: filters ranked by importance (the norm of the class score's gradient "
+             "w.r.t. their weights), removed least / most important first. Results are folders like "
+             "those of volviz prune --out, under out/prune.", v_if=f"{S.APP_TAB} === 'prune'")
 
 
 def _volume_controls(ctrl) -> None:
@@ -127,6 +166,13 @@ def _time_bar(ctrl) -> None:
         v3.VSelect(v_model=(S.T_SORT,), items=(S.ITEMS_SORT, S.SORT_ITEMS), label="image order",
                    density="compact", hide_details=True, variant="outlined", style="max-width: 210px",
                    id="sort-select")
+        with html.Div(v_if=f"{S.T_SORT} === '{S.GROUPS}'", classes="d-flex align-center ml-2"):
+            v3.VSelect(v_model=(S.T_GROUP_CLASS,), items=(S.ITEMS_GROUP_CLASSES,), label="reference",
+                       density="compact", hide_details=True, variant="outlined", style="min-width: 110px",
+                       id="group-class-select")
+            v3.VTextField(v_model_number=(S.T_GROUP_N,), type="number", min=1, max=10, label="per group",
+                          density="compact", hide_details=True, variant="outlined",
+                          style="max-width: 90px", classes="ml-2")
 
 
 def _pane(pane, wide: bool) -> None:
@@ -142,6 +188,10 @@ def _pane(pane, wide: bool) -> None:
                        density="compact", hide_details=True, variant="outlined",
                        id=f"layer-select-{i}")
         html.Div("{{ %s }}" % pk(i, "title"), classes="text-caption text-grey mt-1")
+        with html.Div(v_if=(pk(i, "group_note"),), classes="text-caption mt-1", id=f"group-{i}"):
+            v3.VChip("{{ %s }}" % pk(i, "group"), size="small", label=True, classes="mr-2",
+                     color=(f"{pk(i, 'correct')} === false ? 'red' : 'amber'",))
+            html.Span("{{ %s }}" % pk(i, "group_note"), classes="text-grey")
         v3.VAlert(v_if=(pk(i, "error"),), text=("%s" % pk(i, "error"),), type="error",
                   density="compact", variant="tonal", classes="my-1", id=f"pane-error-{i}")
         with v3.VRow(dense=True, classes="mt-1"):
@@ -169,6 +219,13 @@ def _image_info(i: int, wide: bool) -> None:
              classes="float-left mr-2" if wide else "d-block")
     html.Div("{{ %s }}" % pk(i, "caption"), classes="text-caption", id=f"caption-{i}",
              style=(f"{{color: {pk(i, 'correct')} === false ? '#ff6b6b' : 'inherit'}}",))
+    with html.Div(classes="d-flex align-center", style="clear: both;"):
+        v3.VSwitch(v_model=(S.SAL_ON,), label="saliency", hide_details=True, density="compact",
+                   color="orange", id=f"saliency-switch-{i}", style="flex: 0 0 auto;", classes="mr-2")
+        v3.VSelect(v_if=(S.SAL_ON,), v_model=(S.SAL_METHOD,), items=(S.ITEMS_SAL, S.SAL_ITEMS),
+                   density="compact", hide_details=True, variant="outlined", style="max-width: 190px")
+    html.Div(v_if=(pk(i, "sal_note"),), children=["{{ %s }}" % pk(i, "sal_note")],
+             classes="text-caption text-grey", id=f"sal-note-{i}")
     with html.Div(classes="mt-1", id=f"probs-{i}", style="clear: both;"):
         with html.Div(v_for=f"(row, k) in {pk(i, 'probs')}", key="k",
                       style="display: flex; align-items: center; font-size: 11px; height: 15px;"):
@@ -184,15 +241,19 @@ def _image_info(i: int, wide: bool) -> None:
 
 
 def _panels(i: int) -> None:
-    with v3.VTabs(v_model=(S.PANEL_TAB,), density="compact", id=f"panel-tabs-{i}"):
-        for key, panel in PANELS.items():
-            v3.VTab(panel.title, value=key)
+    with v3.VTabs(v_model=(S.PANEL_TAB,), density="compact", id=f"panel-tabs-{i}", show_arrows=True):
+        for key, panel in PANELS.items():  # five tabs in a third of the page: compact labels
+            v3.VTab(panel.title, value=key, min_width=0, classes="px-2",
+                    style="text-transform: none; letter-spacing: 0; font-size: 13px;")
     with html.Div(classes="d-flex mt-1", v_if=f"['neurons', 'sorted'].includes({S.PANEL_TAB})"):
         v3.VSelect(v_model=(pk(i, "fc_layer"),), items=(pk(i, "fc_layers"),), label="linear layer",
                    density="compact", hide_details=True, variant="outlined", classes="mr-2")
         v3.VSelect(v_if=f"{S.PANEL_TAB} === 'sorted'", v_model=(pk(i, "sort_class"),),
                    items=(pk(i, "classes"),), label="sort by weight to", density="compact",
                    hide_details=True, variant="outlined")
+    with html.Div(classes="d-flex mt-1", v_if=f"{S.PANEL_TAB} === 'importance'"):
+        v3.VSelect(v_model=(pk(i, "sort_class"),), items=(pk(i, "classes"),), label="class (averaged)",
+                   density="compact", hide_details=True, variant="outlined", id=f"importance-class-{i}")
     html.Img(v_if=(pk(i, "panel"),), src=(pk(i, "panel"),), id=f"panel-image-{i}",
              style="width: 100%; max-height: 36vh; object-fit: contain; image-rendering: pixelated;",
              classes="mt-1")

@@ -251,7 +251,9 @@ class GraphScene:
         cells = np.concatenate([np.full(p.n, p.cell) for p in layout.planes.values()])
         self._cells = cells
         self.nodes_mesh = _quads(self.positions, cells * self.style.node_fill / 2)
+        self._node_base = np.array(self.nodes_mesh.points, copy=True)  # for set_unit_scale
         self._node_rgb = np.zeros((len(self.positions), 3), np.uint8)
+        self.unit_scale = np.ones(len(self.positions), np.float32)
         self.nodes_mesh.cell_data["rgb"] = self._node_rgb
         self.nodes_actor = plotter.add_mesh(self.nodes_mesh, scalars="rgb", rgb=True, lighting=False,
                                             show_scalar_bar=False, name=f"{uid}-nodes", reset_camera=False)
@@ -271,6 +273,7 @@ class GraphScene:
         self.thumb_meshes: dict[str, pv.PolyData] = {}
         self._tc_base: dict[str, np.ndarray] = {}
         self._atlas_cols: dict[str, int] = {}
+        self._thumb_base: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         thumbnails = dict(thumbnails or {})
         if input_image is not None and INPUT in layout.planes:
             thumbnails[INPUT] = channel_tiles(input_image)
@@ -358,6 +361,9 @@ class GraphScene:
             actor.mapper.AddClippingPlane(plane)
         self._tc_base[name] = tc[:, 0].astype(np.float32).copy()
         self._atlas_cols[name] = cols
+        self._thumb_base[name] = (np.array(mesh.points, copy=True), np.repeat(p.positions + shift, 4, axis=0))
+        if name in self.offsets and not np.all(self.unit_scale == 1):
+            self._scale_mesh(mesh, *self._thumb_base[name], self._unit_factors(name))
 
     def _set_grey(self, name: str, grey: np.ndarray) -> None:
         mesh = self.thumb_meshes.get(name)
@@ -404,6 +410,38 @@ class GraphScene:
             self.values[name], self.firing[name] = v, fires
         self.nodes_mesh.cell_data["rgb"][:] = rgb
         self.nodes_mesh.GetCellData().GetArray("rgb").Modified()
+
+    def _unit_factors(self, name: str) -> np.ndarray:
+        o, n = self.offsets[name], self.layout.planes[name].n
+        return self.unit_scale[o:o + n]
+
+    @staticmethod
+    def _scale_mesh(mesh: pv.PolyData, base: np.ndarray, centres: np.ndarray, factors: np.ndarray) -> None:
+        pts = mesh.points
+        pts[:] = centres + (base - centres) * np.repeat(factors, 4)[:, None]
+        mesh.GetPoints().Modified()
+
+    def set_unit_scale(self, scales: dict[str, np.ndarray] | None = None) -> None:
+        """Shrink units (node square and thumbnail together) to ``scales[layer]`` (``(n,)``
+        factors in ``(0, 1]``; e.g. from filter importance); layers left out, and ``None`` for
+        all, get full size. The point arrays change in place; nothing is rebuilt."""
+        f = np.ones(len(self.positions), np.float32)
+        for name, v in (scales or {}).items():
+            if name not in self.offsets:
+                continue
+            v = np.nan_to_num(np.asarray(v, np.float32).ravel(), nan=1.0)
+            n = self.layout.planes[name].n
+            if v.size != n:
+                raise ValueError(f"layer {name!r}: {v.size} sizes for {n} units")
+            f[self.offsets[name]:self.offsets[name] + n] = np.clip(v, 0.05, 1.0)
+        self.unit_scale = f
+        self._scale_mesh(self.nodes_mesh, self._node_base, np.repeat(self.positions, 4, axis=0), f)
+        for name, mesh in self.thumb_meshes.items():
+            self._scale_mesh(mesh, *self._thumb_base[name], self._unit_factors(name))
+
+    def set_legend(self, text: str) -> None:
+        """Text in the lower left corner (what the edges and nodes mean)."""
+        self.legend_actor.set_text("lower_left", str(text))
 
     def set_input_image(self, image: np.ndarray) -> None:
         """Show ``(C, H, W)`` (values in ``[0, 1]``) on the input layer's nodes."""
@@ -485,8 +523,14 @@ class GraphScene:
         return len(self.plotter.renderer.actors)
 
     def close(self) -> None:
+        """Close the plotter if the scene made it, else take the scene's actors out of it."""
         if self._owns_plotter:
             self.plotter.close()
+            return
+        for actor in [self.nodes_actor, self.edges_actor, *self.thumb_actors.values(),
+                      *self.label_actors.values(), self.title_actor, self.label_actor, self.legend_actor]:
+            if actor is not None:
+                self.plotter.remove_actor(actor, render=False)
 
     def __enter__(self):
         return self
