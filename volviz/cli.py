@@ -17,6 +17,11 @@ typical session:
   volviz render stores/digits --out conv1.png   # first conv layer, first image, as a 3D volume
   volviz render stores/digits --layer conv2 --order kmeans --quantity grad_activation --out g.png
   volviz movie stores/digits --layer conv2 --mode images --out conv2.mp4
+  volviz serve stores/digits                    # the explorer app: http://127.0.0.1:8080/
+  volviz importance stores/digits --out out/imp # per-filter importance; also prune, saliency, groups
+  volviz optimize stores/digits                 # preferred input of every unit, into the store
+  volviz graph stores/digits --out graph.png    # the network as a node-edge graph
+  volviz movie scenes/digits_flythrough.toml --out fly.mp4
 
 your own model:
   volviz capture --model resnet18 --weights resnet18.pth --images photos/ --out stores/r18
