@@ -35,10 +35,11 @@ class UserError(Exception):
     """An error caused by the user's input: printed as one clear line, exit status 2."""
 
 
-def _setup_torch_threads() -> None:
+def setup_torch_threads(n: int | None = None) -> None:
+    """torch threads for a command: ``n``, or every core but one (left to rendering / the shell)."""
     import torch
-    n = os.cpu_count() or 1
-    torch.set_num_threads(max(1, n - 1) if n > 1 else 1)
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(n or max(1, cores - 1))
 
 
 # ---- capture / info ---------------------------------------------------------------------
@@ -86,7 +87,7 @@ def add_capture(sub) -> None:
 
 def cmd_capture(a) -> int:
     from volviz.capture.run import CaptureSettings, resume_capture, run_capture
-    _setup_torch_threads()
+    setup_torch_threads()
     if a.resume:
         store = resume_capture(a.out)
     else:

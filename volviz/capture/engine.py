@@ -14,9 +14,6 @@ from torch import nn
 from volviz.capture.persample import func_per_sample_grads, has_fast_path, hook_per_sample_grad, linear_factors
 from volviz.capture.tap import LayerTap
 
-TARGET_MODES = ("true", "pred")
-
-
 @dataclass
 class BatchResult:
     probs: np.ndarray                  # (N, K)

@@ -12,8 +12,6 @@ passes. ``func_per_sample_grads`` (torch.func) serves layer types without a fast
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -142,7 +140,3 @@ def loop_per_sample_grads(model: nn.Module, x: torch.Tensor, targets: torch.Tens
         for k, g, p in zip(param_names, grads, chosen):
             results[k].append(torch.zeros_like(p) if g is None else g)
     return {k: torch.stack(v) for k, v in results.items()}
-
-
-def nbytes_per_image(weight_shape: tuple[int, ...], itemsize: int = 4) -> int:
-    return math.prod(weight_shape) * itemsize

@@ -22,7 +22,6 @@ class SharedModuleError(RuntimeError):
 class Recorded:
     output: torch.Tensor
     input: torch.Tensor | None = None
-    calls: int = 1
 
 
 @dataclass
@@ -60,7 +59,6 @@ class LayerTap:
                 raise TypeError(f"layer {name} returns {type(output).__name__}; only tensor outputs "
                                 "can be captured")
             if name in self.records:
-                self.records[name].calls += 1
                 raise SharedModuleError(
                     f"layer {name} ({type(module).__name__}) runs more than once per forward pass "
                     "(a shared module), so its activation is ambiguous; select the layers around it")

@@ -18,8 +18,8 @@ __all__ = ["register"]
 
 # ---- helpers ----------------------------------------------------------------------------------
 def _threads() -> None:
-    from volviz.cli import _setup_torch_threads
-    _setup_torch_threads()
+    from volviz.cli import setup_torch_threads
+    setup_torch_threads()
 
 
 def _existing_ancestor(p: pathlib.Path) -> pathlib.Path:

@@ -65,18 +65,15 @@ def export_graph(G, path: str) -> None:
 
 
 def cmd_graph(a) -> int:
-    import os
-
-    import torch
-
     from volviz.analysis.network_graph import graph_for_store, unit_responses
+    from volviz.cli import setup_torch_threads
     from volviz.scene import load_thumbnails
     from volviz.store.store import Store
     from volviz.views.camera_path import layer_pose, overview_pose, unit_pose
     from volviz.views.graph_layout import layered_layout
     from volviz.views.graph_scene import GraphScene, GraphStyle
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+    setup_torch_threads()
     if a.unit is not None and not a.layer:
         raise ValueError("--unit needs --layer")
     if not 0.0 <= a.threshold <= 1.0:

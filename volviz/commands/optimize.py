@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import pathlib
 
 import numpy as np
@@ -79,15 +78,10 @@ def register(sub) -> None:
     q.set_defaults(func=cmd_grid)
 
 
-def _threads(n: int | None) -> None:
-    import torch
-    cores = os.cpu_count() or 1
-    torch.set_num_threads(n or max(1, cores - 1))
-
-
 def cmd_optimize(a) -> int:
     from volviz.analysis.actmax.run import PreferredSettings, run_preferred
-    _threads(a.threads)
+    from volviz.cli import setup_torch_threads
+    setup_torch_threads(a.threads)
     fixed = {k: getattr(a, k) for k in ("lr", "l2_decay", "l1", "tv", "blur_every", "blur_sigma", "jitter")
              if getattr(a, k) is not None}
     if a.no_clip:

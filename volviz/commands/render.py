@@ -138,14 +138,20 @@ def caption(store, i: int) -> str:
 
 def _scene(store, a, layer, image, fit):
     from volviz.views.source import LayerVolumeSource
-    from volviz.views.volume import LayerVolumeScene
     src = LayerVolumeSource(store)
     lv = src.get(layer, a.quantity, image, a.order, fit, n_clusters=a.clusters)
+    return src, lv, _scene_for(store, a, lv)
+
+
+def _scene_for(store, a, lv):
+    """The off-screen scene showing one LayerVolume, titled and captioned."""
+    from volviz.views.volume import LayerVolumeScene
+    layer, image = lv.layer, lv.image
     title = f"{store.plan['model']['spec']}  {layer}  {a.quantity}  order={a.order}"
     scene = LayerVolumeScene(lv.volume, lv.order, lv.boundaries, style_for(a, a.quantity), title,
                              window_size=(a.width or 800, a.height or 608))
     scene.set_label(caption(store, image))
-    return src, lv, scene
+    return scene
 
 
 def cmd_render(a) -> int:
@@ -169,8 +175,7 @@ def cmd_render(a) -> int:
                              clim=(-lim, lim) if lim else None))
     else:
         _ensure_rendering()
-        _, _, scene = _scene(store, a, layer, image, a.fit or "image")
-        with scene:
+        with _scene_for(store, a, lv) as scene:
             scene.screenshot(out)
     print(f"wrote {out}")
     return 0
@@ -228,9 +233,9 @@ def cmd_movie(a) -> int:
 
 def cmd_demo(a) -> int:
     from volviz.capture.run import CaptureSettings, resume_capture, run_capture
-    from volviz.cli import _setup_torch_threads
+    from volviz.cli import setup_torch_threads
     from volviz.store.store import Store, StoreError
-    _setup_torch_threads()
+    setup_torch_threads()
     path = pathlib.Path(a.store)
     try:
         store = Store.open(path)
