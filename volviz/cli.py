@@ -28,11 +28,9 @@ your own model:
   volviz capture --model mypkg.nets:build --weights w.safetensors --images a.png b.png --size 64 64 --channels 3 --out s
 """
 
-DEFAULT_STORE = pathlib.Path("stores") / "digits"
+from volviz.errors import UserError, VolvizError  # noqa: E402
 
 
-class UserError(Exception):
-    """An error caused by the user's input: printed as one clear line, exit status 2."""
 
 
 def setup_torch_threads(n: int | None = None) -> None:
@@ -207,10 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(a, "func", None):
         parser.print_help()
         return 2
-    from volviz.errors import USER_ERRORS
     try:
         return a.func(a)
-    except USER_ERRORS + (UserError,) as exc:
+    except VolvizError as exc:
         print(f"volviz {a.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -39,6 +39,7 @@ it off screen (:func:`movie_from_scene`); the app previews the same scene throug
 """
 from __future__ import annotations
 
+from volviz.errors import SceneError  # noqa: F401  (re-exported)
 import dataclasses
 import logging
 import math
@@ -60,8 +61,6 @@ _KEY_FIELDS = {"view", "layer", "unit", "duration", "hold", "azimuth", "elevatio
                "position", "focal_point", "up", "view_angle", "clip", "clip_far", "radius"}
 
 
-class SceneError(ValueError):
-    """The scene file is malformed or names something that does not exist."""
 
 
 @dataclass

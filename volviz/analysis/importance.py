@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
+from volviz.errors import AnalysisError, EmptyClassError, NoWeightsError, NotDifferentiableError  # noqa: F401
+
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -78,22 +80,6 @@ __all__ = [
 DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024
 #: what is differentiated: the class score before softmax (default), its probability, its log
 OUTPUTS = ("score", "prob", "log-prob")
-
-
-class AnalysisError(ValueError):
-    """The analysis cannot run as asked; the message says why (the CLI prints it, exit 2)."""
-
-
-class NoWeightsError(AnalysisError):
-    """A selected layer has no weights (pooling, activation): it has no filters to score."""
-
-
-class EmptyClassError(AnalysisError):
-    """A class has no images in the set analysed."""
-
-
-class NotDifferentiableError(AnalysisError):
-    """The output neuron does not depend differentiably on a layer (integer ops, detach, ...)."""
 
 
 # ---- layers -----------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ This module imports torch (it reads the model) but no VTK; the views draw the gr
 """
 from __future__ import annotations
 
+from volviz.errors import GraphBuildError  # noqa: F401  (re-exported)
 import logging
 import math
 import time
@@ -61,8 +62,6 @@ __all__ = [
 ]
 
 
-class GraphBuildError(ValueError):
-    """The model's dataflow cannot be turned into a unit graph; the message names the op."""
 
 
 # ------------------------------------------------------------------------------ channel maps

@@ -14,6 +14,7 @@ never modified.
 """
 from __future__ import annotations
 
+from volviz.errors import ThresholdError  # noqa: F401
 import copy
 import csv
 import io
@@ -47,8 +48,6 @@ __all__ = [
 ]
 
 
-class ThresholdError(AnalysisError):
-    """A pruning threshold lies outside the range of the layer's importance values."""
 
 
 def zero_filters(model: nn.Module, layer: str, filters, *, zero_bias: bool = True) -> nn.Module:

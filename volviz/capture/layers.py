@@ -1,6 +1,7 @@
 """Choose which layers to capture: by exact module name, glob, or type; errors list the valid names."""
 from __future__ import annotations
 
+from volviz.errors import LayerSelectionError  # noqa: F401  (re-exported)
 import fnmatch
 
 from torch import nn
@@ -17,8 +18,6 @@ TYPE_ALIASES = {
 }
 
 
-class LayerSelectionError(ValueError):
-    """The requested layers do not exist in the model (message lists the valid ones)."""
 
 
 def named_leaf_modules(model: nn.Module) -> dict[str, nn.Module]:

@@ -5,6 +5,7 @@ argument and recomputes exactly the images whose ``done`` flag is not set.
 """
 from __future__ import annotations
 
+from volviz.errors import CaptureError  # noqa: F401  (re-exported)
 import logging
 import math
 import os
@@ -26,8 +27,6 @@ from volviz.store.store import Store, StoreError
 log = logging.getLogger("volviz.capture")
 
 
-class CaptureError(RuntimeError):
-    """The capture cannot run as asked; the message says why and what to do."""
 
 
 @dataclass

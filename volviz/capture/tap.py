@@ -8,14 +8,13 @@ true output. Hooks are removed in ``finally``, also when the forward pass raises
 """
 from __future__ import annotations
 
+from volviz.errors import SharedModuleError  # noqa: F401  (re-exported)
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 
-class SharedModuleError(RuntimeError):
-    """A selected module ran more than once in one forward pass, so 'its' activation is ambiguous."""
 
 
 @dataclass

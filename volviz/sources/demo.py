@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from volviz.errors import MissingFileError
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -190,7 +191,7 @@ def load_demo_model(name: str) -> nn.Module:
     model = build_demo_model(name)
     path = demo_weights_path(name)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"weights of demo model {name!r} not found at {path}; "
             f"run `volviz train-demo {name}` to train them (about a minute on one CPU core)"
         )

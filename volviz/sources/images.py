@@ -6,6 +6,7 @@ skipped by the caller; discovery itself never opens pixel data, so it is fast on
 """
 from __future__ import annotations
 
+from volviz.errors import ImageSourceError  # noqa: F401  (re-exported)
 import pathlib
 from dataclasses import dataclass, asdict
 
@@ -14,8 +15,6 @@ import numpy as np
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 
 
-class ImageSourceError(ValueError):
-    """No usable images were found where the user pointed."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ arbitrary code on load, so it is refused unless the user passes ``trust_pickle=T
 """
 from __future__ import annotations
 
+from volviz.errors import ModelLoadError  # noqa: F401  (re-exported)
 import importlib
 import pathlib
 from dataclasses import dataclass, field
@@ -14,8 +15,6 @@ import torch
 from torch import nn
 
 
-class ModelLoadError(ValueError):
-    """The model or its weights cannot be loaded; the message says why and what to do."""
 
 
 @dataclass

@@ -6,6 +6,7 @@ then take the centre crop).
 """
 from __future__ import annotations
 
+from volviz.errors import ChannelError  # noqa: F401  (re-exported)
 from dataclasses import dataclass, asdict
 
 import numpy as np
@@ -15,8 +16,6 @@ import torch.nn.functional as F
 MODES = ("resize", "scale_crop")
 
 
-class ChannelError(ValueError):
-    """The image's channels cannot be converted to what the model expects."""
 
 
 @dataclass(frozen=True)

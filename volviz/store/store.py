@@ -11,6 +11,7 @@ max |value| before the cast), so small gradients do not underflow to zero.
 """
 from __future__ import annotations
 
+from volviz.errors import StoreError  # noqa: F401  (re-exported)
 import json
 import os
 import pathlib
@@ -24,8 +25,6 @@ QUANTITIES = ("activation", "grad_activation", "grad_weight")
 _GROUP = {"activation": "act", "grad_activation": "grad_act", "grad_weight": "grad_weight"}
 
 
-class StoreError(ValueError):
-    """The store is missing, empty, incomplete for the request, or from a newer volviz."""
 
 
 def write_json_atomic(path: pathlib.Path, obj: dict) -> None:

@@ -16,6 +16,7 @@ output and raises :class:`_Stop`, so nothing after the layer is computed (the co
 """
 from __future__ import annotations
 
+from volviz.errors import ObjectiveError  # noqa: F401  (re-exported)
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,8 +27,6 @@ __all__ = ["OBJECTIVE_KINDS", "ObjectiveError", "LayerOutput", "unit_values", "u
 OBJECTIVE_KINDS = ("channel", "centre", "neuron", "class")
 
 
-class ObjectiveError(ValueError):
-    """The objective does not fit the layer (wrong kind, unit out of range, layer never runs)."""
 
 
 class _Stop(Exception):

@@ -29,6 +29,7 @@ Reader API (all take a :class:`~volviz.store.store.Store` or a path)::
 """
 from __future__ import annotations
 
+from volviz.errors import PreferredError  # noqa: F401  (re-exported)
 import math
 import os
 from dataclasses import dataclass, field
@@ -45,8 +46,6 @@ GROUP = "preferred"
 FORMAT = 1
 
 
-class PreferredError(ValueError):
-    """No (complete) preferred inputs for that layer, or they were made with other settings."""
 
 
 def _store(store, mode: str = "r") -> Store:
