@@ -53,7 +53,7 @@ def synthetic_store(root: pathlib.Path, n_images: int) -> pathlib.Path:
     import imageio.v3 as iio
     from scipy.ndimage import gaussian_filter
 
-    from volviz.capture.run import CaptureSettings, run_capture
+    from volviz.store.capture import CaptureSettings, run_capture
     rng = np.random.default_rng(0)
     imgs = root / "imgs" / "x"
     imgs.mkdir(parents=True)

@@ -13,7 +13,7 @@ from volviz.analysis.actmax.objectives import LayerOutput, ObjectiveError
 from volviz.analysis.actmax.optimize import Config, Problem, optimize_batch
 from volviz.analysis.actmax.run import PreferredSettings, run_preferred
 from volviz.analysis.actmax.search import high_frequency_fraction, sample_configs
-from volviz.capture.run import CaptureSettings, run_capture
+from volviz.store.capture import CaptureSettings, run_capture
 
 ALL_ON = Config(lr=0.05, l2_decay=0.01, l1=0.02, tv=0.05, blur_every=3, blur_sigma=0.7, jitter=2)
 
@@ -25,17 +25,32 @@ def _problem(model, layer, kind, channels=1):
 @pytest.mark.parametrize("param", ["pixel", "fourier"])
 def test_batched_equals_one_unit_at_a_time(param):
     """Every regularizer on, jitter included: each element's random numbers depend only on its
-    (seed, unit), so the batch layout does not change any result."""
+    (seed, unit), so the batch layout does not change any result.
+
+    What the design guarantees is checked exactly: the starting images (every random number an
+    element draws) are the same batched and alone. After 30 Adam steps the images can differ in
+    float32 because oneDNN picks different conv kernels for batch 6 and batch 1 on some CPUs (AMD
+    EPYC: 1.6e-3 max; Intel Xeon: 5e-7), and Adam's normalized update amplifies last-bit
+    gradient differences where a gradient is near zero. The tolerance (5e-3 max, 1e-3 mean on
+    [0, 1] pixels) sits 3x above the worst CPU measured and 10x below the distance to the same
+    unit optimized from another seed (mean 1.3e-2), so a layout bug that mixed elements' random
+    streams would still fail."""
     pr = _problem(tiny_cnn(), "conv3", "channel")
     cfg = ALL_ON.replace(param=param)
     units = np.array([5, 0, 3, 1, 4, 2])
+    start = optimize_batch(pr, units, np.full(6, 7), cfg, 0)
     batched = optimize_batch(pr, units, np.full(6, 7), cfg, 30)
     for k, u in enumerate(units):
+        # the FFT of the fourier parameterization may round differently per batch: 1e-6
+        np.testing.assert_allclose(optimize_batch(pr, [u], [7], cfg, 0).images[0], start.images[k],
+                                   atol=0 if param == "pixel" else 1e-6)
         alone = optimize_batch(pr, [u], [7], cfg, 30)
-        np.testing.assert_allclose(alone.images[0], batched.images[k], atol=1e-5)
-        np.testing.assert_allclose(alone.activation[0], batched.activation[k], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(alone.images[0], batched.images[k], atol=5e-3)
+        assert np.abs(alone.images[0] - batched.images[k]).mean() < 1e-3
+        np.testing.assert_allclose(alone.activation[0], batched.activation[k], rtol=1e-2, atol=1e-5)
     other_seed = optimize_batch(pr, units[:1], [8], cfg, 30)
     assert np.abs(other_seed.images[0] - batched.images[0]).max() > 1e-2  # seeds do differ
+    assert np.abs(other_seed.images[0] - batched.images[0]).mean() > 1e-2 * 0.5
 
 
 @pytest.mark.parametrize("layer,kind", [("conv1", "channel"), ("conv2", "centre"), ("fc1", "neuron"),
@@ -169,6 +184,7 @@ def test_search_keeps_the_default_unless_a_candidate_is_significantly_better():
 # ---- the store: round trip, resume, fidelity, CLI -------------------------------------------
 SETTINGS = PreferredSettings(seeds=2, steps=60, search=4, search_units=3, batch_size=6)
 LAYERS = ["conv1", "conv3", "fc1", "fc2"]
+TRUST = {"trust_factory": True}  # the tiny test models are helpers:factory specs
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +193,7 @@ def store(tmp_path_factory):
     imgs = write_image_folder(root / "imgs", n_per_class=5)
     st = run_capture(root / "store", CaptureSettings(model="helpers:tiny_cnn", images=[str(imgs)], size=(12, 12),
                                                      channels=1), progress=False)
-    summaries = run_preferred(st.path, LAYERS, SETTINGS, progress=False)
+    summaries = run_preferred(st.path, LAYERS, SETTINGS, progress=False, trust=TRUST)
     return st.path, summaries
 
 
@@ -226,11 +242,11 @@ def test_resume_skips_done_layers_and_redoes_only_missing_chunks(store, monkeypa
         return real(problem, units, *a, **k)
 
     monkeypatch.setattr(run_mod, "optimize_batch", counting)
-    again = run_preferred(path, LAYERS, SETTINGS, progress=False)
+    again = run_preferred(path, LAYERS, SETTINGS, progress=False, trust=TRUST)
     assert calls == [] and all(s["skipped"] for s in again.values())
 
     st = R._store(path, "r+")
-    g = st.root["preferred/fc1"]
+    g = st.results("preferred").group("fc1")
     before = R.load_preferred(st, "fc1")
     g["done"][1] = False  # as if killed while writing units 3-5 of fc1
     g["images"][3:6] = np.zeros((3, 2, 1, 12, 12), dtype=np.float16)
@@ -238,12 +254,12 @@ def test_resume_skips_done_layers_and_redoes_only_missing_chunks(store, monkeypa
     with pytest.raises(R.PreferredError, match="incomplete"):
         R.load_preferred(path, "fc1")
     assert np.isnan(R.load_preferred(path, "fc1", partial=True)[3:6]).all()
-    run_preferred(path, LAYERS, SETTINGS, progress=False)
+    run_preferred(path, LAYERS, SETTINGS, progress=False, trust=TRUST)
     assert calls == [("fc1", [3, 4, 5])]
     np.testing.assert_array_equal(R.load_preferred(path, "fc1"), before)  # same numbers as the first run
 
     with pytest.raises(R.PreferredError, match="other settings"):
-        run_preferred(path, ["conv1"], PreferredSettings(seeds=3, steps=60, search=0), progress=False)
+        run_preferred(path, ["conv1"], PreferredSettings(seeds=3, steps=60, search=0), progress=False, trust=TRUST)
 
 
 def test_init_from_class_means(store):
@@ -266,7 +282,7 @@ def test_cli_optimize_and_grid(store, tmp_path):
     from volviz.cli import main
 
     path, _ = store
-    assert main(["optimize", str(path), "--layers", "conv2", "--seeds", "2", "--steps", "10", "--search", "0",
+    assert main(["optimize", "--trust-factory", str(path), "--layers", "conv2", "--seeds", "2", "--steps", "10", "--search", "0",
                  "--quiet", "--threads", "1", "--grid-dir", str(tmp_path)]) == 0
     assert (tmp_path / "conv2.png").exists()
     out = tmp_path / "g.png"
@@ -276,4 +292,4 @@ def test_cli_optimize_and_grid(store, tmp_path):
     assert main(["render", str(path), "--layer", "conv2", "--preferred", "--out", str(tmp_path / "r.png")]) == 0
     assert iio.imread(tmp_path / "r.png").std() > 10
     assert main(["preferred-grid", str(path), "--layer", "conv2d_nope", "--out", str(out)]) == 2
-    assert main(["optimize", str(path), "--layers", "nope", "--quiet"]) == 2
+    assert main(["optimize", "--trust-factory", str(path), "--layers", "nope", "--quiet"]) == 2

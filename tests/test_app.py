@@ -414,7 +414,7 @@ def test_preferred_inputs_panel(make_app, stores, tmp_path):
     pane, st = app.panes[0], app.state
     _set(app, **{S.PANEL_TAB: "preferred"})
     assert st["p0_panel"] == "" and f"volviz optimize {s}" in st["p0_panel_note"]
-    assert main(["optimize", str(s), "--layers", "conv1", "--seeds", "1", "--steps", "6", "--search", "0",
+    assert main(["optimize", "--trust-factory", str(s), "--layers", "conv1", "--seeds", "1", "--steps", "6", "--search", "0",
                  "--quiet", "--threads", "1"]) == 0
     _set(app, **{S.PANEL_TAB: "maps"})
     _set(app, **{S.PANEL_TAB: "preferred"})  # the results appear without restarting the app
@@ -510,7 +510,7 @@ def test_class_groups_order_plays_the_groups_with_one_colour_scale(make_app, sto
 
 
 def test_pruning_tab_computes_and_shows_a_result_folder(make_app, stores, tmp_path):
-    from volviz.analysis.importance import importance_from_store, inputs_from_store, model_from_store
+    from volviz.analysis.importance import importance_from_store, inputs_from_store
     from volviz.analysis.pruning import least_most_table, table_markdown
     from volviz.app.prune_tab import markdown_table
     app = make_app([stores[0]])
@@ -523,14 +523,14 @@ def test_pruning_tab_computes_and_shows_a_result_folder(make_app, stores, tmp_pa
     assert folder.parent == app.prune_tab.out_dir and st[S.PR_STATUS] == f"showing {folder}"
     assert {p.name for p in folder.iterdir()} == {"table.csv", "table.md", "sweep_conv2.csv", "sweep_conv2.png"}
     rel = importance_from_store(store, ["conv2"], progress=False).class_relevance("conv2")[0]
-    rows = least_most_table(model_from_store(store).module, inputs_from_store(store)[0], {"conv2": rel},
+    rows = least_most_table(store.model(trust_factory=True).module, inputs_from_store(store)[0], {"conv2": rel},
                             [0, 1, 2], k=1, class_names=store.class_names, progress=False)
     head, want = markdown_table(table_markdown(rows))[1:]
     assert st[S.PR_HEAD] == head and st[S.PR_ROWS] == want
     assert len(st[S.PR_IMAGES]) == 1 and st[S.PR_IMAGES][0]["src"].startswith("data:image/png;base64,")
     # a folder written by `volviz prune --out` shows the same way
     out = tmp_path / "cli"
-    assert main(["prune", str(stores[0]), "--out", str(out), "--layers", "conv1", "--steps", "3"]) == 0
+    assert main(["prune", "--trust-factory", str(stores[0]), "--out", str(out), "--layers", "conv1", "--steps", "3"]) == 0
     _set(app, **{S.PR_DIR: str(out)})
     app.prune_tab.load_from_state()
     assert st[S.PR_SHOWN] == str(out) and len(st[S.PR_ROWS]) == 3 and st[S.PR_HEAD][0] == "class"

@@ -24,7 +24,7 @@ from volviz.analysis.importance import (
     importance_on_the_fly,
 )
 from volviz.capture.persample import loop_per_sample_grads
-from volviz.capture.run import CaptureSettings, run_capture
+from volviz.store.capture import CaptureSettings, run_capture
 from volviz.cli import main
 
 SETTINGS = dict(model="helpers:tiny_cnn", size=(12, 12), channels=1, batch_size=4)
@@ -89,11 +89,11 @@ def test_class_means_and_empty_class():
 
 
 def test_store_importance_equals_on_the_fly(tiny_store):
-    from volviz.analysis.importance import inputs_from_store, model_from_store
+    from volviz.analysis.importance import inputs_from_store
     res = importance_from_store(tiny_store, batch_size=4, progress=False)
     assert res.source == "store" and res.n_images == 9
     inputs, _ = inputs_from_store(tiny_store)
-    fly = importance_on_the_fly(model_from_store(tiny_store).module, inputs, res.layers, target="true",
+    fly = importance_on_the_fly(tiny_store.model(trust_factory=True).module, inputs, res.layers, target="true",
                                 progress=False)
     for n in res.layers:  # fc1/fc2 come from the stored u, v factors: |u_j| * ||v||
         np.testing.assert_allclose(res.per_image[n], fly.per_image[n], rtol=1e-4, atol=1e-7, err_msg=n)
@@ -139,7 +139,7 @@ def test_bad_layers_and_non_differentiable(tiny_store):
 
 def test_cli_importance_writes_tables_and_grids(tiny_store, tmp_path):
     out = tmp_path / "imp"
-    assert main(["importance", str(tiny_store.path), "--out", str(out)]) == 0
+    assert main(["importance", "--trust-factory", str(tiny_store.path), "--out", str(out)]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert "importance_conv3.png" in names and "class_fc1.csv" in names and "per_image_conv1.csv" in names
     rows = (out / "class_conv3.csv").read_text().splitlines()
@@ -151,14 +151,14 @@ def test_cli_importance_writes_tables_and_grids(tiny_store, tmp_path):
     assert summary["layers"]["conv3"]["grid"] == [2, 3]
     # a layer without weights: a clear error, exit 2, nothing written
     bad = tmp_path / "bad"
-    assert main(["importance", str(tiny_store.path), "--out", str(bad), "--layers", "pool"]) == 2
+    assert main(["importance", "--trust-factory", str(tiny_store.path), "--out", str(bad), "--layers", "pool"]) == 2
     assert not bad.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".volviz-")]
 
 
 def test_cli_importance_fixed_target_recomputes(tiny_store, tmp_path):
     out = tmp_path / "t"
-    assert main(["importance", str(tiny_store.path), "--out", str(out), "--target", "b", "--layers", "conv1"]) == 0
+    assert main(["importance", "--trust-factory", str(tiny_store.path), "--out", str(out), "--target", "b", "--layers", "conv1"]) == 0
     pairs = (out / "pairs_conv1.csv").read_text().splitlines()
     assert [r.split(",")[:3] for r in pairs[1:]] == [["b", "a", "3"], ["b", "b", "3"], ["b", "c", "3"]]
 
@@ -208,13 +208,13 @@ def test_group_gradients_shared_scale_and_magnitudes():
 
 def test_cli_groups(tiny_store, tmp_path, capsys):
     out = tmp_path / "g"
-    assert main(["groups", str(tiny_store.path), "--class", "a", "--layer", "conv2", "--out", str(out)]) == 0
+    assert main(["groups", "--trust-factory", str(tiny_store.path), "--class", "a", "--layer", "conv2", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "reference a" in text and "shared colour scale" in text
     d = json.loads((out / "sequence.json").read_text())
     assert d["reference"] == "a" and d["sequence"] and d["clim"] > 0 and len(d["norms"]) == len(d["sequence"])
     assert (out / "groups.png").stat().st_size > 1000
-    assert main(["groups", str(tiny_store.path), "--class", "zebra"]) == 2
+    assert main(["groups", "--trust-factory", str(tiny_store.path), "--class", "zebra"]) == 2
 
 
 def test_probability_output_gradients():

@@ -122,7 +122,7 @@ def tiny_store(tmp_path_factory):
 
 def test_cli_prune_writes_table_and_sweep(tiny_store, tmp_path):
     out = tmp_path / "p"
-    assert main(["prune", str(tiny_store), "--out", str(out), "--layers", "conv2", "conv3"]) == 0
+    assert main(["prune", "--trust-factory", str(tiny_store), "--out", str(out), "--layers", "conv2", "conv3"]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["sweep_conv2.csv", "sweep_conv2.png", "sweep_conv3.csv", "sweep_conv3.png", "table.csv", "table.md"]
     table = (out / "table.csv").read_text().splitlines()
@@ -134,7 +134,7 @@ def test_cli_prune_writes_table_and_sweep(tiny_store, tmp_path):
 def test_cli_prune_bad_input_writes_nothing(tiny_store, tmp_path):
     for args in (["--thresholds", "1e9"], ["--layers", "pool"], ["--classes", "zebra"], ["--reference", "9"]):
         out = tmp_path / "bad"
-        assert main(["prune", str(tiny_store), "--out", str(out), *args]) == 2, args
+        assert main(["prune", "--trust-factory", str(tiny_store), "--out", str(out), *args]) == 2, args
         assert not out.exists(), args
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".volviz-")]
 

@@ -94,14 +94,14 @@ def test_cli_saliency(tmp_path):
     assert main(["capture", "--out", str(store), "--images", str(imgs), "--model", "helpers:tiny_rgb_cnn",
                  "--size", "12", "12", "--channels", "3"]) == 0
     out = tmp_path / "sal"
-    assert main(["saliency", str(store), "--out", str(out)]) == 0
+    assert main(["saliency", "--trust-factory", str(store), "--out", str(out)]) == 0
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == ["saliency_00000.png", "saliency_00002.png", "saliency_00004.png"]  # one per class
     img = iio.imread(out / pngs[0])
     assert img.ndim == 3 and img.std() > 10
     maps = np.load(out / "maps.npz")["maps"]
     assert maps.shape == (3, 12, 12) and maps.max() > 0
-    assert main(["saliency", str(store), "--out", str(tmp_path / "ig"), "--method", "integrated-gradients",
+    assert main(["saliency", "--trust-factory", str(store), "--out", str(tmp_path / "ig"), "--method", "integrated-gradients",
                  "--index", "1", "--steps", "8"]) == 0
-    assert main(["saliency", str(store), "--out", str(tmp_path / "no"), "--index", "42"]) == 2
+    assert main(["saliency", "--trust-factory", str(store), "--out", str(tmp_path / "no"), "--index", "42"]) == 2
     assert not (tmp_path / "no").exists()

@@ -47,7 +47,7 @@ def add_capture(sub) -> None:
                        "activations, the gradient of one output neuron w.r.t. the activations and w.r.t. "
                        "the weights (per image, computed batched), and class probabilities.",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    p.add_argument("--out", required=True, help="store folder to create (or to complete with --resume)")
+    p.add_argument("--out", required=True, help="store folder to create (or to complete with --resume / --repair)")
     p.add_argument("--model", default="digits",
                    help="digits | faces (embedded), a torchvision name (resnet18), package.module:factory, "
                    "or a TorchScript file (default: digits)")
@@ -79,15 +79,24 @@ def add_capture(sub) -> None:
     p.add_argument("--memory-budget-gb", type=float, help="working memory one batch may use "
                    "(default: half the available RAM)")
     p.add_argument("--resume", action="store_true", help="complete an interrupted capture in --out")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--repair", action="store_true", help="check every chunk of the store in --out and capture "
+                   "again the images whose data is damaged or missing")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store (only a folder that "
+                   "holds a volviz store and nothing else)")
+    p.add_argument("--trust-factory", action="store_true", help="with --resume/--repair: allow the store's "
+                   "model spec to import a package.module:factory or load a TorchScript file")
     p.set_defaults(func=cmd_capture)
 
 
 def cmd_capture(a) -> int:
-    from volviz.capture.run import CaptureSettings, resume_capture, run_capture
+    from volviz.store.capture import CaptureSettings, resume_capture, run_capture
     setup_torch_threads()
-    if a.resume:
-        store = resume_capture(a.out)
+    trust = {"trust_pickle": a.trust_pickle, "trust_factory": a.trust_factory}
+    if a.repair:
+        from volviz.store.verify import repair_store
+        store = repair_store(a.out, **trust)
+    elif a.resume:
+        store = resume_capture(a.out, **trust)
     else:
         s = CaptureSettings(
             model=a.model, weights=a.weights, images=a.images, layers=a.layers, layer_types=a.layer_types,
@@ -109,21 +118,22 @@ def describe_store(store, short: bool = False) -> str:
     done = store.done
     lines = [f"store       {store.path}",
              f"status      {'complete' if store.complete else 'INCOMPLETE: resume with volviz capture --resume --out ' + str(store.path)}",
-             f"model       {p['model']['spec']}  weights={p['model']['weights']}",
-             f"images      {int(done.sum())}/{store.n_images} captured, {len(p.get('skipped', []))} skipped",
-             f"target      {p['settings']['target']}   dtype {p['dtype']}   gradients {p['gradients']}"]
-    if store.manifest and store.manifest["summary"].get("accuracy") is not None:
-        lines.append(f"accuracy    {store.manifest['summary']['accuracy']:.3f} on labelled images")
+             f"model       {p.model.describe()}",
+             f"images      {int(done.sum())}/{store.n_images} captured, {len(p.skipped)} skipped",
+             f"target      {p.target}   dtype {p.dtype}   gradients {p.gradients}"]
+    if store.summary.get("accuracy") is not None:
+        lines.append(f"accuracy    {store.summary['accuracy']:.3f} on labelled images")
     if store.class_names:
-        lines.append(f"classes     {', '.join(store.class_names)}")
-    for layer, bad in ((store.manifest or {}).get("summary", {}).get("nonfinite") or {}).items():
+        names = store.class_names
+        lines.append(f"classes     {', '.join(names[:12])}" + (f", ... ({len(names)} names)" if len(names) > 12 else ""))
+    for layer, bad in (store.summary.get("nonfinite") or {}).items():
         lines.append(f"WARNING     {layer}: {bad} NaN/Inf activation values (rendered clamped, flagged in views)")
     lines.append("layers:")
     for info in store.layers.values():
         w = "x".join(map(str, info.weight_shape)) if info.weight_shape else "-"
         lines.append(f"  {info.name:<28} {info.module_type:<10} act {'x'.join(map(str, info.act_shape)):<14} weight {w}")
     if not short:
-        for s in p.get("skipped", []):
+        for s in p.skipped:
             lines.append(f"skipped     {s['path']}: {s['reason']}")
         if store.manifest:
             v = store.manifest.get("versions", {})
@@ -136,19 +146,28 @@ def describe_store(store, short: bool = False) -> str:
                 im = store.images[i]
                 t = names[labels[i]] if names and labels[i] >= 0 else labels[i]
                 pr = names[pred[i]] if names else pred[i]
-                lines.append(f"  [{i}] {im['id']}  true={t} pred={pr}")
+                lines.append(f"  [{i}] {im.id}  true={t} pred={pr}")
     return "\n".join(lines)
 
 
 def add_info(sub) -> None:
-    p = sub.add_parser("info", help="print what a store holds")
+    p = sub.add_parser("info", help="print what a store holds",
+                       description="Print a store's model, images, layers and accuracy. --verify reads every "
+                       "chunk and checks its checksum (exit 1 when damage is found).")
     p.add_argument("store")
+    p.add_argument("--verify", action="store_true", help="read and check every chunk of every captured image")
     p.set_defaults(func=cmd_info)
 
 
 def cmd_info(a) -> int:
     from volviz.store.store import Store
-    print(describe_store(Store.open(a.store)))
+    store = Store.open(a.store)
+    print(describe_store(store))
+    if a.verify:
+        from volviz.store.verify import verify_store
+        report = verify_store(store)
+        print(report.text())
+        return 0 if report.ok else 1
     return 0
 
 
@@ -176,7 +195,8 @@ def _command_modules() -> list:
     import importlib
     import pkgutil
     import volviz.commands as pkg
-    return [importlib.import_module(f"volviz.commands.{m.name}") for m in pkgutil.iter_modules(pkg.__path__)]
+    modules = [importlib.import_module(f"volviz.commands.{m.name}") for m in pkgutil.iter_modules(pkg.__path__)]
+    return [m for m in modules if hasattr(m, "register")]  # common.py holds shared helpers
 
 
 COMMANDS = [add_capture, add_info, add_train_demo]

@@ -39,6 +39,10 @@ class CaptureError(VolvizError, RuntimeError):
     """The capture cannot run as asked."""
 
 
+class TargetError(CaptureError, ValueError):
+    """The output neuron asked for (``--target``) does not exist."""
+
+
 class StoreError(VolvizError, ValueError):
     """The store is missing, damaged, incomplete for the request, or from a newer volviz."""
 

@@ -117,8 +117,11 @@ def _number(v, name: str, path, lo: float | None = 0.0, integer: bool = False):
     return int(v) if integer else float(v)
 
 
-def load_scene(path: str | os.PathLike | None = None, *, text: str | None = None) -> Scene:
-    """Read and check a scene file (or TOML ``text``); paths in it are resolved here."""
+def load_scene(path: str | os.PathLike | None = None, *, text: str | None = None,
+               allow_outside: bool = False) -> Scene:
+    """Read and check a scene file (or TOML ``text``); paths in it are resolved here. A scene is
+    data someone may have sent you: its ``[store] path`` must stay inside the scene's folder unless
+    ``allow_outside`` (the command line's ``--allow-outside``)."""
     if text is None:
         path = Path(path)
         if not path.is_file():
@@ -137,6 +140,9 @@ def load_scene(path: str | os.PathLike | None = None, *, text: str | None = None
     if "path" in st:
         p = Path(st["path"]).expanduser()
         sc.store = p if p.is_absolute() else (base / p)
+        if not allow_outside and not sc.store.resolve().is_relative_to(base):
+            raise _err(path, f"[store] path {st['path']!r} leaves the scene's folder; move the store next to "
+                       "the scene, or pass --allow-outside if you trust this scene file")
     elif sc.model:
         sc.store = Path("stores") / str(sc.model)  # the CLI's convention: under the current directory
     else:
@@ -222,32 +228,29 @@ def load_scene(path: str | os.PathLike | None = None, *, text: str | None = None
 
 
 # ------------------------------------------------------------------------------ data
-def ensure_store(scene: Scene, progress: bool = True):
+def ensure_store(scene: Scene, progress: bool = True, trust: dict | None = None):
     """Open the scene's store; capture it from ``scene.model`` first if it does not exist (or
-    resume it when a capture was interrupted)."""
-    from volviz.store.store import Store
+    resume it when a capture was interrupted). ``trust``: the command line's --trust-* flags; a
+    scene never imports a ``module:callable`` model by itself."""
+    from volviz.store.capture import CaptureSettings, open_or_capture
+    from volviz.store.plan import spec_runs_code
 
+    trust = trust or {}
     path = Path(scene.store)
-    if (path / "plan.json").exists():
-        store = Store.open(path)
-        if not store.complete:
-            from volviz.capture.run import resume_capture
-            log.info("completing the interrupted capture in %s", path)
-            store = resume_capture(path, progress=progress)
-        return store
-    if not scene.model:
-        raise SceneError(f"{scene.path}: no store at {path} and no [store] model to capture it from")
-    if path.exists() and any(path.iterdir()):
-        raise SceneError(f"{path} exists but is not a volviz store; point [store] path elsewhere")
-    from volviz.capture.run import CaptureSettings, run_capture
-
-    log.info("capturing %s into %s", scene.model, path)
-    s = CaptureSettings(model=scene.model, images=list(scene.images), max_images=scene.max_images)
-    run_capture(path, s, progress=progress)
-    return Store.open(path)
+    if not (path / "plan.json").exists():
+        if not scene.model:
+            raise SceneError(f"{scene.path}: no store at {path} and no [store] model to capture it from")
+        if spec_runs_code(scene.model) and not trust.get("trust_factory"):
+            raise SceneError(f"{scene.path}: [store] model {scene.model!r} would import and run code; use a demo "
+                             "or torchvision model name, or pass --trust-factory if you trust this scene file")
+        if path.exists() and any(path.iterdir()):
+            raise SceneError(f"{path} exists but is not a volviz store; point [store] path elsewhere")
+    s = CaptureSettings(model=scene.model or "digits", images=list(scene.images), max_images=scene.max_images)
+    return open_or_capture(path, s, progress=progress)
 
 
-def load_thumbnails(store, layers, optimize: dict | None = None, progress: bool = True) -> dict[str, np.ndarray]:
+def load_thumbnails(store, layers, optimize: dict | None = None, progress: bool = True,
+                    trust: dict | None = None) -> dict[str, np.ndarray]:
     """``{layer: uint8 (n, H, W, 3)}`` preferred-input thumbnails from the store (``volviz
     optimize``); layers without results are left out (the scene draws neutral tiles). With
     ``optimize`` (a dict of ``PreferredSettings`` fields, plus ``layers``), the missing layers
@@ -268,7 +271,8 @@ def load_thumbnails(store, layers, optimize: dict | None = None, progress: bool 
             from volviz.store.store import Store
             log.warning("optimizing the preferred inputs of %s into %s (once)", ", ".join(todo), store.path)
             try:
-                run_preferred(Store.open(store.path, "r+"), todo, PreferredSettings(**opt), progress=progress)
+                run_preferred(Store.open(store.path, "r+"), todo, PreferredSettings(**opt), progress=progress,
+                              trust=trust)
             except R.PreferredError as exc:  # e.g. an interrupted run made with other settings
                 log.warning("cannot optimize: %s; those layers show neutral tiles", exc)
     out = {}
@@ -426,7 +430,7 @@ class PreparedScene:
         c = pred if cls is None else cls
         cname = names[c] if c < len(names) else str(c)
         true = names[label] if 0 <= label < len(names) else ("?" if label < 0 else str(label))
-        return (f"image {step + 1}/{len(self.indices)}  [{st.images[i]['id']}]\n"
+        return (f"image {step + 1}/{len(self.indices)}  [{st.images[i].id}]\n"
                 f"true {true}   P({cname}) = {probs[c]:.2f}")
 
     def seek(self, t: float) -> None:
@@ -463,21 +467,21 @@ class SceneData:
     scales: dict[str, float]
 
 
-def load_scene_data(scene: Scene, progress: bool = True) -> SceneData:
+def load_scene_data(scene: Scene, progress: bool = True, trust: dict | None = None) -> SceneData:
     """Store (captured if needed), graph, layout, thumbnails (optimized first when the scene's
     ``[optimize]`` says so and ``scene.optimize`` is set), the series and its responses."""
     from volviz.analysis.network_graph import graph_for_store, series_responses
     from volviz.views.graph_layout import layered_layout
 
-    store = ensure_store(scene, progress)
-    G = graph_for_store(store, **scene.graph)
+    store = ensure_store(scene, progress, trust)
+    G = graph_for_store(store, **scene.graph, **(trust or {}))
     layers = G.graph["layers"]
     try:
         layout = layered_layout(layers, **scene.layout)
     except TypeError as exc:
         raise SceneError(f"{scene.path}: [view] layout settings: {exc}") from None
     unit_layers = [d["name"] for d in layers if d["kind"] != "input"]
-    thumbs = load_thumbnails(store, unit_layers, scene.optimize, progress) if scene.thumbnails else {}
+    thumbs = load_thumbnails(store, unit_layers, scene.optimize, progress, trust) if scene.thumbnails else {}
     if scene.series is not None:
         indices = series_indices(store, scene.series)
         times = series_timeline(len(indices), scene.series)
@@ -512,10 +516,10 @@ def build_prepared(data: SceneData, *, width: int | None = None, height: int | N
 
 
 def prepare_scene(scene: Scene, *, width: int | None = None, height: int | None = None,
-                  plotter=None, progress: bool = True) -> PreparedScene:
+                  plotter=None, progress: bool = True, trust: dict | None = None) -> PreparedScene:
     """Store (captured if needed), graph, layout, thumbnails, responses, camera path:
     :func:`load_scene_data` then :func:`build_prepared`."""
-    return build_prepared(load_scene_data(scene, progress), width=width, height=height, plotter=plotter)
+    return build_prepared(load_scene_data(scene, progress, trust), width=width, height=height, plotter=plotter)
 
 
 def scene_frames(prepared: PreparedScene, fps: float):
@@ -527,7 +531,8 @@ def scene_frames(prepared: PreparedScene, fps: float):
 
 
 def movie_from_scene(scene_path: str | os.PathLike, out: str | os.PathLike, width: int | None = None,
-                     height: int | None = None, fps: float | None = None, progress: bool = True) -> Path:
+                     height: int | None = None, fps: float | None = None, progress: bool = True,
+                     trust: dict | None = None, allow_outside: bool = False) -> Path:
     """Render the scene file ``scene_path`` to ``out`` (``.mp4`` or ``.gif``), off screen.
 
     ``width``, ``height`` and ``fps`` override the scene's ``[view]``. Returns the written path.
@@ -537,11 +542,11 @@ def movie_from_scene(scene_path: str | os.PathLike, out: str | os.PathLike, widt
     out = Path(out)
     if out.suffix.lower() not in MOVIE_SUFFIXES:
         raise SceneError(f"unknown movie format {out.suffix!r}; use one of {', '.join(MOVIE_SUFFIXES)}")
-    scene = load_scene(scene_path)
+    scene = load_scene(scene_path, allow_outside=allow_outside)
     rate = float(fps or scene.fps)
     if not rate > 0:
         raise SceneError(f"fps must be > 0, got {rate}")
-    prepared = prepare_scene(scene, width=width, height=height, progress=progress)
+    prepared = prepare_scene(scene, width=width, height=height, progress=progress, trust=trust)
     try:
         n = prepared.n_frames(rate)
         return write_movie(out, scene_frames(prepared, rate), fps=rate, total=n, progress=progress)

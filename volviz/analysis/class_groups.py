@@ -197,7 +197,7 @@ def _store_descriptors(store, layer: str | None, rows: np.ndarray, batch_size: i
         layer = names[-2] if len(names) >= 2 else names[-1]
     if layer not in store.layers:
         raise AnalysisError(f"layer {layer!r} is not in this store; layers: {', '.join(names)}")
-    parts = [store.read_rows(f"act/{layer}/data", rows[s:s + batch_size]).reshape(len(rows[s:s + batch_size]), -1)
+    parts = [store.read_batch("activation", layer, rows[s:s + batch_size]).reshape(len(rows[s:s + batch_size]), -1)
              for s in range(0, len(rows), batch_size)]
     return np.concatenate(parts), layer
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
-from volviz.errors import AnalysisError, EmptyClassError, NoWeightsError, NotDifferentiableError  # noqa: F401
+from volviz.errors import AnalysisError, EmptyClassError, NoWeightsError, NotDifferentiableError, StoreError  # noqa: F401
 
 import torch
 from torch import nn
@@ -66,7 +66,6 @@ __all__ = [
     "factor_norms",
     "importance_from_store",
     "importance_on_the_fly",
-    "model_from_store",
     "inputs_from_store",
     "inputs_from_paths",
     "weighted_layers",
@@ -298,20 +297,6 @@ class InputSet:
         return torch.stack([self.prep(read_image(self.records[int(i)])) for i in indices])
 
 
-def _prep_from_plan(plan: dict):
-    from volviz.sources.preprocess import Preprocess
-    p = plan["preprocess"]
-    return Preprocess(tuple(p["size"]), p["channels"], tuple(p["mean"]) if p["mean"] else None,
-                      tuple(p["std"]) if p["std"] else None, p["mode"])
-
-
-def model_from_store(store):
-    """The model a store was captured from (plan['settings']: model spec, weights), in eval mode."""
-    from volviz.sources.models import load_model
-    s = store.plan["settings"]
-    loaded = load_model(s["model"], s.get("weights"), trust_pickle=s.get("trust_pickle", False))
-    loaded.module.eval()
-    return loaded
 
 
 def inputs_from_store(store, only_done: bool = True) -> tuple[InputSet, np.ndarray]:
@@ -319,15 +304,14 @@ def inputs_from_store(store, only_done: bool = True) -> tuple[InputSet, np.ndarr
     indices of its images."""
     idx = np.flatnonzero(store.done) if only_done else np.arange(store.n_images)
     if len(idx) == 0:
-        from volviz.store.store import StoreError
         raise StoreError(f"{store.path} holds no captured image yet; run `volviz capture --resume --out {store.path}`")
-    return InputSet([store.images[i] for i in idx], _prep_from_plan(store.plan)), idx
+    return InputSet([store.images[i] for i in idx], store.preprocess), idx
 
 
 def inputs_from_paths(paths: list[str], store_or_prep, class_names: list[str] | None = None) -> InputSet:
     """User images (ImageFolder tree, files), preprocessed like the store's (or with ``prep``)."""
     from volviz.sources.images import discover_images
-    prep = _prep_from_plan(store_or_prep.plan) if hasattr(store_or_prep, "plan") else store_or_prep
+    prep = store_or_prep.preprocess if hasattr(store_or_prep, "preprocess") else store_or_prep
     if class_names is None and hasattr(store_or_prep, "class_names"):
         class_names = store_or_prep.class_names
     imageset = discover_images(paths, class_names=class_names)
@@ -487,8 +471,6 @@ def importance_from_store(store, layers: list[str] | None = None, *, batch_size:
                           progress: bool = True) -> ImportanceResult:
     """Per-image filter importance from the weight gradients a capture stored (w.r.t. the
     store's target neuron per image), reading ``batch_size`` images of one layer at a time."""
-    from volviz.store.store import StoreError
-
     with_w = [n for n, info in store.layers.items() if info.weight_shape]
     if not layers:
         layers = with_w
@@ -517,11 +499,9 @@ def importance_from_store(store, layers: list[str] | None = None, *, batch_size:
             for s in range(0, len(idx), batch_size):
                 rows = idx[s:s + batch_size]
                 if info.weight_factors:
-                    u = store.read_rows(f"grad_weight/{name}/u", rows)
-                    v = store.read_rows(f"grad_weight/{name}/v", rows)
-                    parts.append(factor_norms(u, v).astype(np.float32))
+                    parts.append(factor_norms(*store.read_factors(name, rows)).astype(np.float32))
                 else:
-                    parts.append(filter_norms(store.read_rows(f"grad_weight/{name}/w", rows)).astype(np.float32))
+                    parts.append(filter_norms(store.read_batch("grad_weight", name, rows)).astype(np.float32))
                 bar.update(len(rows))
             per_image[name] = np.concatenate(parts)
     finally:
@@ -530,7 +510,7 @@ def importance_from_store(store, layers: list[str] | None = None, *, batch_size:
     n_classes = probs.shape[1]
     return ImportanceResult(list(layers), per_image, store.column("label")[idx], store.column("target")[idx],
                             store.column("pred")[idx], store.class_names, int(n_classes),
-                            [store.images[i]["id"] for i in idx], "store")
+                            [store.images[i].id for i in idx], "store")
 
 
 def panels_for(result: ImportanceResult, layer: str, classes: list[int] | None = None

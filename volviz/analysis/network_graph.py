@@ -738,17 +738,11 @@ def build_network_graph(model: nn.Module, input_shape: tuple[int, ...], *, k: in
 
 
 def graph_for_store(store, *, k: int | None = 8, threshold: float = 0.0, mode: str = "relu",
-                    tracer: str = "auto") -> nx.DiGraph:
+                    tracer: str = "auto", model=None, **trust) -> nx.DiGraph:
     """The unit graph of the model a store was captured from (its spec and weights, its input
-    size)."""
-    from volviz.sources.models import load_model
-
-    m = store.plan["model"]
-    s = store.plan.get("settings", {})
-    loaded = load_model(m["spec"], m.get("weights"), trust_pickle=bool(s.get("trust_pickle", False)))
-    p = store.plan["preprocess"]
-    shape = (int(p["channels"]), *map(int, p["size"]))
-    return build_network_graph(loaded.module, shape, k=k, threshold=threshold, mode=mode, tracer=tracer)
+    size); ``trust`` holds the command's --trust-* flags, ``model`` an already loaded one."""
+    module = model if model is not None else store.model(**trust).module
+    return build_network_graph(module, store.input_shape, k=k, threshold=threshold, mode=mode, tracer=tracer)
 
 
 # ------------------------------------------------------------------------------ responses

@@ -31,7 +31,7 @@ def ensure_default_store(path: str | os.PathLike = DEFAULT_STORE) -> pathlib.Pat
     """The embedded default store, captured first when it does not exist yet (resumed when a
     capture was interrupted). A folder that holds something else is left alone (the page then
     says what is wrong with it)."""
-    from volviz.capture.run import CaptureSettings, resume_capture, run_capture
+    from volviz.store.capture import CaptureSettings, resume_capture, run_capture
     from volviz.store.store import Store, StoreError
     path = pathlib.Path(path)
     if not path.exists() or not any(path.iterdir()):

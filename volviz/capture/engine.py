@@ -40,13 +40,15 @@ def resolve_targets(target: str | int, logits: torch.Tensor, labels: torch.Tenso
         return torch.where(labels >= 0, labels, pred)
     if isinstance(target, str) and not target.lstrip("-").isdigit():
         if not class_names or target not in class_names:
-            raise ValueError(f"unknown target class {target!r}; valid: true, pred, an index, or "
-                             f"one of {class_names}")
+            from volviz.errors import TargetError
+            shown = ", ".join(class_names[:10]) + (f", ... ({len(class_names)} names)" if class_names and len(class_names) > 10 else "")
+            raise TargetError(f"unknown target class {target!r}; valid: true, pred, an index, or one of: {shown or 'no class names known'}")
         idx = class_names.index(target)
     else:
         idx = int(target)
     if not 0 <= idx < logits.shape[1]:
-        raise ValueError(f"target class {idx} out of range: the model has {logits.shape[1]} outputs")
+        from volviz.errors import TargetError
+        raise TargetError(f"target class {idx} out of range: the model has {logits.shape[1]} outputs (0..{logits.shape[1] - 1})")
     return torch.full_like(pred, idx)
 
 

@@ -7,11 +7,15 @@ and moved into ``--out`` only when everything succeeded: a failed run leaves not
 """
 from __future__ import annotations
 
+from volviz.errors import UserError
+
 import json
 import os
 import pathlib
 import shutil
 import tempfile
+
+from volviz.commands.common import add_trust_args, open_store, store_model
 
 __all__ = ["register"]
 
@@ -35,7 +39,7 @@ class _Outputs:
     def __init__(self, out: str | os.PathLike):
         self.out = pathlib.Path(out)
         if self.out.exists() and not self.out.is_dir():
-            raise ValueError(f"--out {self.out} exists and is not a folder")
+            raise UserError(f"--out {self.out} exists and is not a folder")
         self.tmp = pathlib.Path(tempfile.mkdtemp(prefix=".volviz-", dir=_existing_ancestor(self.out.parent)))
         self.names: list[str] = []
 
@@ -60,8 +64,7 @@ class _Outputs:
 
 
 def _open(store_path):
-    from volviz.store.store import Store
-    return Store.open(store_path)
+    return open_store(store_path)
 
 
 def _images_or_store(store, images):
@@ -98,21 +101,22 @@ def add_importance(sub) -> None:
                    help="differentiate the class score before softmax (default, as stored), its softmax "
                    "probability or its log; other than score, the gradients are recomputed from the model")
     p.add_argument("--batch-size", type=int, default=64)
+    add_trust_args(p)
     p.set_defaults(func=cmd_importance)
 
 
 def _compute_importance(store, a, layers=None, target=None, inputs=None):
-    from volviz.analysis.importance import importance_from_store, importance_on_the_fly, model_from_store
-    target = target or getattr(a, "target", None) or store.plan["settings"]["target"]
+    from volviz.analysis.importance import importance_from_store, importance_on_the_fly
+    target = target or getattr(a, "target", None) or store.plan.target
     layers = layers if layers is not None else a.layers
     output = getattr(a, "output", "score")
     stored_ok = (not getattr(a, "images", None) and inputs is None and not getattr(a, "from_model", False)
                  and output == "score"
-                 and str(target) == str(store.plan["settings"]["target"])
+                 and str(target) == str(store.plan.target)
                  and all(store.has("grad_weight", n) for n in (layers or [n for n, i in store.layers.items() if i.weight_shape])))
     if stored_ok:
         return importance_from_store(store, layers, batch_size=a.batch_size), None
-    loaded = model_from_store(store)
+    loaded = store_model(store, a)
     if inputs is None:
         inputs, _ = _images_or_store(store, getattr(a, "images", None))
     if not layers:
@@ -175,13 +179,14 @@ def add_prune(sub) -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--keep-bias", action="store_true", help="zero only the weights of removed filters, not their bias")
     p.add_argument("--batch-size", type=int, default=64)
+    add_trust_args(p)
     p.set_defaults(func=cmd_prune)
 
 
 def cmd_prune(a) -> int:
     import numpy as np
     from volviz.analysis import pruning
-    from volviz.analysis.importance import AnalysisError, class_index, model_from_store
+    from volviz.analysis.importance import AnalysisError, class_index
 
     _threads()
     store = _open(a.store)
@@ -190,7 +195,7 @@ def cmd_prune(a) -> int:
         raise AnalysisError("the store has no conv layer with weights; choose layers with --layers")
     inputs, _ = _images_or_store(store, a.images)
     res, loaded = _compute_importance(store, a, layers=layers, target="true", inputs=inputs if a.images else None)
-    model = loaded.module if loaded is not None else model_from_store(store).module
+    model = loaded.module if loaded is not None else store_model(store, a).module
     K = res.n_classes
     names = store.class_names
     rel = {n: res.class_relevance(n)[0] for n in layers}
@@ -250,25 +255,26 @@ def add_check(sub) -> None:
     p.add_argument("--store-tol", type=float, help="tolerance for the stored gradients (default 1e-3; 2e-2 for float16 stores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--csv", help="also write the table as CSV to this file")
+    add_trust_args(p)
     p.set_defaults(func=cmd_check)
 
 
 def cmd_check(a) -> int:
     from volviz.analysis.gradcheck import GradCheckReport, check_gradients
-    from volviz.analysis.importance import AnalysisError, _prep_from_plan, model_from_store
-    from volviz.sources.images import ImageRecord, read_image
+    from volviz.analysis.importance import AnalysisError
+    from volviz.sources.images import read_image
 
     _threads()
     store = _open(a.store)
-    loaded = model_from_store(store)
-    prep = _prep_from_plan(store.plan)
+    loaded = store_model(store, a)
+    prep = store.preprocess
     layers = a.layers or [n for n, i in store.layers.items() if i.weight_shape]
-    store_tol = a.store_tol if a.store_tol is not None else (2e-2 if store.plan.get("dtype") == "float16" else 1e-3)
+    store_tol = a.store_tol if a.store_tol is not None else (2e-2 if store.plan.dtype == "float16" else 1e-3)
     rows, notes = [], []
     for i in a.index:
         if not 0 <= i < store.n_images or not store.done[i]:
             raise AnalysisError(f"image index {i} is not a captured image of {store.path} (0..{store.n_images - 1})")
-        x = prep(read_image(ImageRecord(**store.images[i])))[None]
+        x = prep(read_image(store.images[i]))[None]
         target = int(store.column("target")[i])
         stored = {n: store.read("grad_weight", n, i) for n in layers if store.has("grad_weight", n)}
         rep = check_gradients(loaded.module, x, target, layers, filters_per_layer=a.filters,
@@ -297,16 +303,17 @@ def add_saliency(sub) -> None:
     p.add_argument("--method", choices=METHODS, default="saliency")
     p.add_argument("--target", default="pred", help="class score: pred (default), true, or a class")
     p.add_argument("--steps", type=int, default=50, help="integrated-gradients steps")
+    add_trust_args(p)
     p.set_defaults(func=cmd_saliency)
 
 
 def cmd_saliency(a) -> int:
     import numpy as np
     import torch
-    from volviz.analysis.importance import AnalysisError, _prep_from_plan, model_from_store
+    from volviz.analysis.importance import AnalysisError
     from volviz.analysis.saliency import saliency_figure, saliency_maps
     from volviz.capture.engine import model_logits, resolve_targets
-    from volviz.sources.images import ImageRecord, read_image
+    from volviz.sources.images import read_image
 
     _threads()
     store = _open(a.store)
@@ -324,9 +331,9 @@ def cmd_saliency(a) -> int:
                 seen.add(labels[i])
                 idx.append(int(i))
         idx = idx[:10]
-    loaded = model_from_store(store)
-    prep = _prep_from_plan(store.plan)
-    recs = [ImageRecord(**store.images[i]) for i in idx]
+    loaded = store_model(store, a)
+    prep = store.preprocess
+    recs = [store.images[i] for i in idx]
     x = torch.stack([prep(read_image(r)) for r in recs])
     labels = torch.tensor([r.label for r in recs])
     with torch.no_grad():
@@ -373,6 +380,7 @@ def add_groups(sub) -> None:
                    "stores), its softmax probability or its log")
     p.add_argument("--out", help="folder for sequence.json and groups.png")
     p.add_argument("--no-stats", action="store_true", help="skip the gradient norms over all images of the three classes")
+    add_trust_args(p)
     p.set_defaults(func=cmd_groups)
 
 
@@ -381,12 +389,12 @@ def _group_stats(store, model, groups, layer: str, output: str = "score") -> dic
     reference, similar and dissimilar class (not only the few in the sequence)."""
     import numpy as np
     from volviz.analysis.class_groups import magnitude_by_class
-    from volviz.analysis.importance import InputSet, _prep_from_plan, importance_on_the_fly
+    from volviz.analysis.importance import InputSet, importance_on_the_fly
 
     wanted = {groups.reference: "reference", groups.similar: "similar", groups.dissimilar: "dissimilar"}
     labels = store.column("label")
     idx = [int(i) for i in np.flatnonzero(store.done) if int(labels[i]) in wanted]
-    inputs = InputSet([store.images[i] for i in idx], _prep_from_plan(store.plan))
+    inputs = InputSet([store.images[i] for i in idx], store.preprocess)
     res = importance_on_the_fly(model, inputs, [layer], target=groups.reference, class_names=store.class_names,
                                 output=output, progress=False)
     mag = magnitude_by_class(res, layer, groups.reference)
@@ -414,8 +422,7 @@ def _mosaic(arr, quantity: str):
 def cmd_groups(a) -> int:
     import numpy as np
     from volviz.analysis.class_groups import class_groups_from_store, group_gradients, groups_figure
-    from volviz.analysis.importance import _prep_from_plan, model_from_store
-    from volviz.sources.images import ImageRecord, read_image
+    from volviz.sources.images import read_image
 
     _threads()
     import torch
@@ -423,9 +430,9 @@ def cmd_groups(a) -> int:
     groups = class_groups_from_store(store, a.reference, by=a.by, per_group=a.per_group,
                                      descriptor_layer=a.descriptor_layer)
     layer = a.layer or next((n for n, i in store.layers.items() if i.weight_shape), None) or next(iter(store.layers))
-    loaded = model_from_store(store)
-    prep = _prep_from_plan(store.plan)
-    x = torch.stack([prep(read_image(ImageRecord(**store.images[it.index]))) for it in groups.items])
+    loaded = store_model(store, a)
+    prep = store.preprocess
+    x = torch.stack([prep(read_image(store.images[it.index])) for it in groups.items])
     gg = group_gradients(loaded.module, x, groups.reference, layer, quantity=a.quantity, output=a.output)
     print(groups.table())
     what = {"score": "S", "prob": "p", "log-prob": "log p"}[a.output] + f"_{groups.name(groups.reference)}"

@@ -1,6 +1,8 @@
 """``volviz graph``: the model of a store as a 3-D node-edge graph, rendered to a PNG."""
 from __future__ import annotations
 
+from volviz.errors import UserError
+
 import argparse
 
 EPILOG = """\
@@ -41,6 +43,8 @@ def register(sub) -> None:
     p.add_argument("--height", type=int, default=768)
     p.add_argument("--no-thumbnails", action="store_true", help="plain coloured squares, no preferred inputs")
     p.add_argument("--export", help="also write the graph: .graphml or .json (node-link)")
+    from volviz.commands.common import add_trust_args
+    add_trust_args(p)
     p.set_defaults(func=cmd_graph)
 
 
@@ -61,12 +65,13 @@ def export_graph(G, path: str) -> None:
     elif path.suffix == ".json":
         path.write_text(json.dumps(nx.node_link_data(H, edges="edges")))
     else:
-        raise ValueError(f"--export: unknown format {path.suffix!r}; use .graphml or .json")
+        raise UserError(f"--export: unknown format {path.suffix!r}; use .graphml or .json")
 
 
 def cmd_graph(a) -> int:
     from volviz.analysis.network_graph import graph_for_store, unit_responses
     from volviz.cli import setup_torch_threads
+    from volviz.commands.common import trust
     from volviz.scene import load_thumbnails
     from volviz.store.store import Store
     from volviz.views.camera_path import layer_pose, overview_pose, unit_pose
@@ -75,27 +80,29 @@ def cmd_graph(a) -> int:
 
     setup_torch_threads()
     if a.unit is not None and not a.layer:
-        raise ValueError("--unit needs --layer")
+        raise UserError("--unit needs --layer")
     if not 0.0 <= a.threshold <= 1.0:
-        raise ValueError(f"--threshold is a fraction in [0, 1], got {a.threshold}")
+        raise UserError(f"--threshold is a fraction in [0, 1], got {a.threshold}")
     store = Store.open(a.store)
     if not 0 <= a.image < store.n_images or not store.done[a.image]:
-        raise ValueError(f"image {a.image} is not in the store ({int(store.done.sum())} captured images)")
-    G = graph_for_store(store, k=a.k or None, threshold=a.threshold, mode=a.mode)
+        raise UserError(f"image {a.image} is not in the store ({int(store.done.sum())} captured images)")
+    G = graph_for_store(store, k=a.k or None, threshold=a.threshold, mode=a.mode, **trust(a))
     if a.export:
         export_graph(G, a.export)
     layout = layered_layout(G.graph["layers"])
+    if a.layer and a.layer not in layout.planes:
+        raise UserError(f"no layer {a.layer!r} in the graph; layers: {', '.join(layout.planes)}")
     units = [d["name"] for d in G.graph["layers"] if d["kind"] != "input"]
     thumbs = {} if a.no_thumbnails else load_thumbnails(store, units, progress=False)
     style = GraphStyle(edges_per_node=a.edges_per_node, missing_thumbnail="none" if a.no_thumbnails else "grey")
-    title = f"{store.plan['model']['spec']}: {G.number_of_nodes()} units, {G.number_of_edges()} edges (k={a.k})"
+    title = f"{store.plan.model.spec}: {G.number_of_nodes()} units, {G.number_of_edges()} edges (k={a.k})"
     scene = GraphScene(G, layout, thumbs, input_image=store.read_input(a.image), style=style, title=title,
                        window_size=(a.width, a.height))
     try:
         scene.update_activations(unit_responses(store, a.image, units))
         names = store.class_names or []
         pred = int(store.column("pred")[a.image])
-        scene.set_label(f"image {a.image} [{store.images[a.image]['id']}]\n"
+        scene.set_label(f"image {a.image} [{store.images[a.image].id}]\n"
                         f"predicted {names[pred] if pred < len(names) else pred}")
         angles = {k: v for k, v in (("azimuth", a.azimuth), ("elevation", a.elevation)) if v is not None}
         if a.layer and a.unit is not None:

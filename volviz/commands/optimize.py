@@ -2,6 +2,8 @@
 ``volviz preferred-grid``: one layer's preferred inputs as a grid PNG."""
 from __future__ import annotations
 
+from volviz.errors import UserError
+
 import argparse
 import math
 import pathlib
@@ -60,6 +62,8 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="recompute layers that already have results")
     p.add_argument("--grid-dir", help="also write DIR/<layer>.png, a grid of each layer's preferred inputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from volviz.commands.common import add_trust_args
+    add_trust_args(p)
     p.set_defaults(func=cmd_optimize)
 
     q = sub.add_parser("preferred-grid", help="a layer's preferred inputs as a grid PNG",
@@ -90,7 +94,9 @@ def cmd_optimize(a) -> int:
                           search_units=a.search_units, search_steps=a.search_steps, hf_weight=a.hf_weight,
                           param=a.param, config=fixed, init=a.init, batch_size=a.batch_size,
                           device=a.device, precision=a.precision)
-    summaries = run_preferred(a.store, a.layers, s, overwrite=a.overwrite, progress=not a.quiet)
+    from volviz.commands.common import open_store, trust
+    store = open_store(a.store, "r+")
+    summaries = run_preferred(store, a.layers, s, overwrite=a.overwrite, progress=not a.quiet, trust=trust(a))
     print(f"{'layer':<16} {'objective':<9} {'units':>5} {'beats real':>10} {'>= real':>8} {'median z':>9} "
           f"{'HF':>5} {'seconds':>8}")
     for layer, m in summaries.items():
@@ -147,16 +153,16 @@ def write_grid(store, layer: str, out, seeds: str = "best", normalize: str = "pe
             k = int(seeds)
             imgs = allimgs[:, k]
         except (ValueError, IndexError):
-            raise ValueError(f"--seeds must be best, all or a seed index below {allimgs.shape[1]}, "
+            raise UserError(f"--seeds must be best, all or a seed index below {allimgs.shape[1]}, "
                              f"got {seeds!r}") from None
     if units:
         try:
             parts = [int(x) if x else None for x in units.split(":")]
             imgs = imgs[slice(*parts)] if len(parts) > 1 else imgs[parts[0]:parts[0] + 1]
         except (ValueError, TypeError):
-            raise ValueError(f"--units must look like 0:64, got {units!r}") from None
+            raise UserError(f"--units must look like 0:64, got {units!r}") from None
         if not len(imgs):
-            raise ValueError(f"--units {units} selects no unit")
+            raise UserError(f"--units {units} selects no unit")
     return save_png(out, grid_image(imgs, normalize, channels), min_size=min_size)
 
 

@@ -77,7 +77,11 @@ def register(sub) -> None:
     p.add_argument("--sort", default="captured", choices=["captured", "probability", "class", "misclassified"],
                    help="order of images in the time series")
     p.add_argument("--max-images", type=int, help="play at most this many images")
+    p.add_argument("--allow-outside", action="store_true",
+                   help="a scene file may name a store outside its own folder (trusted scene files only)")
     _common(p)
+    from volviz.commands.common import add_trust_args
+    add_trust_args(p)
     p.set_defaults(func=cmd_movie)
 
     p = sub.add_parser("demo", help="the README's main job: capture the embedded default and show it",
@@ -110,7 +114,7 @@ def default_layer(store) -> str:
 def resolve_image(store, image: str) -> int:
     if image.lstrip("-").isdigit():
         return int(image)
-    ids = [im["id"] for im in store.images]
+    ids = [im.id for im in store.images]
     if image in ids:
         return ids.index(image)
     from volviz.store.store import StoreError
@@ -147,7 +151,7 @@ def _scene_for(store, a, lv):
     """The off-screen scene showing one LayerVolume, titled and captioned."""
     from volviz.views.volume import LayerVolumeScene
     layer, image = lv.layer, lv.image
-    title = f"{store.plan['model']['spec']}  {layer}  {a.quantity}  order={a.order}"
+    title = f"{store.plan.model.spec}  {layer}  {a.quantity}  order={a.order}"
     scene = LayerVolumeScene(lv.volume, lv.order, lv.boundaries, style_for(a, a.quantity), title,
                              window_size=(a.width or 800, a.height or 608))
     scene.set_label(caption(store, image))
@@ -155,6 +159,8 @@ def _scene_for(store, a, lv):
 
 
 def cmd_render(a) -> int:
+    from volviz.commands.common import check_output
+    check_output(a.out, (".png",))
     store = _open(a.store)
     layer = a.layer or default_layer(store)
     out = pathlib.Path(a.out)
@@ -185,18 +191,28 @@ def _ensure_rendering() -> None:
     from volviz.views.volume import rendering_available
     ok, msg = rendering_available()
     if not ok:
-        raise RuntimeError(msg)
+        from volviz.errors import VolvizError
+        raise VolvizError(msg)
 
 
 def cmd_movie(a) -> int:
     if a.source.endswith(".toml"):
+        from volviz.commands.common import check_output
         from volviz.scene import movie_from_scene
-        movie_from_scene(a.source, a.out, width=a.width, height=a.height, fps=a.fps)
+        check_output(a.out, (".mp4", ".gif"))
+        from volviz.commands.common import trust
+        movie_from_scene(a.source, a.out, width=a.width, height=a.height, fps=a.fps, trust=trust(a),
+                         allow_outside=a.allow_outside)
         print(f"wrote {a.out}")
         return 0
     from volviz.analysis.sequence import store_sequence
+    from volviz.commands.common import check_output
+    from volviz.errors import UserError
     from volviz.record import orbit_frames, timeseries_frames, write_movie
     from volviz.views.colors import auto_clim
+    check_output(a.out, (".mp4", ".gif"))
+    if a.max_images is not None and a.max_images < 1:
+        raise UserError(f"--max-images must be at least 1 (got {a.max_images}); leave it out to play every image")
     _ensure_rendering()
     store = _open(a.source)
     layer = a.layer or default_layer(store)
@@ -232,18 +248,11 @@ def cmd_movie(a) -> int:
 
 
 def cmd_demo(a) -> int:
-    from volviz.capture.run import CaptureSettings, resume_capture, run_capture
     from volviz.cli import setup_torch_threads
-    from volviz.store.store import Store, StoreError
+    from volviz.store.capture import CaptureSettings, open_or_capture
     setup_torch_threads()
     path = pathlib.Path(a.store)
-    try:
-        store = Store.open(path)
-        if not store.complete:
-            store = resume_capture(path)
-    except StoreError:
-        print(f"capturing the embedded digits model into {path} ...")
-        store = run_capture(path, CaptureSettings(), overwrite=True)
+    store = open_or_capture(path, CaptureSettings())  # never deletes: a foreign folder is an error
     out = pathlib.Path(a.out)
     renders = [("conv1", "activation", "natural", False), ("conv1", "activation", "pca", False),
                ("conv2", "activation", "kmeans", False), ("conv2", "activation", "natural", True),

@@ -1,30 +1,35 @@
-"""The capture store: a zarr directory with one chunk per image per layer, so that reading one time
+"""The capture store: a zarr directory with one chunk per image per array, so that reading one time
 step of one layer touches one small file.
 
 Crash safety: ``plan.json`` (what to capture) is written atomically before any data; every
 image's arrays are written before its ``done`` flag; ``manifest.json`` is written atomically last.
 A reader trusts image i only when done[i] is set, so a chunk left half-written by a killed capture
 is never read as data, and ``volviz capture --resume`` simply recomputes the images not done.
+Every chunk carries a crc32c checksum; a damaged or missing chunk of a done image is an error
+that names the image and how to repair it.
 
 float16 stores keep a per-image scale next to every array (values are divided by the image's
 max |value| before the cast), so small gradients do not underflow to zero.
+
+Nothing outside ``volviz/store`` names a zarr path or a plan key: readers use this class.
 """
 from __future__ import annotations
 
-from volviz.errors import StoreError  # noqa: F401  (re-exported)
+import contextlib
 import json
 import os
 import pathlib
 import platform
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 import numpy as np
 
-FORMAT_VERSION = 1
-QUANTITIES = ("activation", "grad_activation", "grad_weight")
-_GROUP = {"activation": "act", "grad_activation": "grad_act", "grad_weight": "grad_weight"}
+from volviz.errors import StoreError
+from volviz.store import layout
+from volviz.store.layout import QUANTITIES
+from volviz.store.plan import FORMAT_VERSION, READABLE_FORMATS, LayerInfo, Plan, read_json
 
-
+__all__ = ["Store", "StoreError", "LayerInfo", "Plan", "QUANTITIES", "FORMAT_VERSION", "write_json_atomic"]
 
 
 def write_json_atomic(path: pathlib.Path, obj: dict) -> None:
@@ -37,9 +42,9 @@ def write_json_atomic(path: pathlib.Path, obj: dict) -> None:
 
 
 def _json_default(o):
-    if isinstance(o, (np.integer,)):
+    if isinstance(o, np.integer):
         return int(o)
-    if isinstance(o, (np.floating,)):
+    if isinstance(o, np.floating):
         return float(o)
     if isinstance(o, np.ndarray):
         return o.tolist()
@@ -49,161 +54,216 @@ def _json_default(o):
 
 
 def versions() -> dict:
-    import torch, zarr  # noqa: E401
+    import torch
+    import zarr
+
     from volviz import __version__
     return {"volviz": __version__, "torch": torch.__version__, "zarr": zarr.__version__,
             "numpy": np.__version__, "python": platform.python_version()}
 
 
-@dataclass(frozen=True)
-class LayerInfo:
-    name: str
-    kind: str                       # conv, linear, ... (layer_kind)
-    module_type: str
-    act_shape: tuple[int, ...]      # per image: (C, H, W) for conv, (N,) for linear
-    weight_shape: tuple[int, ...] | None
-    weight_factors: bool = False    # grad_weight stored as outer-product factors (Linear)
+def prepare_folder_check(path: pathlib.Path, overwrite: bool) -> bool:
+    """Whether a new store may go into ``path`` (True: an old store there will be replaced);
+    a clear error otherwise. Deletes nothing."""
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"{path} is a file, not a folder; pass --out a new folder name")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise StoreError(f"cannot create {path}: {parent} is a file; choose another --out")
+    if path.is_dir() and any(path.iterdir()):
+        owned, foreign = layout.is_volviz_folder(path)
+        if not owned:
+            shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+            raise StoreError(f"{path} holds files volviz did not create ({shown}); volviz never deletes "
+                             "them: pass --out an empty or new folder")
+        if not overwrite:
+            raise StoreError(f"{path} exists and holds a store; use --resume to complete it or --overwrite "
+                             "to replace it")
+        _check_not_newer(path)
+        return True
+    return False
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "LayerInfo":
-        return cls(d["name"], d["kind"], d["module_type"], tuple(d["act_shape"]),
-                   tuple(d["weight_shape"]) if d.get("weight_shape") else None,
-                   bool(d.get("weight_factors", False)))
 
-    def to_dict(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "module_type": self.module_type,
-                "act_shape": list(self.act_shape),
-                "weight_shape": list(self.weight_shape) if self.weight_shape else None,
-                "weight_factors": self.weight_factors}
+def prepare_folder(path: pathlib.Path, overwrite: bool) -> None:
+    """Make ``path`` ready for a new store without ever deleting what volviz did not create."""
+    if prepare_folder_check(path, overwrite):
+        with write_lock(path):
+            import shutil
+            for p in path.iterdir():
+                if p.name == ".lock":
+                    continue
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def _check_not_newer(path: pathlib.Path) -> None:
+    for name in ("manifest.json", "plan.json"):
+        f = path / name
+        if f.exists():
+            try:
+                version = int(json.loads(f.read_text()).get("format_version", 0))
+            except (ValueError, AttributeError, TypeError):
+                return
+            if version > FORMAT_VERSION:
+                raise StoreError(f"{path} was written by a newer volviz (store format {version}, this volviz "
+                                 f"reads up to {FORMAT_VERSION}); upgrade volviz to read it")
+            return
+
+
+@contextlib.contextmanager
+def write_lock(path: pathlib.Path):
+    """One writer per store: a second capture, resume or overwrite is refused while one runs."""
+    import fcntl
+    path.mkdir(parents=True, exist_ok=True)
+    f = open(path / ".lock", "a")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(f"another volviz process is writing {path}; wait for it to finish (or stop it) "
+                             "and try again") from None
+        yield
+    finally:
+        f.close()
 
 
 class Store:
-    """Open with ``Store.open(path)``; create with ``Store.create(path, plan)`` (capture does)."""
+    """Open with ``Store.open(path)``; capture creates one with ``Store.create(path, plan)``."""
 
-    def __init__(self, path: pathlib.Path, plan: dict, manifest: dict | None, mode: str):
+    def __init__(self, path: pathlib.Path, plan: Plan, manifest: dict | None, mode: str):
         import zarr
         self.path = path
         self.plan = plan
         self.manifest = manifest
-        self.root = zarr.open_group(str(path), mode=mode)
-        self.layers = {d["name"]: LayerInfo.from_dict(d) for d in plan["layers"]}
+        self.mode = mode
+        self._root = zarr.open_group(str(path), mode=mode)
+        self.layers = {info.name: info for info in plan.layers}
         self._done_cache: np.ndarray | None = None
+        self._checked_chunks = plan.format_version >= 2  # format 1 skipped all-zero chunks
 
     # ---- creation / opening -------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | os.PathLike, plan: dict, *, n_classes: int, input_shape: tuple[int, ...],
-               overwrite: bool = False) -> "Store":
+    def create(cls, path: str | os.PathLike, plan: Plan, *, overwrite: bool = False) -> Store:
         import zarr
         path = pathlib.Path(path)
-        if path.exists() and any(path.iterdir()):
-            if not overwrite:
-                raise StoreError(f"{path} exists and is not empty; use --resume to complete it or "
-                                 "--overwrite to replace it")
-            import shutil
-            shutil.rmtree(path)
-        path.mkdir(parents=True, exist_ok=True)
-        plan = dict(plan, format_version=FORMAT_VERSION)
-        n = len(plan["images"])
-        half = plan.get("dtype") == "float16"
+        prepare_folder(path, overwrite)
+        n, half = len(plan.images), plan.dtype == "float16"
         dt = "float16" if half else "float32"
         root = zarr.open_group(str(path), mode="w")
-        root.create_array("done", shape=(n,), chunks=(1,), dtype="bool", fill_value=False)
-        root.create_array("probs", shape=(n, n_classes), chunks=(1, n_classes), dtype="float32", fill_value=0)
+        root.attrs["volviz"] = {"format_version": FORMAT_VERSION}
+        layout.create_array(root, "done", (n,), (1,), "bool", False)
+        layout.create_array(root, "probs", (n, plan.n_outputs), (1, plan.n_outputs), "float32", 0)
         for name in ("pred", "label", "target"):
-            root.create_array(name, shape=(n,), chunks=(1,), dtype="int64", fill_value=-1)
-        root.create_array("input", shape=(n, *input_shape), chunks=(1, *input_shape), dtype="float16", fill_value=0)
-        grads = plan.get("gradients", True)
-        for d in plan["layers"]:
-            info = LayerInfo.from_dict(d)
-            groups = ["act"] + (["grad_act"] if grads else [])
-            for g in groups:
-                cls._create_quantity(root, f"{g}/{info.name}", n, info.act_shape, dt, half)
-            if grads and plan.get("weight_gradients", True) and info.weight_shape:
-                if info.weight_factors:
-                    out_f, in_f = info.weight_shape
-                    cls._create_quantity(root, f"grad_weight/{info.name}/u", n, (out_f,), dt, half)
-                    cls._create_quantity(root, f"grad_weight/{info.name}/v", n, (in_f,), dt, half)
-                else:
-                    cls._create_quantity(root, f"grad_weight/{info.name}/w", n, info.weight_shape, dt, half)
-        write_json_atomic(path / "plan.json", plan)
+            layout.create_array(root, name, (n,), (1,), "int64", -1)
+        shape = plan.input_shape
+        layout.create_array(root, "input", (n, *shape), (1, *shape), "float16", 0)
+        for info in plan.layers:
+            wanted = ["activation"] + (["grad_activation"] if plan.gradients else [])
+            if plan.gradients and plan.weight_gradients and info.weight_shape:
+                wanted.append("grad_weight")
+            for q in wanted:
+                keys = layout.quantity_keys(q, info.name, info.weight_factors)
+                shapes = ([info.act_shape] if q != "grad_weight" else
+                          [(s,) for s in info.weight_shape] if info.weight_factors else [info.weight_shape])
+                for key, sh in zip(keys, shapes):
+                    layout.create_array(root, key, (n, *sh), (1, *sh), dt, 0)
+                    if half:
+                        layout.create_array(root, layout.scale_key(key), (n,), (1,), "float32", 1)
+        plan.format_version = FORMAT_VERSION
+        write_json_atomic(path / "plan.json", plan.to_dict())
         return cls(path, plan, None, "r+")
 
-    @staticmethod
-    def _create_quantity(root, key: str, n: int, shape: tuple[int, ...], dt: str, half: bool) -> None:
-        if key.startswith("act/") or key.startswith("grad_act/"):
-            key = key + "/data"
-        root.create_array(key, shape=(n, *shape), chunks=(1, *shape), dtype=dt, fill_value=0)
-        if half:
-            root.create_array(key.rsplit("/", 1)[0] + "/scale_" + key.rsplit("/", 1)[1],
-                              shape=(n,), chunks=(1,), dtype="float32", fill_value=1)
-
     @classmethod
-    def open(cls, path: str | os.PathLike, mode: str = "r") -> "Store":
+    def open(cls, path: str | os.PathLike, mode: str = "r") -> Store:
         path = pathlib.Path(path)
         if not path.exists():
             raise StoreError(f"no store at {path}; create one with `volviz capture --out {path}`")
+        if not path.is_dir():
+            raise StoreError(f"{path} is a file, not a volviz store folder")
         plan_file, manifest_file = path / "plan.json", path / "manifest.json"
         if not plan_file.exists():
             raise StoreError(f"{path} is not a volviz store (no plan.json); it may be empty or the "
                              "capture was killed before it started")
-        manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else None
-        plan = json.loads(plan_file.read_text())
-        version = (manifest or plan).get("format_version", 0)
+        manifest = read_json(manifest_file) if manifest_file.exists() else None
+        raw = read_json(plan_file)
+        version = int((manifest or raw).get("format_version", 1))
         if version > FORMAT_VERSION:
             raise StoreError(f"{path} was written by a newer volviz (store format {version}, this "
                              f"volviz reads up to {FORMAT_VERSION}); upgrade volviz to read it")
-        return cls(path, plan, manifest, mode)
+        if version not in READABLE_FORMATS:
+            raise StoreError(f"{path} has store format {version}, which this volviz cannot read; capture again")
+        if mode != "r" and not os.access(path, os.W_OK):
+            raise StoreError(f"{path} is read-only; copy the store somewhere writable to add to it")
+        return cls(path, Plan.from_dict(raw, str(plan_file)), manifest, mode)
+
+    def reopen(self, mode: str = "r+") -> Store:
+        return Store.open(self.path, mode)
 
     # ---- writing ------------------------------------------------------------------------
     def _put(self, key: str, sl: slice, data: np.ndarray) -> None:
-        arr = self.root[key]
+        arr = self._root[key]
         if arr.dtype == np.float16:
             flat = np.abs(np.nan_to_num(data.reshape(data.shape[0], -1), nan=0, posinf=0, neginf=0))
             scale = flat.max(axis=1) if flat.size else np.ones(data.shape[0])
             scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-            parent, leaf = key.rsplit("/", 1)
-            self.root[f"{parent}/scale_{leaf}"][sl] = scale
+            self._root[layout.scale_key(key)][sl] = scale
             data = data / scale.reshape(-1, *([1] * (data.ndim - 1)))
         arr[sl] = data.astype(arr.dtype)
 
     def write_batch(self, start: int, result, labels: np.ndarray, inputs: np.ndarray) -> None:
         """Write one BatchResult for images start..start+len; done flags last."""
-        n = len(result.pred)
-        sl = slice(start, start + n)
-        self.root["probs"][sl] = result.probs
-        self.root["pred"][sl] = result.pred
-        self.root["target"][sl] = result.target
-        self.root["label"][sl] = labels
-        self.root["input"][sl] = inputs.astype(np.float16)
-        for name, a in result.act.items():
-            self._put(f"act/{name}/data", sl, a)
-        for name, a in result.grad_act.items():
-            self._put(f"grad_act/{name}/data", sl, a)
-        for name, a in result.grad_weight.items():
-            self._put(f"grad_weight/{name}/w", sl, a)
+        sl = slice(start, start + len(result.pred))
+        for name, value in (("probs", result.probs), ("pred", result.pred), ("target", result.target),
+                            ("label", labels), ("input", inputs.astype(np.float16))):
+            self._root[name][sl] = value
+        for quantity, arrays in (("activation", result.act), ("grad_activation", result.grad_act),
+                                 ("grad_weight", result.grad_weight)):
+            for name, a in arrays.items():
+                self._put(layout.quantity_keys(quantity, name, False)[0], sl, a)
         for name, (u, v) in result.grad_weight_factors.items():
-            self._put(f"grad_weight/{name}/u", sl, u)
-            self._put(f"grad_weight/{name}/v", sl, v)
-        self.root["done"][sl] = True
+            ku, kv = layout.quantity_keys("grad_weight", name, True)
+            self._put(ku, sl, u)
+            self._put(kv, sl, v)
+        self._root["done"][sl] = True
         self._done_cache = None
 
     def finalize(self, summary: dict) -> None:
-        manifest = dict(self.plan, summary=summary, versions=versions(), complete=True)
+        manifest = dict(self.plan.to_dict(), summary=summary, versions=versions(), complete=True)
         write_json_atomic(self.path / "manifest.json", manifest)
         self.manifest = manifest
 
-    # ---- reading ------------------------------------------------------------------------
+    def mark_not_done(self, rows) -> None:
+        """Forget images (damaged chunks) so that a resume captures them again."""
+        for i in np.asarray(rows, dtype=np.int64):
+            self._root["done"][int(i)] = False
+        self._done_cache = None
+        (self.path / "manifest.json").unlink(missing_ok=True)
+        self.manifest = None
+
+    # ---- what the store holds -------------------------------------------------------------
     @property
     def n_images(self) -> int:
-        return len(self.plan["images"])
+        return len(self.plan.images)
 
     @property
-    def images(self) -> list[dict]:
-        return self.plan["images"]
+    def images(self):
+        return self.plan.images
 
     @property
     def class_names(self) -> list[str] | None:
-        return self.plan.get("class_names")
+        return self.plan.class_names
+
+    @property
+    def preprocess(self):
+        return self.plan.preprocess
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.plan.input_shape
+
+    @property
+    def summary(self) -> dict:
+        return (self.manifest or {}).get("summary", {})
 
     @property
     def complete(self) -> bool:
@@ -212,65 +272,131 @@ class Store:
     @property
     def done(self) -> np.ndarray:
         if self._done_cache is None:
-            self._done_cache = np.asarray(self.root["done"][:], dtype=bool)
+            try:
+                self._done_cache = np.asarray(self._root["done"][:], dtype=bool)
+            except ValueError as exc:
+                raise StoreError(f"the done flags of {self.path} are damaged ({str(exc)[:60]}); run "
+                                 f"`volviz capture --repair {self.path}`") from None
         return self._done_cache
 
-    def _check(self, layer: str | None, i: int) -> None:
-        if layer is not None and layer not in self.layers:
-            raise StoreError(f"layer {layer!r} is not in this store. Layers: {', '.join(self.layers)}")
-        if not 0 <= i < self.n_images:
-            raise StoreError(f"image index {i} out of range (store has {self.n_images} images)")
-        if not self.done[i]:
-            raise StoreError(f"image {i} was not captured yet (interrupted capture); run "
-                             f"`volviz capture --resume --out {self.path}`")
-
-    def read_rows(self, key: str, rows: np.ndarray) -> np.ndarray:
-        """Rows (images) of one stored array as float32, float16 scale undone. One zarr selection
-        for the whole batch (a slice when the rows are contiguous). Callers check ``done``."""
-        rows = np.asarray(rows, dtype=np.int64)
-        arr = self.root[key]
-        contiguous = len(rows) and rows[-1] - rows[0] + 1 == len(rows)
-        pick = (lambda a: a[rows[0]:rows[-1] + 1]) if contiguous else (lambda a: a.oindex[rows])
-        out = np.asarray(pick(arr))
-        if arr.dtype == np.float16:
-            parent, leaf = key.rsplit("/", 1)
-            scale = np.asarray(pick(self.root[f"{parent}/scale_{leaf}"]), dtype=np.float32)
-            out = out.astype(np.float32) * scale.reshape(-1, *([1] * (out.ndim - 1)))
-        return out.astype(np.float32, copy=False)
-
-    def _get(self, key: str, i: int) -> np.ndarray:
-        return self.read_rows(key, np.array([i]))[0]
+    def model(self, *, trust_pickle: bool = False, trust_factory: bool = False):
+        """The model this store was captured from, in eval mode. The store cannot switch on code
+        execution by itself: the caller passes the user's flags for THIS command."""
+        from volviz.sources.models import load_model
+        spec = self.plan.model
+        if spec.needs_code() and not trust_factory:
+            raise StoreError(f"the model of {self.path} is {spec.spec!r}, which loading would import and run; "
+                             "pass --trust-factory if you trust this store's model spec")
+        loaded = load_model(spec.spec, spec.weights, trust_pickle=trust_pickle)
+        loaded.module.eval()
+        return loaded
 
     def has(self, quantity: str, layer: str) -> bool:
-        group = _GROUP[quantity]
+        if layer not in self.layers:
+            return False
+        key = layout.quantity_keys(quantity, layer, self.layers[layer].weight_factors)[0]
         try:
-            self.root[f"{group}/{layer}"]
+            self._root[key]
         except KeyError:
             return False
         return True
 
-    def read(self, quantity: str, layer: str, i: int) -> np.ndarray:
-        """One image's activation / gradient of one layer as float32."""
+    # ---- reading ------------------------------------------------------------------------
+    def _check(self, layer: str | None, rows) -> None:
+        if layer is not None and layer not in self.layers:
+            raise StoreError(f"layer {layer!r} is not in this store. Layers: {', '.join(self.layers)}")
+        rows = np.atleast_1d(rows)
+        bad = rows[(rows < 0) | (rows >= self.n_images)]
+        if len(bad):
+            raise StoreError(f"image index {int(bad[0])} out of range (store has {self.n_images} images)")
+        undone = rows[~self.done[rows]]
+        if len(undone):
+            raise StoreError(f"image {int(undone[0])} was not captured yet (interrupted capture); run "
+                             f"`volviz capture --resume --out {self.path}`")
+
+    def _rows(self, key: str, rows: np.ndarray) -> np.ndarray:
+        """Rows of one array as float32, float16 scale undone, every chunk checked."""
+        arr = self._root[key]
+        if self._checked_chunks:
+            for i in rows:
+                if not layout.chunk_file(self.path, key, int(i), arr.ndim).exists():
+                    raise StoreError(self._damage(key, int(i), "is missing"))
+        contiguous = len(rows) and rows[-1] - rows[0] + 1 == len(rows)
+        pick = (lambda a: a[rows[0]:rows[-1] + 1]) if contiguous else (lambda a: a.oindex[rows])
+        try:
+            out = np.asarray(pick(arr))
+            if arr.dtype == np.float16 and key != "input":
+                scale = np.asarray(pick(self._root[layout.scale_key(key)]), dtype=np.float32)
+                out = out.astype(np.float32) * scale.reshape(-1, *([1] * (out.ndim - 1)))
+        except ValueError as exc:  # crc32c mismatch, undecodable chunk
+            if "checksum" not in str(exc) and "ecompress" not in str(exc):
+                raise
+            raise StoreError(self._damage(key, int(rows[0]) if len(rows) == 1 else None, "is damaged")) from None
+        return out.astype(np.float32, copy=False)
+
+    def _damage(self, key: str, row: int | None, what: str) -> str:
+        where = f"image {row} ({self.images[row].id})" if row is not None else "one of the images read"
+        return (f"the stored {key.split('/')[0]} of {'/'.join(key.split('/')[1:-1]) or key} for {where} {what}; "
+                f"run `volviz capture --repair {self.path}` to capture it again")
+
+    def read_batch(self, quantity: str, layer: str, rows) -> np.ndarray:
+        """Images ``rows`` of one quantity of one layer, ``(len(rows), *shape)`` float32."""
         if quantity not in QUANTITIES:
             raise StoreError(f"unknown quantity {quantity!r}; valid: {', '.join(QUANTITIES)}")
-        self._check(layer, i)
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        self._check(layer, rows)
         if not self.has(quantity, layer):
-            raise StoreError(f"this store has no {quantity} for layer {layer!r} (captured without "
+            raise StoreError(f"{self.path} has no {quantity} for layer {layer!r} (captured without "
                              "gradients, or the layer has no weights)")
-        if quantity == "grad_weight":
-            if self.layers[layer].weight_factors:
-                u = self._get(f"grad_weight/{layer}/u", i)
-                v = self._get(f"grad_weight/{layer}/v", i)
-                return np.outer(u, v)
-            return self._get(f"grad_weight/{layer}/w", i)
-        return self._get(f"{_GROUP[quantity]}/{layer}/data", i)
+        if quantity == "grad_weight" and self.layers[layer].weight_factors:
+            u, v = self.read_factors(layer, rows)
+            return np.einsum("ni,nj->nij", u, v)
+        return self._rows(layout.quantity_keys(quantity, layer, False)[0], rows)
+
+    def read(self, quantity: str, layer: str, i: int) -> np.ndarray:
+        """One image's activation / gradient of one layer as float32."""
+        return self.read_batch(quantity, layer, [int(i)])[0]
+
+    def read_factors(self, layer: str, rows) -> tuple[np.ndarray, np.ndarray]:
+        """A Linear layer's per-image weight gradient as its outer-product factors (u, v)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        self._check(layer, rows)
+        ku, kv = layout.quantity_keys("grad_weight", layer, True)
+        return self._rows(ku, rows), self._rows(kv, rows)
+
+    def read_inputs(self, rows) -> np.ndarray:
+        """Preprocessed model inputs (normalization undone), ``(n, C, H, W)`` float32."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        self._check(None, rows)
+        return self._rows("input", rows)
 
     def read_input(self, i: int) -> np.ndarray:
-        """The preprocessed model input of image i, (C, H, W) float32 (normalization undone)."""
-        self._check(None, i)
-        x = np.asarray(self.root["input"][i], dtype=np.float32)
-        return x
+        return self.read_inputs([int(i)])[0]
 
     def column(self, name: str) -> np.ndarray:
         """probs / pred / label / target for every image (rows of images not done are filler)."""
-        return np.asarray(self.root[name][:])
+        if name not in ("probs", "pred", "label", "target"):
+            raise StoreError(f"unknown column {name!r}; valid: probs, pred, label, target")
+        return np.asarray(self._root[name][:])
+
+    def iter_batches(self, batch_size: int, rows=None) -> Iterator[np.ndarray]:
+        """Done images (or ``rows``) in batches of at most ``batch_size``: memory bounded by the batch."""
+        rows = np.flatnonzero(self.done) if rows is None else np.asarray(rows, dtype=np.int64)
+        for s in range(0, len(rows), max(1, int(batch_size))):
+            yield rows[s:s + batch_size]
+
+    def results(self, kind: str):
+        """Derived results (preferred inputs, ...) kept beside the capture, one group per layer."""
+        from volviz.store.results import Results
+        return Results(self, kind)
+
+    # used by volviz.store.verify and volviz.store.results only
+    def _array_keys(self) -> list[str]:
+        keys = list(layout.PER_IMAGE)
+        for info in self.layers.values():
+            for q in QUANTITIES:
+                if self.has(q, info.name):
+                    keys += layout.quantity_keys(q, info.name, info.weight_factors)
+        if self.plan.dtype == "float16":
+            keys += [layout.scale_key(k) for k in keys if "/" in k]
+        return keys

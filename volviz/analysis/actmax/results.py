@@ -53,10 +53,7 @@ def _store(store, mode: str = "r") -> Store:
 
 
 def _group(store: Store, layer: str):
-    try:
-        return store.root[f"{GROUP}/{layer}"]
-    except KeyError:
-        return None
+    return store.results(GROUP).group(layer)
 
 
 def layer_state(store, layer: str) -> dict | None:
@@ -71,10 +68,7 @@ def prepare_layer(store: Store, layer: str, *, meta: dict, n_units: int, n_seeds
                   real_top_image: np.ndarray, real_mean: np.ndarray, scale: np.ndarray, search=None,
                   config: dict) -> object:
     """(Re)create ``preferred/<layer>`` with empty result arrays; ``prepared`` is set last."""
-    parent = store.root.require_group(GROUP)
-    if layer in parent:
-        del parent[layer]
-    g = parent.create_group(layer)
+    g = store.results(GROUP).create(layer)
     g.attrs.update(dict(meta, format=FORMAT, layer=layer, n_units=int(n_units), n_seeds=int(n_seeds),
                         image_shape=list(image_shape), chunk_units=int(chunk_units), prepared=False,
                         complete=False))
@@ -183,11 +177,7 @@ def _checked(store: Store, layer: str, partial: bool):
 def preferred_layers(store, complete_only: bool = True) -> list[str]:
     """Layers with preferred inputs (complete ones only, by default), in the model's layer order."""
     st = _store(store)
-    try:
-        parent = st.root[GROUP]
-    except KeyError:
-        return []
-    names = [n for n, g in parent.groups()
+    names = [n for n, g in st.results(GROUP).layers().items()
              if g.attrs.get("prepared", False) and (g.attrs.get("complete", False) or not complete_only)]
     order = {n: i for i, n in enumerate(st.layers)}
     return sorted(names, key=lambda n: (order.get(n, len(order)), n))

@@ -88,11 +88,9 @@ class PreferredSettings:
 
 
 # ---- the store's model and real images --------------------------------------------------------
-def load_store_model(store: Store, device: str = "cpu"):
-    from volviz.sources.models import load_model
-    s = store.plan["settings"]
-    loaded = load_model(s["model"], s.get("weights"), trust_pickle=s.get("trust_pickle", False))
-    return prepare_model(loaded.module, device)
+def load_store_model(store: Store, device: str = "cpu", **trust):
+    """The store's model ready for optimization; ``trust`` holds the command's --trust-* flags."""
+    return prepare_model(store.model(**trust).module, device)
 
 
 def prepare_model(model: torch.nn.Module, device: str = "cpu") -> torch.nn.Module:
@@ -107,9 +105,8 @@ def prepare_model(model: torch.nn.Module, device: str = "cpu") -> torch.nn.Modul
 
 
 def _input_spec(store: Store) -> tuple[tuple[int, int, int], tuple | None, tuple | None]:
-    p = store.plan["preprocess"]
-    shape = (int(p["channels"]), int(p["size"][0]), int(p["size"][1]))
-    return shape, (tuple(p["mean"]) if p.get("mean") else None), (tuple(p["std"]) if p.get("std") else None)
+    p = store.preprocess
+    return store.input_shape, (tuple(p.mean) if p.mean else None), (tuple(p.std) if p.std else None)
 
 
 def _done_indices(store: Store) -> np.ndarray:
@@ -121,10 +118,8 @@ def _done_indices(store: Store) -> np.ndarray:
 
 
 def _iter_inputs(store: Store, idx: np.ndarray, batch: int = 256):
-    arr = store.root["input"]
-    for s in range(0, len(idx), batch):
-        sel = idx[s:s + batch]
-        yield sel, np.asarray(arr.get_orthogonal_selection((sel,)), dtype=np.float32)
+    for sel in store.iter_batches(batch, idx):
+        yield sel, store.read_inputs(sel)
 
 
 @dataclass
@@ -197,7 +192,7 @@ def logits_layer(model: torch.nn.Module, input_shape, device: str = "cpu") -> st
 
 def default_layers(store: Store) -> list[str]:
     """The store's captured conv and linear layers."""
-    return [d["name"] for d in store.plan["layers"] if d["kind"] in ("conv", "linear")]
+    return [info.name for info in store.plan.layers if info.kind in ("conv", "linear")]
 
 
 def build_problem(model, layer: str, settings: PreferredSettings, store: Store, stats: RealStats,
@@ -225,8 +220,7 @@ def _base_images(problem: Problem, stats: RealStats, values: np.ndarray, idx: np
         return np.stack([stats.class_means.get(k, overall) for k in range(u)])
     top = np.argsort(-values, axis=0)[:TOP_K_MEAN]  # (k, U) rows into idx
     need = np.unique(top)
-    arr = store.root["input"]
-    imgs = np.asarray(arr.get_orthogonal_selection((idx[need],)), dtype=np.float32)
+    imgs = store.read_inputs(idx[need])
     pos = {int(j): i for i, j in enumerate(need)}
     return np.stack([imgs[[pos[int(j)] for j in top[:, k]]].mean(0) for k in range(u)])
 
@@ -250,7 +244,8 @@ def _summary(info_act: np.ndarray, act_init: np.ndarray, top: np.ndarray, mean: 
 
 def run_preferred(store: Store | str | os.PathLike, layers: list[str] | None = None,
                   settings: PreferredSettings | None = None, *, overwrite: bool = False,
-                  progress: bool = True, model: torch.nn.Module | None = None) -> dict[str, dict]:
+                  progress: bool = True, model: torch.nn.Module | None = None,
+                  trust: dict | None = None) -> dict[str, dict]:
     """Compute and store preferred inputs of ``layers`` (default: :func:`default_layers`).
 
     Returns ``{layer: summary}`` (``summary`` as in ``preferred/<layer>`` attrs; skipped layers
@@ -258,7 +253,7 @@ def run_preferred(store: Store | str | os.PathLike, layers: list[str] | None = N
     """
     settings = settings or PreferredSettings()
     st = store if isinstance(store, Store) else Store.open(os.fspath(store), "r+")
-    model = load_store_model(st, settings.device) if model is None else model
+    model = load_store_model(st, settings.device, **(trust or {})) if model is None else model
     if layers is None:
         layers = default_layers(st)
     else:
@@ -360,7 +355,7 @@ def _prepare(st: Store, layer: str, problem: Problem, n_units: int, settings: Pr
         bar.set_description(f"optimize {layer}")
     chunk = max(1, settings.batch_size // len(seeds))
     meta = {"objective": problem.kind, "seeds": seeds, "steps": settings.steps,
-            "settings": settings.signature(), "model": st.plan.get("model", {}).get("spec"),
+            "settings": settings.signature(), "model": st.plan.model.spec,
             "search_units": None if search is None else search.units.tolist()}
     return R.prepare_layer(st, layer, meta=meta, n_units=n_units, n_seeds=len(seeds),
                            image_shape=problem.input_shape, chunk_units=chunk, real_top=top,

@@ -1,14 +1,17 @@
 """The whole capture: plan (model, images, layers, settings) -> batches -> store, resumable.
 
-Everything a resume needs is in the store's plan.json, so ``resume_capture(path)`` needs no other
-argument and recomputes exactly the images whose ``done`` flag is not set.
+Everything a resume needs is in the store's plan.json, so ``resume_capture(path)`` needs only the
+user's trust flags and recomputes exactly the images whose ``done`` flag is not set. Everything
+that can be checked is checked before the store is created (a wrong ``--target`` leaves nothing
+behind), and a resume is refused when the weights or the images changed since the start.
 """
 from __future__ import annotations
 
-from volviz.errors import CaptureError  # noqa: F401  (re-exported)
+import errno
 import logging
 import math
 import os
+import pathlib
 import time
 from dataclasses import dataclass, field
 
@@ -22,7 +25,9 @@ from volviz.capture.tap import LayerTap
 from volviz.sources.images import ImageRecord, discover_images, read_image
 from volviz.sources.models import LoadedModel, load_model
 from volviz.sources.preprocess import Preprocess
-from volviz.store.store import Store, StoreError
+from volviz.errors import CaptureError, StoreError
+from volviz.store.plan import LayerInfo, ModelSpec, Plan, check_fingerprints, fingerprints
+from volviz.store.store import Store, write_lock
 
 log = logging.getLogger("volviz.capture")
 
@@ -46,7 +51,7 @@ class CaptureSettings:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     resize: str = "resize"
-    trust_pickle: bool = False
+    trust_pickle: bool = False     # applies to THIS command only; never read back from a store
     video_stride: int = 1
     max_images: int | None = None
     memory_budget: int | None = None   # bytes one batch may use; None: half the available RAM
@@ -107,7 +112,7 @@ def drop_shared(model, layers: list[str], x: torch.Tensor, exact: list[str]) -> 
     return kept
 
 
-def probe_layers(model: torch.nn.Module, layers: list[str], x: torch.Tensor) -> list[dict]:
+def probe_layers(model: torch.nn.Module, layers: list[str], x: torch.Tensor) -> list[LayerInfo]:
     """Run one image to learn each layer's activation shape and whether its weight gradient can
     be stored as outer-product factors."""
     modules = dict(model.named_modules())
@@ -122,22 +127,21 @@ def probe_layers(model: torch.nn.Module, layers: list[str], x: torch.Tensor) -> 
         w = getattr(m, "weight", None)
         w_shape = tuple(w.shape) if isinstance(w, torch.nn.Parameter) else None
         factors = isinstance(m, torch.nn.Linear) and rec.input is not None and rec.input.dim() == 2
-        out.append({"name": name, "kind": layer_kind(m), "module_type": type(m).__name__,
-                    "act_shape": list(rec.output.shape[1:]), "weight_shape": list(w_shape) if w_shape else None,
-                    "weight_factors": bool(factors)})
+        out.append(LayerInfo(name, layer_kind(m), type(m).__name__, tuple(rec.output.shape[1:]), w_shape,
+                             bool(factors)))
     return out
 
 
-def bytes_per_image(layer_dicts: list[dict], s: CaptureSettings) -> int:
+def bytes_per_image(layers: list[LayerInfo], s: CaptureSettings) -> int:
     total = 0
-    for d in layer_dicts:
-        act = math.prod(d["act_shape"])
+    for d in layers:
+        act = math.prod(d.act_shape)
         total += act * (3 if s.gradients else 1)  # output, its clone, its gradient
-        if s.gradients and s.weight_gradients and d["weight_shape"]:
-            if d["weight_factors"]:
-                total += sum(d["weight_shape"])
+        if s.gradients and s.weight_gradients and d.weight_shape:
+            if d.weight_factors:
+                total += sum(d.weight_shape)
             else:
-                total += math.prod(d["weight_shape"]) * 2  # result + einsum workspace
+                total += math.prod(d.weight_shape) * 2  # result + einsum workspace
     return total * 4
 
 
@@ -157,9 +161,28 @@ def _valid_records(records: list[ImageRecord], prep: Preprocess, progress: bool)
     return ok, skipped
 
 
-def plan_capture(s: CaptureSettings, progress: bool = True) -> tuple[dict, LoadedModel, Preprocess]:
+def _absolute(spec: str) -> str:
+    """A file spec (TorchScript) as an absolute path, so a resume from another folder finds it."""
+    return str(pathlib.Path(spec).absolute()) if ":" not in spec and pathlib.Path(spec).exists() else spec
+
+
+def validate_settings(s: CaptureSettings) -> None:
+    if s.max_images is not None and s.max_images < 1:
+        raise CaptureError(f"--max-images must be at least 1 (got {s.max_images}); leave it out to capture every image")
+    if s.batch_size < 1:
+        raise CaptureError(f"--batch-size must be at least 1 (got {s.batch_size})")
+    if s.video_stride < 1:
+        raise CaptureError(f"--video-stride must be at least 1 (got {s.video_stride})")
+
+
+def plan_capture(s: CaptureSettings, progress: bool = True) -> tuple[Plan, LoadedModel, Preprocess]:
+    """Load, discover and check everything; nothing is written."""
     from volviz.sources import demo
 
+    validate_settings(s)
+    if s.weights:
+        s.weights = str(pathlib.Path(s.weights).absolute())
+    s.images = [str(pathlib.Path(p).absolute()) for p in s.images]
     loaded = load_model(s.model, s.weights, trust_pickle=s.trust_pickle)
     layers = select_layers(loaded.module, s.layers, s.layer_types)  # cheap: fail before reading images
     paths = s.images or ([str(demo.demo_images_dir(s.model))] if s.model in demo.DEMO_NAMES else [])
@@ -176,7 +199,7 @@ def plan_capture(s: CaptureSettings, progress: bool = True) -> tuple[dict, Loade
     layers = drop_shared(loaded.module, layers, first, exact=list(s.layers or []))
     if loaded.extra.get("random_weights"):
         log.warning("%s has RANDOM weights (no --weights given): fine for testing, meaningless otherwise", s.model)
-    layer_dicts = probe_layers(loaded.module, layers, first)
+    layer_infos = probe_layers(loaded.module, layers, first)
     with torch.no_grad():
         n_outputs = model_logits(loaded.module(first)).shape[1]
     folder_names = imageset.class_names
@@ -189,35 +212,46 @@ def plan_capture(s: CaptureSettings, progress: bool = True) -> tuple[dict, Loade
         log.warning("%d images have labels beyond the model's %d outputs; they count as unlabelled",
                     len(too_big), n_outputs)
         records = [r if r.label < n_outputs else ImageRecord(r.id, r.path, -1, r.frame) for r in records]
-    per_image = bytes_per_image(layer_dicts, s)
+    _check_one_batch(loaded, first, records[0], layers, s, class_names)
+    per_image = bytes_per_image(layer_infos, s)
     budget = s.memory_budget or available_memory() // 2
     if per_image > budget:
-        biggest = max(layer_dicts, key=lambda d: math.prod(d["weight_shape"] or [0]) + math.prod(d["act_shape"]))
+        biggest = max(layer_infos, key=lambda d: math.prod(d.weight_shape or [0]) + math.prod(d.act_shape))
         raise CaptureError(
             f"one image needs {_fmt_bytes(per_image)} of working memory for the selected layers, more "
-            f"than the budget of {_fmt_bytes(budget)}; the largest is {biggest['name']} "
-            f"(activation {biggest['act_shape']}, weight {biggest['weight_shape']}). Select fewer "
+            f"than the budget of {_fmt_bytes(budget)}; the largest is {biggest.name} "
+            f"(activation {list(biggest.act_shape)}, weight {list(biggest.weight_shape or [])}). Select fewer "
             "layers (--layers), skip weight gradients (--no-weight-grads) or raise --memory-budget.")
     batch = max(1, min(s.batch_size, budget // max(per_image, 1)))
     if batch < s.batch_size:
         log.warning("batch size lowered from %d to %d to stay within %s", s.batch_size, batch, _fmt_bytes(budget))
-    plan = {
-        "model": loaded.describe(),
-        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(s).items()},
-        "preprocess": prep.to_dict(),
-        "layers": layer_dicts,
-        "images": [r.to_dict() for r in records],
-        "skipped": skipped,
-        "class_names": class_names,
-        "label_names": folder_names,
-        "n_outputs": n_outputs,
-        "batch_size": batch,
-        "dtype": s.dtype,
-        "gradients": s.gradients,
-        "weight_gradients": s.weight_gradients,
-        "bytes_per_image": per_image,
-    }
+    described = dict(loaded.describe(), spec=_absolute(loaded.spec))
+    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(s).items() if k != "trust_pickle"}
+    plan = Plan(model=ModelSpec.from_dict(described), preprocess=prep, layers=layer_infos, images=records,
+                n_outputs=int(n_outputs), batch_size=batch, dtype=s.dtype, gradients=s.gradients,
+                weight_gradients=s.weight_gradients, target=str(s.target), class_names=class_names,
+                label_names=folder_names, skipped=skipped, bytes_per_image=per_image, settings=settings,
+                fingerprints=fingerprints(loaded.weights, records))
     return plan, loaded, prep
+
+
+def _check_one_batch(loaded: LoadedModel, x: torch.Tensor, record: ImageRecord, layers: list[str],
+                     s: CaptureSettings, class_names) -> None:
+    """Run the first image through the real capture: a wrong target or a layer the output does not
+    depend on differentiably is found before anything is written."""
+    _capture(loaded.module, x, layers, s.target, torch.tensor([record.label]), class_names,
+             s.gradients, s.weight_gradients, None)
+
+
+def _capture(module, x, layers, target, labels, class_names, gradients, weight_gradients, workspace):
+    try:
+        return capture_batch(module, x, layers, target=target, labels=labels, class_names=class_names,
+                             gradients=gradients, weight_gradients=weight_gradients, workspace=workspace)
+    except RuntimeError as exc:
+        if "does not require grad" in str(exc) or "differentiable" in str(exc):
+            raise CaptureError(f"the model is not differentiable between the output and a selected layer "
+                               f"({str(exc).splitlines()[0][:160]}); capture with --no-grads") from None
+        raise
 
 
 def _runs(indices: np.ndarray, batch: int):
@@ -243,35 +277,38 @@ def _unnormalize(x: torch.Tensor, prep: Preprocess) -> np.ndarray:
 
 
 def execute(store: Store, loaded: LoadedModel, prep: Preprocess, progress: bool = True) -> Store:
+    with write_lock(store.path):
+        return _execute(store, loaded, prep, progress)
+
+
+def _execute(store: Store, loaded: LoadedModel, prep: Preprocess, progress: bool) -> Store:
     plan = store.plan
-    s = plan["settings"]
-    records = [ImageRecord(**r) for r in plan["images"]]
+    records = plan.images
     pending = np.flatnonzero(~store.done)
-    layers = [d["name"] for d in plan["layers"]]
-    class_names = plan.get("class_names")
+    layers = [info.name for info in plan.layers]
     t0 = time.perf_counter()
     bar = tqdm(total=len(records), initial=len(records) - len(pending), desc="capturing",
                unit="img", disable=not progress)
     workspace: dict = {}  # per-image weight gradient buffers reused batch after batch
-    nonfinite: dict[str, int] = dict((store.manifest or {}).get("summary", {}).get("nonfinite", {}))
+    nonfinite: dict[str, int] = dict(store.summary.get("nonfinite", {}))
     try:
-        for start, stop in _runs(pending, plan["batch_size"]):
+        for start, stop in _runs(pending, plan.batch_size):
             batch = records[start:stop]
             x = torch.stack([prep(read_image(r)) for r in batch])
             labels = torch.tensor([r.label for r in batch])
-            try:
-                res = capture_batch(loaded.module, x, layers, target=s["target"], labels=labels,
-                                    class_names=class_names, gradients=plan["gradients"],
-                                    weight_gradients=plan["weight_gradients"], workspace=workspace)
-            except RuntimeError as exc:
-                if "does not require grad" in str(exc) or "differentiable" in str(exc):
-                    raise CaptureError(f"the model is not differentiable between the output and a "
-                                       f"selected layer ({exc}); capture with --no-grads") from None
-                raise
+            res = _capture(loaded.module, x, layers, plan.target, labels, plan.class_names, plan.gradients,
+                           plan.weight_gradients, workspace)
             for name, bad in res.nonfinite.items():
                 nonfinite[name] = nonfinite.get(name, 0) + bad
                 log.warning("layer %s: %d NaN/Inf activation values in images %d-%d", name, bad, start, stop - 1)
-            store.write_batch(start, res, labels.numpy(), _unnormalize(x, prep))
+            try:
+                store.write_batch(start, res, labels.numpy(), _unnormalize(x, prep))
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise CaptureError(f"the disk is full: {int(store.done.sum())} of {len(records)} images are "
+                                       f"safely in {store.path}; free some space and run "
+                                       f"`volviz capture --resume --out {store.path}` to continue") from None
+                raise
             bar.update(len(batch))
     finally:
         bar.close()
@@ -290,23 +327,40 @@ def execute(store: Store, loaded: LoadedModel, prep: Preprocess, progress: bool 
 
 def run_capture(out: str | os.PathLike, s: CaptureSettings, *, overwrite: bool = False,
                 progress: bool = True) -> Store:
+    """Plan (check everything), create the store, capture. Never deletes what volviz did not create."""
+    from volviz.store.store import prepare_folder_check
+    prepare_folder_check(pathlib.Path(out), overwrite)  # refuse early, before minutes of planning
     plan, loaded, prep = plan_capture(s, progress)
-    store = Store.create(out, plan, n_classes=plan["n_outputs"], input_shape=(prep.channels, *prep.size),
-                         overwrite=overwrite)
+    store = Store.create(out, plan, overwrite=overwrite)
     return execute(store, loaded, prep, progress)
 
 
-def resume_capture(out: str | os.PathLike, progress: bool = True) -> Store:
+def resume_capture(out: str | os.PathLike, progress: bool = True, *, trust_pickle: bool = False,
+                   trust_factory: bool = False) -> Store:
+    """Complete an interrupted capture; the trust flags are the user's, for this command."""
     store = Store.open(out, mode="r+")
     if store.complete:
         log.info("%s is already complete (%d images)", out, store.n_images)
         return store
-    s = store.plan["settings"]
-    loaded = load_model(s["model"], s["weights"], trust_pickle=s["trust_pickle"])
-    p = store.plan["preprocess"]
-    prep = Preprocess(tuple(p["size"]), p["channels"], tuple(p["mean"]) if p["mean"] else None,
-                      tuple(p["std"]) if p["std"] else None, p["mode"])
-    return execute(store, loaded, prep, progress)
+    check_fingerprints(store.plan, store.path)
+    loaded = store.model(trust_pickle=trust_pickle, trust_factory=trust_factory)
+    return execute(store, loaded, store.preprocess, progress)
 
 
-__all__ = ["CaptureSettings", "CaptureError", "StoreError", "run_capture", "resume_capture", "plan_capture"]
+def open_or_capture(path: str | os.PathLike, settings: CaptureSettings | None = None, *,
+                    progress: bool = True) -> Store:
+    """The store at ``path``: opened, completed if interrupted, or captured if the folder is new or
+    empty. Anything else (a folder of the user's, a store from a newer volviz) is an error that says
+    why; nothing is ever deleted. Used by ``demo``, ``serve`` and scene files alike."""
+    path = pathlib.Path(path)
+    if path.is_dir() and (path / "plan.json").exists():
+        store = Store.open(path)
+        return store if store.complete else resume_capture(path, progress)
+    from volviz.store.store import prepare_folder_check
+    prepare_folder_check(path, overwrite=False)
+    log.warning("capturing %s into %s", (settings or CaptureSettings()).model, path)
+    return run_capture(path, settings or CaptureSettings(), progress=progress)
+
+
+__all__ = ["CaptureSettings", "CaptureError", "StoreError", "run_capture", "resume_capture", "plan_capture",
+           "open_or_capture"]
