@@ -86,7 +86,8 @@ def write_movie(
     path.parent.mkdir(parents=True, exist_ok=True)
     if total is None and hasattr(frames, "__len__"):
         total = len(frames)  # type: ignore[arg-type]
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{suffix}")
+    _remove_stale_partials(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial{suffix}")
 
     from tqdm.auto import tqdm
 
@@ -103,6 +104,21 @@ def write_movie(
     finally:
         bar.close()
     return path
+
+
+def _remove_stale_partials(path: Path) -> None:
+    """A movie writer killed with -9 cannot clean up: remove the partial files of ``path`` that
+    volviz wrote and whose writing process is gone (a running writer's file is kept)."""
+    for old in path.parent.glob(f".{path.stem}.*.partial{path.suffix.lower()}"):
+        pid = old.name[len(path.stem) + 2:].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            old.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # another user's live process
 
 
 def _write_mp4(tmp: Path, frames: Iterable[np.ndarray], fps: float, quality: int) -> int:

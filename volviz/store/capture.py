@@ -231,7 +231,7 @@ def plan_capture(s: CaptureSettings, progress: bool = True) -> tuple[Plan, Loade
                 n_outputs=int(n_outputs), batch_size=batch, dtype=s.dtype, gradients=s.gradients,
                 weight_gradients=s.weight_gradients, target=str(s.target), class_names=class_names,
                 label_names=folder_names, skipped=skipped, bytes_per_image=per_image, settings=settings,
-                fingerprints=fingerprints(loaded.weights, records))
+                fingerprints=fingerprints(s.weights or loaded.weights, records))
     return plan, loaded, prep
 
 

@@ -204,14 +204,15 @@ def images_fingerprint(records: list[ImageRecord]) -> str:
 
 
 def fingerprints(weights: str | None, records: list[ImageRecord]) -> dict:
-    return {"weights_sha256": file_sha256(weights), "images_sha256": images_fingerprint(records)}
+    return {"weights_path": weights, "weights_sha256": file_sha256(weights),
+            "images_sha256": images_fingerprint(records)}
 
 
 def check_fingerprints(plan: Plan, store_path: pathlib.Path) -> None:
     """Before a resume: the weights and the images must be those the store started with."""
     if not plan.fingerprints:
         return  # written before fingerprints existed
-    now = fingerprints(plan.model.weights, plan.images)
+    now = fingerprints(plan.fingerprints.get("weights_path", plan.model.weights), plan.images)
     changed = [what for what, key in (("the weights file", "weights_sha256"), ("the image files", "images_sha256"))
                if plan.fingerprints.get(key) != now[key]]
     if changed:
