@@ -13,6 +13,8 @@ demo: setup
 
 test:
 	scripts/setup.sh --test
+	$(VENV)/ruff check volviz tests benchmarks
+	$(VENV)/ruff format --check volviz tests benchmarks
 	$(VENV)/python -m pytest -q
 
 bench: setup

@@ -73,7 +73,11 @@ class ModelSpec:
 
 def spec_runs_code(spec: str) -> bool:
     """A factory (``pkg.mod:fn``) or a model file (TorchScript) runs code on load; a demo name or
-    a torchvision architecture name does not."""
+    a torchvision architecture name does not.
+
+    >>> [spec_runs_code(s) for s in ("digits", "resnet18", "os:getpid", "/tmp/model.pt")]
+    [False, False, True, True]
+    """
     from volviz.sources import demo
     if spec in demo.DEMO_NAMES:
         return False
