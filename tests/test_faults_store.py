@@ -53,29 +53,40 @@ def store(tmp_path, images):
     return run_capture(tmp_path / "s", CaptureSettings(images=[str(images)], **SETTINGS), progress=False)
 
 
-def _chunk(store: Store, key: str, row: int) -> pathlib.Path:
+def _chunk(store: Store, key: str, row: int) -> tuple[pathlib.Path, slice]:
+    """The shard file holding ``row`` of ``key`` and the bytes of that row's chunk in it (zarr's
+    shard index at the end of the file: (offset, nbytes) uint64 pairs, then a crc32c)."""
+    import struct
+
     from volviz.store import layout
-    return layout.chunk_file(store.path, key, row, store._root[key].ndim)
+    arr = store._root[key]
+    f = layout.chunk_file(store.path, key, row, arr)
+    per = layout.rows_per_file(arr)
+    raw = f.read_bytes()
+    index = raw[-(16 * per + 4):-4]
+    off, n = struct.unpack("<QQ", index[16 * (row % per):16 * (row % per) + 16])
+    return f, slice(off, off + n)
 
 
 # ---- damaged chunks -----------------------------------------------------------------------
 @pytest.mark.parametrize("damage", ["random", "zeros", "delete"])
 def test_damaged_chunk_is_an_error_found_by_verify_and_repaired(store, images, damage, capsys):
     before = store.read("activation", "conv2", 4).copy()
-    f = _chunk(store, "act/conv2/data", 4)
+    f, where = _chunk(store, "act/conv2/data", 4)
     if damage == "delete":
-        f.unlink()
+        f.unlink()  # the shard file of all 9 images
     else:
         b = bytearray(f.read_bytes())
-        b[8:24] = os.urandom(16) if damage == "random" else bytes(16)
+        b[where.start:where.start + 16] = os.urandom(16) if damage == "random" else bytes(16)
         f.write_bytes(bytes(b))
     st = Store.open(store.path)
     with pytest.raises(StoreError, match=r"image 4 .*--repair"):
         st.read("activation", "conv2", 4)
-    np.testing.assert_array_equal(st.read("activation", "conv2", 3), store.read("activation", "conv2", 3))
+    if damage != "delete":  # the other images of the shard are intact
+        np.testing.assert_array_equal(st.read("activation", "conv2", 3), store.read("activation", "conv2", 3))
     assert main(["info", str(store.path), "--verify"]) == 1
     out = capsys.readouterr().out
-    assert "DAMAGED: 1 images" in out and "image 4" in out and "act/conv2/data" in out
+    assert f"DAMAGED: {9 if damage == 'delete' else 1} images" in out and "image 4" in out and "act/conv2/data" in out
     assert main(["render", str(store.path), "--layer", "conv2", "--image", "4", "--out", str(store.path.parent / "x.png")]) == 2
     one_line_error(capsys, "image 4", "--repair")
     assert main(["capture", "--repair", "--trust-factory", "--out", str(store.path)]) == 0
@@ -89,7 +100,7 @@ def test_damaged_chunk_is_an_error_found_by_verify_and_repaired(store, images, d
 
 
 def test_old_done_flag_of_a_damaged_done_chunk(store, capsys):
-    _chunk(store, "done", 2).write_bytes(b"garbage!")
+    _chunk(store, "done", 2)[0].write_bytes(b"garbage!")
     assert main(["info", str(store.path), "--verify"]) == 2
     one_line_error(capsys, "done flags", "--repair")
     assert main(["capture", "--repair", "--trust-factory", "--out", str(store.path)]) == 0
@@ -292,17 +303,20 @@ def test_plan_missing_a_key_names_it(store, capsys):
 
 def test_disk_full_says_how_much_is_safe_and_how_to_continue(tmp_path, images, monkeypatch):
     from volviz.errors import CaptureError
-    real, calls = Store.write_batch, {"n": 0}
+    from volviz.store.writer import ShardWriter
+    real = ShardWriter._write
 
-    def full(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
+    def full(self, key, rows):
+        if key == "act/conv2/data":
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, *a, **k)
+        return real(self, key, rows)
 
-    monkeypatch.setattr(Store, "write_batch", full)
-    with pytest.raises(CaptureError, match=r"disk is full: 4 of 9 images .*--resume"):
+    monkeypatch.setattr(ShardWriter, "_write", full)
+    with pytest.raises(CaptureError, match=r"disk is full: 0 of 9 images .*--resume"):
         run_capture(tmp_path / "s", CaptureSettings(images=[str(images)], **SETTINGS), progress=False)
+    monkeypatch.setattr(ShardWriter, "_write", real)
+    assert main(["capture", "--resume", "--trust-factory", "--out", str(tmp_path / "s")]) == 0
+    assert Store.open(tmp_path / "s").complete
 
 
 def test_paths_in_the_plan_are_absolute(tmp_path, images, monkeypatch):

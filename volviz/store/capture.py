@@ -291,6 +291,8 @@ def _execute(store: Store, loaded: LoadedModel, prep: Preprocess, progress: bool
                unit="img", disable=not progress)
     workspace: dict = {}  # per-image weight gradient buffers reused batch after batch
     nonfinite: dict[str, int] = dict(store.summary.get("nonfinite", {}))
+    from volviz.store.writer import ShardWriter
+    writer = ShardWriter(store, pending)
     try:
         for start, stop in _runs(pending, plan.batch_size):
             batch = records[start:stop]
@@ -301,15 +303,19 @@ def _execute(store: Store, loaded: LoadedModel, prep: Preprocess, progress: bool
             for name, bad in res.nonfinite.items():
                 nonfinite[name] = nonfinite.get(name, 0) + bad
                 log.warning("layer %s: %d NaN/Inf activation values in images %d-%d", name, bad, start, stop - 1)
-            try:
-                store.write_batch(start, res, labels.numpy(), _unnormalize(x, prep))
-            except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise CaptureError(f"the disk is full: {int(store.done.sum())} of {len(records)} images are "
-                                       f"safely in {store.path}; free some space and run "
-                                       f"`volviz capture --resume --out {store.path}` to continue") from None
-                raise
+            writer.add(start, store.batch_arrays(res, labels.numpy(), _unnormalize(x, prep)))
             bar.update(len(batch))
+        writer.close()
+    except OSError as exc:
+        writer.close(flush=False, raise_errors=False)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CaptureError(f"the disk is full: {int(store.done.sum())} of {len(records)} images are "
+                               f"safely in {store.path}; free some space and run "
+                               f"`volviz capture --resume --out {store.path}` to continue") from None
+        raise
+    except BaseException:
+        writer.close(flush=True, raise_errors=False)  # keep what was computed: resume does the rest
+        raise
     finally:
         bar.close()
     done = store.done

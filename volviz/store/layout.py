@@ -6,7 +6,10 @@ captured image is damage, not a legitimate fill value.
 """
 from __future__ import annotations
 
+import math
 import pathlib
+
+import numpy as np
 
 QUANTITIES = ("activation", "grad_activation", "grad_weight")
 GROUP = {"activation": "act", "grad_activation": "grad_act", "grad_weight": "grad_weight"}
@@ -33,13 +36,39 @@ def codecs() -> dict:
     return {"compressors": [ZstdCodec(level=0), Crc32cCodec()], "config": {"write_empty_chunks": True}}
 
 
-def create_array(group, key: str, shape: tuple, chunks: tuple, dtype: str, fill_value):
-    return group.create_array(key, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill_value, **codecs())
+#: bytes one shard file of a per-image array aims at, and the most images it holds: a shard is
+#: written once when its images are captured, so the capture's write buffer is at most one shard
+#: per array (SHARD_BYTES x arrays), and 1,000 images of a 20-array store make ~20-60 files
+SHARD_BYTES = 8 << 20
+MAX_SHARD_ROWS = 1024
 
 
-def chunk_file(store_path: pathlib.Path, key: str, row: int, ndim: int) -> pathlib.Path:
-    """The file of row ``row``'s chunk (chunks are one row, full extent on the other axes)."""
-    return store_path.joinpath(*key.split("/"), "c", str(row), *(["0"] * (ndim - 1)))
+def rows_per_shard(row_shape: tuple, itemsize: int, n_rows: int) -> int:
+    """Images per shard file for one per-image array: as many as fit ``SHARD_BYTES``.
+
+    >>> rows_per_shard((10,), 4, 100_000), rows_per_shard((64, 3, 7, 7), 4, 50), rows_per_shard((512, 512, 3, 3), 4, 9)
+    (1024, 50, 1)
+    """
+    row = max(1, math.prod(row_shape) * itemsize)
+    return int(max(1, min(MAX_SHARD_ROWS, n_rows, SHARD_BYTES // row)))
+
+
+def create_array(group, key: str, shape: tuple, chunks: tuple, dtype: str, fill_value, *, sharded: bool = False):
+    """A checksummed array; ``sharded``: one chunk per image, many images per shard file."""
+    shards = None
+    if sharded:
+        shards = (rows_per_shard(shape[1:], np.dtype(dtype).itemsize, shape[0]), *shape[1:])
+    return group.create_array(key, shape=shape, chunks=chunks, shards=shards, dtype=dtype, fill_value=fill_value,
+                              **codecs())
+
+
+def rows_per_file(arr) -> int:
+    return int(arr.shards[0]) if arr.shards else int(arr.chunks[0])
+
+
+def chunk_file(store_path: pathlib.Path, key: str, row: int, arr) -> pathlib.Path:
+    """The file that holds row ``row`` of ``arr`` (its shard, or its chunk when unsharded)."""
+    return store_path.joinpath(*key.split("/"), "c", str(row // rows_per_file(arr)), *(["0"] * (arr.ndim - 1)))
 
 
 def is_volviz_folder(path: pathlib.Path) -> tuple[bool, list[str]]:

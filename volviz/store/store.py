@@ -151,12 +151,13 @@ class Store:
         dt = "float16" if half else "float32"
         root = zarr.open_group(str(path), mode="w")
         root.attrs["volviz"] = {"format_version": FORMAT_VERSION}
-        layout.create_array(root, "done", (n,), (1,), "bool", False)
-        layout.create_array(root, "probs", (n, plan.n_outputs), (1, plan.n_outputs), "float32", 0)
+        sh = {"sharded": True}
+        layout.create_array(root, "done", (n,), (1,), "bool", False, **sh)
+        layout.create_array(root, "probs", (n, plan.n_outputs), (1, plan.n_outputs), "float32", 0, **sh)
         for name in ("pred", "label", "target"):
-            layout.create_array(root, name, (n,), (1,), "int64", -1)
+            layout.create_array(root, name, (n,), (1,), "int64", -1, **sh)
         shape = plan.input_shape
-        layout.create_array(root, "input", (n, *shape), (1, *shape), "float16", 0)
+        layout.create_array(root, "input", (n, *shape), (1, *shape), "float16", 0, **sh)
         for info in plan.layers:
             wanted = ["activation"] + (["grad_activation"] if plan.gradients else [])
             if plan.gradients and plan.weight_gradients and info.weight_shape:
@@ -166,9 +167,9 @@ class Store:
                 shapes = ([info.act_shape] if q != "grad_weight" else
                           [(s,) for s in info.weight_shape] if info.weight_factors else [info.weight_shape])
                 for key, sh in zip(keys, shapes):
-                    layout.create_array(root, key, (n, *sh), (1, *sh), dt, 0)
+                    layout.create_array(root, key, (n, *sh), (1, *sh), dt, 0, sharded=True)
                     if half:
-                        layout.create_array(root, layout.scale_key(key), (n,), (1,), "float32", 1)
+                        layout.create_array(root, layout.scale_key(key), (n,), (1,), "float32", 1, sharded=True)
         plan.format_version = FORMAT_VERSION
         write_json_atomic(path / "plan.json", plan.to_dict())
         return cls(path, plan, None, "r+")
@@ -200,30 +201,37 @@ class Store:
         return Store.open(self.path, mode)
 
     # ---- writing ------------------------------------------------------------------------
-    def _put(self, key: str, sl: slice, data: np.ndarray) -> None:
-        arr = self._root[key]
-        if arr.dtype == np.float16:
+    def _cast(self, key: str, data: np.ndarray, out: dict) -> None:
+        """``data`` as stored under ``key`` (float16: per-image scaled, the scale beside it)."""
+        dtype = self._root[key].dtype
+        if dtype == np.float16:
             flat = np.abs(np.nan_to_num(data.reshape(data.shape[0], -1), nan=0, posinf=0, neginf=0))
             scale = flat.max(axis=1) if flat.size else np.ones(data.shape[0])
             scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-            self._root[layout.scale_key(key)][sl] = scale
+            out[layout.scale_key(key)] = scale
             data = data / scale.reshape(-1, *([1] * (data.ndim - 1)))
-        arr[sl] = data.astype(arr.dtype)
+        out[key] = np.asarray(data).astype(dtype, copy=False)
 
-    def write_batch(self, start: int, result, labels: np.ndarray, inputs: np.ndarray) -> None:
-        """Write one BatchResult for images start..start+len; done flags last."""
-        sl = slice(start, start + len(result.pred))
-        for name, value in (("probs", result.probs), ("pred", result.pred), ("target", result.target),
-                            ("label", labels), ("input", inputs.astype(np.float16))):
-            self._root[name][sl] = value
+    def batch_arrays(self, result, labels: np.ndarray, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """One BatchResult as ``{array key: rows}``, cast for the store (for :class:`ShardWriter`)."""
+        out = {"probs": np.asarray(result.probs, np.float32), "pred": np.asarray(result.pred, np.int64),
+               "target": np.asarray(result.target, np.int64), "label": np.asarray(labels, np.int64),
+               "input": inputs.astype(np.float16)}
         for quantity, arrays in (("activation", result.act), ("grad_activation", result.grad_act),
                                  ("grad_weight", result.grad_weight)):
             for name, a in arrays.items():
-                self._put(layout.quantity_keys(quantity, name, False)[0], sl, a)
+                self._cast(layout.quantity_keys(quantity, name, False)[0], a, out)
         for name, (u, v) in result.grad_weight_factors.items():
             ku, kv = layout.quantity_keys("grad_weight", name, True)
-            self._put(ku, sl, u)
-            self._put(kv, sl, v)
+            self._cast(ku, u, out)
+            self._cast(kv, v, out)
+        return out
+
+    def write_batch(self, start: int, result, labels: np.ndarray, inputs: np.ndarray) -> None:
+        """Write one BatchResult for images start..start+len at once; done flags last."""
+        sl = slice(start, start + len(result.pred))
+        for key, rows in self.batch_arrays(result, labels, inputs).items():
+            self._root[key][sl] = rows
         self._root["done"][sl] = True
         self._done_cache = None
 
@@ -234,8 +242,20 @@ class Store:
 
     def mark_not_done(self, rows) -> None:
         """Forget images (damaged chunks) so that a resume captures them again."""
-        for i in np.asarray(rows, dtype=np.int64):
-            self._root["done"][int(i)] = False
+        arr = self._root["done"]
+        try:
+            done = np.asarray(arr[:], dtype=bool)
+        except ValueError:  # the done flags themselves are damaged: keep every flag still readable
+            done = np.zeros(self.n_images, bool)
+            for i in range(self.n_images):
+                try:
+                    done[i] = bool(arr[i])
+                except ValueError:
+                    pass
+            del self._root["done"]  # damaged shards would be read back by a write: make it anew
+            arr = layout.create_array(self._root, "done", (self.n_images,), (1,), "bool", False, sharded=True)
+        done[np.asarray(rows, dtype=np.int64)] = False
+        arr[:] = done
         self._done_cache = None
         (self.path / "manifest.json").unlink(missing_ok=True)
         self.manifest = None
@@ -318,9 +338,10 @@ class Store:
         """Rows of one array as float32, float16 scale undone, every chunk checked."""
         arr = self._root[key]
         if self._checked_chunks:
-            for i in rows:
-                if not layout.chunk_file(self.path, key, int(i), arr.ndim).exists():
-                    raise StoreError(self._damage(key, int(i), "is missing"))
+            per = layout.rows_per_file(arr)
+            for first in np.unique(rows // per):
+                if not layout.chunk_file(self.path, key, int(first * per), arr).exists():
+                    raise StoreError(self._damage(key, int(rows[rows // per == first][0]), "is missing"))
         contiguous = len(rows) and rows[-1] - rows[0] + 1 == len(rows)
         pick = (lambda a: a[rows[0]:rows[-1] + 1]) if contiguous else (lambda a: a.oindex[rows])
         try:

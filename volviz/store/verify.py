@@ -48,7 +48,7 @@ class VerifyReport:
 
 def _bad_rows(store: Store, key: str, rows: np.ndarray) -> list[int]:
     arr = store._root[key]
-    missing = [int(i) for i in rows if not layout.chunk_file(store.path, key, int(i), arr.ndim).exists()]
+    missing = [int(i) for i in rows if not layout.chunk_file(store.path, key, int(i), arr).exists()]
     present = np.setdiff1d(rows, missing)
     bad = list(missing)
     for s in range(0, len(present), BLOCK):
