@@ -78,6 +78,20 @@ def add_capture(sub) -> None:
     p.add_argument("--max-images", type=int, help="capture at most this many images")
     p.add_argument("--memory-budget-gb", type=float, help="working memory one batch may use "
                    "(default: half the available RAM)")
+    g = p.add_argument_group("what the store keeps (sizes: see the projected size printed before the capture)")
+    g.add_argument("--weight-grads", nargs="+", metavar="LAYER", help="store full per-image weight gradients of "
+                   "these layers (or: all); default: the first layers whose gradients fit --weight-grad-budget-mb "
+                   "per image. Every layer's per-filter gradient norms (what importance needs) are always kept")
+    g.add_argument("--weight-grad-budget-mb", type=float, default=1.0,
+                   help="per-image budget for the default choice of --weight-grads (default 1 MB)")
+    g.add_argument("--descriptors", nargs="+", metavar="LAYER", help="also keep one pooled descriptor row per "
+                   "image of these layers (the dataset view: embed, neighbours)")
+    g.add_argument("--pool", default="meanmax", choices=["meanmax", "mean", "max", "full"],
+                   help="descriptor of a conv layer: spatial mean and max (default), mean, max, or the full map")
+    g.add_argument("--descriptors-only", action="store_true", help="keep only the --descriptors layers' "
+                   "descriptors and the probabilities: thousands to 100k+ images, cheaply")
+    g.add_argument("--store-budget-gb", type=float, help="refuse a store projected larger than this "
+                   "(default: 90%% of the free disk)")
     p.add_argument("--resume", action="store_true", help="complete an interrupted capture in --out")
     p.add_argument("--repair", action="store_true", help="check every chunk of the store in --out and capture "
                    "again the images whose data is damaged or missing")
@@ -106,7 +120,10 @@ def cmd_capture(a) -> int:
             mean=tuple(a.mean) if a.mean else None, std=tuple(a.std) if a.std else None,
             resize=a.resize, trust_pickle=a.trust_pickle, video_stride=a.video_stride,
             max_images=a.max_images,
-            memory_budget=int(a.memory_budget_gb * (1 << 30)) if a.memory_budget_gb else None)
+            memory_budget=int(a.memory_budget_gb * (1 << 30)) if a.memory_budget_gb else None,
+            weight_grad_layers=a.weight_grads, weight_grad_budget=int(a.weight_grad_budget_mb * (1 << 20)),
+            descriptors=a.descriptors, pool=a.pool, descriptors_only=a.descriptors_only,
+            store_budget=int(a.store_budget_gb * (1 << 30)) if a.store_budget_gb is not None else None)
         store = run_capture(a.out, s, overwrite=a.overwrite)
     print(describe_store(store, short=True))
     return 0

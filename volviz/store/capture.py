@@ -55,6 +55,15 @@ class CaptureSettings:
     video_stride: int = 1
     max_images: int | None = None
     memory_budget: int | None = None   # bytes one batch may use; None: half the available RAM
+    # what the store keeps: full per-image weight gradients only for these layers (None: the
+    # first layers that fit weight_grad_budget per image; ["all"]: every layer), filter norms of
+    # every layer's; pooled descriptors of ``descriptors`` (``descriptors_only``: nothing else)
+    weight_grad_layers: list[str] | None = None
+    weight_grad_budget: int = 1 << 20
+    descriptors: list[str] | None = None
+    pool: str = "meanmax"
+    descriptors_only: bool = False
+    store_budget: int | None = None    # bytes the whole store may take; None: 90% of the free disk
 
 
 def available_memory() -> int:
@@ -173,6 +182,58 @@ def validate_settings(s: CaptureSettings) -> None:
         raise CaptureError(f"--batch-size must be at least 1 (got {s.batch_size})")
     if s.video_stride < 1:
         raise CaptureError(f"--video-stride must be at least 1 (got {s.video_stride})")
+    from volviz.store.layout import POOLS
+    if s.pool not in POOLS:
+        raise CaptureError(f"--pool must be one of {', '.join(POOLS)} (got {s.pool!r})")
+    if s.descriptors_only and not s.descriptors:
+        raise CaptureError("--descriptors-only needs --descriptors LAYER ... (the layers whose descriptors to keep)")
+    if s.descriptors_only:
+        s.gradients = s.weight_gradients = False
+
+
+def choose_kept(infos: list[LayerInfo], s: CaptureSettings, exact: list[str]) -> list[LayerInfo]:
+    """Which per-image tensors the store keeps for each layer (descriptors, activations, full
+    weight gradients): full weight gradients of the named layers, or of the first layers whose
+    per-image gradients fit ``weight_grad_budget`` together; filter norms are always kept."""
+    import dataclasses
+    desc = set(s.descriptors or [])
+    named = s.weight_grad_layers
+    budget, used, out = s.weight_grad_budget, 0, []
+    for info in infos:
+        nbytes = (sum(info.weight_shape) if info.weight_factors else math.prod(info.weight_shape)) * 4 \
+            if info.weight_shape else 0
+        if named is None:  # a prefix of the layers: the first ones, while they fit
+            keep = bool(nbytes) and used + nbytes <= budget
+            used = used + nbytes if keep or not nbytes else budget + 1
+        else:
+            keep = "all" in named or info.name in named
+        out.append(dataclasses.replace(
+            info, weight_grad=keep and bool(info.weight_shape), activation=not s.descriptors_only,
+            descriptor=s.pool if info.name in desc else None))
+    left = [i.name for i in out if i.weight_shape and not i.weight_grad and s.gradients and s.weight_gradients]
+    if left:
+        log.info("keeping only the filter norms of the weight gradients of %s (over the per-image budget of %s; "
+                 "--weight-grads LAYER ... or all stores them)", ", ".join(left), _fmt_bytes(budget))
+    return out
+
+
+def check_store_size(plan: Plan, out: pathlib.Path, budget: int | None) -> int:
+    """The store's projected size; refused beyond ``budget`` (default: 90% of the free disk)."""
+    import shutil
+
+    from volviz.store.store import projected_bytes
+    total = projected_bytes(plan)
+    where = out
+    while not where.exists():
+        where = where.parent
+    limit = budget if budget is not None else int(shutil.disk_usage(where).free * 0.9)
+    if total > limit:
+        raise CaptureError(
+            f"the store would take up to {_fmt_bytes(total)} ({_fmt_bytes(total / max(1, len(plan.images)))} per image), "
+            f"over the {'--store-budget-gb of ' if budget is not None else '90% of the free disk, '}{_fmt_bytes(limit)}; "
+            "keep fewer weight gradients (--weight-grads LAYER ..., --no-weight-grads), use --float16, "
+            "fewer --layers, or raise --store-budget-gb")
+    return total
 
 
 def plan_capture(s: CaptureSettings, progress: bool = True) -> tuple[Plan, LoadedModel, Preprocess]:
@@ -185,6 +246,9 @@ def plan_capture(s: CaptureSettings, progress: bool = True) -> tuple[Plan, Loade
     s.images = [str(pathlib.Path(p).absolute()) for p in s.images]
     loaded = load_model(s.model, s.weights, trust_pickle=s.trust_pickle)
     layers = select_layers(loaded.module, s.layers, s.layer_types)  # cheap: fail before reading images
+    if s.descriptors:
+        extra = select_layers(loaded.module, s.descriptors, None)
+        layers = (extra if s.descriptors_only else list(dict.fromkeys(layers + extra)))
     paths = s.images or ([str(demo.demo_images_dir(s.model))] if s.model in demo.DEMO_NAMES else [])
     if not paths:
         raise CaptureError("no images given: pass --images FOLDER|FILE|VIDEO ...")
@@ -199,7 +263,7 @@ def plan_capture(s: CaptureSettings, progress: bool = True) -> tuple[Plan, Loade
     layers = drop_shared(loaded.module, layers, first, exact=list(s.layers or []))
     if loaded.extra.get("random_weights"):
         log.warning("%s has RANDOM weights (no --weights given): fine for testing, meaningless otherwise", s.model)
-    layer_infos = probe_layers(loaded.module, layers, first)
+    layer_infos = choose_kept(probe_layers(loaded.module, layers, first), s, list(s.layers or []))
     with torch.no_grad():
         n_outputs = model_logits(loaded.module(first)).shape[1]
     folder_names = imageset.class_names
@@ -337,6 +401,11 @@ def run_capture(out: str | os.PathLike, s: CaptureSettings, *, overwrite: bool =
     from volviz.store.store import prepare_folder_check
     prepare_folder_check(pathlib.Path(out), overwrite)  # refuse early, before minutes of planning
     plan, loaded, prep = plan_capture(s, progress)
+    size = check_store_size(plan, pathlib.Path(out), s.store_budget)
+    if progress:
+        import sys
+        print(f"capturing {len(plan.images)} images into {out}: at most {_fmt_bytes(size)} "
+              f"({_fmt_bytes(size / len(plan.images))} per image), batch {plan.batch_size}", file=sys.stderr)
     store = Store.create(out, plan, overwrite=overwrite)
     return execute(store, loaded, prep, progress)
 

@@ -11,8 +11,12 @@ import pathlib
 
 import numpy as np
 
-QUANTITIES = ("activation", "grad_activation", "grad_weight")
-GROUP = {"activation": "act", "grad_activation": "grad_act", "grad_weight": "grad_weight"}
+#: per-image quantities: full activations and gradients, per-filter weight-gradient norms (what
+#: importance needs, kept for every layer with weights), pooled descriptors (the dataset view)
+QUANTITIES = ("activation", "grad_activation", "grad_weight", "grad_norm", "descriptor")
+GROUP = {"activation": "act", "grad_activation": "grad_act", "grad_weight": "grad_weight",
+         "grad_norm": "grad_norm", "descriptor": "descriptor"}
+POOLS = ("meanmax", "mean", "max", "full")
 PER_IMAGE = ("done", "probs", "pred", "label", "target", "input")
 #: top-level entries a volviz store may hold; a folder with anything else is not overwritten
 OWNED = {"plan.json", "manifest.json", "zarr.json", ".lock", *PER_IMAGE, *GROUP.values(), "results"}

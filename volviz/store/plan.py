@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import pathlib
 from dataclasses import asdict, dataclass, field, fields
@@ -31,18 +32,30 @@ class LayerInfo:
     act_shape: tuple[int, ...]      # per image: (C, H, W) for conv, (N,) for linear
     weight_shape: tuple[int, ...] | None
     weight_factors: bool = False    # grad_weight stored as outer-product factors (Linear)
+    weight_grad: bool = True        # per-image weight gradient stored (else only its filter norms)
+    activation: bool = True         # per-image activation stored (else only its descriptor)
+    descriptor: str | None = None   # pooled descriptor kept per image: meanmax, mean, max, full
 
     @classmethod
     def from_dict(cls, d: dict) -> LayerInfo:
         return cls(d["name"], d["kind"], d["module_type"], tuple(d["act_shape"]),
                    tuple(d["weight_shape"]) if d.get("weight_shape") else None,
-                   bool(d.get("weight_factors", False)))
+                   bool(d.get("weight_factors", False)), bool(d.get("weight_grad", True)),
+                   bool(d.get("activation", True)), d.get("descriptor"))
 
     def to_dict(self) -> dict:
         return {"name": self.name, "kind": self.kind, "module_type": self.module_type,
                 "act_shape": list(self.act_shape),
                 "weight_shape": list(self.weight_shape) if self.weight_shape else None,
-                "weight_factors": self.weight_factors}
+                "weight_factors": self.weight_factors, "weight_grad": self.weight_grad,
+                "activation": self.activation, "descriptor": self.descriptor}
+
+    @property
+    def descriptor_shape(self) -> tuple[int, ...]:
+        """One image's descriptor: conv maps pooled over space (mean, max or both), else as is."""
+        if self.descriptor == "full" or len(self.act_shape) != 3:
+            return (int(math.prod(self.act_shape)),)
+        return ((2 if self.descriptor == "meanmax" else 1) * self.act_shape[0],)
 
 
 @dataclass(frozen=True)

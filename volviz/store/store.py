@@ -127,6 +127,40 @@ def write_lock(path: pathlib.Path):
         f.close()
 
 
+def stored_quantities(plan: Plan, info: LayerInfo) -> list[str]:
+    """The per-image quantities a capture keeps for one layer (the ONE place that decides)."""
+    wanted = ["activation"] if info.activation else []
+    if info.descriptor:
+        wanted.append("descriptor")
+    if plan.gradients and info.activation:
+        wanted.append("grad_activation")
+    if plan.gradients and plan.weight_gradients and info.weight_shape:
+        if info.weight_grad:
+            wanted.append("grad_weight")
+        if plan.format_version >= 2:
+            wanted.append("grad_norm")
+    return wanted
+
+
+def projected_bytes(plan: Plan) -> int:
+    """Uncompressed bytes of every per-image array of a capture planned as ``plan`` (an upper
+    bound: the store compresses)."""
+    import math
+    item = 2 if plan.dtype == "float16" else 4
+    per = plan.n_outputs * 4 + 3 * 8 + 1 + math.prod(plan.input_shape) * 2
+    for info in plan.layers:
+        for q in stored_quantities(plan, info):
+            if q in ("activation", "grad_activation"):
+                per += math.prod(info.act_shape) * item
+            elif q == "descriptor":
+                per += math.prod(info.descriptor_shape) * item
+            elif q == "grad_norm":
+                per += info.weight_shape[0] * item
+            else:
+                per += (sum(info.weight_shape) if info.weight_factors else math.prod(info.weight_shape)) * item
+    return per * len(plan.images)
+
+
 class Store:
     """Open with ``Store.open(path)``; capture creates one with ``Store.create(path, plan)``."""
 
@@ -159,12 +193,11 @@ class Store:
         shape = plan.input_shape
         layout.create_array(root, "input", (n, *shape), (1, *shape), "float16", 0, **sh)
         for info in plan.layers:
-            wanted = ["activation"] + (["grad_activation"] if plan.gradients else [])
-            if plan.gradients and plan.weight_gradients and info.weight_shape:
-                wanted.append("grad_weight")
-            for q in wanted:
+            for q in stored_quantities(plan, info):
                 keys = layout.quantity_keys(q, info.name, info.weight_factors)
-                shapes = ([info.act_shape] if q != "grad_weight" else
+                shapes = ([info.act_shape] if q in ("activation", "grad_activation") else
+                          [info.descriptor_shape] if q == "descriptor" else
+                          [info.weight_shape[:1]] if q == "grad_norm" else
                           [(s,) for s in info.weight_shape] if info.weight_factors else [info.weight_shape])
                 for key, sh in zip(keys, shapes):
                     layout.create_array(root, key, (n, *sh), (1, *sh), dt, 0, sharded=True)
@@ -217,14 +250,28 @@ class Store:
         out = {"probs": np.asarray(result.probs, np.float32), "pred": np.asarray(result.pred, np.int64),
                "target": np.asarray(result.target, np.int64), "label": np.asarray(labels, np.int64),
                "input": inputs.astype(np.float16)}
-        for quantity, arrays in (("activation", result.act), ("grad_activation", result.grad_act),
-                                 ("grad_weight", result.grad_weight)):
-            for name, a in arrays.items():
-                self._cast(layout.quantity_keys(quantity, name, False)[0], a, out)
+        from volviz.capture.reduce import factor_norms, filter_norms, pool
+        for name, a in result.act.items():
+            info = self.layers[name]
+            if info.activation:
+                self._cast(layout.quantity_keys("activation", name, False)[0], a, out)
+            if info.descriptor:
+                self._cast(layout.quantity_keys("descriptor", name, False)[0], pool(a, info.descriptor), out)
+        for name, a in result.grad_act.items():
+            if self.layers[name].activation:
+                self._cast(layout.quantity_keys("grad_activation", name, False)[0], a, out)
+        for name, a in result.grad_weight.items():
+            if self.layers[name].weight_grad:
+                self._cast(layout.quantity_keys("grad_weight", name, False)[0], a, out)
+            if self.plan.format_version >= 2:
+                self._cast(layout.quantity_keys("grad_norm", name, False)[0], filter_norms(a), out)
         for name, (u, v) in result.grad_weight_factors.items():
-            ku, kv = layout.quantity_keys("grad_weight", name, True)
-            self._cast(ku, u, out)
-            self._cast(kv, v, out)
+            if self.layers[name].weight_grad:
+                ku, kv = layout.quantity_keys("grad_weight", name, True)
+                self._cast(ku, u, out)
+                self._cast(kv, v, out)
+            if self.plan.format_version >= 2:
+                self._cast(layout.quantity_keys("grad_norm", name, False)[0], factor_norms(u, v), out)
         return out
 
     def write_batch(self, start: int, result, labels: np.ndarray, inputs: np.ndarray) -> None:
@@ -312,7 +359,7 @@ class Store:
         return loaded
 
     def has(self, quantity: str, layer: str) -> bool:
-        if layer not in self.layers:
+        if layer not in self.layers or quantity not in QUANTITIES:
             return False
         key = layout.quantity_keys(quantity, layer, self.layers[layer].weight_factors)[0]
         try:
@@ -320,6 +367,10 @@ class Store:
         except KeyError:
             return False
         return True
+
+    def has_filter_norms(self, layer: str) -> bool:
+        """Whether importance (per-filter weight-gradient norms) can be read for ``layer``."""
+        return self.has("grad_norm", layer) or self.has("grad_weight", layer)
 
     # ---- reading ------------------------------------------------------------------------
     def _check(self, layer: str | None, rows) -> None:
@@ -367,12 +418,24 @@ class Store:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         self._check(layer, rows)
         if not self.has(quantity, layer):
-            raise StoreError(f"{self.path} has no {quantity} for layer {layer!r} (captured without "
-                             "gradients, or the layer has no weights)")
+            raise StoreError(self._missing(quantity, layer))
         if quantity == "grad_weight" and self.layers[layer].weight_factors:
             u, v = self.read_factors(layer, rows)
             return np.einsum("ni,nj->nij", u, v)
         return self._rows(layout.quantity_keys(quantity, layer, False)[0], rows)
+
+    def _missing(self, quantity: str, layer: str) -> str:
+        info = self.layers[layer]
+        if quantity == "descriptor":
+            return (f"{self.path} has no descriptors of {layer!r}; capture them with `volviz capture --descriptors "
+                    f"{layer} ...` (or use its activations where they are stored)")
+        if quantity == "grad_weight" and info.weight_shape and self.plan.gradients and not info.weight_grad:
+            return (f"{self.path} keeps only the filter norms of {layer!r}'s weight gradients (its per-image tensor "
+                    f"is over the capture's per-image budget); capture with `--weight-grads {layer}` to store it")
+        if quantity == "activation" and not info.activation:
+            return f"{self.path} keeps only descriptors of {layer!r}, not its activations (a descriptor capture)"
+        return (f"{self.path} has no {quantity} for layer {layer!r} (captured without gradients, or the layer "
+                "has no weights)")
 
     def read(self, quantity: str, layer: str, i: int) -> np.ndarray:
         """One image's activation / gradient of one layer as float32."""
