@@ -74,7 +74,7 @@ def test_damaged_chunk_is_an_error_found_by_verify_and_repaired(store, images, d
     before = store.read("activation", "conv2", 4).copy()
     f, where = _chunk(store, "act/conv2/data", 4)
     if damage == "delete":
-        f.unlink()  # the shard file of all 9 images
+        f.unlink()  # the shard file of images 0-7
     else:
         b = bytearray(f.read_bytes())
         b[where.start:where.start + 16] = os.urandom(16) if damage == "random" else bytes(16)
@@ -86,7 +86,7 @@ def test_damaged_chunk_is_an_error_found_by_verify_and_repaired(store, images, d
         np.testing.assert_array_equal(st.read("activation", "conv2", 3), store.read("activation", "conv2", 3))
     assert main(["info", str(store.path), "--verify"]) == 1
     out = capsys.readouterr().out
-    assert f"DAMAGED: {9 if damage == 'delete' else 1} images" in out and "image 4" in out and "act/conv2/data" in out
+    assert f"DAMAGED: {8 if damage == 'delete' else 1} images" in out and "image 4" in out and "act/conv2/data" in out
     assert main(["render", str(store.path), "--layer", "conv2", "--image", "4", "--out", str(store.path.parent / "x.png")]) == 2
     one_line_error(capsys, "image 4", "--repair")
     assert main(["capture", "--repair", "--trust-factory", "--out", str(store.path)]) == 0
@@ -227,7 +227,7 @@ def test_a_scene_cannot_import_a_factory_or_leave_its_folder(tmp_path, marker_mo
 
 # ---- resume must not mix two inputs -------------------------------------------------------
 def test_resume_refuses_changed_weights(tmp_path, images, monkeypatch, capsys):
-    import volviz.store.capture as cap
+    import volviz.store.execute as cap
     w = tmp_path / "w.pt"
     torch.save(tiny_cnn().state_dict(), w)
     real, calls = cap.capture_batch, {"n": 0}

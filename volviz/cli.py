@@ -92,6 +92,11 @@ def add_capture(sub) -> None:
                    "descriptors and the probabilities: thousands to 100k+ images, cheaply")
     g.add_argument("--store-budget-gb", type=float, help="refuse a store projected larger than this "
                    "(default: 90%% of the free disk)")
+    g = p.add_argument_group("more than one process (dask.distributed)")
+    g.add_argument("--workers", type=int, help="capture on a local Dask cluster of N worker processes (each "
+                   "writes its own shards of the store)")
+    g.add_argument("--scheduler", metavar="ADDRESS", help="use a running Dask scheduler (tcp://host:8786); its "
+                   "workers need volviz, the model and the images at the same paths (see docs/scale.md)")
     p.add_argument("--resume", action="store_true", help="complete an interrupted capture in --out")
     p.add_argument("--repair", action="store_true", help="check every chunk of the store in --out and capture "
                    "again the images whose data is damaged or missing")
@@ -106,11 +111,14 @@ def cmd_capture(a) -> int:
     from volviz.store.capture import CaptureSettings, resume_capture, run_capture
     setup_torch_threads()
     trust = {"trust_pickle": a.trust_pickle, "trust_factory": a.trust_factory}
+    many = {"workers": a.workers, "scheduler": a.scheduler}
+    if a.workers is not None and a.workers < 1:
+        raise UserError(f"--workers must be at least 1 (got {a.workers})")
     if a.repair:
         from volviz.store.verify import repair_store
         store = repair_store(a.out, **trust)
     elif a.resume:
-        store = resume_capture(a.out, **trust)
+        store = resume_capture(a.out, **trust, **many)
     else:
         s = CaptureSettings(
             model=a.model, weights=a.weights, images=a.images, layers=a.layers, layer_types=a.layer_types,
@@ -124,7 +132,7 @@ def cmd_capture(a) -> int:
             weight_grad_layers=a.weight_grads, weight_grad_budget=int(a.weight_grad_budget_mb * (1 << 20)),
             descriptors=a.descriptors, pool=a.pool, descriptors_only=a.descriptors_only,
             store_budget=int(a.store_budget_gb * (1 << 30)) if a.store_budget_gb is not None else None)
-        store = run_capture(a.out, s, overwrite=a.overwrite)
+        store = run_capture(a.out, s, overwrite=a.overwrite, **many)
     print(describe_store(store, short=True))
     return 0
 

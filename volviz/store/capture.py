@@ -7,19 +7,16 @@ behind), and a resume is refused when the weights or the images changed since th
 """
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
 import pathlib
-import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from volviz.capture.engine import capture_batch, model_logits
+from volviz.capture.engine import model_logits
 from volviz.capture.layers import layer_kind, select_layers
 from volviz.capture.tap import LayerTap
 from volviz.sources.images import ImageRecord, discover_images, read_image
@@ -27,7 +24,8 @@ from volviz.sources.models import LoadedModel, load_model
 from volviz.sources.preprocess import Preprocess
 from volviz.errors import CaptureError, StoreError
 from volviz.store.plan import LayerInfo, ModelSpec, Plan, check_fingerprints, fingerprints
-from volviz.store.store import Store, write_lock
+from volviz.store.execute import capture_module, execute
+from volviz.store.store import Store
 
 log = logging.getLogger("volviz.capture")
 
@@ -303,100 +301,20 @@ def _check_one_batch(loaded: LoadedModel, x: torch.Tensor, record: ImageRecord, 
                      s: CaptureSettings, class_names) -> None:
     """Run the first image through the real capture: a wrong target or a layer the output does not
     depend on differentiably is found before anything is written."""
-    _capture(loaded.module, x, layers, s.target, torch.tensor([record.label]), class_names,
-             s.gradients, s.weight_gradients, None)
+    capture_module(loaded.module, x, layers, s.target, torch.tensor([record.label]), class_names,
+                   s.gradients, s.weight_gradients, None)
 
 
-def _capture(module, x, layers, target, labels, class_names, gradients, weight_gradients, workspace):
-    try:
-        return capture_batch(module, x, layers, target=target, labels=labels, class_names=class_names,
-                             gradients=gradients, weight_gradients=weight_gradients, workspace=workspace)
-    except RuntimeError as exc:
-        if "does not require grad" in str(exc) or "differentiable" in str(exc):
-            raise CaptureError(f"the model is not differentiable between the output and a selected layer "
-                               f"({str(exc).splitlines()[0][:160]}); capture with --no-grads") from None
-        raise
-
-
-def _runs(indices: np.ndarray, batch: int):
-    """Contiguous runs of pending image indices, cut to at most ``batch`` long."""
-    start = None
-    prev = None
-    for i in list(indices) + [None]:
-        if start is not None and (i is None or i != prev + 1 or prev + 1 - start >= batch):
-            yield start, prev + 1
-            start = None
-        if i is not None and start is None:
-            start = i
-        prev = i
-
-
-def _unnormalize(x: torch.Tensor, prep: Preprocess) -> np.ndarray:
-    x = x.clone()
-    if prep.std is not None:
-        x = x * torch.tensor(prep.std).view(1, -1, 1, 1)
-    if prep.mean is not None:
-        x = x + torch.tensor(prep.mean).view(1, -1, 1, 1)
-    return x.clamp(0, 1).numpy()
-
-
-def execute(store: Store, loaded: LoadedModel, prep: Preprocess, progress: bool = True) -> Store:
-    with write_lock(store.path):
-        return _execute(store, loaded, prep, progress)
-
-
-def _execute(store: Store, loaded: LoadedModel, prep: Preprocess, progress: bool) -> Store:
-    plan = store.plan
-    records = plan.images
-    pending = np.flatnonzero(~store.done)
-    layers = [info.name for info in plan.layers]
-    t0 = time.perf_counter()
-    bar = tqdm(total=len(records), initial=len(records) - len(pending), desc="capturing",
-               unit="img", disable=not progress)
-    workspace: dict = {}  # per-image weight gradient buffers reused batch after batch
-    nonfinite: dict[str, int] = dict(store.summary.get("nonfinite", {}))
-    from volviz.store.writer import ShardWriter
-    writer = ShardWriter(store, pending)
-    try:
-        for start, stop in _runs(pending, plan.batch_size):
-            batch = records[start:stop]
-            x = torch.stack([prep(read_image(r)) for r in batch])
-            labels = torch.tensor([r.label for r in batch])
-            res = _capture(loaded.module, x, layers, plan.target, labels, plan.class_names, plan.gradients,
-                           plan.weight_gradients, workspace)
-            for name, bad in res.nonfinite.items():
-                nonfinite[name] = nonfinite.get(name, 0) + bad
-                log.warning("layer %s: %d NaN/Inf activation values in images %d-%d", name, bad, start, stop - 1)
-            writer.add(start, store.batch_arrays(res, labels.numpy(), _unnormalize(x, prep)))
-            bar.update(len(batch))
-        writer.close()
-    except OSError as exc:
-        writer.close(flush=False, raise_errors=False)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise CaptureError(f"the disk is full: {int(store.done.sum())} of {len(records)} images are "
-                               f"safely in {store.path}; free some space and run "
-                               f"`volviz capture --resume --out {store.path}` to continue") from None
-        raise
-    except BaseException:
-        writer.close(flush=True, raise_errors=False)  # keep what was computed: resume does the rest
-        raise
-    finally:
-        bar.close()
-    done = store.done
-    label, pred = store.column("label"), store.column("pred")
-    has_label = done & (label >= 0)
-    summary = {
-        "n_images": int(done.sum()),
-        "seconds": round(time.perf_counter() - t0, 3),
-        "accuracy": float((label[has_label] == pred[has_label]).mean()) if has_label.any() else None,
-        "nonfinite": nonfinite,  # layer -> NaN/Inf activation values seen (rendered, flagged)
-    }
-    store.finalize(summary)
-    return store
+def _run(store: Store, loaded, prep, progress: bool, workers: int | None, scheduler: str | None,
+         trust: dict) -> Store:
+    if (workers and workers > 1) or scheduler:
+        from volviz.store.distributed import capture_on_dask
+        return capture_on_dask(store, workers=workers, scheduler=scheduler, trust=trust, progress=progress)
+    return execute(store, loaded, prep, progress)
 
 
 def run_capture(out: str | os.PathLike, s: CaptureSettings, *, overwrite: bool = False,
-                progress: bool = True) -> Store:
+                progress: bool = True, workers: int | None = None, scheduler: str | None = None) -> Store:
     """Plan (check everything), create the store, capture. Never deletes what volviz did not create."""
     from volviz.store.store import prepare_folder_check
     prepare_folder_check(pathlib.Path(out), overwrite)  # refuse early, before minutes of planning
@@ -407,19 +325,22 @@ def run_capture(out: str | os.PathLike, s: CaptureSettings, *, overwrite: bool =
         print(f"capturing {len(plan.images)} images into {out}: at most {_fmt_bytes(size)} "
               f"({_fmt_bytes(size / len(plan.images))} per image), batch {plan.batch_size}", file=sys.stderr)
     store = Store.create(out, plan, overwrite=overwrite)
-    return execute(store, loaded, prep, progress)
+    # workers load the model from the store: the user typed this spec, so it is trusted for them
+    trust = {"trust_pickle": s.trust_pickle, "trust_factory": True}
+    return _run(store, loaded, prep, progress, workers, scheduler, trust)
 
 
 def resume_capture(out: str | os.PathLike, progress: bool = True, *, trust_pickle: bool = False,
-                   trust_factory: bool = False) -> Store:
+                   trust_factory: bool = False, workers: int | None = None, scheduler: str | None = None) -> Store:
     """Complete an interrupted capture; the trust flags are the user's, for this command."""
     store = Store.open(out, mode="r+")
     if store.complete:
         log.info("%s is already complete (%d images)", out, store.n_images)
         return store
     check_fingerprints(store.plan, store.path)
-    loaded = store.model(trust_pickle=trust_pickle, trust_factory=trust_factory)
-    return execute(store, loaded, store.preprocess, progress)
+    trust = {"trust_pickle": trust_pickle, "trust_factory": trust_factory}
+    loaded = store.model(**trust)
+    return _run(store, loaded, store.preprocess, progress, workers, scheduler, trust)
 
 
 def open_or_capture(path: str | os.PathLike, settings: CaptureSettings | None = None, *,

@@ -48,13 +48,16 @@ MAX_SHARD_ROWS = 1024
 
 
 def rows_per_shard(row_shape: tuple, itemsize: int, n_rows: int) -> int:
-    """Images per shard file for one per-image array: as many as fit ``SHARD_BYTES``.
+    """Images per shard file for one per-image array: as many as fit ``SHARD_BYTES``, rounded down
+    to a power of two, so that image ranges aligned to the largest shard are aligned to every
+    array's shards (one writer per shard file in a sharded capture).
 
     >>> rows_per_shard((10,), 4, 100_000), rows_per_shard((64, 3, 7, 7), 4, 50), rows_per_shard((512, 512, 3, 3), 4, 9)
-    (1024, 50, 1)
+    (1024, 32, 1)
     """
     row = max(1, math.prod(row_shape) * itemsize)
-    return int(max(1, min(MAX_SHARD_ROWS, n_rows, SHARD_BYTES // row)))
+    fit = int(max(1, min(MAX_SHARD_ROWS, n_rows, SHARD_BYTES // row)))
+    return 1 << (fit.bit_length() - 1)
 
 
 def create_array(group, key: str, shape: tuple, chunks: tuple, dtype: str, fill_value, *, sharded: bool = False):
