@@ -71,9 +71,17 @@ def add_capture(sub) -> None:
     p.add_argument("--channels", type=int, help="model input channels (1 grey, 3 RGB, or N)")
     p.add_argument("--mean", nargs="+", type=float, help="normalization mean per channel ([0,1] pixels)")
     p.add_argument("--std", nargs="+", type=float, help="normalization std per channel")
-    p.add_argument("--resize", choices=["resize", "scale_crop"], default="resize",
-                   help="resize: plain resize; scale_crop: scale the smaller side to the input size "
-                   "keeping the aspect ratio, then centre-crop (seed 000)")
+    p.add_argument("--resize", choices=["resize", "scale_crop", "resize_crop"],
+                   help="resize: plain resize (default for models without a preset); scale_crop: scale the "
+                   "smaller side to the input size keeping the aspect ratio, then centre-crop "
+                   "[PreferredInputs2016]; resize_crop: torchvision's Resize(short side) + CenterCrop (the "
+                   "default for a torchvision name, from its weights' transforms)")
+    p.add_argument("--class-names", metavar="FILE", help="the model's class names: a text file (one per line), "
+                   "a JSON list, imagenet_class_index.json or synset_words.txt; class folders are matched to "
+                   "them by name")
+    p.add_argument("--layout", choices=["auto", "flat", "classes"], default="auto",
+                   help="a folder of images: class sub-folders (classes), every image below it unlabelled "
+                   "(flat), or decided by what it holds (auto, default; a warning says what was ignored)")
     p.add_argument("--video-stride", type=int, default=1, help="use every k-th frame of videos")
     p.add_argument("--max-images", type=int, help="capture at most this many images")
     p.add_argument("--memory-budget-gb", type=float, help="working memory one batch may use "
@@ -126,7 +134,7 @@ def cmd_capture(a) -> int:
             gradients=not a.no_grads, weight_gradients=not (a.no_grads or a.no_weight_grads),
             size=tuple(a.size) if a.size else None, channels=a.channels,
             mean=tuple(a.mean) if a.mean else None, std=tuple(a.std) if a.std else None,
-            resize=a.resize, trust_pickle=a.trust_pickle, video_stride=a.video_stride,
+            resize=a.resize, layout=a.layout, class_names_file=a.class_names, trust_pickle=a.trust_pickle, video_stride=a.video_stride,
             max_images=a.max_images,
             memory_budget=int(a.memory_budget_gb * (1 << 30)) if a.memory_budget_gb else None,
             weight_grad_layers=a.weight_grads, weight_grad_budget=int(a.weight_grad_budget_mb * (1 << 20)),
@@ -207,11 +215,12 @@ def add_train_demo(sub) -> None:
 
 def cmd_train_demo(a) -> int:
     from volviz.sources import demo
+    from volviz.sources.demo_training import train_demo
     names = demo.DEMO_NAMES if a.name == "all" else [a.name]
     for n in names:
         if n not in demo.DEMO_NAMES:
             raise UserError(f"unknown demo model {n!r}; valid: {', '.join(demo.DEMO_NAMES)}, all")
-        print(n, demo.train_demo(n, epochs=a.epochs, seed=a.seed))
+        print(n, train_demo(n, epochs=a.epochs, seed=a.seed))
     return 0
 
 

@@ -1,10 +1,15 @@
-"""Choose which layers to capture: by exact module name, glob, or type; errors list the valid names."""
+"""Choose which layers to capture: by exact module name, glob, or type; errors list the valid names.
+
+A module loaded from TorchScript is known by the class it was compiled from (``original_name``:
+``Conv2d``), not by its wrapper's type, so a scripted or traced model selects like an eager one.
+"""
 from __future__ import annotations
 
-from volviz.errors import LayerSelectionError  # noqa: F401  (re-exported)
 import fnmatch
 
 from torch import nn
+
+from volviz.errors import LayerSelectionError  # noqa: F401  (re-exported)
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 LINEAR_TYPES = (nn.Linear,)
@@ -25,22 +30,32 @@ def named_leaf_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if name and not list(m.children())}
 
 
+def type_name(module: nn.Module) -> str:
+    """The class name a user knows: ``Conv2d`` also for a TorchScript module compiled from one."""
+    name = getattr(module, "original_name", None)
+    return name if isinstance(name, str) and name else type(module).__name__
+
+
+def _is(module: nn.Module, types: tuple) -> bool:
+    return isinstance(module, types) or type_name(module) in {t.__name__ for t in types}
+
+
 def layer_kind(module: nn.Module) -> str:
-    if isinstance(module, CONV_TYPES):
+    if _is(module, CONV_TYPES):
         return "conv"
-    if isinstance(module, LINEAR_TYPES):
+    if _is(module, LINEAR_TYPES):
         return "linear"
-    return type(module).__name__.lower()
+    return type_name(module).lower()
 
 
 def _type_matches(module: nn.Module, wanted: str) -> bool:
     if wanted.lower() in TYPE_ALIASES:
-        return isinstance(module, TYPE_ALIASES[wanted.lower()])
-    return type(module).__name__.lower() == wanted.lower()
+        return _is(module, TYPE_ALIASES[wanted.lower()])
+    return type_name(module).lower() == wanted.lower()
 
 
 def _listing(modules: dict[str, nn.Module], limit: int = 60) -> str:
-    items = [f"{n} ({type(m).__name__})" for n, m in modules.items()]
+    items = [f"{n} ({type_name(m)})" for n, m in modules.items()]
     more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more
 
@@ -71,8 +86,8 @@ def select_layers(model: nn.Module, include: list[str] | None = None,
             raise LayerSelectionError(f"no selected layer has type {', '.join(types)}. "
                                       f"Layers: {_listing(modules)}")
     elif not include:
-        chosen = [n for n in chosen if isinstance(modules[n], CONV_TYPES + LINEAR_TYPES)]
-        if not any(isinstance(modules[n], CONV_TYPES) for n in chosen):
+        chosen = [n for n in chosen if _is(modules[n], CONV_TYPES + LINEAR_TYPES)]
+        if not any(_is(modules[n], CONV_TYPES) for n in chosen):
             raise LayerSelectionError(
                 "the model has no conv layer, so there is no layer volume to show. Select layers "
                 f"explicitly with --layers. Layers: {_listing(modules)}")

@@ -2,19 +2,33 @@
 
 Accepted: an ImageFolder tree (one subfolder per class), a flat folder of unlabelled images,
 single image files, and video files (read frame by frame). Unreadable files are reported and
-skipped by the caller; discovery itself never opens pixel data, so it is fast on large folders.
+skipped by the caller; discovery itself never decodes still images, so it is fast on large folders
+(a video is opened once to count its frames, and skipped here when it cannot be read).
+
+Still images are decoded with Pillow: CMYK/YCbCr/palette images become RGB(A), the EXIF
+orientation is applied, an animated file gives its first frame only, and a file of more than
+``MAX_PIXELS`` pixels is refused before decoding (a decompression-bomb guard per file).
 """
 from __future__ import annotations
 
-from volviz.errors import ImageSourceError  # noqa: F401  (re-exported)
+import logging
 import pathlib
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from volviz.errors import ImageSourceError  # noqa: F401  (re-exported)
+from volviz.sources.classes import compact_names, folder_labels
+
+log = logging.getLogger("volviz.sources")
+
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+MAX_PIXELS = 64_000_000  # per image or video frame: 192 MB as uint8 RGB, 768 MB as float32
+LAYOUTS = ("auto", "flat", "classes")
 
 
+class ImageTooLargeError(ImageSourceError):
+    """An image has more pixels than ``MAX_PIXELS``."""
 
 
 @dataclass(frozen=True)
@@ -31,10 +45,30 @@ class ImageRecord:
 @dataclass
 class ImageSet:
     records: list[ImageRecord]
-    class_names: list[str] | None  # from ImageFolder subfolders; None for unlabelled sets
+    class_names: list[str] | None  # the names the labels index; None for unlabelled sets
+    skipped: list[dict] = field(default_factory=list)  # {"path", "reason"}: videos that cannot be read
 
     def __len__(self) -> int:
         return len(self.records)
+
+
+def _first_line(exc: BaseException) -> str:
+    s = str(exc).strip()
+    return (s.splitlines()[0][:200] if s else type(exc).__name__)
+
+
+def _image_suffixes() -> set[str]:
+    from PIL import Image
+    Image.init()
+    return {k.lower() for k in Image.registered_extensions()} | {".npy", ".exr", ".hdr"}
+
+
+def _visible(p: pathlib.Path) -> bool:
+    return not p.name.startswith(".")
+
+
+def _visible_below(f: pathlib.Path, root: pathlib.Path) -> bool:
+    return not any(part.startswith(".") for part in f.relative_to(root).parts)
 
 
 def _video_frame_count(path: pathlib.Path) -> int:
@@ -42,75 +76,200 @@ def _video_frame_count(path: pathlib.Path) -> int:
     reader = iio.get_reader(str(path), "ffmpeg")
     try:
         n = reader.count_frames()
+        if n > 0:
+            reader.get_data(0)  # a header without decodable frames fails here, not mid-capture
     finally:
         reader.close()
     return n
 
 
+def _video_records(path: pathlib.Path, vid_id: str, label: int, stride: int,
+                   max_frames: int | None) -> list[ImageRecord]:
+    try:
+        n = _video_frame_count(path)
+    except Exception as exc:  # truncated, not a video, unknown codec: ffmpeg says why
+        raise ImageSourceError(f"cannot read video ({_first_line(exc)}); is it truncated or not a video?") from None
+    if n == 0:
+        raise ImageSourceError("the video has no frames")
+    frames = list(range(0, n, max(1, stride)))[:max_frames]
+    return [ImageRecord(f"{vid_id}#{k}", str(path), label, k) for k in frames]
+
+
+def _folder_layout(p: pathlib.Path, layout: str, media: set[str]):
+    """('classes', {name: dir}) or ('flat', [files]), warning when something is left out."""
+    entries = sorted(e for e in p.iterdir() if _visible(e))
+    files = [e for e in entries if e.is_file()]
+    loose = [f for f in files if f.suffix.lower() in media]
+    subdirs = [d for d in entries if d.is_dir()]
+    if layout == "flat":
+        return "flat", sorted(f for f in p.rglob("*") if f.is_file() and _visible_below(f, p))
+    full = [d for d in subdirs if any(f.is_file() and _visible_below(f, d) for f in d.rglob("*"))]
+    if layout == "classes" or len(full) > len(loose):  # more class folders than loose images: an ImageFolder
+        if loose:
+            log.warning("%s has %d class sub-folders and %d images of its own (%s): read it as an ImageFolder and "
+                        "ignored those images; pass --layout flat to take every image below it",
+                        p, len(full), len(loose), compact_names([f.name for f in loose], 3))
+        empty = [d.name for d in subdirs if d not in full]
+        if empty:
+            log.warning("ignoring the empty sub-folder(s) %s of %s", compact_names(empty, 6), p)
+        return "classes", {d.name: d for d in full}
+    if full:
+        n_sub = sum(1 for d in full for f in d.rglob("*") if f.is_file())
+        log.warning("%s holds %d images and the sub-folder(s) %s (%d files): took the images directly in it as "
+                    "one unlabelled set and ignored the sub-folders; pass --layout classes to read the "
+                    "sub-folders as classes, --layout flat to take every image below %s, or name a sub-folder "
+                    "in --images", p, len(loose), compact_names([d.name + "/" for d in full], 4), n_sub, p.name)
+    return "flat", files
+
+
 def discover_images(paths: list[str | pathlib.Path], *, class_names: list[str] | None = None,
-                    video_stride: int = 1, max_frames: int | None = None) -> ImageSet:
-    """Turn user paths into records. A folder whose subfolders hold images is an ImageFolder
-    (labels = sorted subfolder names, or the index in ``class_names`` when the model names its
-    classes); any other folder is a flat, unlabelled set."""
-    records: list[ImageRecord] = []
-    found_classes: list[str] | None = None
+                    wordnet_ids: list[str] | None = None, video_stride: int = 1,
+                    max_frames: int | None = None, layout: str = "auto") -> ImageSet:
+    """Turn user paths into records.
+
+    layout 'auto': a folder with more sub-folders than images of its own is an ImageFolder (one
+    class per sub-folder); otherwise it is a flat, unlabelled set of its own images (a stray
+    ``backup/`` is ignored). Whatever is left out is named in a warning with the option to take
+    it. 'classes' / 'flat' force one reading ('flat' takes every image below the folder). Class
+    folders are matched to ``class_names`` by name (``classes.folder_labels``); without class
+    names, by sorted position. A video that cannot be read is skipped (``skipped``).
+    """
+    if layout not in LAYOUTS:
+        raise ImageSourceError(f"unknown folder layout {layout!r}; valid: {', '.join(LAYOUTS)}")
+    media = _image_suffixes() | VIDEO_SUFFIXES
+    plan: list[tuple] = []  # ("classes", root, {name: dir}) | ("file", root_parent, file, label_name)
+    class_dirs: set[str] = set()
     for raw in paths:
         p = pathlib.Path(raw)
         if not p.exists():
             raise ImageSourceError(f"no such file or folder: {p}")
         if p.is_dir():
-            subdirs = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
-            if subdirs:
-                names = [d.name for d in subdirs]
-                if class_names is not None and all(n in class_names for n in names):
-                    index = {n: class_names.index(n) for n in names}
-                    found_classes = list(class_names)
-                else:
-                    index = {n: i for i, n in enumerate(names)}
-                    found_classes = names
-                for d in subdirs:
-                    for f in sorted(d.rglob("*")):
-                        if f.is_file() and not f.name.startswith("."):
-                            records.append(ImageRecord(str(f.relative_to(p.parent)), str(f), index[d.name]))
+            kind, found = _folder_layout(p, layout, media)
+            if kind == "classes":
+                plan.append(("classes", p, found))
+                class_dirs |= set(found)
             else:
-                for f in sorted(p.iterdir()):
-                    if f.is_file() and not f.name.startswith("."):
-                        records.append(ImageRecord(str(f.relative_to(p.parent)), str(f)))
-        elif p.suffix.lower() in VIDEO_SUFFIXES:
-            n = _video_frame_count(p)
-            frames = range(0, n, max(1, video_stride))
-            if max_frames is not None:
-                frames = list(frames)[:max_frames]
-            records.extend(ImageRecord(f"{p.name}#{k}", str(p), -1, k) for k in frames)
+                plan.extend(("file", p.parent, f, None) for f in found)
         else:
-            records.append(ImageRecord(p.name, str(p)))
+            plan.append(("file", None, p, None))
+    index: dict[str, int] = {}
+    found_classes: list[str] | None = None
+    if class_dirs:
+        index, found_classes = folder_labels(sorted(class_dirs), class_names, wordnet_ids)
+    records: list[ImageRecord] = []
+    skipped: list[dict] = []
+
+    def add(f: pathlib.Path, rel: str, label: int) -> None:
+        if f.suffix.lower() in VIDEO_SUFFIXES:
+            try:
+                records.extend(_video_records(f, rel, label, video_stride, max_frames))
+            except ImageSourceError as exc:
+                log.warning("skipping %s: %s", f, exc)
+                skipped.append({"path": str(f), "reason": str(exc)})
+        else:
+            records.append(ImageRecord(rel, str(f), label))
+
+    for item in plan:
+        if item[0] == "classes":
+            _, root, dirs = item
+            for name, d in sorted(dirs.items()):
+                label = index.get(name, -1)
+                for f in sorted(d.rglob("*")):
+                    if f.is_file() and _visible_below(f, d):
+                        add(f, str(f.relative_to(root.parent)), label)
+        else:
+            _, base, f, _ = item
+            add(f, f.name if base is None else str(f.relative_to(base)), -1)
     if not records:
+        if skipped:
+            raise ImageSourceError(f"no readable images: {skipped[0]['path']}: {skipped[0]['reason']}")
         raise ImageSourceError(f"no image files found in {', '.join(map(str, paths))}")
     ids = [r.id for r in records]
     if len(set(ids)) != len(ids):
         raise ImageSourceError("two inputs give the same image id; pass each file or folder once")
-    return ImageSet(records, found_classes)
+    return ImageSet(records, found_classes, skipped)
 
 
-def read_image(record: ImageRecord) -> np.ndarray:
-    """Decode one image to uint8 HxWxC (C = 1, 3 or 4 as stored). Raises on unreadable files."""
+def _too_large(w: int, h: int, limit: int) -> ImageTooLargeError:
+    return ImageTooLargeError(f"{w}x{h} is {w * h / 1e6:.1f} megapixels, more than the {limit / 1e6:.1f} MP "
+                              "volviz decodes per image (volviz.sources.images.MAX_PIXELS); downscale it first")
+
+
+def _pil_array(im) -> np.ndarray:
+    """A Pillow image as a uint8/uint16/float array with 1-4 channels, colours as RGB."""
+    mode = im.mode
+    if mode == "1":
+        im = im.convert("L")
+    elif mode in ("P", "PA"):
+        im = im.convert("RGBA" if mode == "PA" or "transparency" in im.info else "RGB")
+    elif mode in ("RGBa", "La"):
+        im = im.convert(mode[0] + "A" if mode == "La" else "RGBA")
+    elif mode not in ("L", "LA", "RGB", "RGBA", "F") and not mode.startswith("I"):
+        im = im.convert("RGB")  # CMYK (K is not alpha), YCbCr, LAB, HSV, RGBX
+    return np.asarray(im)
+
+
+def _read_still(path: str, limit: int) -> np.ndarray:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > limit:
+                raise _too_large(w, h, limit)
+            im.seek(0)  # animated GIF / multi-page TIFF: the first frame, decoded once
+            im = ImageOps.exif_transpose(im)
+            return _pil_array(im)
+    except ImageSourceError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"refused as a decompression bomb ({_first_line(exc)})") from None
+    except UnidentifiedImageError:
+        pass  # a format Pillow does not know: imageio's other plugins below
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageSourceError(f"cannot decode the image ({_first_line(exc)}); is it truncated?") from None
     import imageio.v3 as iio
+    try:
+        arr = np.asarray(iio.imread(path, index=0))
+    except Exception as exc:
+        raise ImageSourceError(f"not an image file volviz can read ({_first_line(exc)})") from None
+    if arr.ndim >= 2 and arr.shape[0] * arr.shape[1] > limit:
+        raise _too_large(arr.shape[1], arr.shape[0], limit)
+    return arr
+
+
+def _read_frame(path: str, frame: int, limit: int) -> np.ndarray:
+    import imageio.v2 as iio2
+    try:
+        reader = iio2.get_reader(path, "ffmpeg")
+    except Exception as exc:
+        raise ImageSourceError(f"cannot read video {path} ({_first_line(exc)})") from None
+    try:
+        w, h = reader.get_meta_data().get("size", (0, 0))
+        if w * h > limit:
+            raise _too_large(w, h, limit)
+        return np.asarray(reader.get_data(frame))
+    except ImageSourceError:
+        raise
+    except Exception as exc:
+        raise ImageSourceError(f"cannot decode frame {frame} of {path} ({_first_line(exc)})") from None
+    finally:
+        reader.close()
+
+
+def read_image(record: ImageRecord, max_pixels: int | None = None) -> np.ndarray:
+    """Decode one image to uint8 HxWxC (C = 1, 3 or 4 as stored; 2 for grey+alpha).
+    Raises ImageSourceError (ImageTooLargeError above ``max_pixels``, default MAX_PIXELS)."""
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
     if record.frame is not None:
-        import imageio.v2 as iio2
-        reader = iio2.get_reader(record.path, "ffmpeg")
-        try:
-            arr = reader.get_data(record.frame)
-        finally:
-            reader.close()
+        arr = _read_frame(record.path, record.frame, limit)
     else:
-        arr = iio.imread(record.path)
-        if arr.ndim == 4:  # animated GIF / multi-page TIFF: first frame
-            arr = arr[0]
-    arr = np.asarray(arr)
+        arr = _read_still(record.path, limit)
+    if arr.ndim == 4:  # a multi-frame array from imageio: first frame
+        arr = arr[0]
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"not an image: array of shape {arr.shape}")
+        raise ImageSourceError(f"not an image: array of shape {arr.shape}")
     if arr.dtype != np.uint8:
         a = arr.astype(np.float64)
         hi = 65535.0 if arr.dtype == np.uint16 else (a.max() if a.max() > 1.0 else 1.0)

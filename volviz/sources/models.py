@@ -3,10 +3,12 @@ weights file, a ``package.module:factory`` plus weights, or a TorchScript file.
 
 Weights are always read with ``weights_only=True`` (or safetensors): a pickled full model runs
 arbitrary code on load, so it is refused unless the user passes ``trust_pickle=True``.
+A torchvision name also brings, from its weights' metadata (offline, nothing is downloaded), the
+class names and the evaluation preprocessing (``Resize(256) + CenterCrop(224)`` and the ImageNet
+mean/std for most): ``LoadedModel.class_names`` and ``LoadedModel.preprocess``.
 """
 from __future__ import annotations
 
-from volviz.errors import ModelLoadError  # noqa: F401  (re-exported)
 import importlib
 import pathlib
 from dataclasses import dataclass, field
@@ -14,8 +16,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from volviz.errors import ModelLoadError  # noqa: F401  (re-exported)
+from volviz.sources.preprocess import Preprocess
 
-
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
 @dataclass
 class LoadedModel:
@@ -27,6 +31,8 @@ class LoadedModel:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     extra: dict = field(default_factory=dict)
+    preprocess: Preprocess | None = None     # the model's own evaluation preprocessing, when known
+    wordnet_ids: list[str] | None = None     # per class, when known (ImageNet folders are named by them)
 
     def describe(self) -> dict:
         return {"spec": self.spec, "weights": self.weights, "input_size": self.input_size,
@@ -38,21 +44,54 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _read_state_dict(path: pathlib.Path, trust_pickle: bool) -> dict | nn.Module:
+def _first_line(exc: BaseException) -> str:
+    import re
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # torch colours some messages
+    text = text.split(" This is an internal miniz error")[0]  # the rest is advice for torch developers
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _check_weights_file(path: pathlib.Path) -> None:
+    if path.is_dir():
+        inside = sorted(f.name for f in path.iterdir() if f.suffix in WEIGHT_SUFFIXES)
+        hint = f" (it holds {', '.join(inside[:4])})" if inside else ""
+        raise ModelLoadError(f"--weights {path} is a folder{hint}; pass the weights file itself, "
+                             "e.g. --weights FOLDER/model.safetensors")
     if not path.exists():
         raise ModelLoadError(f"weights file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"weights file {path} is empty (0 bytes): the save or download was "
+                             "interrupted; save or download it again")
+
+
+def _read_state_dict(path: pathlib.Path, trust_pickle: bool) -> dict | nn.Module:
+    _check_weights_file(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # SafetensorError: truncated, corrupt, not safetensors
+            raise ModelLoadError(f"{path} is not a readable safetensors file ({_first_line(exc)}): it is "
+                                 "truncated or damaged; save or download it again") from None
+    import pickle
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle.UnpicklingError and friends
+    except pickle.UnpicklingError as exc:  # a pickle weights_only refuses: a full model, custom classes
+        if "weights only" not in str(exc).lower():
+            raise ModelLoadError(f"{path} is not a readable PyTorch weights file ({_first_line(exc)[:120]}): it is "
+                                 "truncated or damaged; save or download it again") from None
         if not trust_pickle:
             raise ModelLoadError(
                 f"{path} is not a plain state_dict (loading with weights_only=True failed: "
-                f"{str(exc).splitlines()[0][:200]}). If it is a pickled full model from a source you "
+                f"{_first_line(exc)[:120]}). If it is a pickled full model from a source you "
                 "trust, pass --trust-pickle; better, save model.state_dict() instead.") from None
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc2:
+            raise ModelLoadError(f"{path} cannot be loaded even as a trusted pickle ({_first_line(exc2)})") from None
+    except Exception as exc:  # EOFError, a broken zip: the file itself is damaged
+        raise ModelLoadError(f"{path} is not a readable PyTorch weights file ({_first_line(exc)[:120]}): it is "
+                             "truncated or damaged; save or download it again") from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if key in obj and isinstance(obj[key], dict):
@@ -60,7 +99,7 @@ def _read_state_dict(path: pathlib.Path, trust_pickle: bool) -> dict | nn.Module
                 break
         # checkpoints saved from DataParallel / torch.compile prefix every key
         for prefix in ("module.", "_orig_mod."):
-            if obj and all(k.startswith(prefix) for k in obj):
+            if obj and all(isinstance(k, str) and k.startswith(prefix) for k in obj):
                 obj = {k[len(prefix):]: v for k, v in obj.items()}
     return obj
 
@@ -91,6 +130,26 @@ def _torchvision_names() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
+def torchvision_meta(name: str) -> tuple[list[str] | None, Preprocess | None]:
+    """Class names and evaluation preprocessing of a torchvision architecture, from its DEFAULT
+    weights' metadata and ``transforms()`` (both offline: nothing is downloaded)."""
+    import torchvision
+    try:
+        w = torchvision.models.get_model_weights(name).DEFAULT
+    except (ValueError, AttributeError, KeyError):
+        return None, None
+    cats = w.meta.get("categories")
+    names = list(cats) if cats else None
+    try:
+        t = w.transforms()
+        crop, short = int(t.crop_size[0]), int(t.resize_size[0])
+        prep = Preprocess((crop, crop), 3, tuple(map(float, t.mean)), tuple(map(float, t.std)),
+                          mode="resize_crop", short_side=max(short, crop))
+    except (AttributeError, TypeError, IndexError, ValueError):
+        prep = None
+    return names, prep
+
+
 def load_model(spec: str, weights: str | None = None, *, trust_pickle: bool = False,
                num_classes: int | None = None) -> LoadedModel:
     """Resolve ``spec`` to an eval-mode model.
@@ -115,14 +174,20 @@ def load_model(spec: str, weights: str | None = None, *, trust_pickle: bool = Fa
     if path.suffix in (".pt", ".pth", ".ts", ".jit", ".torchscript") or path.exists():
         if not path.exists():
             raise ModelLoadError(f"model file not found: {path}")
+        if path.is_dir() or path.stat().st_size == 0:
+            raise ModelLoadError(f"{path} is {'a folder' if path.is_dir() else 'empty (0 bytes)'}, not a "
+                                 "TorchScript file; pass the file written by torch.jit.save")
+        from volviz.sources.scripted import load_torchscript
         try:
-            module = torch.jit.load(str(path), map_location="cpu")
+            module = load_torchscript(path)
+        except ModelLoadError:
+            raise
         except Exception as exc:
             raise ModelLoadError(
-                f"{path} is not a TorchScript file ({str(exc).splitlines()[0][:160]}). A state_dict "
+                f"{path} is not a TorchScript file ({_first_line(exc)[:160]}). A state_dict "
                 "needs an architecture: --model resnet18 --weights FILE, or --model pkg.mod:factory "
                 "--weights FILE") from None
-        return LoadedModel(module.eval(), spec, None)
+        return LoadedModel(module, spec, None)
 
     if ":" in spec:
         mod_name, _, attr = spec.partition(":")
@@ -130,7 +195,11 @@ def load_model(spec: str, weights: str | None = None, *, trust_pickle: bool = Fa
             factory = getattr(importlib.import_module(mod_name), attr)
         except (ImportError, AttributeError) as exc:
             raise ModelLoadError(f"cannot import factory {spec!r}: {exc}") from None
-        module = factory()
+        try:
+            module = factory()
+        except Exception as exc:  # the user's code failed: say where, keep it to one line
+            raise ModelLoadError(f"factory {spec!r} raised {type(exc).__name__}: {_first_line(exc)}; "
+                                 "fix the factory (it is called with no arguments)") from None
         if not isinstance(module, nn.Module):
             raise ModelLoadError(f"factory {spec!r} returned {type(module).__name__}, not nn.Module")
         module = _apply_weights(module, weights, trust_pickle)
@@ -151,6 +220,9 @@ def load_model(spec: str, weights: str | None = None, *, trust_pickle: bool = Fa
     else:
         extra = {}
         module = _apply_weights(module, weights, trust_pickle)
-    size = 299 if spec.startswith("inception") else 224
-    return LoadedModel(module.eval(), spec, weights, (3, size, size), None,
-                       IMAGENET_MEAN, IMAGENET_STD, extra)
+    names, prep = torchvision_meta(spec)
+    if names is not None and num_classes is not None and num_classes != len(names):
+        names = None  # a re-headed model: the weights' categories are not its classes
+    size = prep.size[0] if prep else (299 if spec.startswith("inception") else 224)
+    mean, std = (prep.mean, prep.std) if prep else (IMAGENET_MEAN, IMAGENET_STD)
+    return LoadedModel(module.eval(), spec, weights, (3, size, size), names, mean, std, extra, prep)

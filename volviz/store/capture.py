@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from volviz.capture.engine import model_logits
-from volviz.capture.layers import layer_kind, select_layers
+from volviz.capture.layers import layer_kind, select_layers, type_name
 from volviz.capture.tap import LayerTap
 from volviz.sources.images import ImageRecord, discover_images, read_image
 from volviz.sources.models import LoadedModel, load_model
@@ -48,7 +48,9 @@ class CaptureSettings:
     channels: int | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    resize: str = "resize"
+    resize: str | None = None      # None: the model's preset (torchvision weights), else plain resize
+    layout: str = "auto"           # folders: auto (class folders or flat), flat, classes
+    class_names_file: str | None = None
     trust_pickle: bool = False     # applies to THIS command only; never read back from a store
     video_stride: int = 1
     max_images: int | None = None
@@ -85,7 +87,9 @@ def build_preprocess(loaded: LoadedModel, s: CaptureSettings) -> Preprocess:
     if c is None or size is None:
         raise CaptureError(f"model {s.model!r} does not say which input it expects; pass --size H W "
                            "and --channels C (and --mean/--std for its normalization)")
-    return Preprocess(tuple(size), c, s.mean or loaded.mean, s.std or loaded.std, s.resize)
+    if getattr(loaded, "preprocess", None) is not None:  # torchvision weights' own transforms
+        return loaded.preprocess.with_overrides(size=s.size, channels=s.channels, mean=s.mean, std=s.std, mode=s.resize)
+    return Preprocess(tuple(size), c, s.mean or loaded.mean, s.std or loaded.std, s.resize or "resize")
 
 
 def count_calls(model: torch.nn.Module, layers: list[str], x: torch.Tensor) -> dict[str, int]:
@@ -134,7 +138,7 @@ def probe_layers(model: torch.nn.Module, layers: list[str], x: torch.Tensor) -> 
         w = getattr(m, "weight", None)
         w_shape = tuple(w.shape) if isinstance(w, torch.nn.Parameter) else None
         factors = isinstance(m, torch.nn.Linear) and rec.input is not None and rec.input.dim() == 2
-        out.append(LayerInfo(name, layer_kind(m), type(m).__name__, tuple(rec.output.shape[1:]), w_shape,
+        out.append(LayerInfo(name, layer_kind(m), type_name(m), tuple(rec.output.shape[1:]), w_shape,
                              bool(factors)))
     return out
 
@@ -153,18 +157,25 @@ def bytes_per_image(layers: list[LayerInfo], s: CaptureSettings) -> int:
 
 
 def _valid_records(records: list[ImageRecord], prep: Preprocess, progress: bool) -> tuple[list, list]:
-    ok, skipped = [], []
+    """Records whose pixels decode (a video: its last frame decodes); the others, with reasons."""
+    ok, skipped, bad_videos = [], [], set()
+    last_frame: dict[str, ImageRecord] = {}
+    for r in records:
+        if r.frame is not None and (r.path not in last_frame or r.frame > last_frame[r.path].frame):
+            last_frame[r.path] = r
     for r in tqdm(records, desc="checking images", disable=not progress or len(records) < 200, unit="img"):
-        if r.frame is not None:
-            ok.append(r)
-            continue
+        if r.frame is not None and r is not last_frame[r.path]:
+            continue  # checked through the video's last frame
         try:
             prep(read_image(r))
-            ok.append(r)
-        except Exception as exc:  # unreadable / not an image / impossible channel conversion
+        except Exception as exc:  # unreadable / not an image / truncated video / impossible channels
             reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             log.warning("skipping %s: %s", r.path, reason)
             skipped.append({"path": r.path, "reason": reason})
+            if r.frame is not None:
+                bad_videos.add(r.path)
+    bad_files = {d["path"] for d in skipped}
+    ok = [r for r in records if r.path not in bad_videos and (r.frame is not None or r.path not in bad_files)]
     return ok, skipped
 
 
@@ -243,6 +254,10 @@ def plan_capture(s: CaptureSettings, progress: bool = True) -> tuple[Plan, Loade
         s.weights = str(pathlib.Path(s.weights).absolute())
     s.images = [str(pathlib.Path(p).absolute()) for p in s.images]
     loaded = load_model(s.model, s.weights, trust_pickle=s.trust_pickle)
+    if s.class_names_file:
+        from volviz.sources.classes import read_class_file
+        table = read_class_file(s.class_names_file)
+        loaded.class_names, loaded.wordnet_ids = table.names, table.wordnet_ids
     layers = select_layers(loaded.module, s.layers, s.layer_types)  # cheap: fail before reading images
     if s.descriptors:
         extra = select_layers(loaded.module, s.descriptors, None)
@@ -250,9 +265,11 @@ def plan_capture(s: CaptureSettings, progress: bool = True) -> tuple[Plan, Loade
     paths = s.images or ([str(demo.demo_images_dir(s.model))] if s.model in demo.DEMO_NAMES else [])
     if not paths:
         raise CaptureError("no images given: pass --images FOLDER|FILE|VIDEO ...")
-    imageset = discover_images(paths, class_names=loaded.class_names, video_stride=s.video_stride)
+    imageset = discover_images(paths, class_names=loaded.class_names, wordnet_ids=getattr(loaded, "wordnet_ids", None),
+                               video_stride=s.video_stride, layout=s.layout)
     prep = build_preprocess(loaded, s)
     records, skipped = _valid_records(imageset.records, prep, progress)
+    skipped = list(getattr(imageset, "skipped", [])) + skipped
     if s.max_images:
         records = records[: s.max_images]
     if not records:
@@ -263,12 +280,12 @@ def plan_capture(s: CaptureSettings, progress: bool = True) -> tuple[Plan, Loade
         log.warning("%s has RANDOM weights (no --weights given): fine for testing, meaningless otherwise", s.model)
     layer_infos = choose_kept(probe_layers(loaded.module, layers, first), s, list(s.layers or []))
     with torch.no_grad():
-        n_outputs = model_logits(loaded.module(first)).shape[1]
+        n_outputs = model_logits(loaded.module(first), len(loaded.class_names) if loaded.class_names else None).shape[1]
+    if s.class_names_file:
+        from volviz.sources.classes import check_class_count
+        check_class_count(loaded.class_names, n_outputs)
     folder_names = imageset.class_names
     class_names = loaded.class_names or (folder_names if folder_names and len(folder_names) == n_outputs else None)
-    if folder_names and not loaded.class_names and class_names is None:
-        log.warning("the %d class folders do not match the model's %d outputs: folder i is taken as output i "
-                    "(torchvision's ImageFolder convention)", len(folder_names), n_outputs)
     too_big = [r for r in records if r.label >= n_outputs]
     if too_big:
         log.warning("%d images have labels beyond the model's %d outputs; they count as unlabelled",

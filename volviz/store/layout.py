@@ -37,7 +37,7 @@ def scale_key(key: str) -> str:
 
 def codecs() -> dict:
     from zarr.codecs import Crc32cCodec, ZstdCodec
-    return {"compressors": [ZstdCodec(level=0), Crc32cCodec()], "config": {"write_empty_chunks": True}}
+    return {"compressors": [ZstdCodec(level=1), Crc32cCodec()], "config": {"write_empty_chunks": True}}
 
 
 #: bytes one shard file of a per-image array aims at, and the most images it holds: a shard is
@@ -60,11 +60,30 @@ def rows_per_shard(row_shape: tuple, itemsize: int, n_rows: int) -> int:
     return 1 << (fit.bit_length() - 1)
 
 
+#: bytes of one chunk (the unit a read decodes and a checksum covers): small per-image arrays get
+#: several images per chunk, since zarr's per-chunk overhead, not the bytes, bounds write speed
+CHUNK_BYTES = 256 << 10
+
+
+def rows_per_chunk(row_shape: tuple, itemsize: int, shard_rows: int) -> int:
+    """Images per chunk inside a shard: a power of two, at most ``CHUNK_BYTES`` (one image when
+    one image is bigger), never more than a shard.
+
+    >>> rows_per_chunk((10,), 4, 1024), rows_per_chunk((20, 24, 24), 4, 64), rows_per_chunk((5,), 4, 4)
+    (1024, 1, 4)
+    """
+    row = max(1, math.prod(row_shape) * itemsize)
+    fit = int(max(1, min(shard_rows, CHUNK_BYTES // row)))
+    return 1 << (fit.bit_length() - 1)
+
+
 def create_array(group, key: str, shape: tuple, chunks: tuple, dtype: str, fill_value, *, sharded: bool = False):
-    """A checksummed array; ``sharded``: one chunk per image, many images per shard file."""
+    """A checksummed array; ``sharded``: a few images per chunk, many chunks per shard file."""
     shards = None
     if sharded:
-        shards = (rows_per_shard(shape[1:], np.dtype(dtype).itemsize, shape[0]), *shape[1:])
+        item = np.dtype(dtype).itemsize
+        shards = (rows_per_shard(shape[1:], item, shape[0]), *shape[1:])
+        chunks = (rows_per_chunk(shape[1:], item, shards[0]), *shape[1:])
     return group.create_array(key, shape=shape, chunks=chunks, shards=shards, dtype=dtype, fill_value=fill_value,
                               **codecs())
 
