@@ -19,8 +19,8 @@ from volviz.sources.demo import (
     demo_images_dir,
     demo_weights_path,
     load_demo_model,
-    train_demo,
 )
+from volviz.sources.demo_training import train_demo
 
 REPO = Path(__file__).resolve().parents[1]
 

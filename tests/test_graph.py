@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import write_image_folder
-from volviz.analysis.network_graph import GraphBuildError, build_network_graph, trace_dataflow
+from volviz.analysis.dataflow_trace import trace_dataflow
+from volviz.analysis.network_graph import GraphBuildError, build_network_graph
 from volviz.views.camera_path import CameraPath, layer_pose, orbit_poses, overview_pose, unit_pose
 from volviz.views.graph_layout import DEPTH_AXIS, layered_layout
 

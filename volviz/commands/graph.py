@@ -69,7 +69,8 @@ def export_graph(G, path: str) -> None:
 
 
 def cmd_graph(a) -> int:
-    from volviz.analysis.network_graph import graph_for_store, unit_responses
+    from volviz.analysis.network_graph import graph_for_store
+    from volviz.analysis.unit_responses import unit_responses
     from volviz.cli import setup_torch_threads
     from volviz.commands.common import trust
     from volviz.scene import load_thumbnails

@@ -122,7 +122,7 @@ def resolve_image(store, image: str) -> int:
 
 
 def style_for(a, quantity: str):
-    from volviz.views.volume import VolumeStyle
+    from volviz.views.volume_style import VolumeStyle
     signed = quantity != "activation"
     return VolumeStyle(cmap=a.cmap, opacity=a.opacity or ("diverging" if signed else "sigmoid"),
                        show_slices=a.slices, slice_positions=tuple(a.slice_pos),
@@ -188,7 +188,7 @@ def cmd_render(a) -> int:
 
 
 def _ensure_rendering() -> None:
-    from volviz.views.volume import rendering_available
+    from volviz.views.render_probe import rendering_available
     ok, msg = rendering_available()
     if not ok:
         from volviz.errors import VolvizError

@@ -1,224 +1,42 @@
 """3-D layer volumes: a layer's C maps (or a weight tensor's C_out filters) stacked into one volume
-and rendered with VTK through pyvista, off screen.
+and rendered with VTK through pyvista, off screen, updated in place.
 
 Geometry of a scene (see ``docs/views.md``): channel ``c`` of the *displayed* order lies at
 ``z = c * z_spacing`` (channel 0 at the bottom of the stack), map column ``w`` at ``x = w`` and map
 row ``h`` at ``y = H - 1 - h`` so that, seen from the default camera (front, above, z up), every
 map reads upright. One voxel per value, nearest-neighbour by default, so every channel is a slab.
 
+The arrays come from :mod:`volviz.views.volume_data`, the look from
+:mod:`volviz.views.volume_style`, the slices and separators from
+:mod:`volviz.views.volume_geometry`; this module owns the scene and its actors.
 Pure numpy in, pyvista scene / images out; no torch, no trame.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-import os
-import subprocess
-import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyvista as pv
-from vtkmodules.vtkCommonDataModel import vtkPiecewiseFunction
-from vtkmodules.vtkRenderingCore import vtkColorTransferFunction
 
-from .colors import (
-    DEFAULT_CMAP,
-    DIVERGING_CMAP,
-    auto_clim,
-    get_cmap,
-    opacity_curve,
-    sample_cmap,
+from .colors import auto_clim
+from .render_probe import rendering_available  # noqa: F401  (old path: volviz/app/server.py)
+from .volume_data import (
+    as_volume,
+    check_order,
+    weight_volume,  # noqa: F401  (old path: tests/test_app.py)
 )
-from .grid import near_square_grid, tile_mosaic
+from .volume_geometry import separators_mesh, slices_mesh
+from .volume_style import SCALARS as _SCALARS
+from .volume_style import VolumeStyle, check_style, make_mapper, nan_fill_value, transfer_functions
 
-__all__ = [
-    "LayerVolumeScene",
-    "rendering_available",
-    "VolumeStyle",
-    "activation_volume",
-    "check_order",
-    "weight_volume",
-]
+__all__ = ["LayerVolumeScene"]
 
-_SCALARS = "values"
 #: auto z_spacing is max(H, W) / C (a cube) but at most this: a few channels make a flat stack
 #: of thick slabs (3 x 64 x 64 -> 8 apart) instead of a cube of long extruded columns
 _MAX_AUTO_Z_SPACING = 8.0
-
-
-# --------------------------------------------------------------------------- arrays -> volumes
-def check_order(order, n: int) -> np.ndarray:
-    """Validate a channel permutation of ``range(n)`` (``None`` = identity); return ``intp[n]``."""
-    if order is None:
-        return np.arange(n)
-    o = np.asarray(order)
-    if o.ndim != 1 or o.size != n or not np.issubdtype(o.dtype, np.integer):
-        raise ValueError(
-            f"order must be a permutation of range({n}), got shape {o.shape}, dtype {o.dtype}"
-        )
-    if not np.array_equal(np.sort(o), np.arange(n)):
-        raise ValueError(f"order must be a permutation of range({n})")
-    return o.astype(np.intp)
-
-
-def activation_volume(maps: np.ndarray, order=None) -> np.ndarray:
-    """A layer's output maps ``(C, H, W)`` as a float32 volume, channels in ``order``.
-
-    ``order[i]`` is the channel shown at position ``i`` (an orderer's ``order_``); ``None`` keeps
-    the natural order. A linear layer's ``(N,)`` activations become ``(1, rows, cols)`` laid out
-    by :func:`~volviz.views.grid.neuron_grid` with empty cells ``0``.
-    """
-    a = np.asarray(maps)
-    if a.ndim == 1:
-        from .grid import neuron_grid
-
-        a = neuron_grid(a, fill=0.0)[None]  # 0, not NaN: no non-finite warning
-    if a.ndim != 3:
-        raise ValueError(f"maps must be (C, H, W), got shape {a.shape}")
-    return np.ascontiguousarray(a[check_order(order, a.shape[0])], dtype=np.float32)
-
-
-def weight_volume(w: np.ndarray, gap_value: float = 0.0) -> np.ndarray:
-    """A weight (or weight-gradient) tensor as a volume ``(C_out, H', W')``, one slice per filter.
-
-    * conv ``(C_out, C_in, kH, kW)``: slice ``o`` is a mosaic of the filter's ``C_in`` kernels on
-      a :func:`~volviz.views.grid.near_square_grid` ``(C_in) = (rows, cols)`` grid, row-major,
-      with 1-pixel gaps: kernel ``i`` covers rows ``r*(kH+1) .. r*(kH+1)+kH-1`` and columns
-      ``c*(kW+1) .. c*(kW+1)+kW-1`` with ``(r, c) = divmod(i, cols)``.
-      ``H' = rows*kH + rows-1``, ``W' = cols*kW + cols-1``.
-    * conv1d ``(C_out, C_in, k)``: as conv with ``kH = 1``.
-    * linear ``(N_out, N_in)``: slice ``o`` holds row ``o`` on a ``(rows, cols)`` grid, input
-      ``j`` at ``divmod(j, cols)``, no gaps. ``H' = rows``, ``W' = cols``.
-
-    Gaps and unused cells hold ``gap_value``, default ``0.0``: zero is "no weight / no
-    gradient", transparent under the ``diverging`` preset, and it keeps the volume finite (``NaN``
-    would trip the scene's non-finite warning).
-    """
-    a = np.asarray(w, dtype=np.float32)
-    if a.ndim == 3:
-        a = a[:, :, None, :]
-    if a.ndim == 4:
-        c_out, c_in, kh, kw = a.shape
-        rows, cols = near_square_grid(c_in)
-        out = np.full(
-            (c_out, rows * kh + rows - 1, cols * kw + cols - 1), gap_value, np.float32
-        )
-        for o in range(c_out):
-            out[o] = tile_mosaic(a[o], rows, cols, gap=1, fill=gap_value)
-        return out
-    if a.ndim == 2:
-        n_out, n_in = a.shape
-        rows, cols = near_square_grid(n_in)
-        out = np.full((n_out, rows * cols), gap_value, np.float32)
-        out[:, :n_in] = a
-        return out.reshape(n_out, rows, cols)
-    raise ValueError(
-        f"weight_volume expects (C_out, C_in, kH, kW), (C_out, C_in, k) or (N_out, N_in), "
-        f"got shape {a.shape}"
-    )
-
-
-# ----------------------------------------------------------------------------- probing
-_PROBE = """
-import os
-os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
-import numpy as np, pyvista as pv
-p = pv.Plotter(off_screen=True, window_size=(64, 48))
-p.add_mesh(pv.Sphere())
-img = p.screenshot(return_img=True)
-p.close()
-print("ok", img.shape, float(np.asarray(img).std()))
-"""
-
-
-@functools.lru_cache(maxsize=1)
-def rendering_available(timeout: float = 120.0) -> tuple[bool, str]:
-    """Probe off-screen rendering in a subprocess (without EGL or OSMesa, VTK segfaults
-    instead of raising). Returns ``(ok, message)``; cached per process."""
-    env = dict(os.environ)
-    env.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
-    try:
-        r = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
-                           timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return False, f"off-screen rendering probe timed out after {timeout} s"
-    if r.returncode == 0 and r.stdout.startswith("ok"):
-        return True, r.stdout.strip()
-    tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
-    return False, (
-        f"off-screen rendering failed (exit {r.returncode}): {' | '.join(tail)}. "
-        "Needs EGL (Mesa) or OSMesa; set VTK_DEFAULT_OPENGL_WINDOW=vtkEGLRenderWindow"
-    )
-
-
-# --------------------------------------------------------------------------------- style
-@dataclass
-class VolumeStyle:
-    """How a :class:`LayerVolumeScene` looks. Change it live with ``scene.set_style(**changes)``.
-
-    Attributes
-    ----------
-    cmap : colormap name or matplotlib Colormap. ``None``: ``"inferno"``, or ``"RdBu_r"`` when
-        ``opacity == "diverging"``.
-    opacity : preset name (``linear``, ``sigmoid``, ``high``, ``flat``, ``diverging``) or a list of
-        opacities over the colour range, see :mod:`volviz.views.colors`.
-    clim : ``(lo, hi)``; ``None``: :func:`~volviz.views.colors.auto_clim` of the data given at
-        construction (symmetric around 0 for signed data or the diverging preset), then kept
-        fixed by ``update()`` so time steps stay comparable.
-    z_spacing : distance between stacked maps (x/y pixel = 1). ``None``: ``max(H, W) / C``, an
-        about cubic volume (at most 8, so 1-10 channels make a flat stack, not tall columns).
-    density : opacity per unit length multiplier (>1 more opaque, <1 clearer).
-    interpolation : ``"nearest"`` (each channel a slab, honest) or ``"linear"`` (smooth).
-    show_slices, slice_positions : opaque orthogonal slices at fractions of x, y, z in [0, 1];
-        ``None`` for an axis skips that slice.
-    show_outline, show_separators, show_scalar_bar : toggles.
-    separator_color, separator_opacity : look of the cluster separators.
-    background, text_color : colours.
-    mapper : ``"fixed_point"`` (default, fastest measured on llvmpipe), ``"gpu"`` or ``"smart"``.
-    scalar_bar_title : title of the colour bar.
-    """
-
-    cmap: object = None
-    opacity: str | Sequence[float] = "sigmoid"
-    clim: tuple[float, float] | None = None
-    z_spacing: float | None = None
-    density: float = 1.0
-    interpolation: str = "nearest"
-    show_slices: bool = False
-    slice_positions: tuple[float | None, float | None, float | None] = (0.5, 0.5, 0.5)
-    show_outline: bool = True
-    show_separators: bool = True
-    separator_color: str = "white"
-    separator_opacity: float = 0.04
-    show_scalar_bar: bool = True
-    scalar_bar_title: str = "value"
-    background: str = "#15171c"
-    text_color: str = "white"
-    mapper: str = "fixed_point"
-
-    def resolved_cmap(self):
-        if self.cmap is not None:
-            return self.cmap
-        return DIVERGING_CMAP if self.opacity == "diverging" else DEFAULT_CMAP
-
-
-_MAPPERS = {
-    "fixed_point": pv.FixedPointVolumeRayCastMapper,
-    "gpu": pv.GPUVolumeRayCastMapper,
-    "smart": pv.SmartVolumeMapper,
-}
-
-
-def _as_volume(volume) -> np.ndarray:
-    v = np.asarray(volume)
-    if v.ndim != 3 or 0 in v.shape:
-        raise ValueError(f"volume must be a non-empty (C, H, W) array, got shape {v.shape}")
-    return v.astype(np.float32, copy=False)
 
 
 # --------------------------------------------------------------------------------- scene
@@ -262,7 +80,7 @@ class LayerVolumeScene:
         plotter: pv.Plotter | None = None,
     ):
         self.style = dataclasses.replace(style) if style is not None else VolumeStyle()
-        self._data = _as_volume(volume).copy()
+        self._data = as_volume(volume).copy()
         self.shape = self._data.shape  # natural (C, H, W) the scene accepts in update()
         self.order = check_order(order, self.shape[0])
         self.boundaries = self._check_boundaries(boundaries)
@@ -339,7 +157,7 @@ class LayerVolumeScene:
         the values change (and the slices follow). ``clim`` stays as it was unless given here
         (compute one over all steps with :func:`~volviz.views.colors.auto_clim`).
         """
-        v = _as_volume(volume)
+        v = as_volume(volume)
         if v.shape != self.shape:
             raise ValueError(f"update() needs shape {self.shape}, got {v.shape}")
         np.copyto(self._data, v)
@@ -451,10 +269,7 @@ class LayerVolumeScene:
 
     def _fill_value(self) -> float:
         """The value NaN is drawn as: where the opacity curve is lowest (transparent)."""
-        curve = opacity_curve(self.style.opacity, 257)
-        t = int(np.argmin(curve)) / 256.0
-        lo, hi = self.clim
-        return lo + t * (hi - lo)
+        return nan_fill_value(self.style, self.clim)
 
     def _display(self) -> np.ndarray:
         """Data in display order, NaN/Inf replaced, y flipped, padded to >= 2 per axis."""
@@ -495,14 +310,7 @@ class LayerVolumeScene:
         self.warning_actor.input = text
 
     def _make_mapper(self, name: str):
-        try:
-            mapper = _MAPPERS[name]()
-        except KeyError:
-            raise ValueError(f"unknown mapper {name!r}; choose one of {sorted(_MAPPERS)}") from None
-        mapper.SetInputData(self.grid)
-        mapper.SetScalarModeToUsePointFieldData()
-        mapper.SelectScalarArray(_SCALARS)
-        return mapper
+        return make_mapper(name, self.grid)
 
     def _set_sample_distance(self) -> None:
         mapper = self.volume_actor.mapper
@@ -522,16 +330,7 @@ class LayerVolumeScene:
         st = self.style
         lo, hi = self.clim
         n = 256
-        rgb = sample_cmap(st.resolved_cmap(), n)
-        alpha = opacity_curve(st.opacity, n)
-        values = np.linspace(lo, hi, n)
-        ctf = vtkColorTransferFunction()
-        otf = vtkPiecewiseFunction()
-        for v, (r, g, b), a in zip(values, rgb, alpha):
-            ctf.AddRGBPoint(float(v), float(r), float(g), float(b))
-            otf.AddPoint(float(v), float(a))
-        ctf.ClampingOn()
-        otf.ClampingOn()
+        ctf, otf = transfer_functions(st, self.clim, n)
         prop = self.volume_actor.prop
         prop.SetColor(ctf)
         prop.SetScalarOpacity(otf)
@@ -555,20 +354,10 @@ class LayerVolumeScene:
         old = self.style
         # validate everything before touching the scene: a bad value leaves it as it was
         clim = self._resolve_clim(new)
-        opacity_curve(new.opacity, 2)
-        get_cmap(new.resolved_cmap())
-        if new.interpolation not in ("nearest", "linear"):
-            raise ValueError(
-                f"interpolation must be 'nearest' or 'linear', not {new.interpolation!r}"
-            )
-        if new.z_spacing is not None and not new.z_spacing > 0:
-            raise ValueError(f"z_spacing must be > 0, got {new.z_spacing}")
-        if len(new.slice_positions) != 3:
-            raise ValueError("slice_positions needs 3 entries (x, y, z fractions or None)")
+        check_style(new)
         mapper = None
         if not first and new.mapper != old.mapper:
             mapper = self._make_mapper(new.mapper)
-        pv.Color(new.background), pv.Color(new.text_color), pv.Color(new.separator_color)
         self.style = new
         self.clim = clim
         if mapper is not None:
@@ -613,54 +402,9 @@ class LayerVolumeScene:
 
     def _build_slices(self) -> pv.PolyData:
         """Opaque orthogonal slices through voxel centres at the style's fractions."""
-        out = pv.PolyData()
-        pieces = []
-        dims = self._dims
-        for axis, frac in enumerate(self.style.slice_positions):
-            if frac is None:
-                continue
-            idx = int(round(min(max(float(frac), 0.0), 1.0) * (dims[axis] - 1)))
-            voi = [0, dims[0] - 1, 0, dims[1] - 1, 0, dims[2] - 1]
-            voi[2 * axis] = voi[2 * axis + 1] = idx
-            sub = self.grid.extract_subset(voi, rebase_coordinates=False)
-            pieces.append(
-                sub.extract_surface(
-                    pass_pointid=False, pass_cellid=False, algorithm="dataset_surface"
-                )
-            )
-        if pieces:
-            out = pieces[0].append_polydata(*pieces[1:]) if len(pieces) > 1 else pieces[0]
-        if out.n_points == 0:  # keep a valid (empty) scalar array for the mapper
-            out = pv.PolyData(np.zeros((1, 3)))
-            out.point_data[_SCALARS] = np.zeros(1, np.float32)
-        return out
+        return slices_mesh(self.grid, self._dims, self.style.slice_positions)
 
     def _build_separators(self) -> pv.PolyData:
-        """All separators as one mesh: between stack positions ``b-1`` and ``b`` a faint plane
-        (``separator_opacity``) with an opaque frame, a little larger than the maps so it also
-        shows as a bright line on the sides of the stack. Colours are per-cell RGBA."""
-        if self.boundaries.size == 0:
-            empty = pv.PolyData(np.zeros((1, 3)), verts=np.array([1, 0]))
-            empty.cell_data["rgba"] = np.zeros((1, 4), np.uint8)
-            return empty
-        x0, x1, y0, y1, _, _ = self.grid.bounds
-        m = 0.04 * max(x1 - x0, y1 - y0, 1.0)
-        dz = self.grid.spacing[2]
-        pts, faces, lines = [], [], []
-        for k, b in enumerate(self.boundaries):
-            z = (float(b) - 0.5) * dz
-            pts += [(x0 - m, y0 - m, z), (x1 + m, y0 - m, z), (x1 + m, y1 + m, z),
-                    (x0 - m, y1 + m, z)]
-            i = 4 * k
-            faces += [4, i, i + 1, i + 2, i + 3]
-            lines += [5, i, i + 1, i + 2, i + 3, i]
-        mesh = pv.PolyData(np.array(pts, float), faces=np.array(faces), lines=np.array(lines))
-        rgb = np.round(np.array(pv.Color(self.style.separator_color).float_rgb) * 255)
-        fill_a = round(255 * min(max(self.style.separator_opacity, 0.0), 1.0))
-        n = self.boundaries.size  # VTK cell order: lines first, then polygons
-        rgba = np.empty((2 * n, 4), np.uint8)
-        rgba[:, :3] = rgb
-        rgba[:n, 3] = 255
-        rgba[n:, 3] = fill_a
-        mesh.cell_data["rgba"] = rgba
-        return mesh
+        """All cluster separators as one mesh (see :func:`~volviz.views.volume_geometry.separators_mesh`)."""
+        return separators_mesh(self.grid, self.boundaries, self.style.separator_color,
+                               self.style.separator_opacity)
