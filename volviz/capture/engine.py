@@ -5,6 +5,7 @@ One forward pass and one backward pass serve the whole batch (see ``persample``)
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,6 +14,10 @@ from torch import nn
 
 from volviz.capture.persample import func_per_sample_grads, has_fast_path, hook_per_sample_grad, linear_factors
 from volviz.capture.tap import LayerTap
+
+log = logging.getLogger("volviz.capture")
+_warned_slow: set[str] = set()
+
 
 @dataclass
 class BatchResult:
@@ -39,11 +44,8 @@ def resolve_targets(target: str | int, logits: torch.Tensor, labels: torch.Tenso
         labels = labels.to(pred.device)
         return torch.where(labels >= 0, labels, pred)
     if isinstance(target, str) and not target.lstrip("-").isdigit():
-        if not class_names or target not in class_names:
-            from volviz.errors import TargetError
-            shown = ", ".join(class_names[:10]) + (f", ... ({len(class_names)} names)" if class_names and len(class_names) > 10 else "")
-            raise TargetError(f"unknown target class {target!r}; valid: true, pred, an index, or one of: {shown or 'no class names known'}")
-        idx = class_names.index(target)
+        from volviz.sources.classes import find_class
+        idx = find_class(target, class_names)
     else:
         idx = int(target)
     if not 0 <= idx < logits.shape[1]:
@@ -52,11 +54,46 @@ def resolve_targets(target: str | int, logits: torch.Tensor, labels: torch.Tenso
     return torch.full_like(pred, idx)
 
 
-def model_logits(out) -> torch.Tensor:
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    if hasattr(out, "logits"):
+_logits_warned: set = set()
+
+
+def model_logits(out, n_classes: int | None = None) -> torch.Tensor:
+    """The class scores (N, K) in whatever a model's forward returns, so an auxiliary output is
+    never taken silently: a tensor as is; ``.logits`` (torchvision GoogLeNet/Inception namedtuples,
+    Hugging Face outputs); a dict's 'logits' or 'out'; in a tuple/list the one tensor whose last
+    dim is ``n_classes``, else the LAST tensor (``return aux, logits``), with one warning saying so."""
+    import logging
+
+    from volviz.errors import CaptureError
+
+    fix = "make forward return the class scores, e.g. wrap it in a module that returns them"
+    if isinstance(getattr(out, "logits", None), torch.Tensor):
         out = out.logits
+    elif isinstance(out, dict):
+        key = next((k for k in ("logits", "out") if isinstance(out.get(k), torch.Tensor)), None)
+        if key is None:
+            keys = ", ".join(map(repr, list(out)[:8])) + (", ..." if len(out) > 8 else "")
+            raise CaptureError(f"the model returns a dict with keys {keys} and no 'logits' or 'out' tensor; {fix}")
+        out = out[key]
+    elif isinstance(out, (tuple, list)):
+        tensors = [(i, t) for i, t in enumerate(out) if isinstance(t, torch.Tensor) and t.dim() >= 1]
+        if not tensors:
+            raise CaptureError(f"the model returns a {type(out).__name__} with no tensor in it; {fix}")
+        fit = [(i, t) for i, t in tensors if n_classes and t.shape[-1] == n_classes]
+        i, chosen = tensors[0] if len(tensors) == 1 else (fit[0] if len(fit) == 1 else tensors[-1])
+        sig = (type(out).__name__, len(out), i, tuple(tuple(t.shape[1:]) for _, t in tensors))
+        if len(tensors) > 1 and sig not in _logits_warned:
+            _logits_warned.add(sig)
+            shapes = ", ".join(str(list(t.shape)) for _, t in tensors)
+            why = f"its last dim is {n_classes}, the class count" if len(fit) == 1 else "the last tensor"
+            logging.getLogger("volviz.capture").warning(
+                "the model returns a %s of %d tensors (%s); taking element %d (%s) as the class scores. "
+                "If that is wrong, %s", type(out).__name__, len(tensors), shapes, i, why, fix)
+        out = chosen
+    if not isinstance(out, torch.Tensor):
+        raise CaptureError(f"the model returns {type(out).__name__}, not a tensor of class scores; {fix}")
+    if out.dim() == 0:
+        raise CaptureError(f"the model returns a single number, not one row of class scores per image; {fix}")
     return out.reshape(out.shape[0], -1)
 
 
@@ -81,9 +118,13 @@ def capture_batch(model: nn.Module, x: torch.Tensor, layers: list[str], *, targe
         raise RuntimeError("capture needs model.eval(): in training mode dropout and batch norm mix "
                            "images, and per-image gradients would be wrong")
     modules = dict(model.named_modules())
-    weighted = [n for n in layers if weight_gradients and isinstance(getattr(modules[n], "weight", None), nn.Parameter)]
+    weighted = [n for n in layers if gradients and weight_gradients and isinstance(getattr(modules[n], "weight", None), nn.Parameter)]
     fast = [n for n in weighted if has_fast_path(modules[n])]
     slow = [n for n in weighted if n not in fast]
+    for kind in sorted({type(modules[n]).__name__ for n in slow} - _warned_slow):
+        _warned_slow.add(kind)
+        log.warning("%s has no batched per-image weight gradient: it takes torch.func vmap, which re-runs "
+                    "the network per image (exact, but several times slower)", kind)
     with LayerTap(model, layers, keep_inputs=set(fast)) as tap, torch.set_grad_enabled(gradients):
         logits = model_logits(model(x))
         probs = torch.softmax(logits.detach().float(), 1)

@@ -3,12 +3,22 @@
 The gradient of image n's output neuron w.r.t. a layer's weight is a product of two things one
 batched backward pass already has: the layer's input for image n and the gradient w.r.t. the
 layer's output for image n (the neuron of image n depends only on image n in eval mode, so the
-gradient of the batch sum, taken w.r.t. the layer output, is per-image). For a Linear layer this is
-an outer product; for a convolution, the outer product summed over output positions (unfold +
-einsum). This costs about as much as the weight-gradient part of the backward pass itself, where
-``torch.func.vmap(grad(...))`` re-runs the network per sample and a Python loop runs N backward
-passes. ``func_per_sample_grads`` (torch.func) serves layer types without a fast path and
-``loop_per_sample_grads`` is the reference the tests compare against.
+gradient of the batch sum, taken w.r.t. the layer output, is per-image). This costs about as much
+as the weight-gradient part of the backward pass itself, where ``torch.func.vmap(grad(...))``
+re-runs the network per sample and a Python loop runs N backward passes.
+
+Convolutions (1-D, 2-D, 3-D; any groups, channel multiplier, stride, dilation, padding mode) take
+one of three exact routes, whichever the kernel shape makes fast:
+  * pointwise (1x1, groups 1): one batched matrix product per layer, no unfolding;
+  * large groups on a small output map (1-D/2-D): unfold + batched matrix product (Rochette et
+    al. 2019, the way opacus goes), where the native kernel is slow on oneDNN;
+  * everything else, depthwise and grouped above all: the native backward-weight kernel
+    (``torch.nn.grad.conv*_weight``) with the batch folded into the groups, input reshaped to
+    (1, N*C, ...) and groups=N*groups: one call where unfold + bmm makes N*groups tiny products.
+Linear layers are an outer product (Goodfellow 2015; summed over extra dimensions); BatchNorm (eval), LayerNorm
+(also torchvision's channels-first LayerNorm2d) and GroupNorm affine weights are the output
+gradient times the normalized input, summed over positions. ``func_per_sample_grads``
+(torch.func) serves other layer types and ``loop_per_sample_grads`` is the tests' reference.
 """
 from __future__ import annotations
 
@@ -18,10 +28,47 @@ from torch import nn
 
 # Keep the unfolded input of one chunk under this many elements (about 1 GiB in float32).
 UNFOLD_BUDGET = 256 * 1024 * 1024
+# A 1-D/2-D conv whose weight per group exceeds this many elements per output position takes
+# unfold + bmm: oneDNN's backward-weight kernel is slow with N big groups on small maps (resnet18
+# layer3-4 at 64-112 px: 3-15x slower than unfold; resnext50 layer4: 7x) and faster on large maps and small
+# groups (resnet18 layer1-2 at 112 px: 1.4-2.7x faster; depthwise and regnet group convs: 2-10x).
+UNFOLD_WEIGHT_PER_POSITION = 1024
+
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _layernorm2d_type():
+    try:
+        from torchvision.models.convnext import LayerNorm2d
+        return LayerNorm2d
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return None
+
+
+_LAYERNORM2D = _layernorm2d_type()
+
+
+def _plain_forward(module: nn.Module, base: type) -> bool:
+    """The module computes what its base class computes (a subclass that overrides forward may not)."""
+    return type(module).forward is base.forward
 
 
 def has_fast_path(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d))
+    """A batched exact route exists (a subclass that overrides forward, e.g. weight standardization,
+    may use its weight differently, so it takes the general torch.func route)."""
+    for base in (nn.Linear, *CONV_TYPES):
+        if isinstance(module, base):
+            return _plain_forward(module, base)
+    if isinstance(module, BATCH_NORMS):
+        return module.running_mean is not None and _plain_forward(module, nn.modules.batchnorm._BatchNorm)
+    if _LAYERNORM2D is not None and type(module) is _LAYERNORM2D:
+        return True
+    if isinstance(module, nn.LayerNorm):
+        return _plain_forward(module, nn.LayerNorm)
+    if isinstance(module, nn.GroupNorm):
+        return _plain_forward(module, nn.GroupNorm)
+    return False
 
 
 def linear_factors(inp: torch.Tensor, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -33,7 +80,7 @@ def linear_factors(inp: torch.Tensor, grad_out: torch.Tensor) -> tuple[torch.Ten
     return None
 
 
-def _same_padding(module: nn.Conv2d) -> tuple[int, int, int, int]:
+def _same_padding(module: nn.modules.conv._ConvNd) -> tuple[int, ...]:
     pads = []
     for k, d in zip(reversed(module.kernel_size), reversed(module.dilation)):
         total = d * (k - 1)
@@ -41,63 +88,143 @@ def _same_padding(module: nn.Conv2d) -> tuple[int, int, int, int]:
     return tuple(pads)
 
 
-def explicit_padding(module: nn.Conv2d, inp: torch.Tensor) -> tuple[torch.Tensor, tuple]:
-    """The input padded as the conv pads it when ``F.unfold`` cannot ('same'/'valid' strings,
-    reflect / replicate / circular modes); returns (input, padding left for unfold)."""
+def explicit_padding(module: nn.modules.conv._ConvNd, inp: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+    """The input padded as the conv pads it when the kernels cannot ('same'/'valid' strings,
+    reflect / replicate / circular modes); returns (input, zero padding left to apply)."""
     padding = module.padding
     if isinstance(padding, str) or module.padding_mode != "zeros":
         if isinstance(padding, str):
-            pads = _same_padding(module) if padding == "same" else (0, 0, 0, 0)
+            pads = _same_padding(module) if padding == "same" else (0,) * (2 * len(module.kernel_size))
         else:
             pads = module._reversed_padding_repeated_twice
         mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-        return F.pad(inp, pads, mode=mode), (0, 0)
-    return inp, padding
+        return F.pad(inp, pads, mode=mode), (0,) * len(module.kernel_size)
+    return inp, tuple(padding)
 
 
-def _conv2d_per_sample(module: nn.Conv2d, inp: torch.Tensor, grad_out: torch.Tensor,
-                       out: torch.Tensor | None = None) -> torch.Tensor:
-    inp, padding = explicit_padding(module, inp)
+def conv_route(module: nn.modules.conv._ConvNd, padding: tuple, out_positions: int) -> str:
+    """Which exact method is fast for this conv: 'pointwise', 'unfold' or 'folded' (module doc)."""
+    if module.groups == 1 and all(k == 1 for k in module.kernel_size) and not any(padding):
+        return "pointwise"
+    per_group = module.weight[0].numel() * module.out_channels // module.groups
+    if len(module.kernel_size) <= 2 and per_group > UNFOLD_WEIGHT_PER_POSITION * out_positions:
+        return "unfold"
+    return "folded"
+
+
+def _into(out: torch.Tensor | None, result: torch.Tensor) -> torch.Tensor:
+    if out is None:
+        return result
+    out.copy_(result.view(out.shape))
+    return out
+
+
+def _conv_pointwise(module, inp, grad_out, out):
+    N, c_in, c_out = inp.shape[0], inp.shape[1], grad_out.shape[1]
+    idx = (slice(None), slice(None)) + tuple(slice(0, o * s, s) for o, s in zip(grad_out.shape[2:], module.stride))
+    x = inp[idx].reshape(N, c_in, -1)
+    go = grad_out.reshape(N, c_out, -1)
+    if out is None:
+        return torch.bmm(go, x.transpose(1, 2))
+    torch.bmm(go, x.transpose(1, 2), out=out.view(N, c_out, c_in))
+    return out
+
+
+def _conv_unfold(module, inp, grad_out, padding, out):
+    if inp.dim() == 3:  # Conv1d as a (1, k) Conv2d
+        inp, grad_out = inp.unsqueeze(2), grad_out.unsqueeze(2)
+        kernel, stride, dilation, padding = ((1, module.kernel_size[0]), (1, module.stride[0]),
+                                             (1, module.dilation[0]), (0, padding[0]))
+    else:
+        kernel, stride, dilation = module.kernel_size, module.stride, module.dilation
     N, c_in = inp.shape[:2]
     c_out, g = module.out_channels, module.groups
-    kh, kw = module.kernel_size
     L = grad_out.shape[-2] * grad_out.shape[-1]
-    per_image = c_in * kh * kw * L
-    step = max(1, min(N, UNFOLD_BUDGET // max(per_image, 1)))
-    ci = (c_in // g) * kh * kw
+    ci = (c_in // g) * kernel[0] * kernel[1]
+    step = max(1, min(N, UNFOLD_BUDGET // max(c_in * kernel[0] * kernel[1] * L, 1)))
     if out is None:
-        out = torch.empty(N, g, c_out // g, ci, dtype=grad_out.dtype, device=grad_out.device)
-    else:
-        out = out.view(N, g, c_out // g, ci)
+        out = torch.empty(N, *module.weight.shape, dtype=grad_out.dtype, device=grad_out.device)
+    flat = out.view(N * g, c_out // g, ci)
     for s in range(0, N, step):
-        cols = F.unfold(inp[s:s + step], (kh, kw), dilation=module.dilation, padding=padding,
-                        stride=module.stride)
+        cols = F.unfold(inp[s:s + step], kernel, dilation=dilation, padding=padding, stride=stride)
         n = cols.shape[0]
         cols = cols.view(n * g, ci, L).transpose(1, 2)           # (n*g, L, ci)
         go = grad_out[s:s + step].reshape(n * g, c_out // g, L)  # (n*g, co, L)
-        torch.bmm(go, cols, out=out[s:s + n].view(n * g, c_out // g, ci))
-    return out.view(N, c_out, c_in // g, kh, kw)
+        torch.bmm(go, cols, out=flat[s * g:(s + n) * g])
+    return out
+
+
+def _conv_folded(module, inp, grad_out, padding, out):
+    """torch.nn.grad.conv*_weight with the batch folded into the groups, called directly so that
+    the reused buffer stands in for the weight argument (only its shape is read): conv*_weight
+    would materialize an expanded weight of that size first."""
+    N, c_in = inp.shape[:2]
+    c_out, g, d = grad_out.shape[1], module.groups, inp.dim() - 2
+    x = inp.reshape(1, N * c_in, *inp.shape[2:])
+    go = grad_out.reshape(1, N * c_out, *grad_out.shape[2:])
+    shape = (N * c_out, c_in // g, *module.kernel_size)
+    weight = out.view(shape) if out is not None else grad_out.new_empty(shape)
+    w = torch.ops.aten.convolution_backward(go, x, weight, None, module.stride, padding, module.dilation, False,
+                                            [0] * d, N * g, (False, True, False))[1]
+    return _into(out, w)
+
+
+def conv_per_sample(module: nn.modules.conv._ConvNd, inp: torch.Tensor, grad_out: torch.Tensor,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-image weight gradient of a Conv1d/2d/3d, (N, *weight.shape), exact (see module doc)."""
+    inp, padding = explicit_padding(module, inp)
+    route = conv_route(module, padding, grad_out[0, 0].numel())
+    if route == "pointwise":
+        res = _conv_pointwise(module, inp, grad_out, out)
+    elif route == "unfold":
+        res = _conv_unfold(module, inp, grad_out, padding, out)
+    else:
+        res = _conv_folded(module, inp, grad_out, padding, out)
+    return res.view(inp.shape[0], *module.weight.shape)
+
+
+def normalized_input(module: nn.Module, inp: torch.Tensor) -> torch.Tensor:
+    """What a norm layer multiplies its weight by: its input normalized, without the affine part."""
+    if isinstance(module, BATCH_NORMS):
+        shape = (1, -1) + (1,) * (inp.dim() - 2)
+        scale = torch.rsqrt(module.running_var + module.eps).view(shape)
+        return (inp - module.running_mean.view(shape)) * scale
+    if _LAYERNORM2D is not None and type(module) is _LAYERNORM2D:
+        x = inp.permute(0, 2, 3, 1)
+        return F.layer_norm(x, module.normalized_shape, None, None, module.eps).permute(0, 3, 1, 2)
+    if isinstance(module, nn.LayerNorm):
+        return F.layer_norm(inp, module.normalized_shape, None, None, module.eps)
+    if isinstance(module, nn.GroupNorm):
+        return F.group_norm(inp, module.num_groups, None, None, module.eps)
+    raise TypeError(f"{type(module).__name__} is not a normalization layer volviz knows")
+
+
+def norm_per_sample(module: nn.Module, inp: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """Per-image gradient of a norm layer's affine weight: sum over positions of grad * x_hat."""
+    prod = grad_out * normalized_input(module, inp)
+    N, w_shape = inp.shape[0], module.weight.shape
+    if isinstance(module, nn.LayerNorm) and not (_LAYERNORM2D is not None and type(module) is _LAYERNORM2D):
+        return prod.reshape(N, -1, *w_shape).sum(1)
+    return prod.reshape(N, w_shape[0], -1).sum(2)
 
 
 def hook_per_sample_grad(module: nn.Module, inp: torch.Tensor, grad_out: torch.Tensor,
                          out: torch.Tensor | None = None) -> torch.Tensor:
     """Per-image gradient w.r.t. ``module.weight`` from the layer's input and output gradient,
-    shape (N, *weight.shape). ``out``: a contiguous buffer of that shape to write conv results
-    into (reusing one across batches saves the page faults of fresh gigabytes)."""
+    shape (N, *weight.shape). ``out``: a contiguous buffer of that shape to write into (reusing one
+    across batches saves the page faults of fresh gigabytes)."""
     if isinstance(module, nn.Linear):
-        g2 = grad_out.reshape(grad_out.shape[0], -1, grad_out.shape[-1])
-        x2 = inp.reshape(inp.shape[0], -1, inp.shape[-1])
-        return torch.einsum("nlo,nli->noi", g2, x2)
-    if isinstance(module, nn.Conv2d):
-        return _conv2d_per_sample(module, inp, grad_out, out)
-    if isinstance(module, nn.Conv1d):
-        as2d = nn.Conv2d(module.in_channels, module.out_channels, (1, module.kernel_size[0]),
-                         stride=(1, module.stride[0]), dilation=(1, module.dilation[0]),
-                         groups=module.groups, bias=False,
-                         padding=module.padding if isinstance(module.padding, str) else (0, module.padding[0]),
-                         padding_mode=module.padding_mode, device="meta")
-        gw = _conv2d_per_sample(as2d, inp.unsqueeze(2), grad_out.unsqueeze(2))
-        return gw.squeeze(3)
+        N = grad_out.shape[0]
+        g2 = grad_out.reshape(N, -1, grad_out.shape[-1])
+        x2 = inp.reshape(N, -1, inp.shape[-1])
+        if out is None:
+            return torch.bmm(g2.transpose(1, 2), x2)
+        torch.bmm(g2.transpose(1, 2), x2, out=out)
+        return out
+    if isinstance(module, CONV_TYPES):
+        return conv_per_sample(module, inp, grad_out, out)
+    if has_fast_path(module):
+        return _into(out, norm_per_sample(module, inp, grad_out))
     raise TypeError(f"no batched per-sample gradient for {type(module).__name__}")
 
 

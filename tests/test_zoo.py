@@ -1,0 +1,143 @@
+"""Every torchvision CNN family through the capture: random weights, 64 px, 2 images.
+
+Per family: the captured activations equal torchvision's create_feature_extractor, the per-image
+weight gradients of every conv, linear and norm layer equal a per-image backward loop (float64),
+the network graph builds, and a layer volume renders. About 30 s on one thread; r3d_18 (Conv3d)
+is marked slow.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+import torchvision.models.feature_extraction as fx
+from torch import nn
+
+from volviz.capture.engine import capture_batch
+from volviz.capture.layers import named_leaf_modules
+from volviz.capture.persample import BATCH_NORMS, CONV_TYPES, has_fast_path, loop_per_sample_grads
+
+# family -> (builder keyword arguments, what it exercises)
+FAMILIES = {
+    "resnet18": ({}, "strided 7x7, 1x1 downsample, BatchNorm"),
+    "resnext50_32x4d": ({}, "grouped 3x3 (32 groups)"),
+    "mobilenet_v2": ({}, "depthwise 3x3, 1x1"),
+    "mobilenet_v3_small": ({"dilated": True}, "dilated depthwise 5x5, squeeze-excitation"),
+    "efficientnet_b0": ({}, "depthwise 3x3/5x5, squeeze-excitation"),
+    "regnet_y_400mf": ({}, "group convs (width 8), squeeze-excitation"),
+    "shufflenet_v2_x0_5": ({}, "depthwise stride 2, channel shuffle"),
+    "convnext_tiny": ({}, "7x7 depthwise, LayerNorm (channels last) and LayerNorm2d, Linear on maps"),
+    "squeezenet1_1": ({}, "1x1-heavy, a conv classifier"),
+    "densenet121": ({}, "1x1 bottlenecks, concatenation"),
+}
+NORMS = (*BATCH_NORMS, nn.LayerNorm, nn.GroupNorm)
+# DenseNet.forward applies F.relu(inplace=True) to features.norm5's output, so the extractor's
+# value of that node is the ReLU of the layer's output (the capture keeps the layer's own output).
+RELU_AFTER = {"densenet121": {"features.norm5"}}
+
+
+def build(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    m = torchvision.models.get_model(name, weights=None, num_classes=10, **FAMILIES[name][0]).eval()
+    for mod in m.modules():  # an in-place op would overwrite an extractor's returned node value
+        if hasattr(mod, "inplace"):
+            mod.inplace = False
+    return m
+
+
+def weighted_layers(m: nn.Module) -> list[str]:
+    return [n for n, mod in named_leaf_modules(m).items()
+            if isinstance(mod, (*CONV_TYPES, nn.Linear, *NORMS)) and isinstance(getattr(mod, "weight", None), nn.Parameter)]
+
+
+def full_grad(res, name):
+    if name in res.grad_weight_factors:
+        u, v = res.grad_weight_factors[name]
+        return np.einsum("no,ni->noi", u, v)
+    return res.grad_weight[name]
+
+
+@pytest.fixture(scope="module")
+def no_op_leaves():
+    """create_feature_extractor treats torchvision.ops modules (Conv2dNormActivation,
+    SqueezeExcitation) as leaves, hiding the convs inside; trace through them instead."""
+    saved = fx._get_leaf_modules_for_ops
+    fx._get_leaf_modules_for_ops = lambda: []
+    yield
+    fx._get_leaf_modules_for_ops = saved
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_zoo_capture_equals_feature_extractor_and_per_image_loop(name, no_op_leaves, can_render):
+    m = build(name)
+    layers = weighted_layers(m)
+    modules = dict(m.named_modules())
+    assert all(has_fast_path(modules[n]) for n in layers), [n for n in layers if not has_fast_path(modules[n])]
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+    res = capture_batch(m, x, layers, target="pred", weight_gradients=False)
+    with torch.no_grad():
+        feats = fx.create_feature_extractor(m, return_nodes=layers)(x)
+    for n in layers:
+        want = feats[n].numpy()
+        got = np.maximum(res.act[n], 0) if n in RELU_AFTER.get(name, ()) else res.act[n]
+        # same kernels on the same batch shape: equal up to float32 rounding of the same sums
+        assert np.abs(got - want).max() <= 1e-5, n
+
+    # float64: per-image gradients vs one backward per image, exact up to float32 storage
+    md, xd = copy.deepcopy(m).double(), x.double()
+    res64 = capture_batch(md, xd, layers, target="pred")
+    ref = loop_per_sample_grads(md, xd, torch.tensor(res64.target), [f"{n}.weight" for n in layers])
+    for n in layers:
+        r = ref[f"{n}.weight"].numpy()
+        np.testing.assert_allclose(full_grad(res64, n), r, rtol=1e-4, atol=1e-6 * np.abs(r).max(), err_msg=n)
+
+    assert_renders(res.act[next(n for n in layers if isinstance(modules[n], CONV_TYPES))][0])
+
+
+def assert_renders(volume: np.ndarray) -> None:
+    """A layer volume of the capture renders, and not as a flat or empty picture."""
+    from volviz.views import LayerVolumeScene
+
+    scene = LayerVolumeScene(volume, window_size=(208, 160))
+    try:
+        img = scene.screenshot()
+        bg = np.round(np.array(scene.plotter.background_color.float_rgb) * 255).astype(int)
+    finally:
+        scene.close()
+    assert img.std() > 8, f"render looks flat (std {img.std():.2f})"
+    assert (np.abs(img.astype(int) - bg).max(axis=2) <= 12).mean() < 0.97, "render is (almost) all background"
+
+
+GRAPH_GAPS = {  # ops the graph builder cannot follow yet (volviz.analysis.network_graph)
+    "convnext_tiny": "permute (channels-last blocks)",
+    "shufflenet_v2_x0_5": "transpose (channel shuffle)",
+}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(raises=Exception, strict=True, reason=GRAPH_GAPS[n]))
+    if n in GRAPH_GAPS else n for n in FAMILIES])
+def test_zoo_graph_builds(name):
+    from volviz.analysis.network_graph import build_network_graph
+
+    G = build_network_graph(build(name), (3, 64, 64), k=4)
+    assert G.number_of_edges() > 0 and len(G.graph["layers"]) > 5
+
+
+@pytest.mark.slow
+def test_zoo_conv3d_video_model():
+    """r3d_18: Conv3d takes the folded native kernel, as Conv2d does (CI: not run, ~1 minute)."""
+    torch.manual_seed(0)
+    m = torchvision.models.get_model("r3d_18", weights=None, num_classes=5).eval()
+    layers = [n for n, mod in named_leaf_modules(m).items() if isinstance(mod, (nn.Conv3d, nn.Linear))]
+    assert all(has_fast_path(dict(m.named_modules())[n]) for n in layers)
+    md, x = m.double(), torch.randn(2, 3, 4, 32, 32, dtype=torch.float64)
+    res = capture_batch(md, x, layers, target="pred")
+    ref = loop_per_sample_grads(md, x, torch.tensor(res.target), [f"{n}.weight" for n in layers])
+    for n in layers:
+        r = ref[f"{n}.weight"].numpy()
+        np.testing.assert_allclose(full_grad(res, n), r, rtol=1e-4, atol=1e-6 * np.abs(r).max(), err_msg=n)
