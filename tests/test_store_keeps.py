@@ -2,13 +2,13 @@
 a per-image budget, pooled descriptors, and a projected size checked before anything is written."""
 import numpy as np
 import pytest
-
 from helpers import write_image_folder
+
 from volviz.analysis.importance import importance_from_store
 from volviz.capture.reduce import filter_norms, pool
 from volviz.errors import CaptureError, StoreError
 from volviz.store.capture import CaptureSettings, run_capture
-from volviz.store.store import projected_bytes
+from volviz.store.contents import projected_bytes
 
 SETTINGS = dict(model="helpers:tiny_cnn", size=(12, 12), channels=1, batch_size=4)
 

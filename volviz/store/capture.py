@@ -19,12 +19,12 @@ from tqdm import tqdm
 from volviz.capture.engine import model_logits
 from volviz.capture.layers import layer_kind, select_layers, type_name
 from volviz.capture.tap import LayerTap
+from volviz.errors import CaptureError, StoreError
 from volviz.sources.images import ImageRecord, discover_images, read_image
 from volviz.sources.models import LoadedModel, load_model
 from volviz.sources.preprocess import Preprocess
-from volviz.errors import CaptureError, StoreError
-from volviz.store.plan import LayerInfo, ModelSpec, Plan, check_fingerprints, fingerprints
 from volviz.store.execute import capture_module, execute
+from volviz.store.plan import LayerInfo, ModelSpec, Plan, check_fingerprints, fingerprints
 from volviz.store.store import Store
 
 log = logging.getLogger("volviz.capture")
@@ -143,19 +143,6 @@ def probe_layers(model: torch.nn.Module, layers: list[str], x: torch.Tensor) -> 
     return out
 
 
-def bytes_per_image(layers: list[LayerInfo], s: CaptureSettings) -> int:
-    total = 0
-    for d in layers:
-        act = math.prod(d.act_shape)
-        total += act * (3 if s.gradients else 1)  # output, its clone, its gradient
-        if s.gradients and s.weight_gradients and d.weight_shape:
-            if d.weight_factors:
-                total += sum(d.weight_shape)
-            else:
-                total += math.prod(d.weight_shape) * 2  # result + einsum workspace
-    return total * 4
-
-
 def _valid_records(records: list[ImageRecord], prep: Preprocess, progress: bool) -> tuple[list, list]:
     """Records whose pixels decode (a video: its last frame decodes); the others, with reasons."""
     ok, skipped, bad_videos = [], [], set()
@@ -230,7 +217,7 @@ def check_store_size(plan: Plan, out: pathlib.Path, budget: int | None) -> int:
     """The store's projected size; refused beyond ``budget`` (default: 90% of the free disk)."""
     import shutil
 
-    from volviz.store.store import projected_bytes
+    from volviz.store.contents import projected_bytes
     total = projected_bytes(plan)
     where = out
     while not where.exists():
@@ -292,18 +279,12 @@ def plan_capture(s: CaptureSettings, progress: bool = True) -> tuple[Plan, Loade
                     len(too_big), n_outputs)
         records = [r if r.label < n_outputs else ImageRecord(r.id, r.path, -1, r.frame) for r in records]
     _check_one_batch(loaded, first, records[0], layers, s, class_names)
-    per_image = bytes_per_image(layer_infos, s)
-    budget = s.memory_budget or available_memory() // 2
-    if per_image > budget:
-        biggest = max(layer_infos, key=lambda d: math.prod(d.weight_shape or [0]) + math.prod(d.act_shape))
-        raise CaptureError(
-            f"one image needs {_fmt_bytes(per_image)} of working memory for the selected layers, more "
-            f"than the budget of {_fmt_bytes(budget)}; the largest is {biggest.name} "
-            f"(activation {list(biggest.act_shape)}, weight {list(biggest.weight_shape or [])}). Select fewer "
-            "layers (--layers), skip weight gradients (--no-weight-grads) or raise --memory-budget.")
-    batch = max(1, min(s.batch_size, budget // max(per_image, 1)))
+    from volviz.capture.memory import plan_memory
+    memory = plan_memory(loaded.module, first, layers, requested=s.batch_size, budget=s.memory_budget,
+                         gradients=s.gradients, weight_gradients=s.weight_gradients)
+    per_image, batch = memory.per_image, memory.batch_size
     if batch < s.batch_size:
-        log.warning("batch size lowered from %d to %d to stay within %s", s.batch_size, batch, _fmt_bytes(budget))
+        log.warning("batch size %d: %s", batch, memory.reason)
     described = dict(loaded.describe(), spec=_absolute(loaded.spec))
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(s).items() if k != "trust_pickle"}
     plan = Plan(model=ModelSpec.from_dict(described), preprocess=prep, layers=layer_infos, images=records,
@@ -333,7 +314,7 @@ def _run(store: Store, loaded, prep, progress: bool, workers: int | None, schedu
 def run_capture(out: str | os.PathLike, s: CaptureSettings, *, overwrite: bool = False,
                 progress: bool = True, workers: int | None = None, scheduler: str | None = None) -> Store:
     """Plan (check everything), create the store, capture. Never deletes what volviz did not create."""
-    from volviz.store.store import prepare_folder_check
+    from volviz.store.folder import prepare_folder_check
     prepare_folder_check(pathlib.Path(out), overwrite)  # refuse early, before minutes of planning
     plan, loaded, prep = plan_capture(s, progress)
     size = check_store_size(plan, pathlib.Path(out), s.store_budget)
@@ -369,7 +350,7 @@ def open_or_capture(path: str | os.PathLike, settings: CaptureSettings | None = 
     if path.is_dir() and (path / "plan.json").exists():
         store = Store.open(path)
         return store if store.complete else resume_capture(path, progress)
-    from volviz.store.store import prepare_folder_check
+    from volviz.store.folder import prepare_folder_check
     prepare_folder_check(path, overwrite=False)
     log.warning("capturing %s into %s", (settings or CaptureSettings()).model, path)
     return run_capture(path, settings or CaptureSettings(), progress=progress)

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from volviz.errors import CaptureError
 from volviz.store import layout
-from volviz.store.store import Store, write_lock
+from volviz.store.folder import write_lock
+from volviz.store.store import Store
 
 log = logging.getLogger("volviz.capture")
 

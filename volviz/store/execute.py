@@ -17,7 +17,8 @@ from tqdm import tqdm
 from volviz.capture.engine import capture_batch
 from volviz.errors import CaptureError
 from volviz.sources.images import read_image
-from volviz.store.store import Store, write_lock
+from volviz.store.folder import write_lock
+from volviz.store.store import Store
 from volviz.store.writer import ShardWriter
 
 log = logging.getLogger("volviz.capture")

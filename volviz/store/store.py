@@ -15,150 +15,26 @@ Nothing outside ``volviz/store`` names a zarr path or a plan key: readers use th
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import pathlib
-import platform
 from collections.abc import Iterator
 
 import numpy as np
 
 from volviz.errors import StoreError
 from volviz.store import layout
+from volviz.store.contents import projected_bytes, stored_quantities  # noqa: F401  (re-exported)
+from volviz.store.folder import (  # noqa: F401  (re-exported)
+    prepare_folder,
+    prepare_folder_check,
+    versions,
+    write_json_atomic,
+    write_lock,
+)
 from volviz.store.layout import QUANTITIES
 from volviz.store.plan import FORMAT_VERSION, READABLE_FORMATS, LayerInfo, Plan, read_json
 
 __all__ = ["Store", "StoreError", "LayerInfo", "Plan", "QUANTITIES", "FORMAT_VERSION", "write_json_atomic"]
-
-
-def write_json_atomic(path: pathlib.Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=_json_default)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _json_default(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (tuple, set)):
-        return list(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
-
-
-def versions() -> dict:
-    import torch
-    import zarr
-
-    from volviz import __version__
-    return {"volviz": __version__, "torch": torch.__version__, "zarr": zarr.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
-
-
-def prepare_folder_check(path: pathlib.Path, overwrite: bool) -> bool:
-    """Whether a new store may go into ``path`` (True: an old store there will be replaced);
-    a clear error otherwise. Deletes nothing."""
-    if path.exists() and not path.is_dir():
-        raise StoreError(f"{path} is a file, not a folder; pass --out a new folder name")
-    for parent in path.parents:
-        if parent.exists() and not parent.is_dir():
-            raise StoreError(f"cannot create {path}: {parent} is a file; choose another --out")
-    if path.is_dir() and any(path.iterdir()):
-        owned, foreign = layout.is_volviz_folder(path)
-        if not owned:
-            shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
-            raise StoreError(f"{path} holds files volviz did not create ({shown}); volviz never deletes "
-                             "them: pass --out an empty or new folder")
-        if not overwrite:
-            raise StoreError(f"{path} exists and holds a store; use --resume to complete it or --overwrite "
-                             "to replace it")
-        _check_not_newer(path)
-        return True
-    return False
-
-
-def prepare_folder(path: pathlib.Path, overwrite: bool) -> None:
-    """Make ``path`` ready for a new store without ever deleting what volviz did not create."""
-    if prepare_folder_check(path, overwrite):
-        with write_lock(path):
-            import shutil
-            for p in path.iterdir():
-                if p.name == ".lock":
-                    continue
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-    path.mkdir(parents=True, exist_ok=True)
-
-
-def _check_not_newer(path: pathlib.Path) -> None:
-    for name in ("manifest.json", "plan.json"):
-        f = path / name
-        if f.exists():
-            try:
-                version = int(json.loads(f.read_text()).get("format_version", 0))
-            except (ValueError, AttributeError, TypeError):
-                return
-            if version > FORMAT_VERSION:
-                raise StoreError(f"{path} was written by a newer volviz (store format {version}, this volviz "
-                                 f"reads up to {FORMAT_VERSION}); upgrade volviz to read it")
-            return
-
-
-@contextlib.contextmanager
-def write_lock(path: pathlib.Path):
-    """One writer per store: a second capture, resume or overwrite is refused while one runs."""
-    import fcntl
-    path.mkdir(parents=True, exist_ok=True)
-    f = open(path / ".lock", "a")
-    try:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StoreError(f"another volviz process is writing {path}; wait for it to finish (or stop it) "
-                             "and try again") from None
-        yield
-    finally:
-        f.close()
-
-
-def stored_quantities(plan: Plan, info: LayerInfo) -> list[str]:
-    """The per-image quantities a capture keeps for one layer (the ONE place that decides)."""
-    wanted = ["activation"] if info.activation else []
-    if info.descriptor:
-        wanted.append("descriptor")
-    if plan.gradients and info.activation:
-        wanted.append("grad_activation")
-    if plan.gradients and plan.weight_gradients and info.weight_shape:
-        if info.weight_grad:
-            wanted.append("grad_weight")
-        if plan.format_version >= 2:
-            wanted.append("grad_norm")
-    return wanted
-
-
-def projected_bytes(plan: Plan) -> int:
-    """Uncompressed bytes of every per-image array of a capture planned as ``plan`` (an upper
-    bound: the store compresses)."""
-    import math
-    item = 2 if plan.dtype == "float16" else 4
-    per = plan.n_outputs * 4 + 3 * 8 + 1 + math.prod(plan.input_shape) * 2
-    for info in plan.layers:
-        for q in stored_quantities(plan, info):
-            if q in ("activation", "grad_activation"):
-                per += math.prod(info.act_shape) * item
-            elif q == "descriptor":
-                per += math.prod(info.descriptor_shape) * item
-            elif q == "grad_norm":
-                per += info.weight_shape[0] * item
-            else:
-                per += (sum(info.weight_shape) if info.weight_factors else math.prod(info.weight_shape)) * item
-    return per * len(plan.images)
 
 
 class Store:
