@@ -14,18 +14,12 @@ from volviz.analysis.class_groups import (
     magnitude_by_class,
     pick_class_groups,
 )
-from volviz.analysis.importance import (
-    AnalysisError,
-    EmptyClassError,
-    InputSet,
-    NoWeightsError,
-    NotDifferentiableError,
-    importance_from_store,
-    importance_on_the_fly,
-)
+from volviz.analysis.importance import importance_from_store, importance_on_the_fly
+from volviz.analysis.inputs import InputSet
 from volviz.capture.persample import loop_per_sample_grads
-from volviz.store.capture import CaptureSettings, run_capture
 from volviz.cli import main
+from volviz.errors import AnalysisError, EmptyClassError, NotDifferentiableError, NoWeightsError
+from volviz.store.capture import CaptureSettings, run_capture
 
 SETTINGS = dict(model="helpers:tiny_cnn", size=(12, 12), channels=1, batch_size=4)
 
@@ -89,7 +83,7 @@ def test_class_means_and_empty_class():
 
 
 def test_store_importance_equals_on_the_fly(tiny_store):
-    from volviz.analysis.importance import inputs_from_store
+    from volviz.analysis.inputs import inputs_from_store
     res = importance_from_store(tiny_store, batch_size=4, progress=False)
     assert res.source == "store" and res.n_images == 9
     inputs, _ = inputs_from_store(tiny_store)
@@ -280,3 +274,57 @@ def test_digits_dissimilar_class_gradients_are_smaller_for_the_probability():
         res = importance_on_the_fly(lm.module, inputs, ["conv2"], target=r, output="prob", progress=False)
         mag = magnitude_by_class(res, "conv2", r)
         assert mag[g.dissimilar]["mean"] < 0.1 * mag[r]["mean"], (r, g.dissimilar, mag)
+
+
+# ---- reports: written, then read back -------------------------------------------------------------
+def test_importance_report_round_trip(tiny_store, tmp_path):
+    from volviz.analysis.importance_report import ImportanceReport
+    res = importance_from_store(tiny_store, progress=False)
+    out = tmp_path / "imp"
+    assert main(["importance", "--trust-factory", str(tiny_store.path), "--out", str(out)]) == 0
+    back = ImportanceReport.read(out)
+    got = back.result
+    assert got.layers == res.layers and got.class_names == res.class_names and got.n_classes == res.n_classes
+    assert got.source == "store" and got.image_ids == res.image_ids and back.store == str(tiny_store.path)
+    for name in ("label", "pred", "target"):
+        assert getattr(got, name).tolist() == getattr(res, name).tolist(), name
+    for n in res.layers:
+        np.testing.assert_allclose(got.per_image[n], res.per_image[n], rtol=1e-5, atol=1e-12, err_msg=n)
+        np.testing.assert_allclose(got.class_relevance(n)[0], res.class_relevance(n)[0], rtol=1e-5, equal_nan=True)
+    assert back.grids["conv3"] == (2, 3)
+    # written again from what was read: the same per-image tables and summary (the class means are
+    # means of the rounded values: equal within the rounding)
+    again = tmp_path / "again"
+    again.mkdir()
+    back.write(again)
+    for p in again.glob("per_image_*.csv"):
+        assert p.read_text() == (out / p.name).read_text(), p.name
+    assert json.loads((again / "summary.json").read_text()) == json.loads((out / "summary.json").read_text())
+    mine = np.genfromtxt(again / "class_conv2.csv", delimiter=",", skip_header=1)[:, 1:]
+    np.testing.assert_allclose(mine, np.genfromtxt(out / "class_conv2.csv", delimiter=",", skip_header=1)[:, 1:],
+                               rtol=1e-5)
+    with pytest.raises(AnalysisError, match="not a `volviz importance --out` folder"):
+        ImportanceReport.read(tmp_path)
+
+
+def test_groups_report_round_trip(tiny_store, tmp_path):
+    from volviz.analysis.class_groups import GroupsReport, class_groups_from_store
+    from volviz.sources.images import read_image
+    out = tmp_path / "g"
+    assert main(["groups", "--trust-factory", str(tiny_store.path), "--class", "b", "--layer", "conv1",
+                 "--out", str(out)]) == 0
+    back = GroupsReport.read(out)
+    want = class_groups_from_store(tiny_store, "b")
+    g = back.groups
+    assert (g.reference, g.similar, g.dissimilar, g.by) == (want.reference, want.similar, want.dissimilar, want.by)
+    assert g.items == want.items and g.missing == want.missing and g.sequence() == want.sequence()
+    np.testing.assert_allclose(g.similarity, want.similarity, atol=1e-6)
+    x = torch.stack([tiny_store.preprocess(read_image(tiny_store.images[it.index])) for it in want.items])
+    gg = group_gradients(tiny_store.model(trust_factory=True).module, x, want.reference, "conv1")
+    np.testing.assert_allclose(back.gradients.norms, gg.norms, rtol=1e-5)
+    assert back.gradients.clim == pytest.approx(gg.clim, rel=1e-5) and back.gradients.layer == "conv1"
+    assert back.differentiated == "S_b" and set(back.stats) == {"reference", "similar", "dissimilar"}
+    again = tmp_path / "again"
+    again.mkdir()
+    back.write(again)
+    assert json.loads((again / "sequence.json").read_text()) == json.loads((out / "sequence.json").read_text())

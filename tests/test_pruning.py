@@ -1,13 +1,14 @@
 """Pruning analysis (volviz.analysis.pruning): exactly the chosen filters are zeroed, error rates
 match hand counts, the sweep removes filters in importance order, bad input is refused."""
+import pathlib
+
 import numpy as np
 import pytest
 import torch
 
 from helpers import tiny_cnn, write_image_folder
-from volviz.analysis.importance import AnalysisError, EmptyClassError, InputSet
+from volviz.analysis.inputs import InputSet
 from volviz.analysis.pruning import (
-    ThresholdError,
     error_rates,
     least_most_table,
     predict,
@@ -17,6 +18,7 @@ from volviz.analysis.pruning import (
     zero_filters,
 )
 from volviz.cli import main
+from volviz.errors import AnalysisError, EmptyClassError, ThresholdError
 
 
 def test_zero_filters_zeroes_exactly_the_chosen_ones_in_a_copy():
@@ -168,3 +170,124 @@ def test_digits_most_important_filters_matter_more():
     assert s.overall[0] == pytest.approx(0.025)                 # 5 of 200 shipped digits misclassified
     assert np.all(s.overall[s.fraction_removed <= 0.2] <= 0.035)  # flat at first ...
     assert s.overall[-1] >= 0.8                                  # ... then rising to chance
+
+
+# ---- the report: one object for `volviz prune` and the app -----------------------------------------
+def _report(classes=None, reference="all"):
+    from volviz.analysis.importance import importance_on_the_fly
+    from volviz.analysis.prune_report import PruneReport
+    m = tiny_cnn().eval()
+    inputs = _inputs()
+    res = importance_on_the_fly(m, inputs, ["conv2", "conv3"], target="true", class_names=list("abc"),
+                                progress=False)
+    steps = []
+    rep = PruneReport.compute(m, inputs, res, ["conv2", "conv3"], classes=classes, k=1, reference=reference,
+                              steps=3, progress=False, on_step=lambda d, t: steps.append((d, t)))
+    return rep, steps
+
+
+def _same_report(a, b):
+    assert (a.k, a.n_images, a.evaluated_on, a.importance_from, a.reference, a.highlight) == \
+        (b.k, b.n_images, b.evaluated_on, b.importance_from, b.reference, b.highlight)
+    assert a.text == b.text and a.cells() == b.cells()   # what a user sees: the same cells
+    assert len(a.rows) == len(b.rows)
+    for r, s in zip(a.rows, b.rows):
+        assert (r.reference, r.class_name, r.layer, r.k, r.n_images, r.least, r.most) == \
+            (s.reference, s.class_name, s.layer, s.k, s.n_images, s.least, s.most)
+        np.testing.assert_allclose([r.error_before, r.error_least, r.error_most, r.overall_before, r.overall_least,
+                                    r.overall_most], [s.error_before, s.error_least, s.error_most, s.overall_before,
+                                                      s.overall_least, s.overall_most], atol=5e-5)
+        np.testing.assert_allclose([r.prob_before, r.prob_least, r.prob_most],
+                                   [s.prob_before, s.prob_least, s.prob_most], atol=5e-5)
+    assert [s.layer for s in a.sweeps] == [s.layer for s in b.sweeps]
+    for s, t in zip(a.sweeps, b.sweeps):
+        assert (s.reference, len(s.importance)) == (t.reference, len(t.importance))
+        assert s.n_removed.tolist() == t.n_removed.tolist()
+        np.testing.assert_allclose(s.thresholds, t.thresholds, rtol=5e-6)
+        np.testing.assert_allclose(s.fraction_removed, t.fraction_removed, atol=5e-5)
+        np.testing.assert_allclose(s.error, t.error, atol=5e-5)   # NaN (no image of the class) on both
+        np.testing.assert_allclose(s.overall, t.overall, atol=5e-5)
+        np.testing.assert_allclose(s.overall_most_first, t.overall_most_first, atol=5e-5)
+        assert [str(n) for n in (s.class_names or range(s.error.shape[1]))] == \
+            [str(n) for n in (t.class_names or range(t.error.shape[1]))]
+
+
+def test_prune_report_round_trip(tmp_path):
+    from volviz.analysis.prune_report import PruneReport
+    from volviz.views.figures import write_prune_report
+    rep, steps = _report(reference="b")
+    assert rep.highlight == 1 and rep.reference == "b" and [r.class_name for r in rep.rows] == list("abcabc")
+    # progress: one call per evaluation, the total known from the start
+    total = 3 * 2 + sum(len(s.thresholds) for s in rep.sweeps)
+    assert steps == [(i, total) for i in range(1, total + 1)]
+    names = write_prune_report(rep, tmp_path)
+    assert sorted(names) == sorted(p.name for p in tmp_path.iterdir()) == \
+        ["sweep_conv2.csv", "sweep_conv2.png", "sweep_conv3.csv", "sweep_conv3.png", "table.csv", "table.md"]
+    back = PruneReport.read(tmp_path)
+    _same_report(rep, back)
+    # the Markdown says what the report says (it is written, never read)
+    md = (tmp_path / "table.md").read_text()
+    assert md == back.markdown() and md.startswith(rep.text) and rep.text.startswith("Error rate")
+    # written again from what was read: the same files, byte for byte (but the PNGs)
+    again = tmp_path / "again"
+    again.mkdir()
+    back.write(again)
+    for n in ("table.csv", "table.md", "sweep_conv2.csv", "sweep_conv3.csv"):
+        assert (again / n).read_text() == (tmp_path / n).read_text(), n
+    # a table limited to some classes; bad classes and thresholds are refused before any pruning
+    only, _ = _report(classes=["c"])
+    assert [r.class_name for r in only.rows] == ["c", "c"] and only.highlight is None
+    with pytest.raises(AnalysisError, match="unknown class 'zebra'"):
+        _report(classes=["zebra"])
+
+
+def test_prune_folder_read_refuses_links_out_and_odd_files(tmp_path):
+    """A report folder may come from anyone: the app reads only regular files inside it."""
+    import os
+
+    from volviz.analysis.prune_report import PruneReport
+    from volviz.app.prune_tab import read_prune_folder
+    from volviz.views.figures import write_prune_report
+    rep, _ = _report()
+    folder = tmp_path / "report"
+    folder.mkdir()
+    write_prune_report(rep, folder)
+    shown = read_prune_folder(folder)
+    assert shown["rows"] == rep.cells()[1] and len(shown["images"]) == 2
+
+    # table.md linked to /etc/passwd: the tab never reads Markdown, nothing of it shows
+    (folder / "table.md").unlink()
+    (folder / "table.md").symlink_to("/etc/passwd")
+    shown = read_prune_folder(folder)
+    assert "root:" not in repr(shown) and shown["text"] == rep.text
+    # table.csv linked to a file outside the folder (a valid table, even): refused
+    outside = tmp_path / "elsewhere.csv"
+    outside.write_text((folder / "table.csv").read_text())
+    (folder / "table.csv").unlink()
+    (folder / "table.csv").symlink_to(outside)
+    for read in (PruneReport.read, read_prune_folder):
+        with pytest.raises(AnalysisError, match="points outside the folder"):
+            read(folder)
+    # ... and through a relative link with ../ in it
+    (folder / "table.csv").unlink()
+    (folder / "table.csv").symlink_to(pathlib.Path("..") / "elsewhere.csv")
+    with pytest.raises(AnalysisError, match="points outside the folder"):
+        read_prune_folder(folder)
+    # a link that stays inside the folder is fine
+    (folder / "table.csv").unlink()
+    (folder / "copy.csv").write_text(outside.read_text())
+    (folder / "table.csv").symlink_to("copy.csv")
+    assert read_prune_folder(folder)["rows"] == rep.cells()[1]
+    # a plot linked out of the folder: refused, not sent to the browser
+    png = folder / "sweep_conv3.png"
+    (tmp_path / "secret.png").write_bytes(png.read_bytes())
+    png.unlink()
+    png.symlink_to(tmp_path / "secret.png")
+    with pytest.raises(AnalysisError, match="points outside the folder"):
+        read_prune_folder(folder)
+    png.unlink()
+    # a FIFO named like a table is not a regular file: refused at once, no read that blocks
+    (folder / "table.csv").unlink()
+    os.mkfifo(folder / "table.csv")
+    with pytest.raises(AnalysisError, match="not a regular file"):
+        read_prune_folder(folder)

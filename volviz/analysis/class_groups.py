@@ -1,4 +1,4 @@
-"""Gradient time series by class groups (seed 004 §3.2.2).
+"""Gradient time series by class groups [Jain2016, §3.2.2].
 
 Given a reference class ``r`` (the output neuron analysed), pick images of
 
@@ -8,7 +8,7 @@ Given a reference class ``r`` (the output neuron analysed), pick images of
 
 each correctly classified and misclassified where such images exist, and order them into one
 sequence the time slider plays: ``[(image index, group label), ...]``. The gradients shown for
-every image are those of neuron ``r`` (seed 004 made the loss a function of the analysed neuron
+every image are those of neuron ``r`` ([Jain2016] made the loss a function of the analysed neuron
 only), so images of other classes show how much neuron ``r`` depends on the weights when the input
 is NOT of its class. One colour scale is shared by the whole sequence (the global max |grad|), so
 the magnitude difference between groups is visible.
@@ -26,6 +26,8 @@ Class similarity, two choices (``by``):
 
 Within a group, the images shown are the most confident ones: correct images with the highest
 probability of their class, misclassified images with the highest probability of the wrong class.
+:class:`GroupsReport` is what ``volviz groups`` computes and writes (``sequence.json``; the strip PNG
+is :func:`volviz.views.figures.write_groups_report`'s) and reads back.
 """
 from __future__ import annotations
 
@@ -34,7 +36,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from volviz.analysis.importance import AnalysisError, EmptyClassError
+from volviz.analysis.importance import class_index
+from volviz.analysis.report_io import read_inside, write_files
+from volviz.errors import AnalysisError, EmptyClassError
 
 __all__ = [
     "GroupItem",
@@ -47,7 +51,8 @@ __all__ = [
     "GroupGradients",
     "group_gradients",
     "magnitude_by_class",
-    "groups_figure",
+    "group_stats",
+    "GroupsReport",
 ]
 
 BY = ("confusion", "descriptor")
@@ -99,7 +104,17 @@ class ClassGroups:
                 "similarity": {self.name(k): (None if not np.isfinite(v) else round(float(v), 6))
                                for k, v in enumerate(self.similarity)},
                 "sequence": [it.to_dict() for it in self.items], "missing": self.missing,
-                "store_has_reference_gradients": self.store_has_reference_gradients}
+                "store_has_reference_gradients": self.store_has_reference_gradients,
+                "class_names": self.class_names}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ClassGroups:
+        """The groups of a :meth:`to_dict` (similarities as written: 6 decimals)."""
+        names = d.get("class_names")
+        index = (lambda s: names.index(s)) if names else int
+        sim = np.array([np.nan if v is None else float(v) for v in d["similarity"].values()])
+        return cls(index(d["reference"]), index(d["similar"]), index(d["dissimilar"]), d["by"], sim,
+                   [GroupItem(**it) for it in d["sequence"]], list(d.get("missing", [])), names)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -205,7 +220,6 @@ def _store_descriptors(store, layer: str | None, rows: np.ndarray, batch_size: i
 def class_groups_from_store(store, reference, *, by: str = "confusion", per_group: int = 1,
                             descriptor_layer: str | None = None) -> ClassGroups:
     """:func:`pick_class_groups` on a store's captured images (indices are store indices)."""
-    from volviz.analysis.importance import class_index
     rows = np.flatnonzero(store.done)
     if len(rows) == 0:
         raise AnalysisError(f"{store.path} holds no captured image")
@@ -251,6 +265,7 @@ def group_gradients(model, x, reference: int, layer: str, *, quantity: str = "gr
     stores, 'prob' or 'log-prob') for each image of ``x (S, C, H, W)`` (the sequence, in order)
     w.r.t. ``layer``'s weight or activation; one backward pass per image (S is small)."""
     import torch
+
     from volviz.analysis.importance import _output_values, check_weighted_layers
     from volviz.capture.engine import model_logits
     from volviz.capture.tap import LayerTap
@@ -298,39 +313,80 @@ def magnitude_by_class(result, layer: str, reference: int) -> dict[int, dict[str
     return out
 
 
-def groups_figure(groups: ClassGroups, mosaics: list[np.ndarray], clim: float, path, *,
-                  title: str = "", norms: np.ndarray | None = None, cmap: str = "inferno"):
-    """The sequence as a strip of panels (one per time step), all on ONE colour scale [0, clim].
-    ``mosaics``: one 2-D array per item (e.g. ``views.grid.vis_square`` of the per-filter
-    gradient magnitude; NaN = gap, drawn white)."""
-    import math
-    import pathlib
+def group_stats(store, model, groups: ClassGroups, layer: str, output: str = "score") -> dict:
+    """Mean norm of the reference neuron's weight gradient over ALL store images of the
+    reference, similar and dissimilar class (not only the few in the sequence): whether the
+    dissimilar class's gradients are smaller is a claim about classes, not about examples."""
+    from volviz.analysis.importance import importance_on_the_fly
+    from volviz.analysis.inputs import InputSet
 
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    wanted = {groups.reference: "reference", groups.similar: "similar", groups.dissimilar: "dissimilar"}
+    labels = store.column("label")
+    idx = [int(i) for i in np.flatnonzero(store.done) if int(labels[i]) in wanted]
+    inputs = InputSet([store.images[i] for i in idx], store.preprocess)
+    res = importance_on_the_fly(model, inputs, [layer], target=groups.reference, class_names=store.class_names,
+                                output=output, progress=False)
+    mag = magnitude_by_class(res, layer, groups.reference)
+    return {g: dict(mag[c], **{"class": groups.name(c)}) for c, g in wanted.items() if c in mag}
 
-    n = len(mosaics)
-    if n == 0:
-        raise AnalysisError("the sequence is empty")
-    cols = min(n, 6)
-    rows = math.ceil(n / cols)
-    h, w = mosaics[0].shape[:2]
-    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols + 1.0, (2.4 * h / w + 0.75) * rows + 0.5),
-                             squeeze=False, layout="constrained")
-    cm = plt.get_cmap(cmap).with_extremes(bad="white")
-    im = None
-    for ax in axes.flat:
-        ax.axis("off")
-    for s, (ax, it, m) in enumerate(zip(axes.flat, groups.items, mosaics)):
-        im = ax.imshow(m, cmap=cm, vmin=0, vmax=clim or 1.0, interpolation="nearest")
-        lab = it.label.replace(" · ", "\n", 1)
-        if norms is not None:
-            lab += f"\n||grad|| = {norms[s]:.3g}"
-        ax.set_title(f"t={s}: {lab}", fontsize=7.5, color="black" if it.correct else "crimson")
-    fig.suptitle(title or f"gradients of neuron {groups.name(groups.reference)}: shared scale", fontsize=10)
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
-    path = pathlib.Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+
+@dataclass
+class GroupsReport:
+    """What ``volviz groups`` computes: the groups, the reference neuron's gradients of the
+    sequence and (optionally) the magnitudes over all images of the three classes. Written as
+    ``sequence.json``; read back without the gradient arrays (``gradients.arrays`` is empty)."""
+
+    groups: ClassGroups
+    gradients: GroupGradients
+    output: str = "score"
+    stats: dict = field(default_factory=dict)
+    store: str = ""
+
+    @classmethod
+    def compute(cls, store, model, reference, *, by: str = "confusion", per_group: int = 1,
+                descriptor_layer: str | None = None, layer: str | None = None, quantity: str = "grad_weight",
+                output: str = "score", stats: bool = True) -> GroupsReport:
+        """The groups of ``store`` for ``reference``; gradients of ``layer`` (default: the first
+        captured layer with weights) on the store's images, preprocessed as at capture. ``model``:
+        the module, or a function returning it (called once the groups are known, so that a bad
+        class is reported before a model is loaded)."""
+        from torch import nn
+
+        from volviz.analysis.inputs import InputSet
+        groups = class_groups_from_store(store, reference, by=by, per_group=per_group,
+                                         descriptor_layer=descriptor_layer)
+        model = model if isinstance(model, nn.Module) else model()
+        layer = layer or next((n for n, i in store.layers.items() if i.weight_shape), None) or next(iter(store.layers))
+        x = InputSet([store.images[it.index] for it in groups.items], store.preprocess).tensor(range(len(groups.items)))
+        gg = group_gradients(model, x, groups.reference, layer, quantity=quantity, output=output)
+        st = group_stats(store, model, groups, layer, output) if stats and quantity == "grad_weight" else {}
+        return cls(groups, gg, output, st, str(store.path))
+
+    @property
+    def differentiated(self) -> str:
+        """``S_9``, ``p_9`` or ``log p_9``: the quantity whose gradients are shown."""
+        g = self.groups
+        return {"score": "S", "prob": "p", "log-prob": "log p"}[self.output] + f"_{g.name(g.reference)}"
+
+    def to_dict(self) -> dict:
+        gg = self.gradients
+        d = self.groups.to_dict()
+        d.update(layer=gg.layer, quantity=gg.quantity, output=self.output, clim=gg.clim,
+                 norms=[float(v) for v in gg.norms], store=self.store, group_stats=self.stats)
+        return d
+
+    def write(self, folder) -> list[str]:
+        """``sequence.json`` into ``folder``."""
+        return write_files(folder, {"sequence.json": json.dumps(self.to_dict(), indent=1)})
+
+    @classmethod
+    def read(cls, folder) -> GroupsReport:
+        try:
+            d = json.loads(read_inside(folder, "sequence.json"))
+            groups = ClassGroups.from_dict(d)
+        except (ValueError, KeyError, TypeError):
+            raise AnalysisError(f"{folder} holds no readable sequence.json: not a `volviz groups --out` "
+                                "folder") from None
+        gg = GroupGradients(d["layer"], d["quantity"], groups.reference, [], np.asarray(d["norms"], np.float64),
+                            float(d["clim"]))
+        return cls(groups, gg, d.get("output", "score"), d.get("group_stats", {}), d.get("store", ""))

@@ -1,4 +1,4 @@
-"""Filter importance (seed 004 §3.2.3): the norm of the gradient of ONE output neuron w.r.t. a
+"""Filter importance [Jain2016, §3.2.3]: the norm of the gradient of ONE output neuron w.r.t. a
 filter's weights, per image, and averaged over the images of a class (class-wise relevance).
 
 Definitions
@@ -29,50 +29,39 @@ convolutions; a few MiB for the demo models), plus the result, ``N x sum(C_out)`
 (1,000 images of resnet18: 23 MiB). Nothing grows with ``N`` except the result. From a store:
 ``batch_size`` images of one layer's stored gradients at a time.
 
-This module needs torch (for the on-the-fly path) but no pyvista, VTK or trame.
+The files of ``volviz importance`` are :mod:`volviz.analysis.importance_report`'s; the grids are
+drawn by :mod:`volviz.views.figures`. This module needs torch, no matplotlib, pyvista or trame.
 """
 from __future__ import annotations
 
-import csv
-import io
-import math
-import pathlib
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
-from volviz.errors import AnalysisError, EmptyClassError, NoWeightsError, NotDifferentiableError, StoreError  # noqa: F401
-
 import torch
 from torch import nn
 from tqdm import tqdm
 
+# InputSet and its loaders live in volviz.analysis.inputs; re-exported here until tests/test_app.py
+# and benchmarks/bench_importance.py import them from there
+from volviz.analysis.inputs import InputSet, inputs_from_paths, inputs_from_store  # noqa: F401
 from volviz.capture.engine import model_logits, resolve_targets
 from volviz.capture.persample import func_per_sample_grads, has_fast_path, hook_per_sample_grad
 from volviz.capture.tap import LayerTap
+from volviz.errors import AnalysisError, EmptyClassError, NotDifferentiableError, NoWeightsError, StoreError
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "OUTPUTS",
-    "AnalysisError",
-    "EmptyClassError",
-    "NoWeightsError",
-    "NotDifferentiableError",
     "ImportanceResult",
-    "InputSet",
     "batch_filter_importance",
     "filter_norms",
     "conv2d_filter_norms_gram",
     "factor_norms",
     "importance_from_store",
     "importance_on_the_fly",
-    "inputs_from_store",
-    "inputs_from_paths",
     "weighted_layers",
     "check_weighted_layers",
     "class_index",
-    "panels_for",
-    "importance_figure",
 ]
 
 #: bytes of per-image weight gradients formed at once (one layer, a chunk of the batch)
@@ -118,7 +107,8 @@ def class_index(cls: str | int, class_names: list[str] | None, n_classes: int) -
     try:
         k = int(cls)
     except (TypeError, ValueError):
-        raise AnalysisError(f"unknown class {cls!r}; valid: {', '.join(class_names or map(str, range(n_classes)))}") from None
+        valid = ", ".join(class_names or map(str, range(n_classes)))
+        raise AnalysisError(f"unknown class {cls!r}; valid: {valid}") from None
     if not 0 <= k < n_classes:
         raise AnalysisError(f"class {k} out of range: the model has {n_classes} outputs")
     return k
@@ -208,115 +198,6 @@ class ImportanceResult:
         imp = self._layer(layer).astype(np.float64)
         return np.sqrt((imp ** 2).sum(1))
 
-    # ---- output -------------------------------------------------------------------------
-    def per_image_csv(self, layer: str) -> str:
-        imp = self._layer(layer)
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["index", "image", "label", "pred", "target"] + [f"f{j}" for j in range(imp.shape[1])])
-        for i in range(self.n_images):
-            ident = self.image_ids[i] if i < len(self.image_ids) else str(i)
-            w.writerow([i, ident, self.class_name(int(self.label[i])) if self.label[i] >= 0 else "",
-                        self.class_name(int(self.pred[i])), self.class_name(int(self.target[i]))]
-                       + [f"{v:.6g}" for v in imp[i]])
-        return buf.getvalue()
-
-    def class_csv(self, layer: str) -> str:
-        rel, counts = self.class_relevance(layer)
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["class", "n_images"] + [f"f{j}" for j in range(rel.shape[1])])
-        for r in range(self.n_classes):
-            w.writerow([self.class_name(r), int(counts[r])]
-                       + (["" for _ in range(rel.shape[1])] if counts[r] == 0 else [f"{v:.6g}" for v in rel[r]]))
-        return buf.getvalue()
-
-    def pairs_csv(self, layer: str) -> str:
-        """Mean importance per (output neuron, input class) pair that has images, and the mean norm
-        of the layer's whole weight gradient (``mean_grad_norm``)."""
-        imp = self._layer(layer)
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        tot = self.total_norm(layer)
-        w.writerow(["neuron", "input_class", "n_images", "mean_grad_norm"] + [f"f{j}" for j in range(imp.shape[1])])
-        for r in np.unique(self.target):
-            for c in np.unique(self.label[self.target == r]):
-                sel = (self.target == r) & (self.label == c)
-                w.writerow([self.class_name(int(r)), self.class_name(int(c)) if c >= 0 else "unlabelled",
-                            int(sel.sum()), f"{tot[sel].mean():.6g}"]
-                           + [f"{v:.6g}" for v in imp[sel].astype(np.float64).mean(0)])
-        return buf.getvalue()
-
-
-# ---- inputs -----------------------------------------------------------------------------------
-class InputSet:
-    """Images -> preprocessed model inputs in batches; cached in memory when they fit
-    ``cache_bytes`` (the pruning sweep evaluates the same images many times)."""
-
-    def __init__(self, records: list, prep, cache_bytes: int = 512 * 1024 * 1024):
-        from volviz.sources.images import ImageRecord
-        self.records = [r if isinstance(r, ImageRecord) else ImageRecord(**r) for r in records]
-        if not self.records:
-            raise AnalysisError("no images to analyse")
-        self.prep = prep
-        self.labels = np.array([r.label for r in self.records], dtype=np.int64)
-        self.ids = [r.id for r in self.records]
-        per_image = prep.channels * prep.size[0] * prep.size[1] * 4
-        self._cache: torch.Tensor | None = None
-        self._cacheable = per_image * len(self.records) <= cache_bytes
-
-    @classmethod
-    def from_tensors(cls, x: torch.Tensor, labels, ids: list[str] | None = None) -> "InputSet":
-        self = cls.__new__(cls)
-        self.records, self.prep = [], None
-        self.labels = np.asarray(labels, dtype=np.int64)
-        self.ids = ids or [str(i) for i in range(len(x))]
-        self._cache, self._cacheable = x, True
-        return self
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def _load(self, sl: slice) -> torch.Tensor:
-        from volviz.sources.images import read_image
-        return torch.stack([self.prep(read_image(r)) for r in self.records[sl]])
-
-    def batches(self, batch_size: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        """Yields ``(start, x, labels)``."""
-        n = len(self)
-        if self._cache is None and self._cacheable:
-            self._cache = torch.cat([self._load(slice(s, s + 256)) for s in range(0, n, 256)])
-        for s in range(0, n, batch_size):
-            x = self._cache[s:s + batch_size] if self._cache is not None else self._load(slice(s, s + batch_size))
-            yield s, x, torch.from_numpy(self.labels[s:s + batch_size])
-
-    def tensor(self, indices) -> torch.Tensor:
-        if self._cache is not None:
-            return self._cache[torch.as_tensor(np.asarray(indices, dtype=np.int64))]
-        from volviz.sources.images import read_image
-        return torch.stack([self.prep(read_image(self.records[int(i)])) for i in indices])
-
-
-
-
-def inputs_from_store(store, only_done: bool = True) -> tuple[InputSet, np.ndarray]:
-    """The store's images, preprocessed exactly as at capture; returns the set and the store
-    indices of its images."""
-    idx = np.flatnonzero(store.done) if only_done else np.arange(store.n_images)
-    if len(idx) == 0:
-        raise StoreError(f"{store.path} holds no captured image yet; run `volviz capture --resume --out {store.path}`")
-    return InputSet([store.images[i] for i in idx], store.preprocess), idx
-
-
-def inputs_from_paths(paths: list[str], store_or_prep, class_names: list[str] | None = None) -> InputSet:
-    """User images (ImageFolder tree, files), preprocessed like the store's (or with ``prep``)."""
-    from volviz.sources.images import discover_images
-    prep = store_or_prep.preprocess if hasattr(store_or_prep, "preprocess") else store_or_prep
-    if class_names is None and hasattr(store_or_prep, "class_names"):
-        class_names = store_or_prep.class_names
-    imageset = discover_images(paths, class_names=class_names)
-    return InputSet(imageset.records, prep)
-
 
 # ---- on the fly -------------------------------------------------------------------------------
 def _gram_is_cheaper(module: nn.Module, grad_out: torch.Tensor) -> bool:
@@ -336,6 +217,7 @@ def conv2d_filter_norms_gram(module: nn.Conv2d, inp: torch.Tensor, grad_out: tor
     ``||G_n[j]||^2 = g_nj^T (U_n^T U_n) g_nj`` with ``U_n`` the unfolded input (ci x L) and
     ``g_nj`` filter j's output gradient (L) (Goodfellow 2015, Rochette et al. 2019)."""
     import torch.nn.functional as F
+
     from volviz.capture.persample import explicit_padding
 
     inp, padding = explicit_padding(module, inp)
@@ -483,7 +365,7 @@ def importance_from_store(store, layers: list[str] | None = None, *, batch_size:
         if not info.weight_shape:
             raise NoWeightsError(f"layer {name!r} ({info.module_type}) has no weights, so it has no filters "
                                  f"to score. Layers with weights: {', '.join(with_w)}")
-        if not store.has("grad_weight", name):
+        if not store.has("grad_norm", name) and not store.has("grad_weight", name):
             raise StoreError(f"{store.path} has no weight gradients for {name!r} (captured with --no-grads "
                              "or --no-weight-grads); recapture, or compute on the fly with --images")
     idx = np.flatnonzero(store.done)
@@ -498,7 +380,9 @@ def importance_from_store(store, layers: list[str] | None = None, *, batch_size:
             parts = []
             for s in range(0, len(idx), batch_size):
                 rows = idx[s:s + batch_size]
-                if info.weight_factors:
+                if store.has("grad_norm", name):  # kept by the capture: no per-image tensor to read
+                    parts.append(store.read_batch("grad_norm", name, rows))
+                elif info.weight_factors:
                     parts.append(factor_norms(*store.read_factors(name, rows)).astype(np.float32))
                 else:
                     parts.append(filter_norms(store.read_batch("grad_weight", name, rows)).astype(np.float32))
@@ -511,62 +395,3 @@ def importance_from_store(store, layers: list[str] | None = None, *, batch_size:
     return ImportanceResult(list(layers), per_image, store.column("label")[idx], store.column("target")[idx],
                             store.column("pred")[idx], store.class_names, int(n_classes),
                             [store.images[i].id for i in idx], "store")
-
-
-def panels_for(result: ImportanceResult, layer: str, classes: list[int] | None = None
-               ) -> list[tuple[str, np.ndarray]]:
-    """Panels for :func:`importance_figure`: the class-wise relevance of every class that has
-    images analysed w.r.t. its own neuron; when the gradients were taken w.r.t. ONE neuron r for
-    all images (fixed target), one panel per input class: importance for r given class-c inputs
-    (seed 004: "importance w.r.t. class 281 given input belonging to same / different class")."""
-    rel, counts = result.class_relevance(layer)
-    wanted = list(range(result.n_classes)) if classes is None else list(classes)
-    panels = [(f"class {result.class_name(r)} (n={counts[r]})", rel[r]) for r in wanted if counts[r] > 0]
-    targets = np.unique(result.target)
-    if len(targets) == 1 and len(panels) <= 1:
-        r = int(targets[0])
-        panels = []
-        for c in wanted:
-            sel = (result.target == r) & (result.label == c)
-            if sel.any():
-                panels.append((f"neuron {result.class_name(r)}, input {result.class_name(c)} (n={int(sel.sum())})",
-                               result.per_image[layer][sel].astype(np.float64).mean(0)))
-    if not panels:
-        raise EmptyClassError(f"no class has images analysed w.r.t. its own output neuron for {layer}")
-    return panels
-
-
-def importance_figure(panels: list[tuple[str, np.ndarray]], path, layout: tuple[int, int], *,
-                      title: str = "", cmap: str = "inferno"):
-    """One panel per (title, importance vector): the filters on a ``layout`` grid (rows x cols,
-    filter j at (j // cols, j % cols)), one colour scale [0, max] shared by all panels."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    rows, cols = layout
-    n_f = len(panels[0][1])
-    if rows * cols < n_f:
-        raise ValueError(f"a {rows} x {cols} grid cannot hold {n_f} filters")
-    vmax = float(max(np.nanmax(v) for _, v in panels)) or 1.0
-    k = len(panels)
-    pc = min(k, 5)
-    pr = math.ceil(k / pc)
-    aspect = rows / cols
-    fig, axes = plt.subplots(pr, pc, figsize=(2.4 * pc + 1.0, (2.4 * max(aspect, 0.3) + 0.35) * pr + 0.5),
-                             squeeze=False, layout="constrained")
-    cm = plt.get_cmap(cmap).with_extremes(bad="white")
-    im = None
-    for ax in axes.flat:
-        ax.axis("off")
-    for a, (name, vec) in zip(axes.flat, panels):
-        grid = np.full(rows * cols, np.nan)
-        grid[:n_f] = vec
-        im = a.imshow(grid.reshape(rows, cols), cmap=cm, vmin=0, vmax=vmax, interpolation="nearest")
-        a.set_title(name, fontsize=8)
-    fig.suptitle(title or f"filter importance ({n_f} filters as {rows} x {cols})", fontsize=10)
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.9, label="mean ||dS/dW_j||")
-    path = pathlib.Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

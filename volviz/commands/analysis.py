@@ -7,15 +7,13 @@ and moved into ``--out`` only when everything succeeded: a failed run leaves not
 """
 from __future__ import annotations
 
-from volviz.errors import UserError
-
-import json
 import os
 import pathlib
 import shutil
 import tempfile
 
 from volviz.commands.common import add_trust_args, open_store, store_model
+from volviz.errors import UserError
 
 __all__ = ["register"]
 
@@ -50,6 +48,10 @@ class _Outputs:
     def text(self, name: str, s: str) -> None:
         self.path(name).write_text(s)
 
+    def add(self, names: list[str]) -> None:
+        """Files a report wrote into ``self.tmp`` itself."""
+        self.names.extend(names)
+
     def __enter__(self) -> "_Outputs":
         return self
 
@@ -68,26 +70,17 @@ def _open(store_path):
 
 
 def _images_or_store(store, images):
-    from volviz.analysis.importance import inputs_from_paths, inputs_from_store
+    from volviz.analysis.inputs import inputs_from_paths, inputs_from_store
     if images:
         return inputs_from_paths(images, store), None
     return inputs_from_store(store)
-
-
-def _layout(n: int) -> tuple[int, int]:
-    from volviz.views.grid import near_square_grid
-    return near_square_grid(n)
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
 
 
 # ---- importance -------------------------------------------------------------------------------
 def add_importance(sub) -> None:
     p = sub.add_parser("importance", help="filter importance (gradient norms) per image and per class",
                        description="Score every filter by the norm of the gradient of one output neuron "
-                       "w.r.t. its weights (seed 004 §3.2.3), per image and averaged per class, for every "
+                       "w.r.t. its weights (Jain et al. 2016, §3.2.3), per image and averaged per class, for every "
                        "layer with weights. Writes CSV tables and one grid PNG per layer.")
     p.add_argument("store", help="a store from `volviz capture`")
     p.add_argument("--out", required=True, help="folder for the CSV and PNG files")
@@ -96,7 +89,8 @@ def add_importance(sub) -> None:
                    "(ImageFolder tree / files) instead of the stored gradients")
     p.add_argument("--target", help="output neuron: true (each image's label), pred, or a class; other than "
                    "the store's target, the gradients are recomputed from the model")
-    p.add_argument("--from-model", action="store_true", help="recompute from the model even when the store has the gradients")
+    p.add_argument("--from-model", action="store_true",
+                   help="recompute from the model even when the store has the gradients")
     p.add_argument("--output", choices=["score", "prob", "log-prob"], default="score",
                    help="differentiate the class score before softmax (default, as stored), its softmax "
                    "probability or its log; other than score, the gradients are recomputed from the model")
@@ -113,7 +107,8 @@ def _compute_importance(store, a, layers=None, target=None, inputs=None):
     stored_ok = (not getattr(a, "images", None) and inputs is None and not getattr(a, "from_model", False)
                  and output == "score"
                  and str(target) == str(store.plan.target)
-                 and all(store.has("grad_weight", n) for n in (layers or [n for n, i in store.layers.items() if i.weight_shape])))
+                 and all(store.has_filter_norms(n)
+                         for n in (layers or [n for n, i in store.layers.items() if i.weight_shape])))
     if stored_ok:
         return importance_from_store(store, layers, batch_size=a.batch_size), None
     loaded = store_model(store, a)
@@ -127,32 +122,17 @@ def _compute_importance(store, a, layers=None, target=None, inputs=None):
 
 
 def cmd_importance(a) -> int:
-    import numpy as np
-    from volviz.analysis.importance import importance_figure, panels_for
+    from volviz.analysis.importance_report import ImportanceReport
+    from volviz.views.figures import write_importance_report
 
     _threads()
     store = _open(a.store)
     res, _ = _compute_importance(store, a)
+    report = ImportanceReport(res, store=str(store.path))
     with _Outputs(a.out) as out:
-        summary = {"store": str(store.path), "source": res.source, "n_images": res.n_images,
-                   "target": sorted(set(res.class_name(int(t)) for t in np.unique(res.target))), "layers": {}}
-        for layer in res.layers:
-            n_f = res.per_image[layer].shape[1]
-            f = _safe(layer)
-            out.text(f"per_image_{f}.csv", res.per_image_csv(layer))
-            out.text(f"class_{f}.csv", res.class_csv(layer))
-            out.text(f"pairs_{f}.csv", res.pairs_csv(layer))
-            rows, cols = _layout(n_f)
-            importance_figure(panels_for(res, layer), out.path(f"importance_{f}.png"), (rows, cols),
-                              title=f"{layer}: mean ||dS/dW_j|| ({n_f} filters as {rows} x {cols}, {res.source})")
-            ov = res.overall(layer)
-            summary["layers"][layer] = {"filters": n_f, "grid": [rows, cols],
-                                        "most_important": [int(j) for j in np.argsort(-ov)[:5]],
-                                        "least_important": [int(j) for j in np.argsort(ov)[:5]],
-                                        "zero_filters": int((ov == 0).sum())}
-        out.text("summary.json", json.dumps(summary, indent=1))
+        out.add(write_importance_report(report, out.tmp))
     print(f"importance of {len(res.layers)} layer(s) over {res.n_images} images ({res.source}) -> {a.out}")
-    for layer, d in summary["layers"].items():
+    for layer, d in report.summary()["layers"].items():
         print(f"  {layer:<16} {d['filters']:>5} filters  grid {d['grid'][0]}x{d['grid'][1]}  "
               f"most important {d['most_important']}  least {d['least_important']}")
     return 0
@@ -164,7 +144,7 @@ def add_prune(sub) -> None:
                        description="(a) per class and layer, zero the k least and, separately, the k most important "
                        "filters (by class-wise relevance) and report each class's error rate before and after; "
                        "(b) zero every filter below an importance threshold and plot the error rate (per class "
-                       "and overall) against the threshold and the fraction removed (seed 004).")
+                       "and overall) against the threshold and the fraction removed (Jain et al. 2016).")
     p.add_argument("store")
     p.add_argument("--out", required=True)
     p.add_argument("--layers", nargs="+", help="layers to prune (default: the store's conv layers)")
@@ -184,9 +164,9 @@ def add_prune(sub) -> None:
 
 
 def cmd_prune(a) -> int:
-    import numpy as np
-    from volviz.analysis import pruning
-    from volviz.analysis.importance import AnalysisError, class_index
+    from volviz.analysis.prune_report import PruneReport
+    from volviz.errors import AnalysisError
+    from volviz.views.figures import write_prune_report
 
     _threads()
     store = _open(a.store)
@@ -196,43 +176,13 @@ def cmd_prune(a) -> int:
     inputs, _ = _images_or_store(store, a.images)
     res, loaded = _compute_importance(store, a, layers=layers, target="true", inputs=inputs if a.images else None)
     model = loaded.module if loaded is not None else store_model(store, a).module
-    K = res.n_classes
-    names = store.class_names
-    rel = {n: res.class_relevance(n)[0] for n in layers}
-    counts = np.bincount(inputs.labels[inputs.labels >= 0], minlength=K)
-    classes = ([class_index(c, names, K) for c in a.classes] if a.classes
-               else [c for c in range(K) if counts[c] > 0])
-    if a.reference == "all":
-        ref_name, highlight, ranking = "all", None, {n: res.overall(n) for n in layers}
-    else:
-        r = class_index(a.reference, names, K)
-        ref_name, highlight = res.class_name(r), r
-        ranking = {n: res.mean(n, r)[0] for n in layers}
-    if a.thresholds is not None:  # refuse bad thresholds before any pruning work
-        for n in layers:
-            hi = float(np.max(ranking[n]))
-            bad = [t for t in a.thresholds if not 0 <= t <= hi]
-            if bad:
-                raise pruning.ThresholdError(
-                    f"threshold(s) {', '.join(f'{t:g}' for t in bad)} outside the range of {n}'s importance "
-                    f"[0, {hi:.4g}]")
-    zero_bias = not a.keep_bias
-    rows = pruning.least_most_table(model, inputs, rel, classes, k=a.k, class_names=names, zero_bias=zero_bias)
-    sweeps = [pruning.threshold_sweep(model, inputs, n, ranking[n], thresholds=a.thresholds, steps=a.steps,
-                                      n_classes=K, reference=ref_name, class_names=names, zero_bias=zero_bias)
-              for n in layers]
+    report = PruneReport.compute(model, inputs, res, layers, classes=a.classes, k=a.k, reference=a.reference,
+                                 thresholds=a.thresholds, steps=a.steps, zero_bias=not a.keep_bias,
+                                 evaluated_on="--images" if a.images else "the store")
     with _Outputs(a.out) as out:
-        out.text("table.csv", pruning.table_csv(rows))
-        md = (f"Error rate = misclassified / images of the class, over {len(inputs)} images "
-              f"({'--images' if a.images else 'the store'}); filters ranked by class-wise relevance "
-              f"({res.source}); k = {a.k}.\n\n" + pruning.table_markdown(rows))
-        out.text("table.md", md)
-        for s in sweeps:
-            f = _safe(s.layer)
-            out.text(f"sweep_{f}.csv", s.to_csv())
-            pruning.sweep_figure(s, out.path(f"sweep_{f}.png"), highlight=highlight)
-    print(md)
-    for s in sweeps:
+        out.add(write_prune_report(report, out.tmp))
+    print(report.markdown())
+    for s in report.sweeps:
         print(f"sweep {s.layer}: {len(s.thresholds)} thresholds, overall error "
               f"{100 * s.overall[0]:.2f}% -> {100 * s.overall[-1]:.2f}% (all {len(s.importance)} filters removed)")
     print(f"-> {a.out}")
@@ -252,7 +202,8 @@ def add_check(sub) -> None:
     p.add_argument("--filters", type=int, default=4, help="filters per layer (the largest-gradient one + random)")
     p.add_argument("--weights", type=int, default=16, help="weights per filter")
     p.add_argument("--tol", type=float, default=1e-3, help="relative error tolerance, float64 backprop (default 1e-3)")
-    p.add_argument("--store-tol", type=float, help="tolerance for the stored gradients (default 1e-3; 2e-2 for float16 stores)")
+    p.add_argument("--store-tol", type=float,
+                   help="tolerance for the stored gradients (default 1e-3; 2e-2 for float16 stores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--csv", help="also write the table as CSV to this file")
     add_trust_args(p)
@@ -261,7 +212,7 @@ def add_check(sub) -> None:
 
 def cmd_check(a) -> int:
     from volviz.analysis.gradcheck import GradCheckReport, check_gradients
-    from volviz.analysis.importance import AnalysisError
+    from volviz.errors import AnalysisError
     from volviz.sources.images import read_image
 
     _threads()
@@ -299,7 +250,8 @@ def add_saliency(sub) -> None:
                        "Also integrated gradients and guided backprop (captum).")
     p.add_argument("store")
     p.add_argument("--out", required=True)
-    p.add_argument("--index", nargs="+", type=int, help="store image indices (default: the first image of each class, at most 10)")
+    p.add_argument("--index", nargs="+", type=int,
+                   help="store image indices (default: the first image of each class, at most 10)")
     p.add_argument("--method", choices=METHODS, default="saliency")
     p.add_argument("--target", default="pred", help="class score: pred (default), true, or a class")
     p.add_argument("--steps", type=int, default=50, help="integrated-gradients steps")
@@ -310,10 +262,12 @@ def add_saliency(sub) -> None:
 def cmd_saliency(a) -> int:
     import numpy as np
     import torch
-    from volviz.analysis.importance import AnalysisError
-    from volviz.analysis.saliency import saliency_figure, saliency_maps
+
+    from volviz.analysis.saliency import saliency_maps
     from volviz.capture.engine import model_logits, resolve_targets
+    from volviz.errors import AnalysisError
     from volviz.sources.images import read_image
+    from volviz.views.figures import saliency_figure
 
     _threads()
     store = _open(a.store)
@@ -321,7 +275,8 @@ def cmd_saliency(a) -> int:
     if a.index:
         bad = [i for i in a.index if i not in set(done.tolist())]
         if bad:
-            raise AnalysisError(f"image indices {bad} are not captured images of {store.path} (0..{store.n_images - 1})")
+            raise AnalysisError(f"image indices {bad} are not captured images of {store.path} "
+                                f"(0..{store.n_images - 1})")
         idx = list(a.index)
     else:
         labels = store.column("label")
@@ -365,13 +320,15 @@ def add_groups(sub) -> None:
                        description="Pick images of a reference class, the most similar and the most dissimilar "
                        "class (each correctly classified and misclassified where they exist) and print the "
                        "sequence the time slider plays, with the norm of the gradient of the reference neuron "
-                       "for each (seed 004 §3.2.2). --out writes sequence.json and a strip PNG on one colour scale.")
+                       "for each (Jain et al. 2016, §3.2.2). --out writes sequence.json and a strip PNG on one "
+                       "colour scale.")
     p.add_argument("store")
     p.add_argument("--class", dest="reference", required=True, help="reference class (name or index)")
     p.add_argument("--by", choices=["confusion", "descriptor"], default="confusion",
                    help="class similarity: soft confusion (mean softmax probabilities, default) or distance "
                    "between class-mean descriptors")
-    p.add_argument("--descriptor-layer", help="descriptor layer for --by descriptor (default: the second-to-last captured layer)")
+    p.add_argument("--descriptor-layer",
+                   help="descriptor layer for --by descriptor (default: the second-to-last captured layer)")
     p.add_argument("--per-group", type=int, default=1, help="images per group (default 1)")
     p.add_argument("--layer", help="layer whose gradient is shown (default: the first captured layer with weights)")
     p.add_argument("--quantity", choices=["grad_weight", "grad_activation"], default="grad_weight")
@@ -379,86 +336,37 @@ def add_groups(sub) -> None:
                    help="differentiate the reference class score before softmax (default, as the capture "
                    "stores), its softmax probability or its log")
     p.add_argument("--out", help="folder for sequence.json and groups.png")
-    p.add_argument("--no-stats", action="store_true", help="skip the gradient norms over all images of the three classes")
+    p.add_argument("--no-stats", action="store_true",
+                   help="skip the gradient norms over all images of the three classes")
     add_trust_args(p)
     p.set_defaults(func=cmd_groups)
 
 
-def _group_stats(store, model, groups, layer: str, output: str = "score") -> dict:
-    """Mean norm of the reference neuron's weight gradient over ALL store images of the
-    reference, similar and dissimilar class (not only the few in the sequence)."""
-    import numpy as np
-    from volviz.analysis.class_groups import magnitude_by_class
-    from volviz.analysis.importance import InputSet, importance_on_the_fly
-
-    wanted = {groups.reference: "reference", groups.similar: "similar", groups.dissimilar: "dissimilar"}
-    labels = store.column("label")
-    idx = [int(i) for i in np.flatnonzero(store.done) if int(labels[i]) in wanted]
-    inputs = InputSet([store.images[i] for i in idx], store.preprocess)
-    res = importance_on_the_fly(model, inputs, [layer], target=groups.reference, class_names=store.class_names,
-                                output=output, progress=False)
-    mag = magnitude_by_class(res, layer, groups.reference)
-    return {g: dict(mag[c], **{"class": groups.name(c)}) for c, g in wanted.items() if c in mag}
-
-
-def _mosaic(arr, quantity: str):
-    import numpy as np
-    from volviz.views.grid import neuron_grid, vis_square
-    a = np.asarray(arr, dtype=np.float64)
-    if quantity == "grad_weight":
-        if a.ndim >= 3:  # (C_out, C_in, kh, kw): per filter, the L2 over input channels
-            tiles = np.sqrt((a.reshape(a.shape[0], a.shape[1], *a.shape[2:]) ** 2).sum(1))
-            if tiles.ndim == 2:
-                tiles = tiles[:, None, :]
-            return vis_square(tiles, normalize=None)
-        if a.ndim == 2:  # Linear: per output neuron, the norm of its row
-            return neuron_grid(np.linalg.norm(a, axis=1))
-        return neuron_grid(np.abs(a))
-    if a.ndim == 3:
-        return vis_square(np.abs(a), normalize=None)
-    return neuron_grid(np.abs(a).ravel())
-
-
 def cmd_groups(a) -> int:
-    import numpy as np
-    from volviz.analysis.class_groups import class_groups_from_store, group_gradients, groups_figure
-    from volviz.sources.images import read_image
+    from volviz.analysis.class_groups import GroupsReport
+    from volviz.views.figures import write_groups_report
 
     _threads()
-    import torch
     store = _open(a.store)
-    groups = class_groups_from_store(store, a.reference, by=a.by, per_group=a.per_group,
-                                     descriptor_layer=a.descriptor_layer)
-    layer = a.layer or next((n for n, i in store.layers.items() if i.weight_shape), None) or next(iter(store.layers))
-    loaded = store_model(store, a)
-    prep = store.preprocess
-    x = torch.stack([prep(read_image(store.images[it.index])) for it in groups.items])
-    gg = group_gradients(loaded.module, x, groups.reference, layer, quantity=a.quantity, output=a.output)
+    report = GroupsReport.compute(store, lambda: store_model(store, a).module, a.reference, by=a.by,
+                                  per_group=a.per_group, descriptor_layer=a.descriptor_layer, layer=a.layer,
+                                  quantity=a.quantity, output=a.output, stats=not a.no_stats)
+    groups, gg, what = report.groups, report.gradients, report.differentiated
     print(groups.table())
-    what = {"score": "S", "prob": "p", "log-prob": "log p"}[a.output] + f"_{groups.name(groups.reference)}"
-    print(f"\n||d {what} / d {layer}|| ({a.quantity}) per step:")
+    print(f"\n||d {what} / d {gg.layer}|| ({a.quantity}) per step:")
     for s, (it, n) in enumerate(zip(groups.items, gg.norms)):
         print(f"  t={s:<3} {it.label:<40} {n:.4g}")
     print(f"shared colour scale: max |grad| over the sequence = {gg.clim:.4g}")
-    stats = {}
-    if a.quantity == "grad_weight" and not a.no_stats:
-        stats = _group_stats(store, loaded.module, groups, layer, a.output)
-        print(f"\nover ALL images of each class: mean ||d {what} / d {layer}.weight||")
-        print(f"  {'group':<11} {'class':>6} {'images':>7} {'mean':>10} {'median':>10} {'correct':>10} {'miscl.':>10} {'n miscl.':>8}")
-        for g, d in stats.items():
+    if report.stats:
+        print(f"\nover ALL images of each class: mean ||d {what} / d {gg.layer}.weight||")
+        print(f"  {'group':<11} {'class':>6} {'images':>7} {'mean':>10} {'median':>10} {'correct':>10} "
+              f"{'miscl.':>10} {'n miscl.':>8}")
+        for g, d in report.stats.items():
             print(f"  {g:<11} {d['class']:>6} {d['n']:>7} {d['mean']:>10.4g} {d['median']:>10.4g} "
                   f"{d['correct']:>10.4g} {d['misclassified']:>10.4g} {d['n_misclassified']:>8}")
     if a.out:
-        mosaics = [_mosaic(arr, a.quantity) for arr in gg.arrays]
-        mclim = float(max(np.nanmax(m) for m in mosaics))
-        d = groups.to_dict()
-        d.update(layer=layer, quantity=a.quantity, output=a.output, clim=gg.clim,
-                 norms=[float(v) for v in gg.norms], store=str(store.path), group_stats=stats)
         with _Outputs(a.out) as out:
-            out.text("sequence.json", json.dumps(d, indent=1))
-            groups_figure(groups, mosaics, mclim, out.path("groups.png"), norms=gg.norms,
-                          title=f"{layer} {a.quantity} of {what} "
-                                f"(per-filter magnitude, one scale [0, {mclim:.3g}])")
+            out.add(write_groups_report(report, out.tmp))
         print(f"-> {a.out}")
     return 0
 
@@ -475,7 +383,7 @@ def add_export_digits(sub) -> None:
 
 
 def cmd_export_digits(a) -> int:
-    from volviz.analysis.pruning import export_digits_test
+    from volviz.analysis.inputs import export_digits_test
     n = export_digits_test(a.out, per_class=a.per_class)
     print(f"{n} digits -> {a.out}")
     return 0
