@@ -31,7 +31,8 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from volviz.analysis.importance import InputSet, check_weighted_layers, importance_on_the_fly  # noqa: E402
+from volviz.analysis.importance import check_weighted_layers, importance_on_the_fly  # noqa: E402
+from volviz.analysis.inputs import InputSet  # noqa: E402
 from volviz.capture.persample import loop_per_sample_grads  # noqa: E402
 
 

@@ -35,8 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from volviz.analysis.importance import AnalysisError, NotDifferentiableError, check_weighted_layers
+from volviz.analysis.importance import check_weighted_layers
 from volviz.capture.engine import model_logits
+from volviz.errors import AnalysisError, NotDifferentiableError
 
 __all__ = ["GradCheckRow", "GradCheckReport", "check_gradients", "fd_step"]
 
