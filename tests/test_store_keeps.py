@@ -72,3 +72,11 @@ def test_projected_size_is_refused_beyond_the_budget(tmp_path, images):
         run_capture(tmp_path / "s", CaptureSettings(images=[str(images)], store_budget=1000, **SETTINGS),
                     progress=False)
     assert not (tmp_path / "s").exists()
+
+
+def test_compressed_store_reads_the_same(tmp_path, images, full):
+    small = run_capture(tmp_path / "z", CaptureSettings(images=[str(images)], compress=True, **SETTINGS), progress=False)
+    rows = np.arange(full.n_images)
+    for q, layer in (("activation", "conv1"), ("grad_weight", "conv2"), ("grad_norm", "fc1")):
+        np.testing.assert_array_equal(small.read_batch(q, layer, rows), full.read_batch(q, layer, rows))
+    assert small.plan.compress and "zstd" in str(small._root["act/conv1/data"].metadata.to_dict())

@@ -64,6 +64,7 @@ class CaptureSettings:
     pool: str = "meanmax"
     descriptors_only: bool = False
     store_budget: int | None = None    # bytes the whole store may take; None: 90% of the free disk
+    compress: bool = False             # zstd on the arrays: a third smaller, half the write rate
 
 
 def available_memory() -> int:
@@ -143,26 +144,35 @@ def probe_layers(model: torch.nn.Module, layers: list[str], x: torch.Tensor) -> 
     return out
 
 
-def _valid_records(records: list[ImageRecord], prep: Preprocess, progress: bool) -> tuple[list, list]:
-    """Records whose pixels decode (a video: its last frame decodes); the others, with reasons."""
-    ok, skipped, bad_videos = [], [], set()
+def _valid_records(records: list[ImageRecord], prep: Preprocess, progress: bool,
+                   limit: int | None = None) -> tuple[list, list]:
+    """Records whose pixels decode (a video: its last frame decodes); the others, with reasons.
+    With ``limit`` (``--max-images``), checking stops once that many records are good."""
     last_frame: dict[str, ImageRecord] = {}
     for r in records:
         if r.frame is not None and (r.path not in last_frame or r.frame > last_frame[r.path].frame):
             last_frame[r.path] = r
-    for r in tqdm(records, desc="checking images", disable=not progress or len(records) < 200, unit="img"):
-        if r.frame is not None and r is not last_frame[r.path]:
-            continue  # checked through the video's last frame
-        try:
-            prep(read_image(r))
-        except Exception as exc:  # unreadable / not an image / truncated video / impossible channels
-            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            log.warning("skipping %s: %s", r.path, reason)
-            skipped.append({"path": r.path, "reason": reason})
-            if r.frame is not None:
-                bad_videos.add(r.path)
-    bad_files = {d["path"] for d in skipped}
-    ok = [r for r in records if r.path not in bad_videos and (r.frame is not None or r.path not in bad_files)]
+    ok, skipped, verdict = [], [], {}
+    total = len(records) if limit is None else min(limit, len(records))
+    bar = tqdm(total=total, desc="checking images", disable=not progress or total < 200, unit="img")
+    for r in records:
+        if limit is not None and len(ok) >= limit:
+            break
+        probe = last_frame[r.path] if r.frame is not None else r  # a video: checked once, by its last frame
+        key = (probe.path, probe.frame)
+        if key not in verdict:
+            try:
+                prep(read_image(probe))
+                verdict[key] = None
+            except Exception as exc:  # unreadable / not an image / truncated video / impossible channels
+                reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                log.warning("skipping %s: %s", r.path, reason)
+                skipped.append({"path": r.path, "reason": reason})
+                verdict[key] = reason
+        if verdict[key] is None:
+            ok.append(r)
+            bar.update(1)
+    bar.close()
     return ok, skipped
 
 
@@ -255,7 +265,7 @@ def plan_capture(s: CaptureSettings, progress: bool = True) -> tuple[Plan, Loade
     imageset = discover_images(paths, class_names=loaded.class_names, wordnet_ids=getattr(loaded, "wordnet_ids", None),
                                video_stride=s.video_stride, layout=s.layout)
     prep = build_preprocess(loaded, s)
-    records, skipped = _valid_records(imageset.records, prep, progress)
+    records, skipped = _valid_records(imageset.records, prep, progress, s.max_images)
     skipped = list(getattr(imageset, "skipped", [])) + skipped
     if s.max_images:
         records = records[: s.max_images]
@@ -291,7 +301,7 @@ def plan_capture(s: CaptureSettings, progress: bool = True) -> tuple[Plan, Loade
                 n_outputs=int(n_outputs), batch_size=batch, dtype=s.dtype, gradients=s.gradients,
                 weight_gradients=s.weight_gradients, target=str(s.target), class_names=class_names,
                 label_names=folder_names, skipped=skipped, bytes_per_image=per_image, settings=settings,
-                fingerprints=fingerprints(s.weights or loaded.weights, records))
+                fingerprints=fingerprints(s.weights or loaded.weights, records), compress=s.compress)
     return plan, loaded, prep
 
 

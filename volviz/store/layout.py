@@ -35,9 +35,12 @@ def scale_key(key: str) -> str:
     return f"{parent}/scale_{leaf}"
 
 
-def codecs() -> dict:
+def codecs(compress: bool = False) -> dict:
+    """crc32c on every chunk; zstd (level 1) only when asked: on activations and gradients it saves
+    about a third of the bytes and halves the capture's write rate (benchmarks/bench_store.py)."""
     from zarr.codecs import Crc32cCodec, ZstdCodec
-    return {"compressors": [ZstdCodec(level=1), Crc32cCodec()], "config": {"write_empty_chunks": True}}
+    chain = [ZstdCodec(level=1), Crc32cCodec()] if compress else [Crc32cCodec()]
+    return {"compressors": chain, "config": {"write_empty_chunks": True}}
 
 
 #: bytes one shard file of a per-image array aims at, and the most images it holds: a shard is
@@ -77,7 +80,8 @@ def rows_per_chunk(row_shape: tuple, itemsize: int, shard_rows: int) -> int:
     return 1 << (fit.bit_length() - 1)
 
 
-def create_array(group, key: str, shape: tuple, chunks: tuple, dtype: str, fill_value, *, sharded: bool = False):
+def create_array(group, key: str, shape: tuple, chunks: tuple, dtype: str, fill_value, *, sharded: bool = False,
+                 compress: bool = False):
     """A checksummed array; ``sharded``: a few images per chunk, many chunks per shard file."""
     shards = None
     if sharded:
@@ -85,7 +89,7 @@ def create_array(group, key: str, shape: tuple, chunks: tuple, dtype: str, fill_
         shards = (rows_per_shard(shape[1:], item, shape[0]), *shape[1:])
         chunks = (rows_per_chunk(shape[1:], item, shards[0]), *shape[1:])
     return group.create_array(key, shape=shape, chunks=chunks, shards=shards, dtype=dtype, fill_value=fill_value,
-                              **codecs())
+                              **codecs(compress))
 
 
 def rows_per_file(arr) -> int:

@@ -118,6 +118,7 @@ class Plan:
     bytes_per_image: int = 0
     settings: dict = field(default_factory=dict)
     fingerprints: dict = field(default_factory=dict)   # weights / image list hashes (resume check)
+    compress: bool = False                              # zstd on the per-image arrays
     format_version: int = FORMAT_VERSION
 
     # ---- (de)serialization --------------------------------------------------------------
@@ -132,7 +133,7 @@ class Plan:
             "gradients": self.gradients, "weight_gradients": self.weight_gradients,
             "target": self.target, "class_names": self.class_names, "label_names": self.label_names,
             "skipped": self.skipped, "bytes_per_image": self.bytes_per_image,
-            "settings": self.settings, "fingerprints": self.fingerprints,
+            "settings": self.settings, "fingerprints": self.fingerprints, "compress": self.compress,
         }
 
     @classmethod
@@ -156,6 +157,7 @@ class Plan:
                 bytes_per_image=int(d.get("bytes_per_image", 0)),
                 settings=dict(settings),
                 fingerprints=dict(d.get("fingerprints", {})),
+                compress=bool(d.get("compress", False)),
                 format_version=int(d.get("format_version", 1)),
             )
         except KeyError as exc:

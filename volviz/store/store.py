@@ -61,7 +61,7 @@ class Store:
         dt = "float16" if half else "float32"
         root = zarr.open_group(str(path), mode="w")
         root.attrs["volviz"] = {"format_version": FORMAT_VERSION}
-        sh = {"sharded": True}
+        sh = {"sharded": True, "compress": plan.compress}
         layout.create_array(root, "done", (n,), (1,), "bool", False, **sh)
         layout.create_array(root, "probs", (n, plan.n_outputs), (1, plan.n_outputs), "float32", 0, **sh)
         for name in ("pred", "label", "target"):
@@ -76,9 +76,10 @@ class Store:
                           [info.weight_shape[:1]] if q == "grad_norm" else
                           [(s,) for s in info.weight_shape] if info.weight_factors else [info.weight_shape])
                 for key, sh in zip(keys, shapes):
-                    layout.create_array(root, key, (n, *sh), (1, *sh), dt, 0, sharded=True)
+                    layout.create_array(root, key, (n, *sh), (1, *sh), dt, 0, sharded=True, compress=plan.compress)
                     if half:
-                        layout.create_array(root, layout.scale_key(key), (n,), (1,), "float32", 1, sharded=True)
+                        layout.create_array(root, layout.scale_key(key), (n,), (1,), "float32", 1, sharded=True,
+                                            compress=plan.compress)
         plan.format_version = FORMAT_VERSION
         write_json_atomic(path / "plan.json", plan.to_dict())
         return cls(path, plan, None, "r+")
@@ -176,7 +177,8 @@ class Store:
                 except ValueError:
                     pass
             del self._root["done"]  # damaged shards would be read back by a write: make it anew
-            arr = layout.create_array(self._root, "done", (self.n_images,), (1,), "bool", False, sharded=True)
+            arr = layout.create_array(self._root, "done", (self.n_images,), (1,), "bool", False, sharded=True,
+                                      compress=self.plan.compress)
         done[np.asarray(rows, dtype=np.int64)] = False
         arr[:] = done
         self._done_cache = None
