@@ -87,16 +87,16 @@ def bench_layer(store_path: str, layer: str, steps: int, size: tuple[int, int]) 
     app.state.flush()
     assert pane.layer == layer, app.state[pk("error")]
     pane.scene.screenshot()  # the first render initializes the window
-    schedule = app.prefetcher.schedule
-    app.prefetcher.schedule = lambda jobs: None
+    schedule = app.volume.prefetcher.schedule
+    app.volume.prefetcher.schedule = lambda jobs: None
     n = min(steps, int(app.state[S.T_MAX]))
     step, upd, rend, rebuild, full, warm = [], [], [], [], [], []
     for k in range(1, n + 1):
         image = pane.image_at(k)
         # step: read the one chunk (cold cache), update the scalars in place, render
-        app.cache.clear()
+        app.volume.cache.clear()
         t0 = time.perf_counter()
-        lv = app.load(pane, image)
+        lv = app.volume.load(pane, image)
         pane.scene.update(lv.volume)
         if not np.array_equal(lv.order, pane.scene.order):
             pane.scene.set_order(lv.order, lv.boundaries)
@@ -107,9 +107,9 @@ def bench_layer(store_path: str, layer: str, steps: int, size: tuple[int, int]) 
         upd.append(t1 - t0)
         rend.append(t2 - t1)
         # rebuild: read + a new scene in the same window + render
-        app.cache.clear()
+        app.volume.cache.clear()
         t0 = time.perf_counter()
-        lv = app.load(pane, image)
+        lv = app.volume.load(pane, image)
         style, title = pane.scene.style, pane.scene.title_text
         pane.scene.close()
         pane.scene = LayerVolumeScene(lv.volume, lv.order, lv.boundaries, style, title, plotter=pane.plotter)
@@ -118,28 +118,28 @@ def bench_layer(store_path: str, layer: str, steps: int, size: tuple[int, int]) 
     # the same step rendered as the served app does while the slider moves (coarser rays,
     # refined to full quality REFINE_AFTER_S after the last step)
     fast = []
-    app.set_step_quality(pane, True)
+    app.volume.set_step_quality(pane, True)
     for k in range(1, n + 1):
-        app.cache.clear()
+        app.volume.cache.clear()
         t0 = time.perf_counter()
-        lv = app.load(pane, pane.image_at(k))
+        lv = app.volume.load(pane, pane.image_at(k))
         pane.scene.update(lv.volume)
         _render(pane)
         fast.append(time.perf_counter() - t0)
-    app.set_step_quality(pane, False)
+    app.volume.set_step_quality(pane, False)
     # the app's whole step (3-D + captions, input image, visible 2-D panel), cold and prefetched
     for k in range(1, n + 1):
-        app.cache.clear()
+        app.volume.cache.clear()
         t0 = time.perf_counter()
-        app.show_position(k)
+        app.volume.show_position(k)
         _render(pane)
         full.append(time.perf_counter() - t0)
-    app.prefetcher.schedule = schedule
-    app.show_position(0)
+    app.volume.prefetcher.schedule = schedule
+    app.volume.show_position(0)
     for k in range(1, n + 1):
-        app.prefetcher.wait()
+        app.volume.prefetcher.wait()
         t0 = time.perf_counter()
-        app.show_position(k)
+        app.volume.show_position(k)
         _render(pane)
         warm.append(time.perf_counter() - t0)
     shape = list(pane.scene.shape)

@@ -6,14 +6,15 @@ import asyncio
 import json
 import pathlib
 import shutil
+import sys
 import threading
 import uuid
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
-
 from helpers import write_image_folder
+
 from volviz.cli import main
 
 pytest.importorskip("trame")
@@ -46,6 +47,8 @@ def make_app(tmp_path, can_render):
     apps = []
 
     def make(paths, **kw):
+        # the tiny stores are captured from `helpers:tiny_cnn`: like `volviz serve --trust-factory`
+        kw.setdefault("trust", {"trust_factory": True})
         server = get_server(f"test-{uuid.uuid4().hex[:8]}", client_type="vue3")
         app = Explorer([str(p) for p in paths], server=server, record_dir=tmp_path / "rec",
                        window_size=(320, 240), **kw)
@@ -92,8 +95,8 @@ def test_slider_updates_scalars_in_place_reading_one_chunk(make_app, stores):
     main_thread = threading.current_thread()
     pane.store.read = lambda *a: (threading.current_thread() is main_thread and reads.append(a)) \
         or real_read(*a)
-    app.prefetcher.wait()
-    app.cache.clear()  # nothing prefetched yet: the step itself must read its chunk
+    app.volume.prefetcher.wait()
+    app.volume.cache.clear()  # nothing prefetched yet: the step itself must read its chunk
 
     _set(app, **{S.T_INDEX: 4})
     image = pane.image_at(4)
@@ -107,12 +110,12 @@ def test_slider_updates_scalars_in_place_reading_one_chunk(make_app, stores):
     assert f"image {image}" in app.state["p0_caption"]
 
     # the prefetcher has read the next chunks: the next step reads nothing from the store
-    app.prefetcher.wait()
+    app.volume.prefetcher.wait()
     reads.clear()
-    hits = app.cache.hits
+    hits = app.volume.cache.hits
     _set(app, **{S.T_INDEX: 5})
-    assert reads == [] and app.cache.hits > hits
-    assert app.stats["steps"] >= 2
+    assert reads == [] and app.volume.cache.hits > hits
+    assert app.volume.stats["steps"] >= 2
 
 
 def test_layer_quantity_and_order_change_the_scene(make_app, stores):
@@ -155,7 +158,7 @@ def test_look_changes_in_place(make_app, stores):
     cam = scene.plotter.camera
     cam.azimuth = 80
     pos = cam.position
-    app.reset_camera()
+    app.volume.reset_camera()
     assert cam.position != pos
 
 
@@ -163,10 +166,10 @@ def test_time_controls_loop_and_image_order(make_app, stores):
     app = make_app([stores[0]])
     st = app.state
     _set(app, **{S.T_INDEX: 8})
-    assert app.step(1) == 0  # loops
+    assert app.time.step(1) == 0  # loops
     st.flush()
     _set(app, **{S.T_LOOP: False, S.T_INDEX: 8, S.T_PLAYING: True})
-    assert app.step(1) == 8 and st[S.T_PLAYING] is False  # stops at the end
+    assert app.time.step(1) == 8 and st[S.T_PLAYING] is False  # stops at the end
     st.flush()
     pane = app.panes[0]
     _set(app, **{S.T_SORT: "probability"})
@@ -218,7 +221,7 @@ def test_sorted_neurons_on_a_chain_and_on_a_missing_path():
 def test_record_writes_a_playable_movie(make_app, stores):
     app = make_app([stores[0]])
     _set(app, **{S.R_MAX_IMAGES: 4, S.T_INDEX: 7})
-    path = app.record("images")
+    path = app.recorder.record("images")
     assert path.exists() and path.suffix == ".mp4" and path.parent == app.record_dir
     frames = iio.imread(path, index=None)
     assert frames.shape == (4, 608, 800, 3)
@@ -226,7 +229,7 @@ def test_record_writes_a_playable_movie(make_app, stores):
     assert app.state[S.R_URL] == f"recordings/{path.name}"
     assert app.server.serve["recordings"] == str(app.record_dir)
     _set(app, **{S.R_FRAMES: 3})
-    rot = iio.imread(app.record("rotate"), index=None)
+    rot = iio.imread(app.recorder.record("rotate"), index=None)
     assert len(rot) == 3 and np.abs(rot[0].astype(int) - rot[1]).mean() > 0.1
     # the live view is untouched by recording
     assert app.panes[0].image == app.panes[0].image_at(7)
@@ -237,14 +240,14 @@ def test_recording_goes_on_when_the_browser_leaves_and_can_be_cancelled(make_app
     _set(app, **{S.R_MAX_IMAGES: 5})
 
     async def run(cancel: bool):
-        app.start_recording()
+        app.recorder.start()
         await asyncio.sleep(0.05)
         assert app.state[S.R_BUSY]
         if cancel:
-            app.cancel_recording()
+            app.recorder.cancel()
         else:
             app.ctrl.on_client_exited()  # the browser closed mid-recording
-        await app._record_task
+        await app.recorder.job.wait()
 
     asyncio.run(run(cancel=False))
     assert "writing goes on" in caplog.text
@@ -327,6 +330,40 @@ def test_coalescer_draws_only_the_latest_position():
     assert drawn[-1] == 7
 
 
+def test_background_job_reports_progress_stops_and_delivers_on_the_main_loop():
+    import time
+
+    from volviz.app.jobs import BackgroundJob
+    state = get_server(f"job-{uuid.uuid4().hex[:8]}", client_type="vue3").state
+    state.update({"busy": False, "progress": 0, "status": ""})
+    state.ready()
+    job = BackgroundJob(state, "work", busy="busy", progress="progress", status="status", poll=0.01)
+    main_thread, seen = threading.current_thread(), []
+
+    def work(report):
+        for k in range(1, 6):
+            time.sleep(0.02)
+            report(k, 5)  # raises once stop was pressed
+        return threading.current_thread() is not main_thread
+
+    async def run(stop: bool):
+        assert job.start(work, done=lambda r: seen.append((r, threading.current_thread() is main_thread)),
+                         describe=lambda k, n: f"{k}/{n}")
+        assert state["busy"] and not job.start(work, done=seen.append)  # one run at a time
+        if stop:
+            await asyncio.sleep(0.03)
+            job.cancel()
+        await job.wait()
+
+    asyncio.run(run(stop=False))
+    assert seen == [(True, True)] and state["progress"] == 100 and not state["busy"]
+    asyncio.run(run(stop=True))
+    assert state["status"] == "work stopped" and len(seen) == 1 and not state["busy"]
+    job.start(lambda report: 1 / 0, done=seen.append)  # no event loop: at once, the error shown
+    assert state["status"] == "work failed: division by zero" and len(seen) == 1
+    job.close()
+
+
 def test_chunk_cache_is_bounded_lru():
     cache = ChunkCache(max_bytes=3 * 800)
     for k in range(5):
@@ -340,6 +377,7 @@ def test_serve_command_line(capsys):
         main(["serve", "--help"])
     out = capsys.readouterr().out
     assert "--host" in out and "--port" in out and "side by side" in out
+    assert "--trust-pickle" in out and "--trust-factory" in out and "--allow-outside" in out
     from volviz.app.server import is_loopback
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
@@ -384,6 +422,7 @@ def test_importance_panel_matches_importance_from_store(make_app, stores, monkey
 
 def test_saliency_switch_overlays_the_map_of_the_predicted_class(make_app, stores):
     import torch
+
     from volviz.analysis.saliency import overlay
     app = make_app([stores[0]])
     pane, st = app.panes[0], app.state
@@ -414,8 +453,8 @@ def test_preferred_inputs_panel(make_app, stores, tmp_path):
     pane, st = app.panes[0], app.state
     _set(app, **{S.PANEL_TAB: "preferred"})
     assert st["p0_panel"] == "" and f"volviz optimize {s}" in st["p0_panel_note"]
-    assert main(["optimize", "--trust-factory", str(s), "--layers", "conv1", "--seeds", "1", "--steps", "6", "--search", "0",
-                 "--quiet", "--threads", "1"]) == 0
+    assert main(["optimize", "--trust-factory", str(s), "--layers", "conv1", "--seeds", "1", "--steps", "6",
+                 "--search", "0", "--quiet", "--threads", "1"]) == 0
     _set(app, **{S.PANEL_TAB: "maps"})
     _set(app, **{S.PANEL_TAB: "preferred"})  # the results appear without restarting the app
     tiles = thumbnails(pane.store, "conv1", size=None)
@@ -430,7 +469,7 @@ def test_graph_tab_follows_the_slider_in_place(make_app, stores):
     from volviz.analysis.network_graph import unit_responses
     from volviz.app.graph_tab import importance_sizes
     app = make_app([stores[0]])
-    pane, st, tab = app.panes[0], app.state, app.graph_tab
+    pane, st, tab = app.panes[0], app.state, app.tabs["graph"]
     _set(app, **{S.T_INDEX: 1})
     assert tab.scene is None, "a hidden graph is not built"
     _set(app, **{S.APP_TAB: "graph"})
@@ -472,6 +511,7 @@ def test_graph_tab_follows_the_slider_in_place(make_app, stores):
 
 def test_class_groups_order_plays_the_groups_with_one_colour_scale(make_app, stores):
     import torch
+
     from volviz.analysis.class_groups import class_groups_from_store, group_gradients
     from volviz.app.analysis_panels import model_input
     from volviz.views.volume import weight_volume
@@ -518,9 +558,9 @@ def test_pruning_tab_computes_and_shows_a_result_folder(make_app, stores, tmp_pa
     assert st[S.PR_LAYER] == "conv1" and [it["value"] for it in st[S.PR_LAYERS]] == \
         ["conv1", "conv2", "conv3", "fc1", "fc2"]
     _set(app, **{S.PR_LAYER: "conv2", S.PR_K: 1, S.PR_STEPS: 3})
-    app.prune_tab.start()  # no server loop: at once
+    app.tabs["prune"].start()  # no server loop: at once
     folder = pathlib.Path(st[S.PR_SHOWN])
-    assert folder.parent == app.prune_tab.out_dir and st[S.PR_STATUS] == f"showing {folder}"
+    assert folder.parent == app.tabs["prune"].out_dir and st[S.PR_STATUS] == f"showing {folder}"
     assert {p.name for p in folder.iterdir()} == {"table.csv", "table.md", "sweep_conv2.csv", "sweep_conv2.png"}
     rel = importance_from_store(store, ["conv2"], progress=False).class_relevance("conv2")[0]
     rows = least_most_table(store.model(trust_factory=True).module, inputs_from_store(store)[0], {"conv2": rel},
@@ -530,13 +570,14 @@ def test_pruning_tab_computes_and_shows_a_result_folder(make_app, stores, tmp_pa
     assert len(st[S.PR_IMAGES]) == 1 and st[S.PR_IMAGES][0]["src"].startswith("data:image/png;base64,")
     # a folder written by `volviz prune --out` shows the same way
     out = tmp_path / "cli"
-    assert main(["prune", "--trust-factory", str(stores[0]), "--out", str(out), "--layers", "conv1", "--steps", "3"]) == 0
+    assert main(["prune", "--trust-factory", str(stores[0]), "--out", str(out), "--layers", "conv1",
+                 "--steps", "3"]) == 0
     _set(app, **{S.PR_DIR: str(out)})
-    app.prune_tab.load_from_state()
+    app.tabs["prune"].load_from_state()
     assert st[S.PR_SHOWN] == str(out) and len(st[S.PR_ROWS]) == 3 and st[S.PR_HEAD][0] == "class"
     assert "Error rate" in st[S.PR_TEXT] and st[S.PR_IMAGES][0]["title"] == "sweep of conv1"
     _set(app, **{S.PR_DIR: str(tmp_path)})
-    app.prune_tab.load_from_state()
+    app.tabs["prune"].load_from_state()
     assert "not a `volviz prune --out` folder" in st[S.PR_STATUS] and st[S.PR_SHOWN] == str(out)
 
 
@@ -560,8 +601,8 @@ layer = "conv2"
 duration = 2.0
 """)
     (scenes / "broken.toml").write_text("title = 'no key frames'\n[store]\nmodel = 'digits'\n")
-    app = make_app([stores[0]], scene_dirs=[scenes])
-    st, tab = app.state, app.scene_tab
+    app = make_app([stores[0]], scene_dirs=[scenes], allow_outside=True)  # the store lies outside scenes/
+    st, tab = app.state, app.tabs["scene"]
     assert [it["title"] for it in st[S.SC_FILES]] == ["scenes/broken.toml", "scenes/tiny.toml"]
     _set(app, **{S.APP_TAB: "scene", S.SC_FILE: str((scenes / "broken.toml").resolve())})
     assert "needs at least one [[keyframes]]" in st[S.SC_STATUS] and tab.prepared is None
@@ -576,3 +617,101 @@ duration = 2.0
     assert p.step_at(2.6) == 5 and st[S.SC_CAPTION].startswith("image 6/9")
     np.testing.assert_allclose(gs.values["conv1"], p.responses["conv1"][5])
     assert st[S.SC_SHOWN] == "tiny.toml · t=2.60"
+
+
+# ----------------------------------------------------------------------------- trust: a store is data
+def _digits_images(root: pathlib.Path, classes=3, per_class=2) -> pathlib.Path:
+    from volviz.sources.demo import demo_images_dir
+    for cls in sorted(demo_images_dir("digits").iterdir())[:classes]:
+        (root / cls.name).mkdir(parents=True)
+        for f in sorted(cls.glob("*.png"))[:per_class]:
+            shutil.copy(f, root / cls.name / f.name)
+    return root
+
+
+def test_a_trust_pickle_store_opens_and_its_model_features_work(make_app, tmp_path):
+    import torch
+
+    from volviz.sources.demo import load_demo_model
+    full = tmp_path / "full-model.pt"
+    torch.save(load_demo_model("digits"), full)  # a pickled nn.Module, not a state_dict
+    s = tmp_path / "pickled"
+    assert main(["capture", "--out", str(s), "--model", "digits", "--weights", str(full), "--trust-pickle",
+                 "--images", str(_digits_images(tmp_path / "imgs"))]) == 0
+    app = make_app([s], trust={"trust_pickle": True})  # volviz serve --trust-pickle
+    st, pane = app.state, app.panes[0]
+    assert not st["p0_error"] and pane.layer == "conv1" and pane.scene.screenshot().std() > 5
+    _set(app, **{S.PANEL_TAB: "sorted", S.SAL_ON: True, S.T_INDEX: 3})
+    assert "sorted by weight to class" in st["p0_panel_note"] and st["p0_panel"]
+    assert "predicted class" in st["p0_sal_note"]
+    _set(app, **{S.APP_TAB: "graph"})
+    assert app.tabs["graph"].scene is not None and not st[S.G_NOTE].startswith("graph:")
+    _set(app, **{S.APP_TAB: "prune", S.PR_STEPS: 2})
+    app.tabs["prune"].start()
+    assert st[S.PR_STATUS].startswith("showing") and st[S.PR_ROWS]
+
+    # the same store without the flag: it opens, the model's features say why, nothing crashes
+    bare = make_app([s], trust={})
+    st = bare.state
+    assert not st["p0_error"] and bare.panes[0].scene is not None
+    _set(bare, **{S.PANEL_TAB: "sorted", S.SAL_ON: True, S.T_INDEX: 3})
+    assert "--trust-pickle" in st["p0_panel_note"] and "--trust-pickle" in st["p0_sal_note"]
+    assert "volviz serve" in st["p0_sal_note"] and st["p0_input"].startswith("data:image/png")
+    _set(bare, **{S.APP_TAB: "graph"})
+    assert "--trust-pickle" in st[S.G_NOTE]
+    _set(bare, **{S.APP_TAB: "prune"})
+    bare.tabs["prune"].start()
+    assert "pruning failed" in st[S.PR_STATUS] and "--trust-pickle" in st[S.PR_STATUS]
+    _set(bare, **{S.APP_TAB: "volume", S.T_INDEX: 4})
+    assert bare.panes[0].image == bare.panes[0].image_at(4) and not st["p0_error"]
+
+
+def test_a_factory_store_is_never_imported_without_trust_factory(make_app, tmp_path, monkeypatch):
+    marker = tmp_path / "imported.txt"
+    (tmp_path / "marker_model.py").write_text(f"""
+import pathlib
+
+with open({str(marker)!r}, "a") as f:
+    f.write("imported\\n")
+
+
+def net():
+    with open({str(marker)!r}, "a") as f:
+        f.write("factory called\\n")
+    from helpers import tiny_cnn
+    return tiny_cnn()
+""")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    s = tmp_path / "factory-store"
+    imgs = write_image_folder(tmp_path / "imgs", n_per_class=2)
+    assert main(["capture", "--out", str(s), "--images", str(imgs), "--model", "marker_model:net", "--size",
+                 "12", "12", "--channels", "1"]) == 0
+    assert marker.exists()  # the capture's own command line named the factory: it ran
+    marker.unlink()
+    sys.modules.pop("marker_model", None)
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    (scenes / "outside.toml").write_text(f'[store]\npath = "{s}"\n[[keyframes]]\nview = "overview"\n')
+
+    app = make_app([s], trust={}, scene_dirs=[scenes])  # volviz serve STORE, no --trust-factory
+    st = app.state
+    assert not st["p0_error"] and app.panes[0].scene is not None  # the store itself is data: it opens
+    _set(app, **{S.PANEL_TAB: "sorted", S.SAL_ON: True, S.T_INDEX: 1})
+    assert "--trust-factory" in st["p0_panel_note"] and "--trust-factory" in st["p0_sal_note"]
+    _set(app, **{S.V_QUANTITY: "grad_weight"})
+    _set(app, **{S.T_SORT: S.GROUPS})  # the reference neuron's gradients need the model
+    assert "--trust-factory" in st["p0_error"] and app.panes[0].scene is not None
+    _set(app, **{S.T_SORT: "captured", S.V_QUANTITY: "activation"})
+    _set(app, **{S.APP_TAB: "graph"})
+    assert "--trust-factory" in st[S.G_NOTE]
+    _set(app, **{S.APP_TAB: "prune"})
+    app.tabs["prune"].start()
+    assert "--trust-factory" in st[S.PR_STATUS]
+    _set(app, **{S.APP_TAB: "scene", S.SC_FILE: str((scenes / "outside.toml").resolve())})
+    assert "leaves the scene's folder" in st[S.SC_STATUS]
+    assert not marker.exists(), "the store's model factory was imported without --trust-factory"
+
+    trusted = make_app([s], trust={"trust_factory": True})  # volviz serve --trust-factory STORE
+    _set(trusted, **{S.PANEL_TAB: "sorted"})
+    assert "sorted by weight to class" in trusted.state["p0_panel_note"]
+    assert "factory called" in marker.read_text()

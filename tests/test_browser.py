@@ -21,8 +21,8 @@ import time
 import imageio.v3 as iio
 import numpy as np
 import pytest
-
 from helpers import write_image_folder
+
 from volviz.cli import main
 
 pytestmark = pytest.mark.browser
@@ -33,6 +33,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--model", "helpers:tiny_cnn", "--size", "12", "12", "--channels", "1"]
 BACKGROUND = np.array([0x15, 0x17, 0x1C])  # VolumeStyle.background
+TRUST = ["--trust-factory"]  # the tiny stores' model is `helpers:tiny_cnn`: the command line must allow it
 
 
 def _need_chromium():
@@ -62,7 +63,7 @@ def stores(tmp_path_factory):
     assert main(main_args) == 0
     # preferred inputs (issue 4) for the graph's thumbnails and the Preferred panel: a quick run
     assert main(["optimize", str(root / "digits"), "--seeds", "1", "--steps", "24", "--search", "0",
-                 "--quiet", "--threads", "1"]) == 0
+                 "--quiet", "--threads", "1", *TRUST]) == 0
     imgs = write_image_folder(root / "tiny-imgs", n_per_class=4, seed=1)
     assert main(["capture", "--out", str(root / "tiny"), "--images", str(imgs), *TINY]) == 0
     newer = root / "from-a-newer-volviz"  # offered by the store picker (it sits next to the others)
@@ -83,7 +84,7 @@ class Server:
                    PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")]))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "volviz", "serve", *map(str, stores), "--port", "0",
-             "--record-dir", str(record_dir)],
+             "--record-dir", str(record_dir), *TRUST],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=record_dir.parent)
         self.lines: list[str] = []
         self.url = None

@@ -12,6 +12,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from volviz.analysis.reorder import (
     ORDER_NAMES,
+    REORDERINGS,
     KMeansOrder,
     NaturalOrder,
     PCAOrder,
@@ -370,3 +371,42 @@ def test_estimators_follow_sklearn_conventions():
     assert clone(orderer).get_params() == orderer.get_params()
     assert not any(k.endswith("_") for k in vars(orderer))  # __init__ stores parameters only
     assert orderer.fit(np.random.default_rng(0).normal(size=(9, 4))) is orderer
+
+
+def test_the_registry_is_the_one_list_of_orders():
+    """One entry per order carries its class, title, clusters parameter and defaults; the
+    names, the app's items and the views read it."""
+    from volviz.app import state as S
+    from volviz.views.source import LayerVolumeSource
+    assert ORDER_NAMES == tuple(REORDERINGS)
+    assert [it["value"] for it in S.ORDER_ITEMS] == list(REORDERINGS)
+    assert [it["title"] for it in S.ORDER_ITEMS] == [r.title for r in REORDERINGS.values()]
+    assert S.ORDERS_WITH_CLUSTERS == ["kmeans", "kmeans2", "slice-kmeans"]
+    vol = np.random.default_rng(0).normal(size=(24, 6, 6))
+    for name, r in REORDERINGS.items():
+        est = r.build(24)
+        assert type(est) is type(make_orderer(name))
+        assert not r.seeded or est.random_state == 0
+        for k, v in r.defaults(24).items():
+            assert est.get_params()[k] == v
+        if r.clusters:  # the clusters parameter counts the separators' clusters
+            fitted = r.build(24, clusters=3).fit(vol)
+            assert getattr(fitted, r.clusters) == 3 and len(fitted.boundaries_) == 2
+            assert r.build(24, clusters=0).get_params()[r.clusters] == r.defaults(24)[r.clusters]
+    assert REORDERINGS["kmeans"].defaults(50) == {"n_clusters": 10}
+    assert REORDERINGS["kmeans2"].defaults(50) == {"n_outer": 10, "n_inner": 5}
+    assert REORDERINGS["slice-pca"].build(8).method == "pca"
+    with pytest.raises(ValueError, match="method"):
+        REORDERINGS["slice-kmeans"].make(method="pca")
+
+    class Store:  # the views use the registry's defaults: --clusters reaches two-level k-means too
+        layers = {"x": None}
+        done = np.ones(1, bool)
+
+        def read(self, q, layer, i):
+            return vol
+
+    src = LayerVolumeSource(Store())
+    two = src.get("x", "activation", 0, "kmeans2", "image", n_clusters=4)
+    assert len(two.boundaries) == 3
+    assert len(src.get("x", "activation", 0, "kmeans", "image").boundaries) == 24 // 4 - 1

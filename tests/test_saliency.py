@@ -3,11 +3,11 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_rgb_cnn, write_image_folder
 from torch import nn
 
-from helpers import tiny_rgb_cnn, write_image_folder
 from volviz.analysis.importance import AnalysisError, NotDifferentiableError
-from volviz.analysis.saliency import overlay, saliency_maps
+from volviz.analysis.saliency import METHODS, SALIENCY_METHODS, overlay, saliency_maps
 from volviz.cli import main
 
 
@@ -101,7 +101,21 @@ def test_cli_saliency(tmp_path):
     assert img.ndim == 3 and img.std() > 10
     maps = np.load(out / "maps.npz")["maps"]
     assert maps.shape == (3, 12, 12) and maps.max() > 0
-    assert main(["saliency", "--trust-factory", str(store), "--out", str(tmp_path / "ig"), "--method", "integrated-gradients",
-                 "--index", "1", "--steps", "8"]) == 0
+    assert main(["saliency", "--trust-factory", str(store), "--out", str(tmp_path / "ig"), "--method",
+                 "integrated-gradients", "--index", "1", "--steps", "8"]) == 0
     assert main(["saliency", "--trust-factory", str(store), "--out", str(tmp_path / "no"), "--index", "42"]) == 2
     assert not (tmp_path / "no").exists()
+
+
+def test_the_registry_is_the_one_list_of_methods():
+    """One entry per method: the CLI's choices and the app's select read it, and
+    saliency_maps dispatches through it."""
+    from volviz.app import state as S
+    assert METHODS == tuple(SALIENCY_METHODS) == ("saliency", "integrated-gradients", "guided-backprop")
+    assert [it["value"] for it in S.SAL_ITEMS] == list(METHODS)
+    assert [it["title"] for it in S.SAL_ITEMS] == [m.title for m in SALIENCY_METHODS.values()]
+    assert [m.name for m in SALIENCY_METHODS.values() if m.baseline] == ["integrated-gradients"]
+    model = tiny_rgb_cnn().eval()
+    x = torch.rand(1, 3, 12, 12)
+    for name in METHODS:
+        assert saliency_maps(model, x, 1, method=name, n_steps=4).shape == (1, 12, 12)

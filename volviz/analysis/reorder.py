@@ -47,6 +47,8 @@ True
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -58,6 +60,9 @@ from sklearn.preprocessing import StandardScaler
 
 __all__ = [
     "ORDER_NAMES",
+    "REORDERINGS",
+    "Reordering",
+    "reordering",
     "KMeansOrder",
     "NaturalOrder",
     "PCAOrder",
@@ -65,9 +70,6 @@ __all__ = [
     "TwoLevelKMeansOrder",
     "make_orderer",
 ]
-
-ORDER_NAMES: tuple[str, ...] = ("natural", "pca", "kmeans", "kmeans2", "slice-pca", "slice-kmeans")
-
 
 # --------------------------------------------------------------------------- input handling
 
@@ -553,14 +555,85 @@ class SliceOrder(_BaseOrderer):
         return self.orderer_.order_, self.orderer_.labels_
 
 
-_FACTORIES = {
-    "natural": lambda kw: NaturalOrder(**kw),
-    "pca": lambda kw: PCAOrder(**kw),
-    "kmeans": lambda kw: KMeansOrder(**kw),
-    "kmeans2": lambda kw: TwoLevelKMeansOrder(**kw),
-    "slice-pca": lambda kw: SliceOrder(method="pca", **kw),
-    "slice-kmeans": lambda kw: SliceOrder(method="kmeans", **kw),
-}
+# --------------------------------------------------------------------------- the registry
+
+
+def _no_defaults(n_filters: int) -> dict:
+    return {}
+
+
+def _kmeans_defaults(n_filters: int) -> dict:
+    return {"n_clusters": max(2, min(10, n_filters // 4))}
+
+
+def _kmeans2_defaults(n_filters: int) -> dict:
+    return {"n_outer": max(2, min(20, n_filters // 5)), "n_inner": 5}
+
+
+@dataclass(frozen=True)
+class Reordering:
+    """One filter order and everything its users need to know about it: the CLI's ``--order``
+    choices, the app's select and clusters slider and the views' parameter defaults all read
+    :data:`REORDERINGS`, so a new order is one entry here.
+
+    Attributes
+    ----------
+    name : the name on the command line and in scene files.
+    title : what the app's select calls it.
+    cls : the estimator class.
+    fixed : constructor arguments the name implies (``method="pca"`` for ``slice-pca``).
+    clusters : the parameter that counts clusters (the app's *clusters* slider, ``--clusters``);
+        None when the order draws no separators.
+    seeded : the estimator takes ``random_state``.
+    defaults : ``defaults(n_filters) -> dict``: parameters for a layer of that many filters.
+    """
+
+    name: str
+    title: str
+    cls: type
+    fixed: dict = field(default_factory=dict)
+    clusters: str | None = None
+    seeded: bool = True
+    defaults: Callable[[int], dict] = _no_defaults
+
+    def make(self, **kw) -> _BaseOrderer:
+        """The estimator with ``kw`` (no defaults applied)."""
+        clash = set(kw) & set(self.fixed)
+        if clash:
+            fixed = ", ".join(f"{k}={self.fixed[k]!r}" for k in sorted(clash))
+            raise ValueError(f"order {self.name!r} fixes {fixed}; do not pass {', '.join(sorted(clash))}=")
+        return self.cls(**self.fixed, **kw)
+
+    def build(self, n_filters: int, *, clusters: int | None = None, random_state=0, **params) -> _BaseOrderer:
+        """The estimator for a layer of ``n_filters``: the defaults, then ``clusters`` (None or 0:
+        automatic), then ``params`` (None values are ignored)."""
+        kw = self.defaults(int(n_filters))
+        if self.clusters and clusters:
+            kw[self.clusters] = int(clusters)
+        kw.update({k: v for k, v in params.items() if v is not None})
+        if self.seeded:
+            kw.setdefault("random_state", random_state)
+        return self.make(**kw)
+
+
+REORDERINGS: dict[str, Reordering] = {r.name: r for r in (
+    Reordering("natural", "natural", NaturalOrder, seeded=False),
+    Reordering("pca", "PCA (filter outputs)", PCAOrder, seeded=False),
+    Reordering("kmeans", "k-means, separators", KMeansOrder, clusters="n_clusters", defaults=_kmeans_defaults),
+    Reordering("kmeans2", "two-level k-means", TwoLevelKMeansOrder, clusters="n_outer", defaults=_kmeans2_defaults),
+    Reordering("slice-pca", "slice-row PCA", SliceOrder, {"method": "pca"}),
+    Reordering("slice-kmeans", "slice-row k-means", SliceOrder, {"method": "kmeans"}, clusters="n_clusters",
+               defaults=_kmeans_defaults),
+)}
+ORDER_NAMES: tuple[str, ...] = tuple(REORDERINGS)
+
+
+def reordering(name: str) -> Reordering:
+    """The registry entry of ``name`` (``"_"`` and ``"-"`` interchangeable, case ignored)."""
+    key = str(name).strip().lower().replace("_", "-")
+    if key not in REORDERINGS:
+        raise ValueError(f"unknown order {name!r}; valid names: {', '.join(ORDER_NAMES)}")
+    return REORDERINGS[key]
 
 
 def make_orderer(name: str, **kw) -> _BaseOrderer:
@@ -576,9 +649,4 @@ def make_orderer(name: str, **kw) -> _BaseOrderer:
     TypeError
         For a keyword the orderer does not take.
     """
-    key = str(name).strip().lower().replace("_", "-")
-    if key not in _FACTORIES:
-        raise ValueError(f"unknown order {name!r}; valid names: {', '.join(ORDER_NAMES)}")
-    if key.startswith("slice-") and "method" in kw:
-        raise ValueError(f"order {name!r} fixes method={key[6:]!r}; do not pass method=")
-    return _FACTORIES[key](kw)
+    return reordering(name).make(**kw)

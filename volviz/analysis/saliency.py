@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import pathlib
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,9 +27,58 @@ from torch import nn
 from volviz.analysis.importance import AnalysisError, NotDifferentiableError
 from volviz.capture.engine import model_logits
 
-__all__ = ["METHODS", "saliency_maps", "overlay", "saliency_figure"]
+__all__ = ["METHODS", "SALIENCY_METHODS", "SaliencyMethod", "saliency_maps", "overlay", "saliency_figure"]
 
-METHODS = ("saliency", "integrated-gradients", "guided-backprop")
+
+def _saliency(model, x, target, baseline, n_steps):
+    from captum.attr import Saliency
+    return Saliency(model).attribute(x, target=target, abs=True)
+
+
+def _integrated_gradients(model, x, target, baseline, n_steps):
+    from captum.attr import IntegratedGradients
+    return IntegratedGradients(model).attribute(x, baselines=0.0 if baseline is None else baseline,
+                                                target=target, n_steps=n_steps)
+
+
+def _guided_backprop(model, x, target, baseline, n_steps):
+    from captum.attr import GuidedBackprop
+    if not any(isinstance(m, nn.ReLU) for m in model.modules()):
+        warnings.warn("guided backprop: the model has no nn.ReLU modules, so the map equals "
+                      "the plain gradient", stacklevel=3)
+    with warnings.catch_warnings():  # captum announces its (temporary) ReLU hooks
+        warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
+        return GuidedBackprop(model).attribute(x, target=target)
+
+
+@dataclass(frozen=True)
+class SaliencyMethod:
+    """One attribution method: the CLI's ``--method`` choices and the app's select read
+    :data:`SALIENCY_METHODS`, so a new method is one entry here.
+
+    Attributes
+    ----------
+    name : the name on the command line.
+    title : what the app's select calls it.
+    short : how a sentence names it ("saliency map (gradient)").
+    attribute : ``attribute(model, x, target, baseline, n_steps) -> attributions (N, C, H, W)``.
+    baseline : takes a reference input (the callers pass the normalized black image).
+    """
+
+    name: str
+    title: str
+    short: str
+    attribute: Callable
+    baseline: bool = False
+
+
+SALIENCY_METHODS: dict[str, SaliencyMethod] = {m.name: m for m in (
+    SaliencyMethod("saliency", "gradient (Saliency)", "gradient", _saliency),
+    SaliencyMethod("integrated-gradients", "integrated gradients", "integrated gradients",
+                   _integrated_gradients, baseline=True),
+    SaliencyMethod("guided-backprop", "guided backprop", "guided backprop", _guided_backprop),
+)}
+METHODS = tuple(SALIENCY_METHODS)
 
 
 class _Logits(nn.Module):
@@ -47,9 +98,7 @@ def saliency_maps(model: nn.Module, x: torch.Tensor, target, *, method: str = "s
     """``(N, H, W)`` maps ``max_c |attribution|`` for images ``x (N, C, H, W)`` and class scores
     ``target`` (an int or one index per image). ``baseline``: IG's reference input (default: 0,
     i.e. pass the normalized black image yourself for normalized models)."""
-    from captum.attr import GuidedBackprop, IntegratedGradients, Saliency
-
-    if method not in METHODS:
+    if method not in SALIENCY_METHODS:
         raise AnalysisError(f"unknown saliency method {method!r}; valid: {', '.join(METHODS)}")
     if model.training:
         raise AnalysisError("saliency needs model.eval() (dropout would make the map random)")
@@ -62,22 +111,12 @@ def saliency_maps(model: nn.Module, x: torch.Tensor, target, *, method: str = "s
     elif not isinstance(target, int):
         target = torch.as_tensor(np.asarray(target), dtype=torch.long)
     try:
-        if method == "saliency":
-            attr = Saliency(wrapped).attribute(x, target=target, abs=True)
-        elif method == "integrated-gradients":
-            attr = IntegratedGradients(wrapped).attribute(x, baselines=0.0 if baseline is None else baseline,
-                                                          target=target, n_steps=n_steps)
-        else:
-            if not any(isinstance(m, nn.ReLU) for m in model.modules()):
-                warnings.warn("guided backprop: the model has no nn.ReLU modules, so the map equals "
-                              "the plain gradient", stacklevel=2)
-            with warnings.catch_warnings():  # captum announces its (temporary) ReLU hooks
-                warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
-                attr = GuidedBackprop(wrapped).attribute(x, target=target)
+        attr = SALIENCY_METHODS[method].attribute(wrapped, x, target, baseline, n_steps)
     except RuntimeError as exc:
         msg = str(exc)
         if "does not require grad" in msg or "differentiated" in msg or "grad_fn" in msg:
-            raise NotDifferentiableError(f"the class score is not differentiable w.r.t. the input ({msg.splitlines()[0]})") from None
+            raise NotDifferentiableError("the class score is not differentiable w.r.t. the input "
+                                         f"({msg.splitlines()[0]})") from None
         raise
     attr = attr.detach()
     maps = attr.abs().amax(dim=1).numpy()

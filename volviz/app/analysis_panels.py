@@ -180,10 +180,10 @@ def model_input(store, i: int):
     applied again (the store keeps the input with normalization undone)."""
     import torch
     x = torch.from_numpy(np.asarray(store.read_input(int(i)), np.float32))[None]
-    p = store.plan["preprocess"]
+    p = store.preprocess
     c = x.shape[1]
-    mean = torch.tensor(p["mean"] or [0.0] * c, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(p["std"] or [1.0] * c, dtype=torch.float32).view(1, -1, 1, 1)
+    mean = torch.tensor(p.mean or [0.0] * c, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(p.std or [1.0] * c, dtype=torch.float32).view(1, -1, 1, 1)
     return (x - mean) / std, mean, std
 
 
@@ -191,11 +191,13 @@ def saliency_overlay(model, store, image: int, method: str = "saliency", target:
     """``(uint8 (H, W, 3) overlay, (H, W) map, target)``: ``max_c |A_c|`` of class ``target``
     (default: the predicted class) over the input image."""
     import torch
-    from volviz.analysis.saliency import overlay, saliency_maps
+
+    from volviz.analysis.saliency import SALIENCY_METHODS, overlay, saliency_maps
     x, mean, std = model_input(store, image)
     if target is None:
         target = int(store.column("pred")[int(image)])
-    baseline = ((torch.zeros_like(x) - mean) / std) if method == "integrated-gradients" else None
+    takes_baseline = method in SALIENCY_METHODS and SALIENCY_METHODS[method].baseline
+    baseline = ((torch.zeros_like(x) - mean) / std) if takes_baseline else None  # the black image
     sal = saliency_maps(model.eval(), x, int(target), method=method, baseline=baseline)[0]
     return overlay(store.read_input(int(image)), sal), sal, int(target)
 

@@ -16,6 +16,7 @@ import logging
 import numpy as np
 
 from volviz.app import state as S
+from volviz.app.wiring import bind, change, controller
 
 log = logging.getLogger("volviz.app")
 
@@ -38,9 +39,11 @@ def importance_sizes(values: dict[str, np.ndarray], smallest: float = 0.3) -> di
 
 
 class GraphTab:
-    def __init__(self, app):
+    """The Graph tab (see :mod:`volviz.app.tabs`): it sees the analysed pane through ``ctx.focus``."""
+
+    def __init__(self, ctx):
         import pyvista as pv
-        self.app, self.state = app, app.state
+        self.focus, self.state = ctx.focus, ctx.state
         self.plotter = pv.Plotter(off_screen=True, window_size=list(WINDOW))
         self.plotter.set_background("#0d0f14")  # GraphStyle's, also before anything is shown
         self.view = None             # the VtkRemoteView (set by the layout)
@@ -52,69 +55,59 @@ class GraphTab:
         self.image: int | None = None
         self.dirty = True
         self.failed: str | None = None  # store whose graph could not be built
-        st = self.state
-        st.change(S.G_COLOR, S.G_SIZE)(self._on_look)
-        st.change(S.G_FOCUS)(self._on_focus)
-        st.change(S.X_PANE)(self._on_pane)
+        bind(self, ctx.server)
 
     # ------------------------------------------------------------------ helpers
     @property
     def active(self) -> bool:
         return self.state[S.APP_TAB] == "graph"
 
-    @property
-    def pane(self):
-        panes = self.app.panes
-        return panes[min(max(int(self.state[S.X_PANE] or 0), 0), len(panes) - 1)]
-
-    def _class(self, pane) -> int:
-        c = self.state[S.pane_key(pane.index, "sort_class")]
-        return int(pane.columns["pred"][pane.image]) if c is None or int(c) < 0 else int(c)
-
-    def importance(self, pane, mode: str) -> dict[str, np.ndarray]:
+    def importance(self, mode: str) -> dict[str, np.ndarray]:
         """Per weighted layer of the graph: class-averaged importance of the pane's class
         (``importance-class``) or the current image's (``importance-image``)."""
         from volviz.analysis.importance import EmptyClassError
         from volviz.app.analysis_panels import importance_values
+        f = self.focus
+        store, cls = f.store, f.chosen_class()
         out = {}
         for name in self.units:
-            info = pane.store.layers.get(name)
-            if info is None or not info.weight_shape or not pane.store.has("grad_weight", name):
+            info = store.layers.get(name)
+            if info is None or not info.weight_shape or not store.has("grad_weight", name):
                 continue
-            d = importance_values(pane.store, name, pane.image, self._class(pane), pane.remember)
+            d = importance_values(store, name, f.image, cls, f.memo)
             if mode == "importance-image":
                 out[name] = d["per_image"]
             elif d["class_mean"] is not None:
                 out[name] = d["class_mean"]
         if not out and mode == "importance-class":
-            raise EmptyClassError(f"no layer has images of class {self._class(pane)} analysed w.r.t. its neuron")
+            raise EmptyClassError(f"no layer has images of class {cls} analysed w.r.t. its neuron")
         return out
 
     # ------------------------------------------------------------------ building
-    def _build(self, pane) -> None:
+    def _build(self) -> None:
         from volviz.analysis.network_graph import build_network_graph, unit_responses
         from volviz.scene import load_thumbnails
         from volviz.views.graph_layout import layered_layout
         from volviz.views.graph_scene import GraphScene, GraphStyle
 
-        store = pane.store
-        p = store.plan["preprocess"]
-        G = build_network_graph(pane.model(), (int(p["channels"]), *map(int, p["size"])), k=8)
+        f = self.focus
+        store = f.store
+        G = build_network_graph(f.model(), tuple(int(s) for s in store.input_shape), k=8)
         layout = layered_layout(G.graph["layers"])
         self.units = [d["name"] for d in G.graph["layers"] if d["kind"] != "input" and d["name"] in store.layers]
         thumbs = load_thumbnails(store, self.units, None, progress=False)
         self.thumb_layers = list(thumbs)
         if self.scene is not None:
             self.scene.close()
-        title = f"{store.plan['model']['spec']}: {G.number_of_nodes()} units, {G.number_of_edges()} edges (k=8)"
-        self.scene = GraphScene(G, layout, thumbs, input_image=store.read_input(pane.image),
+        title = f"{store.plan.model.spec}: {G.number_of_nodes()} units, {G.number_of_edges()} edges (k=8)"
+        self.scene = GraphScene(G, layout, thumbs, input_image=store.read_input(f.image),
                                 style=GraphStyle(edges_per_node=4, max_edges=3000, label_size=20),
                                 title=title, window_size=WINDOW, plotter=self.plotter)
         done = np.flatnonzero(store.done)
         pick = done[np.linspace(0, len(done) - 1, min(len(done), SCALE_SAMPLES)).astype(int)]
         resp = [unit_responses(store, int(i), self.units) for i in pick]
         self.response_scales = {n: float(max(r[n].max() for r in resp)) for n in self.units}
-        self.path, self.image, self.dirty = pane.path, None, True
+        self.path, self.image, self.dirty = f.path, None, True
         self.state[S.G_LAYERS] = [{"title": "overview", "value": ""}] + \
             [{"title": n, "value": n} for n in layout.planes]
         if self.state[S.G_FOCUS] not in layout.planes:
@@ -132,38 +125,32 @@ class GraphTab:
             self.scene.view_overview(zoom=OVERVIEW_ZOOM)
 
     # ------------------------------------------------------------------ drawing
-    def _colour(self, pane) -> None:
+    def _colour(self) -> None:
         from volviz.analysis.network_graph import unit_responses
-        sc, mode = self.scene, self.state[S.G_COLOR]
-        image = pane.image
+        f, sc, mode = self.focus, self.scene, self.state[S.G_COLOR]
+        image = f.image
         notes = [self._thumb_note]
         if mode == "response":
             sc.set_scales(self.response_scales)
-            sc.update_activations(unit_responses(pane.store, image, self.units))
+            sc.update_activations(unit_responses(f.store, image, self.units))
             sc.set_legend(LEGEND_RESPONSE)
         else:
-            imp = self.importance(pane, mode)
+            imp = self.importance(mode)
             sc.set_scales({k: float(v.max()) for k, v in imp.items()})
             sc.update_activations(imp)
-            c, names = self._class(pane), pane.store.class_names
-            what = (f"class-averaged for class {names[c] if names and c < len(names) else c}"
+            what = (f"class-averaged for class {f.class_name(f.chosen_class())}"
                     if mode == "importance-class" else "of this image")
             sc.set_legend("edges: weight after ReLU, cold -> hot\n"
                           f"nodes: filter importance (norm of dS/dW_j), {what}; grey: below 5% of the layer's max")
             notes.append(f"node colour: importance {what} (class: the pane's class select, default predicted)")
         if self.state[S.G_SIZE]:
-            sizes = self.importance(pane, "importance-image" if mode == "importance-image" else "importance-class")
+            sizes = self.importance("importance-image" if mode == "importance-image" else "importance-class")
             sc.set_unit_scale(importance_sizes(sizes))
             notes.append("node size: importance")
         else:
             sc.set_unit_scale(None)
-        sc.set_input_image(pane.store.read_input(image))
-        names = pane.store.class_names
-        nm = (lambda c: names[c] if names and 0 <= c < len(names) else str(c))
-        lab, pred = int(pane.columns["label"][image]), int(pane.columns["pred"][image])
-        group = pane.play.label_at(image) if pane.play is not None else ""
-        sc.set_label(f"image {image}  true {nm(lab) if lab >= 0 else '?'}  predicted {nm(pred)}"
-                     + (f"\n{group}" if group else ""))
+        sc.set_input_image(f.store.read_input(image))
+        sc.set_label(f.caption(image))
         self.image = image
         self.state[S.G_NOTE] = " · ".join(notes)
         self._mark_shown()
@@ -179,24 +166,24 @@ class GraphTab:
         if not self.active:
             self.dirty = True
             return
-        pane = self.pane
-        if pane.store is None or pane.image is None:
+        f = self.focus
+        if f.store is None or f.image is None:
             self.state[S.G_NOTE] = "no store shown in this pane"
             return
-        if not force and self.failed == pane.path:
+        if not force and self.failed == f.path:
             return  # the build failed for this store: not again on every slider step
         try:
-            if self.scene is None or self.path != pane.path:
+            if self.scene is None or self.path != f.path:
                 self.failed = None
-                self._build(pane)
-            if force or self.dirty or pane.image != self.image:
-                self._colour(pane)
+                self._build()
+            if force or self.dirty or f.image != self.image:
+                self._colour()
                 self.dirty = False
-        except Exception as exc:  # noqa: BLE001 - model missing, untraceable model, no gradients
+        except Exception as exc:  # noqa: BLE001 - model refused or missing, untraceable model, no gradients
             log.warning("graph: %s", exc)
             self.state[S.G_NOTE] = f"graph: {exc}"
-            if self.scene is None or self.path != pane.path:
-                self.failed = pane.path
+            if self.scene is None or self.path != f.path:
+                self.failed = f.path
             return
         self.push()
 
@@ -204,19 +191,29 @@ class GraphTab:
         if self.view is not None:
             self.view.update()
 
-    # ------------------------------------------------------------------ handlers
+    # ------------------------------------------------------------------ tab hooks and handlers
+    def shown(self) -> None:
+        self.sync()
+
+    def follow(self) -> None:
+        self.sync()
+
+    @change(S.G_COLOR, S.G_SIZE)
     def _on_look(self, **_) -> None:
         self.sync(force=True)
 
+    @change(S.G_FOCUS)
     def _on_focus(self, **_) -> None:
         if self.scene is not None and self.active:
             self._apply_focus()
             self._mark_shown()
             self.push()
 
+    @change(S.X_PANE)
     def _on_pane(self, **_) -> None:
         self.sync(force=True)
 
+    @controller("graph_reset_camera")
     def reset_camera(self) -> None:
         if self.scene is not None:
             self._apply_focus()

@@ -1,4 +1,4 @@
-"""The explorer's "class groups" image order (seed 004 §3.2.2): for a reference class, images of
+"""The explorer's "class groups" image order [Jain2016, §3.2.2]: for a reference class, images of
 that class, of the most similar and of the most dissimilar class, each correctly classified and
 misclassified where such images exist (:func:`~volviz.analysis.class_groups.class_groups_from_store`),
 played on the time slider with a group label per step and ONE colour scale over the sequence.
@@ -79,6 +79,7 @@ class GroupPlay:
         key = (layer, quantity)
         if key not in self.computed:
             import torch
+
             from volviz.app.analysis_panels import model_input
             x = torch.cat([model_input(store, int(i))[0] for i in self.sequence])
             self.computed[key] = group_gradients(model_fn(), x, self.reference, layer, quantity=quantity)

@@ -230,7 +230,7 @@ def sorted_panel(ctx: PanelContext, cmap: str | None = None) -> PanelImage:
     if not ctx.fc_layer:
         return PanelImage(None, "this store has no linear layer")
     store = ctx.store
-    n_out = int(store.plan.get("n_outputs") or store.column("probs").shape[1])
+    n_out = int(store.plan.n_outputs or store.column("probs").shape[1])
     try:
         w, how = class_weights(ctx.model(), store.layers, ctx.fc_layer, n_out)
     except Exception as exc:  # noqa: BLE001 - model missing, weights gone, no chain: say so

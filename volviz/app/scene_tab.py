@@ -3,8 +3,10 @@ camera path and image series with a slider (:meth:`volviz.scene.PreparedScene.se
 ``volviz movie`` would render it, at a small size.
 
 Preparing a scene may take a while (it captures its store when missing, builds the graph, reads
-the responses of its series): that runs in a background thread (:func:`volviz.scene.load_scene_data`)
-and the page stays usable; the VTK scene is then built in the server's thread. The app never
+the responses of its series): that runs as a background job (:func:`volviz.scene.load_scene_data`
+in a worker thread) and the page stays usable; the VTK scene is then built in the server's thread.
+A scene file is data: its store's model is loaded with the ``volviz serve`` command line's trust
+flags, and its store must lie in the scene's folder unless ``--allow-outside`` was given. The app never
 optimizes preferred inputs (minutes): layers without them show slate tiles, and the status line
 says how to compute them.
 """
@@ -14,9 +16,9 @@ import asyncio
 import dataclasses
 import logging
 import pathlib
-from concurrent.futures import ThreadPoolExecutor
 
 from volviz.app import state as S
+from volviz.app.wiring import bind, change
 
 log = logging.getLogger("volviz.app")
 
@@ -37,67 +39,47 @@ def scene_files(dirs) -> list[dict]:
 
 
 class SceneTab:
-    def __init__(self, app, scene_dirs=None):
+    """The Scene preview tab (see :mod:`volviz.app.tabs`)."""
+
+    def __init__(self, ctx):
         import pyvista as pv
-        self.app, self.state = app, app.state
-        self.dirs = [pathlib.Path(d) for d in (scene_dirs or [pathlib.Path("scenes"), REPO_SCENES])]
+        self.state, self.trust, self.allow_outside = ctx.state, ctx.trust, ctx.allow_outside
+        self.dirs = [pathlib.Path(d) for d in (ctx.scene_dirs or [pathlib.Path("scenes"), REPO_SCENES])]
         self.plotter = pv.Plotter(off_screen=True, window_size=list(WINDOW))
         self.plotter.set_background("#0d0f14")  # GraphStyle's, also before anything is shown
         self.view = None
         self.prepared = None
-        self._task = None
+        self.job = ctx.job("scene preview", busy=S.SC_BUSY, status=S.SC_STATUS)
         self._play_task = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="volviz-scene")
         self.state[S.SC_FILES] = scene_files(self.dirs)
-        st = self.state
-        st.change(S.SC_FILE)(self._on_file)
-        st.change(S.SC_T)(self._on_t)
-        st.change(S.SC_PLAYING)(self._on_playing)
+        bind(self, ctx.server)
 
     # ------------------------------------------------------------------ loading
     def _scene(self, path: str):
         from volviz.scene import load_scene
-        return dataclasses.replace(load_scene(path), optimize=None)  # never minutes of optimizing here
+        scene = load_scene(path, allow_outside=self.allow_outside)
+        return dataclasses.replace(scene, optimize=None)  # never minutes of optimizing here
 
     def load(self, path: str) -> None:
-        """Prepare scene file ``path``: in a background thread under the server, at once otherwise."""
+        """Prepare scene file ``path``: as a background job under the server, at once otherwise."""
+        from volviz.scene import load_scene_data
         st = self.state
         st[S.SC_PLAYING] = False
         try:
             scene = self._scene(path)
-        except Exception as exc:  # noqa: BLE001 - bad TOML, unknown keys: say so
+        except Exception as exc:  # noqa: BLE001 - bad TOML, unknown keys, a store outside: say so
             st[S.SC_STATUS] = f"cannot read {path}: {exc}"
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            from volviz.scene import load_scene_data
-            try:
-                self._show(load_scene_data(scene, progress=False))
-            except Exception as exc:  # noqa: BLE001
-                st[S.SC_STATUS] = f"cannot prepare {pathlib.Path(path).name}: {exc}"
-            return
-        st[S.SC_BUSY] = True  # the scene select is disabled until this one is ready
         missing = not (pathlib.Path(scene.store) / "plan.json").exists()
         st[S.SC_STATUS] = (f"preparing {pathlib.Path(path).name}: " + (f"capturing {scene.store} first (once), "
                            if missing else "") + "building the graph, reading the responses ...")
-        self._task = loop.create_task(self._load_async(scene, path))
 
-    async def _load_async(self, scene, path: str) -> None:
-        from volviz.scene import load_scene_data
-        st = self.state
-        try:
-            data = await asyncio.get_running_loop().run_in_executor(self._executor, load_scene_data, scene, False)
-            with st:
-                if st[S.SC_FILE] == path:  # still the one asked for
-                    self._show(data)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("scene %s: %s", path, exc)
-            with st:
-                st[S.SC_STATUS] = f"cannot prepare {pathlib.Path(path).name}: {exc}"
-        finally:
-            with st:
-                st[S.SC_BUSY] = False
+        def done(data):
+            if st[S.SC_FILE] == path:  # still the one asked for
+                self._show(data)
+
+        self.job.start(lambda report: load_scene_data(scene, False, self.trust), done=done,
+                       failed=lambda exc: f"cannot prepare {pathlib.Path(path).name}: {exc}")
 
     def _show(self, data) -> None:
         from volviz.scene import build_prepared
@@ -128,14 +110,17 @@ class SceneTab:
         if self.view is not None:
             self.view.update()
 
+    @change(S.SC_FILE)
     def _on_file(self, **_) -> None:
         path = self.state[S.SC_FILE]
         if path:
             self.load(path)
 
+    @change(S.SC_T)
     def _on_t(self, **_) -> None:
         self.seek(float(self.state[S.SC_T] or 0.0))
 
+    @change(S.SC_PLAYING)
     def _on_playing(self, **_) -> None:
         if not self.state[S.SC_PLAYING] or self.prepared is None:
             return
@@ -162,8 +147,10 @@ class SceneTab:
         with st:
             st[S.SC_PLAYING] = False
 
+    def hidden(self) -> None:
+        self.state[S.SC_PLAYING] = False
+
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
         if self.prepared is not None:
             self.prepared.graph_scene.close()
         self.plotter.close()

@@ -29,20 +29,24 @@ def is_loopback(host: str) -> bool:
 
 def ensure_default_store(path: str | os.PathLike = DEFAULT_STORE) -> pathlib.Path:
     """The embedded default store, captured first when it does not exist yet (resumed when a
-    capture was interrupted). A folder that holds something else is left alone (the page then
-    says what is wrong with it)."""
-    from volviz.store.capture import CaptureSettings, resume_capture, run_capture
-    from volviz.store.store import Store, StoreError
+    capture was interrupted): :func:`volviz.store.capture.open_or_capture`, which never deletes
+    anything. A folder that holds something else is left alone (the page then says what is wrong
+    with it)."""
+    from volviz.errors import VolvizError
+    from volviz.store.capture import CaptureSettings, open_or_capture
+    from volviz.store.store import Store
     path = pathlib.Path(path)
     if not path.exists() or not any(path.iterdir()):
         print(f"capturing the embedded digits model into {path} (once) ...", flush=True)
-        run_capture(path, CaptureSettings())
-        return path
+    else:
+        try:
+            if not Store.open(path).complete:
+                print(f"completing the interrupted capture in {path} ...", flush=True)
+        except VolvizError:
+            pass  # open_or_capture says why below
     try:
-        if not Store.open(path).complete:
-            print(f"completing the interrupted capture in {path} ...", flush=True)
-            resume_capture(path)
-    except StoreError as exc:
+        open_or_capture(path, CaptureSettings())
+    except VolvizError as exc:
         log.warning("default store %s: %s", path, exc)
     return path
 
@@ -60,8 +64,11 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def serve(stores: list[str], host: str = "127.0.0.1", port: int = 8080, timeout: int = 0,
-          record_dir: str | os.PathLike = "out/recordings") -> int:
-    """Serve the explorer on ``host:port`` until Ctrl-C; returns an exit status."""
+          record_dir: str | os.PathLike = "out/recordings", trust: dict | None = None,
+          allow_outside: bool = False) -> int:
+    """Serve the explorer on ``host:port`` until Ctrl-C; returns an exit status. ``trust``: the
+    command line's ``--trust-pickle`` / ``--trust-factory`` (how the stores' models may be
+    loaded); ``allow_outside``: scene files may name a store outside their folder."""
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
     import torch
     torch.set_num_threads(1)  # leave the other core(s) to rendering and the server
@@ -78,15 +85,16 @@ def serve(stores: list[str], host: str = "127.0.0.1", port: int = 8080, timeout:
     from trame.app import get_server
 
     from volviz.app.explorer import Explorer
+    from volviz.app.state import pane_key
     from volviz.views.volume import rendering_available
     ok, msg = rendering_available()
     if not ok:
         print(f"volviz serve: error: {msg}", file=sys.stderr)
         return 2
     server = get_server("volviz", client_type="vue3")
-    app = Explorer(stores, server=server, record_dir=record_dir)
+    app = Explorer(stores, server=server, record_dir=record_dir, trust=trust, allow_outside=allow_outside)
     for pane in app.panes:
-        err = app.state[f"p{pane.index}_error"]
+        err = app.state[pane_key(pane.index, "error")]
         if err:
             print(f"volviz serve: {err} (the page shows it; pick another store there)", file=sys.stderr)
     shown = "[" + host + "]" if ":" in host else host

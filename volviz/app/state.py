@@ -11,7 +11,8 @@ store in one column) are ``p{i}_{name}``, made by :func:`pane_key`.
 """
 from __future__ import annotations
 
-from volviz.analysis.reorder import ORDER_NAMES
+from volviz.analysis.reorder import REORDERINGS
+from volviz.analysis.saliency import SALIENCY_METHODS
 from volviz.analysis.sequence import SORTS
 from volviz.store.store import QUANTITIES
 from volviz.views.colors import OPACITY_PRESETS
@@ -155,17 +156,10 @@ QUANTITY_ITEMS = [
     {"title": "gradient w.r.t. activation", "value": "grad_activation"},
     {"title": "gradient w.r.t. weights", "value": "grad_weight"},
 ]
-assert [q["value"] for q in QUANTITY_ITEMS] == list(QUANTITIES)
+assert {q["value"] for q in QUANTITY_ITEMS} <= set(QUANTITIES)  # the store keeps more (norms, descriptors)
 
-ORDER_ITEMS = [
-    {"title": "natural", "value": "natural"},
-    {"title": "PCA (filter outputs)", "value": "pca"},
-    {"title": "k-means, separators", "value": "kmeans"},
-    {"title": "two-level k-means", "value": "kmeans2"},
-    {"title": "slice-row PCA", "value": "slice-pca"},
-    {"title": "slice-row k-means", "value": "slice-kmeans"},
-]
-assert [o["value"] for o in ORDER_ITEMS] == list(ORDER_NAMES)
+ORDER_ITEMS = [{"title": r.title, "value": name} for name, r in REORDERINGS.items()]
+ORDERS_WITH_CLUSTERS = [name for name, r in REORDERINGS.items() if r.clusters]  # the clusters slider
 
 FIT_ITEMS = [
     {"title": "fixed over the image set", "value": "set"},
@@ -181,11 +175,7 @@ SORT_ITEMS = [
 ]
 assert [s["value"] for s in SORT_ITEMS] == [*SORTS, GROUPS]
 
-TABS = [{"title": "Volume", "value": "volume"}, {"title": "Graph", "value": "graph"},
-        {"title": "Scene preview", "value": "scene"}, {"title": "Pruning", "value": "prune"}]
-SAL_ITEMS = [{"title": "gradient (Saliency)", "value": "saliency"},
-             {"title": "integrated gradients", "value": "integrated-gradients"},
-             {"title": "guided backprop", "value": "guided-backprop"}]
+SAL_ITEMS = [{"title": m.title, "value": name} for name, m in SALIENCY_METHODS.items()]
 G_COLOR_ITEMS = [{"title": "response to the image", "value": "response"},
                  {"title": "importance, class-averaged", "value": "importance-class"},
                  {"title": "importance, this image", "value": "importance-image"}]

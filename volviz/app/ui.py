@@ -14,7 +14,8 @@ content:   time bar (Volume and Graph tabs): play/pause, step, slider over the i
 footer:    app messages
 ```
 A tab's content is in the page only while the tab is chosen (``v-if``): a hidden 3-D view is
-never rendered.
+never rendered. The main tabs and the 2-D panels come from their registries
+(:mod:`volviz.app.tabs`, :func:`volviz.app.panels.register_panel`).
 """
 from __future__ import annotations
 
@@ -25,36 +26,38 @@ from trame.widgets import vuetify3 as v3
 
 from volviz.app import state as S
 from volviz.app.panels import PANELS
-from volviz.app.ui_tabs import graph_tab, prune_tab, scene_tab
 
 pk = S.pane_key
 _SELECT = {"density": "compact", "hide_details": True, "variant": "outlined", "classes": "mb-3"}
 
 
+def _js_list(names) -> str:
+    """``['a', 'b']``: a list for a template expression (single quotes: it sits in an attribute)."""
+    return "[" + ", ".join(f"'{n}'" for n in names) + "]"
+
+
 def build_ui(app) -> SinglePageWithDrawerLayout:
-    server, ctrl = app.server, app.ctrl
+    server, ctrl, specs = app.server, app.ctrl, app.tab_specs
     with SinglePageWithDrawerLayout(server, theme="dark", width=290) as layout:
         layout.title.set_text("volviz explorer")
-        _toolbar(layout, ctrl)
+        _toolbar(layout, ctrl, specs)
         with layout.drawer:
             with html.Div(v_if=f"{S.APP_TAB} === 'volume'"):
                 _volume_controls(ctrl)
             with html.Div(v_else=True, classes="pa-3 text-caption text-grey"):
-                _tab_help()
+                _tab_help(specs)
         with layout.content:
             with v3.VContainer(fluid=True, classes="pa-2"):
-                with html.Div(v_if=f"['volume', 'graph'].includes({S.APP_TAB})"):
+                with html.Div(v_if=f"{_js_list(s.key for s in specs if s.time_bar)}.includes({S.APP_TAB})"):
                     _time_bar(ctrl)
                 with v3.VRow(dense=True, v_if=f"{S.APP_TAB} === 'volume'"):
                     for pane in app.panes:
                         with v3.VCol(cols=12, md=12 // len(app.panes)):
                             _pane(pane, wide=len(app.panes) == 1)
-                with html.Div(v_if=f"{S.APP_TAB} === 'graph'"):
-                    graph_tab(app)
-                with html.Div(v_if=f"{S.APP_TAB} === 'scene'"):
-                    scene_tab(app)
-                with html.Div(v_if=f"{S.APP_TAB} === 'prune'"):
-                    prune_tab(app)
+                for spec in specs:
+                    if spec.layout is not None:
+                        with html.Div(v_if=f"{S.APP_TAB} === '{spec.key}'"):
+                            spec.layout(app.tabs[spec.key], app.context)
             html.Div(id="volviz-ready", v_if=(S.APP_READY,), style="display: none")
         layout.footer.clear()
         with layout.footer:
@@ -66,11 +69,11 @@ def build_ui(app) -> SinglePageWithDrawerLayout:
     return layout
 
 
-def _toolbar(layout, ctrl) -> None:
+def _toolbar(layout, ctrl, specs) -> None:
     with layout.toolbar:
         with v3.VTabs(v_model=(S.APP_TAB,), density="compact", id="main-tabs", classes="ml-4"):
-            for t in S.TABS:
-                v3.VTab(t["title"], value=t["value"], id=f"tab-{t['value']}", min_width=0, classes="px-3")
+            for t in specs:
+                v3.VTab(t.title, value=t.key, id=f"tab-{t.key}", min_width=0, classes="px-3")
         v3.VSpacer()
         with html.Div(v_if=f"{S.APP_TAB} === 'volume'", classes="d-flex align-center"):
             _record_controls(ctrl)
@@ -98,19 +101,12 @@ def _record_controls(ctrl) -> None:
         v3.VBtn("Download", prepend_icon="mdi-download", variant="tonal", color="green")
 
 
-def _tab_help() -> None:
-    """The drawer on the Graph, Scene preview and Pruning tabs (their controls are on the tab)."""
-    html.Div("Graph", classes="text-subtitle-2 text-white mb-1", v_if=f"{S.APP_TAB} === 'graph'")
-    html.Div("The store's network: a plane per layer, a node per unit with its preferred input "
-             "(volviz optimize), edges from the weights. The time slider, the image order and the "
-             "pane's class (Importance tab) apply here too.", v_if=f"{S.APP_TAB} === 'graph'")
-    html.Div("Scene preview", classes="text-subtitle-2 text-white mb-1", v_if=f"{S.APP_TAB} === 'scene'")
-    html.Div("A scenes/*.toml movie as volviz movie renders it: the slider is the movie's time. Scenes "
-             "name their own store (captured first when missing).", v_if=f"{S.APP_TAB} === 'scene'")
-    html.Div("Pruning", classes="text-subtitle-2 text-white mb-1", v_if=f"{S.APP_TAB} === 'prune'")
-    html.Div("Seed 004's analysis: filters ranked by importance (the norm of the class score's gradient "
-             "w.r.t. their weights), removed least / most important first. Results are folders like "
-             "those of volviz prune --out, under out/prune.", v_if=f"{S.APP_TAB} === 'prune'")
+def _tab_help(specs) -> None:
+    """The drawer on the other main tabs (their controls are on the tab)."""
+    for spec in specs:
+        if spec.help:
+            html.Div(spec.title, classes="text-subtitle-2 text-white mb-1", v_if=f"{S.APP_TAB} === '{spec.key}'")
+            html.Div(spec.help, v_if=f"{S.APP_TAB} === '{spec.key}'")
 
 
 def _volume_controls(ctrl) -> None:
@@ -122,8 +118,8 @@ def _volume_controls(ctrl) -> None:
                    id="order-select", **_SELECT)
         v3.VSelect(v_if=f"{S.V_ORDER} !== 'natural'", v_model=(S.V_FIT,),
                    items=(S.ITEMS_FIT, S.FIT_ITEMS), label="order fitted", **_SELECT)
-        v3.VSlider(v_if=f"{S.V_ORDER}.includes('kmeans')", v_model=(S.V_CLUSTERS,), min=0, max=20,
-                   step=1, label="clusters", thumb_label=True, hide_details=True, density="compact",
+        v3.VSlider(v_if=f"{_js_list(S.ORDERS_WITH_CLUSTERS)}.includes({S.V_ORDER})", v_model=(S.V_CLUSTERS,),
+                   min=0, max=20, step=1, label="clusters", thumb_label=True, hide_details=True, density="compact",
                    classes="mb-3")
         v3.VSelect(v_model=(S.V_CMAP,), items=(S.ITEMS_CMAP, S.CMAPS), label="colour map", **_SELECT)
         v3.VSelect(v_model=(S.V_OPACITY,), items=(S.ITEMS_OPACITY, S.OPACITIES), label="opacity preset",

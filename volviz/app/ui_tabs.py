@@ -1,6 +1,7 @@
 """Layout of the explorer's Graph, Scene preview and Pruning tabs (layout only; the handlers are
 in :mod:`volviz.app.graph_tab`, :mod:`volviz.app.scene_tab`, :mod:`volviz.app.prune_tab`).
-Each is inside a ``v-if`` on the main tab, so a hidden tab's view is not in the page."""
+Each is ``layout(tab, ctx)`` of a :class:`~volviz.app.tabs.TabSpec`, put inside a ``v-if`` on the
+main tab, so a hidden tab's view is not in the page."""
 from __future__ import annotations
 
 from trame.widgets import html
@@ -23,8 +24,7 @@ def _remote_view(plotter, ref: str):
                                      interactive_quality=60, still_quality=92)
 
 
-def graph_tab(app) -> None:
-    tab = app.graph_tab
+def graph_tab(tab, ctx) -> None:
     with v3.VCard(classes="pa-2", variant="outlined", id="graph-pane"):
         with html.Div(classes="d-flex align-center flex-wrap"):
             _pane_select()
@@ -35,7 +35,7 @@ def graph_tab(app) -> None:
                        density="compact")
             v3.VSelect(v_model=(S.G_FOCUS,), items=(S.G_LAYERS,), label="camera", style="max-width: 180px",
                        classes="mr-2", id="graph-focus", **_F)
-            v3.VBtn("Reset camera", click=app.ctrl.graph_reset_camera, prepend_icon="mdi-camera-retake",
+            v3.VBtn("Reset camera", click=ctx.ctrl.graph_reset_camera, prepend_icon="mdi-camera-retake",
                     variant="tonal", size="small")
         with v3.VRow(dense=True, classes="mt-1"):
             with v3.VCol(cols=12, lg=9):
@@ -44,7 +44,7 @@ def graph_tab(app) -> None:
                     tab.view = _remote_view(tab.plotter, "graphview")
             with v3.VCol(cols=12, lg=3):
                 # the analysed pane's image and caption (pane 0, or pane 1 when chosen)
-                two = len(app.panes) > 1
+                two = ctx.n_panes > 1
                 pick = (lambda f: f"{S.X_PANE} === 1 ? p1_{f} : p0_{f}") if two else (lambda f: f"p0_{f}")
                 html.Img(src=(pick("input"),), id="graph-input",
                          style="width: 100%; max-width: 160px; image-rendering: pixelated; border: 1px solid #555;")
@@ -56,8 +56,7 @@ def graph_tab(app) -> None:
         html.Div("{{ %s }}" % S.G_NOTE, classes="text-caption text-grey mt-1", id="graph-note")
 
 
-def scene_tab(app) -> None:
-    tab = app.scene_tab
+def scene_tab(tab, ctx) -> None:
     with v3.VCard(classes="pa-2", variant="outlined", id="scene-pane"):
         with html.Div(classes="d-flex align-center"):
             v3.VSelect(v_model=(S.SC_FILE,), items=(S.SC_FILES,), label="scene file (scenes/*.toml)",
@@ -82,8 +81,8 @@ def scene_tab(app) -> None:
                  "path and image series follow the slider.", classes="text-caption text-grey")
 
 
-def prune_tab(app) -> None:
-    ctrl = app.ctrl
+def prune_tab(tab, ctx) -> None:
+    ctrl = ctx.ctrl
     with v3.VCard(classes="pa-2", variant="outlined", id="prune-pane"):
         html.Div("Remove the least / most important filters of a layer (zeroed in a copy of the model) and "
                  "sweep a threshold on importance: the error rate of every class (seed 004). Evaluated on the "

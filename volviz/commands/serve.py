@@ -10,9 +10,12 @@ examples:
   volviz serve stores/digits stores/faces       # two stores side by side
   volviz serve stores/digits --port 9000
   volviz serve stores/digits --host 0.0.0.0     # expose on purpose (prints a warning)
+  volviz serve stores/mine --trust-factory      # a store captured from --model pkg.mod:factory
 
 Open the printed URL in a browser. The state is shared: every browser connected to one server sees
-and moves the same slider.
+and moves the same slider. A store (or scene file) is data: its model is only unpickled or imported
+when THIS command line says --trust-pickle / --trust-factory; without them the panels that need the
+model (sorted neurons, saliency, graph, class-group gradients, pruning) say so and the rest works.
 """
 
 
@@ -26,9 +29,16 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free port)")
     p.add_argument("--record-dir", default="out/recordings", help="where recorded movies go")
+    p.add_argument("--allow-outside", action="store_true",
+                   help="scene files (Scene preview) may name a store outside their own folder (trusted scene "
+                   "files only)")
+    from volviz.commands.common import add_trust_args
+    add_trust_args(p)
     p.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(a) -> int:
     from volviz.app.server import serve
-    return serve(a.stores, host=a.host, port=a.port, timeout=0, record_dir=a.record_dir)
+    from volviz.commands.common import trust
+    return serve(a.stores, host=a.host, port=a.port, timeout=0, record_dir=a.record_dir, trust=trust(a),
+                 allow_outside=a.allow_outside)

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from volviz.analysis.reorder import ORDER_NAMES, make_orderer
+from volviz.analysis.reorder import ORDER_NAMES, REORDERINGS
 from volviz.store.store import QUANTITIES, Store, StoreError
-from volviz.views.volume import weight_volume
+from volviz.views.volume_data import weight_volume
 
 FITS = ("image", "set")
 
@@ -62,15 +62,11 @@ class LayerVolumeSource:
             raise StoreError(f"unknown fit {fit!r}; valid: {', '.join(FITS)}")
 
     def _orderer(self, order: str, n_channels: int, **kw):
-        params = {}
-        if order in ("kmeans", "slice-kmeans"):
-            params["n_clusters"] = kw.get("n_clusters") or max(2, min(10, n_channels // 4))
-        if order == "kmeans2":
-            params["n_outer"] = kw.get("n_outer") or max(2, min(20, n_channels // 5))
-            params["n_inner"] = kw.get("n_inner") or 5
-        if order != "natural" and order != "pca":
-            params["random_state"] = self.random_state
-        return make_orderer(order, **params)
+        """The registry's estimator with its defaults for this layer (``n_clusters``: the
+        clusters, 0 / None automatic; ``n_outer`` / ``n_inner`` where the order takes them)."""
+        r = REORDERINGS[order]
+        params = {k: v for k, v in kw.items() if k in r.defaults(n_channels)}
+        return r.build(n_channels, clusters=kw.get("n_clusters"), random_state=self.random_state, **params)
 
     def set_order(self, layer: str, quantity: str, order: str, **kw):
         """An orderer fitted once over (up to ``max_fit_images``) captured images."""
