@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from helpers import NoConv, TinyCNN, tiny_cnn
 from torch import nn
 
-from helpers import NoConv, TinyCNN, tiny_cnn
 from volviz.capture.engine import capture_batch
 from volviz.capture.layers import LayerSelectionError, select_layers
 from volviz.capture.persample import func_per_sample_grads, loop_per_sample_grads
@@ -179,6 +179,19 @@ def test_every_conv_route_equals_loop(route, monkeypatch):
     _check_float64(_double(_Conv3dNet()), torch.randn(3, 2, 4, 8, 8, dtype=torch.float64), ["a", "b", "c", "fc"])
 
 
+def test_channels_last_grouped_conv_per_image_route_equals_loop():
+    import volviz.capture.persample as ps
+
+    # convnext's blocks hand a depthwise conv a permuted (channels-last) input
+    m = nn.Sequential(nn.Conv2d(2, 8, 1), _Permute(0, 2, 3, 1), nn.LayerNorm(8), _Permute(0, 3, 1, 2),
+                      nn.Conv2d(8, 16, 3, padding=1, groups=8), nn.Flatten(), nn.LazyLinear(3))
+    x = torch.randn(3, 2, 20, 20)
+    m(x)
+    inp = m[3](m[2](m[1](m[0](x))))
+    assert ps.is_channels_last(inp) and ps.conv_route(m[4], (1, 1), 20 * 20, True) == "per_image"
+    _check_float64(_double(m), x.double(), ["0", "2", "4", "6"])
+
+
 def test_conv_routes_chosen_by_shape():
     import volviz.capture.persample as ps
 
@@ -194,7 +207,8 @@ def test_conv_routes_chosen_by_shape():
 def test_conv_subclass_with_its_own_forward_takes_torch_func():
     class StdConv(nn.Conv2d):  # weight standardization: the weight is not used as is
         def forward(self, x):
-            w = (self.weight - self.weight.mean((1, 2, 3), keepdim=True)) / (self.weight.std((1, 2, 3), keepdim=True) + 1e-5)
+            w = self.weight - self.weight.mean((1, 2, 3), keepdim=True)
+            w = w / (self.weight.std((1, 2, 3), keepdim=True) + 1e-5)
             return self._conv_forward(x, w, self.bias)
 
     from volviz.capture.persample import has_fast_path
@@ -251,7 +265,8 @@ def test_layer_selection_names_globs_types_and_errors():
     m = torchvision.models.resnet18(weights=None)
     default = select_layers(m)
     assert default[0] == "conv1" and default[-1] == "fc" and "layer2.0.downsample.0" in default
-    assert select_layers(m, ["layer1.*.conv?"]) == ["layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1", "layer1.1.conv2"]
+    assert select_layers(m, ["layer1.*.conv?"]) == ["layer1.0.conv1", "layer1.0.conv2",
+                                                    "layer1.1.conv1", "layer1.1.conv2"]
     assert select_layers(m, ["layer4.*"], ["Conv2d"]) == [n for n in default if n.startswith("layer4.")]
     assert "relu" in select_layers(m, None, ["relu"])
     with pytest.raises(LayerSelectionError, match=r"no layer named 'conv9'.*layer1\.0\.conv1 \(Conv2d\)"):
@@ -302,7 +317,8 @@ def test_batch_size_choice_counts_weight_gradients_once():
     text = describe_memory_plan(lowered)
     for words in ("batch size        10", "projected memory", "per image", "per-image weight gradients", "budget"):
         assert words in text
-    with_fixed = choose_batch_size(plan.parts, 32, budget=int(10.5 * plan.per_image), fixed={"shards": plan.per_image})
+    budget = int(10.5 * plan.per_image)
+    with_fixed = choose_batch_size(plan.parts, 32, budget=budget, fixed={"shards": plan.per_image})
     assert with_fixed.batch_size == 9
     with pytest.raises(CaptureError, match=r"one image needs .* budget .*conv3.*--layers"):
         choose_batch_size(plan.parts, 32, budget=plan.per_image // 2, largest_layer="conv3")

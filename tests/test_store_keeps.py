@@ -80,3 +80,13 @@ def test_compressed_store_reads_the_same(tmp_path, images, full):
     for q, layer in (("activation", "conv1"), ("grad_weight", "conv2"), ("grad_norm", "fc1")):
         np.testing.assert_array_equal(small.read_batch(q, layer, rows), full.read_batch(q, layer, rows))
     assert small.plan.compress and "zstd" in str(small._root["act/conv1/data"].metadata.to_dict())
+
+
+def test_dry_run_plans_and_writes_nothing(tmp_path, images, capsys):
+    from volviz.cli import main
+    out = tmp_path / "never"
+    assert main(["capture", "--model", "helpers:tiny_cnn", "--size", "12", "12", "--channels", "1",
+                 "--images", str(images), "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "batch size" in text and "per image" in text and "nothing was written" in text
+    assert not out.exists()

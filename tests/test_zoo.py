@@ -2,9 +2,11 @@
 
 Per family: the captured activations equal torchvision's create_feature_extractor, the per-image
 weight gradients of every conv, linear and norm layer equal a per-image backward loop (float64),
-the network graph builds, and a layer volume renders. About 30 s on one thread; r3d_18 (Conv3d)
-is marked slow.
+the network graph builds, and a layer volume renders. About 40 s on one thread for the ten
+families; r3d_18 (Conv3d, 5-15 s) is marked slow. `make test` (CI) runs every test, slow ones
+included: about 55 s in all.
 """
+
 from __future__ import annotations
 
 import copy
@@ -49,8 +51,12 @@ def build(name: str) -> nn.Module:
 
 
 def weighted_layers(m: nn.Module) -> list[str]:
-    return [n for n, mod in named_leaf_modules(m).items()
-            if isinstance(mod, (*CONV_TYPES, nn.Linear, *NORMS)) and isinstance(getattr(mod, "weight", None), nn.Parameter)]
+    kinds = (*CONV_TYPES, nn.Linear, *NORMS)
+    return [
+        n
+        for n, mod in named_leaf_modules(m).items()
+        if isinstance(mod, kinds) and isinstance(getattr(mod, "weight", None), nn.Parameter)
+    ]
 
 
 def full_grad(res, name):
@@ -118,9 +124,15 @@ GRAPH_GAPS = {  # ops the graph builder cannot follow yet (volviz.analysis.netwo
 }
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(raises=Exception, strict=True, reason=GRAPH_GAPS[n]))
-    if n in GRAPH_GAPS else n for n in FAMILIES])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xfail(raises=Exception, strict=True, reason=GRAPH_GAPS[n]))
+        if n in GRAPH_GAPS
+        else n
+        for n in FAMILIES
+    ],
+)
 def test_zoo_graph_builds(name):
     from volviz.analysis.network_graph import build_network_graph
 
@@ -130,7 +142,7 @@ def test_zoo_graph_builds(name):
 
 @pytest.mark.slow
 def test_zoo_conv3d_video_model():
-    """r3d_18: Conv3d takes the folded native kernel, as Conv2d does (CI: not run, ~1 minute)."""
+    """r3d_18: Conv3d takes the folded native kernel, as Conv2d does (5-15 s; CI runs it)."""
     torch.manual_seed(0)
     m = torchvision.models.get_model("r3d_18", weights=None, num_classes=5).eval()
     layers = [n for n, mod in named_leaf_modules(m).items() if isinstance(mod, (nn.Conv3d, nn.Linear))]

@@ -31,8 +31,6 @@ your own model:
 from volviz.errors import UserError, VolvizError  # noqa: E402
 
 
-
-
 def setup_torch_threads(n: int | None = None) -> None:
     """torch threads for a command: ``n``, or every core but one (left to rendering / the shell)."""
     import torch
@@ -107,6 +105,8 @@ def add_capture(sub) -> None:
                    "writes its own shards of the store)")
     g.add_argument("--scheduler", metavar="ADDRESS", help="use a running Dask scheduler (tcp://host:8786); its "
                    "workers need volviz, the model and the images at the same paths (see docs/scale.md)")
+    p.add_argument("--dry-run", action="store_true", help="plan only: print the memory one batch needs, the "
+                   "batch size chosen and why, and the projected store size; write nothing")
     p.add_argument("--resume", action="store_true", help="complete an interrupted capture in --out")
     p.add_argument("--repair", action="store_true", help="check every chunk of the store in --out and capture "
                    "again the images whose data is damaged or missing")
@@ -142,8 +142,28 @@ def cmd_capture(a) -> int:
             weight_grad_layers=a.weight_grads, weight_grad_budget=int(a.weight_grad_budget_mb * (1 << 20)),
             descriptors=a.descriptors, pool=a.pool, descriptors_only=a.descriptors_only, compress=a.compress,
             store_budget=int(a.store_budget_gb * (1 << 30)) if a.store_budget_gb is not None else None)
+        if a.dry_run:
+            return dry_run(a.out, s)
         store = run_capture(a.out, s, overwrite=a.overwrite, **many)
     print(describe_store(store, short=True))
+    return 0
+
+
+def dry_run(out, s) -> int:
+    """``volviz capture --dry-run``: everything checked and planned, nothing written."""
+
+    from volviz.capture.memory import describe_memory_plan, fmt_bytes
+    from volviz.store.capture import check_store_size, plan_capture
+    from volviz.store.folder import prepare_folder_check
+    prepare_folder_check(pathlib.Path(out), overwrite=True)
+    plan, _, _ = plan_capture(s)
+    size = check_store_size(plan, pathlib.Path(out), s.store_budget)
+    print(describe_memory_plan(plan.memory))
+    kept = [i.name for i in plan.layers if i.weight_grad and i.weight_shape]
+    print(f"store             {len(plan.images)} images, at most {fmt_bytes(size)} "
+          f"({fmt_bytes(size / max(1, len(plan.images)))} per image) in {out}")
+    print(f"weight gradients  full for {', '.join(kept) or 'no layer'}; filter norms for every layer")
+    print("dry run: nothing was written")
     return 0
 
 
@@ -230,6 +250,7 @@ def _command_modules() -> list:
     """Subcommands that live next to their features register themselves here (volviz/commands/)."""
     import importlib
     import pkgutil
+
     import volviz.commands as pkg
     modules = [importlib.import_module(f"volviz.commands.{m.name}") for m in pkgutil.iter_modules(pkg.__path__)]
     return [m for m in modules if hasattr(m, "register")]  # common.py holds shared helpers

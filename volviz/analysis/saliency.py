@@ -15,7 +15,6 @@ Maps are returned as numpy ``(N, H, W)``. :func:`overlay` blends a map over its 
 """
 from __future__ import annotations
 
-import pathlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,10 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from volviz.analysis.importance import AnalysisError, NotDifferentiableError
+from volviz.errors import AnalysisError, NotDifferentiableError
 from volviz.capture.engine import model_logits
 
-__all__ = ["METHODS", "SALIENCY_METHODS", "SaliencyMethod", "saliency_maps", "overlay", "saliency_figure"]
+__all__ = ["METHODS", "SALIENCY_METHODS", "SaliencyMethod", "saliency_maps", "overlay"]
 
 
 def _saliency(model, x, target, baseline, n_steps):
@@ -148,34 +147,3 @@ def overlay(image: np.ndarray, sal: np.ndarray, *, cmap: str = "inferno", alpha:
     a = alpha * np.sqrt(t)[:, :, None]  # sqrt: mid-strength pixels stay visible
     out = (1 - a) * (0.7 * img) + a * col  # the image dimmed, so the colours read on white too
     return np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)
-
-
-def saliency_figure(image: np.ndarray, sal: np.ndarray, path, *, title: str = "", method: str = "saliency",
-                    cmap: str = "inferno"):
-    """PNG with three panels: the input, the map, the overlay."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    img = np.asarray(image, dtype=np.float64)
-    if img.ndim == 3 and img.shape[0] in (1, 3):
-        img = img.transpose(1, 2, 0)
-    grey = img.ndim == 2 or img.shape[2] == 1
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.4))
-    axes[0].imshow(img.squeeze() if grey else np.clip(img, 0, 1), cmap="gray" if grey else None,
-                   vmin=0, vmax=1, interpolation="nearest")
-    axes[0].set_title("input", fontsize=9)
-    im = axes[1].imshow(sal, cmap=cmap, vmin=0, interpolation="nearest")
-    axes[1].set_title(f"{method}: max_c |A_c|", fontsize=9)
-    fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04)
-    axes[2].imshow(overlay(img, sal, cmap=cmap), interpolation="nearest")
-    axes[2].set_title("overlay", fontsize=9)
-    for a in axes:
-        a.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = pathlib.Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -50,7 +50,8 @@ def resolve_targets(target: str | int, logits: torch.Tensor, labels: torch.Tenso
         idx = int(target)
     if not 0 <= idx < logits.shape[1]:
         from volviz.errors import TargetError
-        raise TargetError(f"target class {idx} out of range: the model has {logits.shape[1]} outputs (0..{logits.shape[1] - 1})")
+        raise TargetError(f"target class {idx} out of range: the model has {logits.shape[1]} outputs "
+                          f"(0..{logits.shape[1] - 1})")
     return torch.full_like(pred, idx)
 
 
@@ -118,7 +119,8 @@ def capture_batch(model: nn.Module, x: torch.Tensor, layers: list[str], *, targe
         raise RuntimeError("capture needs model.eval(): in training mode dropout and batch norm mix "
                            "images, and per-image gradients would be wrong")
     modules = dict(model.named_modules())
-    weighted = [n for n in layers if gradients and weight_gradients and isinstance(getattr(modules[n], "weight", None), nn.Parameter)]
+    weighted = [n for n in layers if gradients and weight_gradients
+                and isinstance(getattr(modules[n], "weight", None), nn.Parameter)]
     fast = [n for n in weighted if has_fast_path(modules[n])]
     slow = [n for n in weighted if n not in fast]
     for kind in sorted({type(modules[n]).__name__ for n in slow} - _warned_slow):

@@ -14,12 +14,14 @@ one of three exact routes, whichever the kernel shape makes fast:
     al. 2019, the way opacus goes), where the native kernel is slow on oneDNN;
   * everything else, depthwise and grouped above all: the native backward-weight kernel
     (``torch.nn.grad.conv*_weight``) with the batch folded into the groups, input reshaped to
-    (1, N*C, ...) and groups=N*groups: one call where unfold + bmm makes N*groups tiny products.
+    (1, N*C, ...) and groups=N*groups: one call where unfold + bmm makes N*groups tiny products;
+    on a channels-last input with a large map, the native kernel once per image instead.
 Linear layers are an outer product (Goodfellow 2015; summed over extra dimensions); BatchNorm (eval), LayerNorm
 (also torchvision's channels-first LayerNorm2d) and GroupNorm affine weights are the output
 gradient times the normalized input, summed over positions. ``func_per_sample_grads``
 (torch.func) serves other layer types and ``loop_per_sample_grads`` is the tests' reference.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,6 +35,10 @@ UNFOLD_BUDGET = 256 * 1024 * 1024
 # layer3-4 at 64-112 px: 3-15x slower than unfold; resnext50 layer4: 7x) and faster on large maps and small
 # groups (resnet18 layer1-2 at 112 px: 1.4-2.7x faster; depthwise and regnet group convs: 2-10x).
 UNFOLD_WEIGHT_PER_POSITION = 1024
+# A grouped conv on a channels-last input (convnext's blocks permute) with more output positions
+# than this runs the native kernel once per image: folding the batch into the groups needs a
+# channels-first copy, on which oneDNN's depthwise kernel is 5x slower (convnext stage 1: 31 ms vs 10 ms).
+LOOP_MIN_POSITIONS = 256
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -41,6 +47,7 @@ BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 def _layernorm2d_type():
     try:
         from torchvision.models.convnext import LayerNorm2d
+
         return LayerNorm2d
     except ImportError:  # pragma: no cover - torchvision is a dependency
         return None
@@ -102,14 +109,21 @@ def explicit_padding(module: nn.modules.conv._ConvNd, inp: torch.Tensor) -> tupl
     return inp, tuple(padding)
 
 
-def conv_route(module: nn.modules.conv._ConvNd, padding: tuple, out_positions: int) -> str:
-    """Which exact method is fast for this conv: 'pointwise', 'unfold' or 'folded' (module doc)."""
+def conv_route(module: nn.modules.conv._ConvNd, padding: tuple, out_positions: int, channels_last: bool = False) -> str:
+    """Which exact method is fast for this conv: 'pointwise', 'unfold', 'folded' or 'per_image'."""
     if module.groups == 1 and all(k == 1 for k in module.kernel_size) and not any(padding):
         return "pointwise"
+    if channels_last and module.groups > 1 and out_positions > LOOP_MIN_POSITIONS:
+        return "per_image"
     per_group = module.weight[0].numel() * module.out_channels // module.groups
     if len(module.kernel_size) <= 2 and per_group > UNFOLD_WEIGHT_PER_POSITION * out_positions:
         return "unfold"
     return "folded"
+
+
+def is_channels_last(t: torch.Tensor) -> bool:
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(t.dim())
+    return fmt is not None and not t.is_contiguous() and t.is_contiguous(memory_format=fmt)
 
 
 def _into(out: torch.Tensor | None, result: torch.Tensor) -> torch.Tensor:
@@ -133,8 +147,12 @@ def _conv_pointwise(module, inp, grad_out, out):
 def _conv_unfold(module, inp, grad_out, padding, out):
     if inp.dim() == 3:  # Conv1d as a (1, k) Conv2d
         inp, grad_out = inp.unsqueeze(2), grad_out.unsqueeze(2)
-        kernel, stride, dilation, padding = ((1, module.kernel_size[0]), (1, module.stride[0]),
-                                             (1, module.dilation[0]), (0, padding[0]))
+        kernel, stride, dilation, padding = (
+            (1, module.kernel_size[0]),
+            (1, module.stride[0]),
+            (1, module.dilation[0]),
+            (0, padding[0]),
+        )
     else:
         kernel, stride, dilation = module.kernel_size, module.stride, module.dilation
     N, c_in = inp.shape[:2]
@@ -146,11 +164,11 @@ def _conv_unfold(module, inp, grad_out, padding, out):
         out = torch.empty(N, *module.weight.shape, dtype=grad_out.dtype, device=grad_out.device)
     flat = out.view(N * g, c_out // g, ci)
     for s in range(0, N, step):
-        cols = F.unfold(inp[s:s + step], kernel, dilation=dilation, padding=padding, stride=stride)
+        cols = F.unfold(inp[s : s + step], kernel, dilation=dilation, padding=padding, stride=stride)
         n = cols.shape[0]
-        cols = cols.view(n * g, ci, L).transpose(1, 2)           # (n*g, L, ci)
-        go = grad_out[s:s + step].reshape(n * g, c_out // g, L)  # (n*g, co, L)
-        torch.bmm(go, cols, out=flat[s * g:(s + n) * g])
+        cols = cols.view(n * g, ci, L).transpose(1, 2)  # (n*g, L, ci)
+        go = grad_out[s : s + step].reshape(n * g, c_out // g, L)  # (n*g, co, L)
+        torch.bmm(go, cols, out=flat[s * g : (s + n) * g])
     return out
 
 
@@ -164,20 +182,47 @@ def _conv_folded(module, inp, grad_out, padding, out):
     go = grad_out.reshape(1, N * c_out, *grad_out.shape[2:])
     shape = (N * c_out, c_in // g, *module.kernel_size)
     weight = out.view(shape) if out is not None else grad_out.new_empty(shape)
-    w = torch.ops.aten.convolution_backward(go, x, weight, None, module.stride, padding, module.dilation, False,
-                                            [0] * d, N * g, (False, True, False))[1]
+    w = torch.ops.aten.convolution_backward(
+        go, x, weight, None, module.stride, padding, module.dilation, False, [0] * d, N * g, (False, True, False)
+    )[1]
     return _into(out, w)
 
 
-def conv_per_sample(module: nn.modules.conv._ConvNd, inp: torch.Tensor, grad_out: torch.Tensor,
-                    out: torch.Tensor | None = None) -> torch.Tensor:
+def _conv_per_image(module, inp, grad_out, padding, out):
+    """The native kernel once per image (the batch-1 call keeps the input's channels-last layout)."""
+    N, d = inp.shape[0], inp.dim() - 2
+    if out is None:
+        out = torch.empty(N, *module.weight.shape, dtype=grad_out.dtype, device=grad_out.device)
+    w = out.view(N, *module.weight.shape)
+    for n in range(N):
+        w[n] = torch.ops.aten.convolution_backward(
+            grad_out[n : n + 1],
+            inp[n : n + 1],
+            w[n],
+            None,
+            module.stride,
+            padding,
+            module.dilation,
+            False,
+            [0] * d,
+            module.groups,
+            (False, True, False),
+        )[1]
+    return out
+
+
+def conv_per_sample(
+    module: nn.modules.conv._ConvNd, inp: torch.Tensor, grad_out: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-image weight gradient of a Conv1d/2d/3d, (N, *weight.shape), exact (see module doc)."""
     inp, padding = explicit_padding(module, inp)
-    route = conv_route(module, padding, grad_out[0, 0].numel())
+    route = conv_route(module, padding, grad_out[0, 0].numel(), is_channels_last(inp))
     if route == "pointwise":
         res = _conv_pointwise(module, inp, grad_out, out)
     elif route == "unfold":
         res = _conv_unfold(module, inp, grad_out, padding, out)
+    elif route == "per_image":
+        res = _conv_per_image(module, inp, grad_out, padding, out)
     else:
         res = _conv_folded(module, inp, grad_out, padding, out)
     return res.view(inp.shape[0], *module.weight.shape)
@@ -208,8 +253,9 @@ def norm_per_sample(module: nn.Module, inp: torch.Tensor, grad_out: torch.Tensor
     return prod.reshape(N, w_shape[0], -1).sum(2)
 
 
-def hook_per_sample_grad(module: nn.Module, inp: torch.Tensor, grad_out: torch.Tensor,
-                         out: torch.Tensor | None = None) -> torch.Tensor:
+def hook_per_sample_grad(
+    module: nn.Module, inp: torch.Tensor, grad_out: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-image gradient w.r.t. ``module.weight`` from the layer's input and output gradient,
     shape (N, *weight.shape). ``out``: a contiguous buffer of that shape to write into (reusing one
     across batches saves the page faults of fresh gigabytes)."""
@@ -235,8 +281,9 @@ def _output_scores(model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> 
     return out.reshape(out.shape[0], -1).gather(1, targets.view(-1, 1)).squeeze(1)
 
 
-def func_per_sample_grads(model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
-                          param_names: list[str], chunk_size: int | None = None) -> dict[str, torch.Tensor]:
+def func_per_sample_grads(
+    model: nn.Module, x: torch.Tensor, targets: torch.Tensor, param_names: list[str], chunk_size: int | None = None
+) -> dict[str, torch.Tensor]:
     """torch.func vmap(grad) over the batch: general (any layer type) but re-runs the network per
     sample inside vmap; used where no fast path exists, and as a benchmark baseline."""
     from torch.func import functional_call, grad, vmap
@@ -255,14 +302,15 @@ def func_per_sample_grads(model: nn.Module, x: torch.Tensor, targets: torch.Tens
     return vmap(grad(score), in_dims=(None, 0, 0), chunk_size=chunk_size)(chosen, x, targets)
 
 
-def loop_per_sample_grads(model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
-                          param_names: list[str]) -> dict[str, torch.Tensor]:
+def loop_per_sample_grads(
+    model: nn.Module, x: torch.Tensor, targets: torch.Tensor, param_names: list[str]
+) -> dict[str, torch.Tensor]:
     """The naive way: one forward and backward pass per image. Reference for tests/benchmarks."""
     params = dict(model.named_parameters())
     chosen = [params[k] for k in param_names]
     results = {k: [] for k in param_names}
     for n in range(x.shape[0]):
-        s = _output_scores(model, x[n:n + 1], targets[n:n + 1]).sum()
+        s = _output_scores(model, x[n : n + 1], targets[n : n + 1]).sum()
         grads = torch.autograd.grad(s, chosen, allow_unused=True)
         for k, g, p in zip(param_names, grads, chosen):
             results[k].append(torch.zeros_like(p) if g is None else g)

@@ -267,6 +267,7 @@ def cmd_saliency(a) -> int:
     from volviz.capture.engine import model_logits, resolve_targets
     from volviz.errors import AnalysisError
     from volviz.sources.images import read_image
+    from volviz.analysis.saliency import SALIENCY_METHODS
     from volviz.views.figures import saliency_figure
 
     _threads()
@@ -295,7 +296,7 @@ def cmd_saliency(a) -> int:
         logits = model_logits(loaded.module(x))
     t = resolve_targets(a.target, logits, labels, store.class_names)
     baseline = None
-    if a.method == "integrated-gradients":  # the black image, in the model's normalized input space
+    if SALIENCY_METHODS[a.method].baseline:  # the black image, in the model's normalized input space
         mean = torch.tensor(prep.mean or (0.0,)).view(1, -1, 1, 1)
         std = torch.tensor(prep.std or (1.0,)).view(1, -1, 1, 1)
         baseline = ((torch.zeros_like(x) - mean) / std).expand_as(x).contiguous()

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from volviz.capture.engine import model_logits
 from volviz.capture.layers import layer_kind, select_layers, type_name
+from volviz.capture.memory import fmt_bytes
 from volviz.capture.tap import LayerTap
 from volviz.errors import CaptureError, StoreError
 from volviz.sources.images import ImageRecord, discover_images, read_image
@@ -65,21 +66,6 @@ class CaptureSettings:
     descriptors_only: bool = False
     store_budget: int | None = None    # bytes the whole store may take; None: 90% of the free disk
     compress: bool = False             # zstd on the arrays: a third smaller, half the write rate
-
-
-def available_memory() -> int:
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 8 << 30
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024:
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} PiB"
 
 
 def build_preprocess(loaded: LoadedModel, s: CaptureSettings) -> Preprocess:
@@ -219,7 +205,7 @@ def choose_kept(infos: list[LayerInfo], s: CaptureSettings, exact: list[str]) ->
     left = [i.name for i in out if i.weight_shape and not i.weight_grad and s.gradients and s.weight_gradients]
     if left:
         log.info("keeping only the filter norms of the weight gradients of %s (over the per-image budget of %s; "
-                 "--weight-grads LAYER ... or all stores them)", ", ".join(left), _fmt_bytes(budget))
+                 "--weight-grads LAYER ... or all stores them)", ", ".join(left), fmt_bytes(budget))
     return out
 
 
@@ -235,8 +221,8 @@ def check_store_size(plan: Plan, out: pathlib.Path, budget: int | None) -> int:
     limit = budget if budget is not None else int(shutil.disk_usage(where).free * 0.9)
     if total > limit:
         raise CaptureError(
-            f"the store would take up to {_fmt_bytes(total)} ({_fmt_bytes(total / max(1, len(plan.images)))} per image), "
-            f"over the {'--store-budget-gb of ' if budget is not None else '90% of the free disk, '}{_fmt_bytes(limit)}; "
+            f"the store would take up to {fmt_bytes(total)} ({fmt_bytes(total / max(1, len(plan.images)))} per image), "
+            f"over the {'--store-budget-gb of ' if budget is not None else '90% of the free disk, '}{fmt_bytes(limit)}; "
             "keep fewer weight gradients (--weight-grads LAYER ..., --no-weight-grads), use --float16, "
             "fewer --layers, or raise --store-budget-gb")
     return total
@@ -302,6 +288,9 @@ def plan_capture(s: CaptureSettings, progress: bool = True) -> tuple[Plan, Loade
                 weight_gradients=s.weight_gradients, target=str(s.target), class_names=class_names,
                 label_names=folder_names, skipped=skipped, bytes_per_image=per_image, settings=settings,
                 fingerprints=fingerprints(s.weights or loaded.weights, records), compress=s.compress)
+    from volviz.store.contents import projected_bytes
+    memory.store_per_image = projected_bytes(plan) // max(1, len(records))
+    plan.memory = memory
     return plan, loaded, prep
 
 
@@ -330,8 +319,8 @@ def run_capture(out: str | os.PathLike, s: CaptureSettings, *, overwrite: bool =
     size = check_store_size(plan, pathlib.Path(out), s.store_budget)
     if progress:
         import sys
-        print(f"capturing {len(plan.images)} images into {out}: at most {_fmt_bytes(size)} "
-              f"({_fmt_bytes(size / len(plan.images))} per image), batch {plan.batch_size}", file=sys.stderr)
+        print(f"capturing {len(plan.images)} images into {out}: at most {fmt_bytes(size)} "
+              f"({fmt_bytes(size / len(plan.images))} per image), batch {plan.batch_size}", file=sys.stderr)
     store = Store.create(out, plan, overwrite=overwrite)
     # workers load the model from the store: the user typed this spec, so it is trusted for them
     trust = {"trust_pickle": s.trust_pickle, "trust_factory": True}

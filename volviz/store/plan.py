@@ -119,6 +119,7 @@ class Plan:
     settings: dict = field(default_factory=dict)
     fingerprints: dict = field(default_factory=dict)   # weights / image list hashes (resume check)
     compress: bool = False                              # zstd on the per-image arrays
+    memory: object = field(default=None, repr=False, compare=False)  # the capture's MemoryPlan (not saved)
     format_version: int = FORMAT_VERSION
 
     # ---- (de)serialization --------------------------------------------------------------
