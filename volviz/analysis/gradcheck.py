@@ -1,4 +1,4 @@
-"""Finite-difference validation of backprop gradients (seed 004 §3.2.1, eq. 1), done correctly.
+"""Finite-difference validation of backprop gradients ([Jain2016] §3.2.1, eq. 1), done correctly.
 
 For sampled filters of each layer, every sampled weight ``w`` is perturbed in a float64 copy of
 the model and the output neuron's score ``S`` is re-evaluated on the SAME input image:

@@ -9,7 +9,7 @@ to a unit of a later conv / linear layer and carry ``weight``, the strength of t
   positions of ``i`` in the flattened tensor (flatten-aware, also after adaptive pooling),
 * linear -> linear: ``|W[o, i]|``,
 
-after ReLU thresholding (seed 000): with ``mode="relu"`` (default) only the excitatory, positive
+after ReLU thresholding ([PreferredInputs2016]): with ``mode="relu"`` (default) only the excitatory, positive
 weights count, ``||max(W, 0)||``, so a unit that prefers pure red has its strongest edge to the
 R channel even when it inhibits G and B just as strongly; ``mode="abs"`` uses ``||W||``.
 
@@ -105,7 +105,7 @@ def build_network_graph(model: nn.Module, input_shape: tuple[int, ...], *, k: in
     k : keep the ``k`` strongest incoming edges of every unit (``None``: all).
     threshold : also drop edges weaker than ``threshold`` times the strongest edge into the
         same layer (``0``: keep all that ``k`` keeps). Zero-weight edges are always dropped.
-    mode : ``"relu"`` (positive weights only, seed 000's ReLU thresholding) or ``"abs"``.
+    mode : ``"relu"`` (positive weights only, [PreferredInputs2016]'s ReLU thresholding) or ``"abs"``.
     tracer : ``"auto"`` (fx, then the dispatch tracer), ``"fx"`` or ``"dispatch"``.
     input_names : labels of the input channels (default R, G, B / grey / in<c>).
 

@@ -3,7 +3,7 @@
 A layer's output is a volume of shape ``(C, H, W)``: C filter maps stacked one over another.
 Filter order carries no meaning in a trained network, so the volume looks like noise along the
 C axis. An *orderer* computes a permutation of the C filters that puts similar filters next to
-each other (seed 004 section 3.1.3), and for clustering orders also where the clusters start,
+each other ([Jain2016] section 3.1.3), and for clustering orders also where the clusters start,
 so a view can draw separators between them.
 
 All orderers follow the scikit-learn estimator shape: ``__init__`` stores parameters only,
@@ -433,7 +433,7 @@ class KMeansOrder(_BaseOrderer):
 
 
 class TwoLevelKMeansOrder(_BaseOrderer):
-    """Seed 004's "20 x 5 means": k-means into ``n_outer`` clusters, each split into ``n_inner``.
+    """[Jain2016]'s "20 x 5 means": k-means into ``n_outer`` clusters, each split into ``n_inner``.
 
     Outer clusters are ordered as in :class:`KMeansOrder`.  Inside each outer cluster, k-means
     into up to ``n_inner`` clusters (clamped to the outer cluster's size), the inner clusters
@@ -487,7 +487,7 @@ class TwoLevelKMeansOrder(_BaseOrderer):
 
 
 class SliceOrder(_BaseOrderer):
-    """Order filters from one vertical slice of the volume (seed 004 section 3.1.3).
+    """Order filters from one vertical slice of the volume ([Jain2016] section 3.1.3).
 
     The slice is the ``C x W`` matrix at row ``index`` (``axis="row"``) or the ``C x H`` matrix at
     column ``index`` (``axis="col"``); each filter is one row of it.  For a stack

@@ -1,4 +1,4 @@
-"""Image-specific class saliency (Simonyan et al.; seeds 001 / 002) through captum.
+"""Image-specific class saliency [Simonyan2014] ([Hong-L4], [Tang]) through captum.
 
 ``M_ij = max_c |A_c,ij|`` where ``A`` is the attribution of the class score ``S_t`` (before
 softmax) to the input pixels, ``c`` runs over the input channels:

@@ -20,7 +20,7 @@ gathers what the scene shows (store, graph, series, responses; no VTK), and
     [graph]
     k = 8                       # strongest incoming edges per unit
     threshold = 0.0             # and/or: drop edges below this fraction of the layer's strongest
-    mode = "relu"               # relu (seed 000) | abs
+    mode = "relu"               # relu ([PreferredInputs2016]) | abs
     [view]
     width = 1024
     height = 768

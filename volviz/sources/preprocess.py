@@ -3,7 +3,7 @@
 Three ways to reach the input size:
 
 * ``resize``: plain, may distort the aspect ratio;
-* ``scale_crop`` (seed 000): scale the smaller side up to the input size keeping the aspect ratio,
+* ``scale_crop`` ([PreferredInputs2016]): scale the smaller side up to the input size keeping the aspect ratio,
   then take the centre crop;
 * ``resize_crop``: torchvision's ImageNet evaluation transform, ``Resize(short_side)`` (shorter side
   to ``short_side``, aspect kept) then ``CenterCrop(size)``, as in Krizhevsky et al. (2012) and He
