@@ -49,6 +49,7 @@ class Store:
         self._root = zarr.open_group(str(path), mode=mode)
         self.layers = {info.name: info for info in plan.layers}
         self._done_cache: np.ndarray | None = None
+        self._arrays: dict = {}  # zarr array handles: opening one reads its metadata file
         self._checked_chunks = plan.format_version >= 2  # format 1 skipped all-zero chunks
 
     # ---- creation / opening -------------------------------------------------------------
@@ -113,7 +114,7 @@ class Store:
     # ---- writing ------------------------------------------------------------------------
     def _cast(self, key: str, data: np.ndarray, out: dict) -> None:
         """``data`` as stored under ``key`` (float16: per-image scaled, the scale beside it)."""
-        dtype = self._root[key].dtype
+        dtype = self._array(key).dtype
         if dtype == np.float16:
             flat = np.abs(np.nan_to_num(data.reshape(data.shape[0], -1), nan=0, posinf=0, neginf=0))
             scale = flat.max(axis=1) if flat.size else np.ones(data.shape[0])
@@ -177,6 +178,7 @@ class Store:
                 except ValueError:
                     pass
             del self._root["done"]  # damaged shards would be read back by a write: make it anew
+            self._arrays.pop("done", None)
             arr = layout.create_array(self._root, "done", (self.n_images,), (1,), "bool", False, sharded=True,
                                       compress=self.plan.compress)
         done[np.asarray(rows, dtype=np.int64)] = False
@@ -241,10 +243,16 @@ class Store:
             return False
         key = layout.quantity_keys(quantity, layer, self.layers[layer].weight_factors)[0]
         try:
-            self._root[key]
+            self._array(key)
         except KeyError:
             return False
         return True
+
+    def _array(self, key: str):
+        arr = self._arrays.get(key)
+        if arr is None:
+            arr = self._arrays[key] = self._root[key]
+        return arr
 
     def has_filter_norms(self, layer: str) -> bool:
         """Whether importance (per-filter weight-gradient norms) can be read for ``layer``."""
@@ -265,7 +273,7 @@ class Store:
 
     def _rows(self, key: str, rows: np.ndarray) -> np.ndarray:
         """Rows of one array as float32, float16 scale undone, every chunk checked."""
-        arr = self._root[key]
+        arr = self._array(key)
         if self._checked_chunks:
             per = layout.rows_per_file(arr)
             for first in np.unique(rows // per):
@@ -276,7 +284,7 @@ class Store:
         try:
             out = np.asarray(pick(arr))
             if arr.dtype == np.float16 and key != "input":
-                scale = np.asarray(pick(self._root[layout.scale_key(key)]), dtype=np.float32)
+                scale = np.asarray(pick(self._array(layout.scale_key(key))), dtype=np.float32)
                 out = out.astype(np.float32) * scale.reshape(-1, *([1] * (out.ndim - 1)))
         except ValueError as exc:  # crc32c mismatch, undecodable chunk
             if "checksum" not in str(exc) and "ecompress" not in str(exc):
@@ -339,7 +347,7 @@ class Store:
         """probs / pred / label / target for every image (rows of images not done are filler)."""
         if name not in ("probs", "pred", "label", "target"):
             raise StoreError(f"unknown column {name!r}; valid: probs, pred, label, target")
-        return np.asarray(self._root[name][:])
+        return np.asarray(self._array(name)[:])
 
     def iter_batches(self, batch_size: int, rows=None) -> Iterator[np.ndarray]:
         """Done images (or ``rows``) in batches of at most ``batch_size``: memory bounded by the batch."""

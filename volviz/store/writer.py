@@ -45,7 +45,7 @@ class ShardWriter:
         n = len(next(iter(arrays.values())))
         for key, data in arrays.items():
             data = np.array(data, copy=True)  # capture reuses its gradient buffers batch after batch
-            per = layout.rows_per_file(self._root[key])
+            per = layout.rows_per_file(self.store._array(key))
             by_shard = self._buf.setdefault(key, {})
             for j in range(n):
                 row = start + j
@@ -66,7 +66,7 @@ class ShardWriter:
         idx = np.fromiter(rows, dtype=np.int64, count=len(rows))
         order = np.argsort(idx)
         idx, data = idx[order], np.stack([rows[int(i)] for i in idx[order]])
-        arr = self._root[key]
+        arr = self.store._array(key)
         if idx[-1] - idx[0] + 1 == len(idx):
             arr[int(idx[0]):int(idx[-1]) + 1] = data
         else:
@@ -79,7 +79,7 @@ class ShardWriter:
                 del self._flushed[i]
         if done:
             d = np.asarray(sorted(done), dtype=np.int64)
-            self._root["done"].oindex[d] = True
+            self.store._array("done").oindex[d] = True
 
     def _check_errors(self) -> None:
         for f in [f for f in self._futures if f.done()]:
