@@ -8,8 +8,12 @@
            atlas scene and for the same nodes drawn as one actor per node (a textured quad each,
            the naive way), same edges; the ratio is what the atlas buys
 
+  lod      (--lod) the level of detail for big models: one tile per layer (graph_overview.py):
+           build, update, frames per second with the labels placed again each frame
+
     python benchmarks/bench_graph.py                        # VGG16, k = 8, 1024 x 768
     python benchmarks/bench_graph.py --k 4 --frames 10 --skip-per-node
+    python benchmarks/bench_graph.py --model mobilenet_v2 --lod --skip-units --out benchmarks/results/graph-lod-cpu.json
 Writes benchmarks/results/graph-cpu.json and prints a Markdown table.
 """
 from __future__ import annotations
@@ -99,6 +103,8 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=32, help="thumbnail pixels")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-per-node", action="store_true")
+    ap.add_argument("--lod", action="store_true", help="also measure the one-tile-per-layer overview")
+    ap.add_argument("--skip-units", action="store_true", help="skip the unit scene (with --lod)")
     ap.add_argument("--out", default=str(RESULTS / "graph-cpu.json"))
     ap.add_argument("--img-dir", default=str(RESULTS.parents[1] / "docs" / "img" / "graph"),
                     help="where the overview and layer screenshots go")
@@ -130,12 +136,16 @@ def main() -> None:
     rng = np.random.default_rng(0)
     thumbs = {d["name"]: rng.integers(0, 255, (d["n_units"], a.tile, a.tile, 3), dtype=np.uint8)
               for d in G.graph["layers"] if d["kind"] != "input"}
+    vals = {d["name"]: np.maximum(rng.normal(size=d["n_units"]), 0) for d in G.graph["layers"][1:]}
+    if a.lod:
+        row.update(lod(G, thumbs, vals, a))
+    if a.skip_units:
+        return finish(row, a)
     t0 = time.perf_counter()
     layout = layered_layout(G.graph["layers"])
     style = GraphStyle(edges_per_node=a.edges_per_node, thumbnail_px=a.tile)
     scene = GraphScene(G, layout, thumbs, input_image=rng.random((3, 64, 64)), style=style,
                        window_size=(a.width, a.height))
-    vals = {d["name"]: np.maximum(rng.normal(size=d["n_units"]), 0) for d in G.graph["layers"][1:]}
     scene.update_activations(vals)
     row["scene_build_s"] = round(time.perf_counter() - t0, 3)
     row["scene_actors"] = scene.n_actors
@@ -163,6 +173,39 @@ def main() -> None:
         row["fps_per_node_overview"] = round(fps(scene, poses, frames), 3)
         row["fps_ratio_atlas_over_per_node"] = round(row["fps_atlas_overview"] / row["fps_per_node_overview"], 1)
     scene.close()
+    finish(row, a)
+
+
+def lod(G, thumbs, vals, a) -> dict:
+    """The one-tile-per-layer overview: build, update, frames (labels placed again each frame)."""
+    from volviz.views.camera_path import orbit_poses
+    from volviz.views.graph_overview import LayerOverviewScene
+
+    t0 = time.perf_counter()
+    sc = LayerOverviewScene(G, thumbs, input_image=np.random.default_rng(1).random((3, 64, 64)),
+                            window_size=(a.width, a.height), title=f"{a.model}: {len(G.graph['layers'])} layers")
+    sc.update_activations(vals)
+    out = {"lod_build_s": round(time.perf_counter() - t0, 3), "lod_layers": len(sc.names),
+           "lod_grid": [sc.tiles.rows, sc.tiles.cols], "lod_layer_edges": len(sc.edges)}
+    t0 = time.perf_counter()
+    for _ in range(5):
+        sc.update_activations(vals)
+    out["lod_update_activations_ms"] = round((time.perf_counter() - t0) * 200, 2)
+    base = sc.view_overview()
+    poses = orbit_poses(base, degrees=8, n=a.frames)
+    sc.screenshot()
+    t0 = time.perf_counter()
+    for p in poses:
+        sc.set_pose(p)  # places every label again
+        sc.screenshot()
+    out["lod_fps"] = round(len(poses) / (time.perf_counter() - t0), 2)
+    sc.set_pose(base)
+    out["lod_labels_shown"] = len(sc.shown_labels)
+    sc.close()
+    return out
+
+
+def finish(row: dict, a) -> None:
     row["peak_rss_mb"] = round(rss_peak_mb(), 1)
 
     machine = {"device": "cpu (llvmpipe, EGL)", "platform": platform.platform(), "threads": a.threads,

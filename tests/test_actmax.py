@@ -248,7 +248,7 @@ def test_resume_skips_done_layers_and_redoes_only_missing_chunks(store, monkeypa
     st = R._store(path, "r+")
     g = st.results("preferred").group("fc1")
     before = R.load_preferred(st, "fc1")
-    g["done"][1] = False  # as if killed while writing units 3-5 of fc1
+    g["done"][3:6] = False  # as if killed while writing units 3-5 of fc1
     g["images"][3:6] = np.zeros((3, 2, 1, 12, 12), dtype=np.float16)
     g.attrs["complete"] = False
     with pytest.raises(R.PreferredError, match="incomplete"):

@@ -1,9 +1,9 @@
 """``volviz graph``: the model of a store as a 3-D node-edge graph, rendered to a PNG."""
 from __future__ import annotations
 
-from volviz.errors import UserError
-
 import argparse
+
+from volviz.errors import UserError
 
 EPILOG = """\
 examples:
@@ -12,6 +12,11 @@ examples:
   volviz graph stores/faces --out conv2.png --layer conv2      # zoomed into one layer
   volviz graph stores/faces --out u.png --layer fc3 --unit 0   # one unit and its neighbours
   volviz graph stores/digits --out g.png --export graph.graphml   # also save the networkx graph
+  volviz graph stores/mnv2 --out overview.png                  # a big model: one tile per layer
+  volviz graph stores/mnv2 --out units.png --lod units         # every unit even so
+
+Level of detail (--lod): auto draws one tile per layer above 3,000 units (MobileNetV2: 54 tiles
+instead of 18,059 units), every unit below; --layer always opens the layer's units.
 
 Edges: weight strength after ReLU thresholding (positive weights only; --mode abs for |W|), hot =
 strong, cold = weak, relative to the strongest edge into the same layer. Nodes: the unit's
@@ -42,6 +47,9 @@ def register(sub) -> None:
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--height", type=int, default=768)
     p.add_argument("--no-thumbnails", action="store_true", help="plain coloured squares, no preferred inputs")
+    p.add_argument("--lod", choices=["auto", "layers", "units"], default="auto",
+                   help="overview level of detail: one tile per layer, or every unit (default auto: layers "
+                   "above 3,000 units)")
     p.add_argument("--export", help="also write the graph: .graphml or .json (node-link)")
     from volviz.commands.common import add_trust_args
     add_trust_args(p)
@@ -75,9 +83,8 @@ def cmd_graph(a) -> int:
     from volviz.commands.common import trust
     from volviz.scene import load_thumbnails
     from volviz.store.store import Store
-    from volviz.views.camera_path import layer_pose, overview_pose, unit_pose
-    from volviz.views.graph_layout import layered_layout
-    from volviz.views.graph_scene import GraphScene, GraphStyle
+    from volviz.views.graph_lod import GraphLODScene
+    from volviz.views.graph_scene import GraphStyle
 
     setup_torch_threads()
     if a.unit is not None and not a.layer:
@@ -90,15 +97,17 @@ def cmd_graph(a) -> int:
     G = graph_for_store(store, k=a.k or None, threshold=a.threshold, mode=a.mode, **trust(a))
     if a.export:
         export_graph(G, a.export)
-    layout = layered_layout(G.graph["layers"])
-    if a.layer and a.layer not in layout.planes:
-        raise UserError(f"no layer {a.layer!r} in the graph; layers: {', '.join(layout.planes)}")
+    names = [d["name"] for d in G.graph["layers"]]
+    if a.layer and a.layer not in names:
+        raise UserError(f"no layer {a.layer!r} in the graph; layers: {', '.join(names)}")
     units = [d["name"] for d in G.graph["layers"] if d["kind"] != "input"]
     thumbs = {} if a.no_thumbnails else load_thumbnails(store, units, progress=False)
     style = GraphStyle(edges_per_node=a.edges_per_node, missing_thumbnail="none" if a.no_thumbnails else "grey")
-    title = f"{store.plan.model.spec}: {G.number_of_nodes()} units, {G.number_of_edges()} edges (k={a.k})"
-    scene = GraphScene(G, layout, thumbs, input_image=store.read_input(a.image), style=style, title=title,
-                       window_size=(a.width, a.height))
+    n_units = sum(d["n_units"] for d in G.graph["layers"] if d["kind"] != "input")
+    title = (f"{store.plan.model.spec}: {len(units)} layers, {n_units:,} units, {G.number_of_edges():,} edges "
+             f"(k={a.k})")
+    scene = GraphLODScene(G, None, thumbs, input_image=store.read_input(a.image), style=style, title=title,
+                          window_size=(a.width, a.height), lod="units" if a.layer else a.lod)
     try:
         scene.update_activations(unit_responses(store, a.image, units))
         names = store.class_names or []
@@ -107,15 +116,15 @@ def cmd_graph(a) -> int:
                         f"predicted {names[pred] if pred < len(names) else pred}")
         angles = {k: v for k, v in (("azimuth", a.azimuth), ("elevation", a.elevation)) if v is not None}
         if a.layer and a.unit is not None:
-            pose = unit_pose(layout, a.layer, a.unit, aspect=scene.aspect, **angles)
+            scene.view_unit(a.layer, a.unit, **angles)
         elif a.layer:
-            pose = layer_pose(layout, a.layer, aspect=scene.aspect, **angles)
+            scene.view_layer(a.layer, **angles)
         else:
-            pose = overview_pose(layout, aspect=scene.aspect, **angles)
-        scene.set_pose(pose)
+            scene.view_overview(**angles)
         scene.screenshot(a.out)
     finally:
         scene.close()
-    print(f"wrote {a.out}  ({G.number_of_nodes()} nodes, {G.number_of_edges()} edges, "
+    lod = "one tile per layer" if scene.mode == "layers" else "units"
+    print(f"wrote {a.out}  ({G.number_of_nodes()} nodes, {G.number_of_edges()} edges, {lod}, "
           f"{len(thumbs)} layers with thumbnails, traced by {G.graph['tracer']} in {G.graph['seconds']:.2f} s)")
     return 0

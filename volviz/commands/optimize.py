@@ -2,13 +2,13 @@
 ``volviz preferred-grid``: one layer's preferred inputs as a grid PNG."""
 from __future__ import annotations
 
-from volviz.errors import UserError
-
 import argparse
 import math
 import pathlib
 
 import numpy as np
+
+from volviz.errors import UserError
 
 EPILOG = """\
 examples:
@@ -17,6 +17,13 @@ examples:
   volviz optimize stores/digits --layers conv2 --seeds 5 --steps 512 --grid-dir grids/
   volviz optimize stores/digits --search 0 --param fourier --tv 0.1 --blur-every 0
   volviz optimize stores/vgg --layers features.28 --device cuda --precision bf16 --batch-size 512
+  volviz optimize stores/mnv2 --layers features.6.conv.1.0 --units 0:16 --size 96 --seeds 1 --steps 64
+  volviz optimize stores/mnv2 --layers classifier.1 --units goldfish "tabby cat" 285 --size 128
+
+--units picks units (indices 3,7,285, ranges 0:64, class names for the output layer); a later run
+with more units extends the layer. --size optimizes a smaller image that is upsampled (bilinear) to
+the model input for every forward pass: fewer pixels to optimize, smoother images, the same model.
+The projected time is printed before the run, from one timed step per layer.
   volviz preferred-grid stores/digits --layer conv2 --out conv2.png --seeds all
 """
 
@@ -30,6 +37,12 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     p.add_argument("store", help="a store made by `volviz capture` (its model and real images are used)")
     p.add_argument("--layers", nargs="+", help="layer names or globs (default: the store's conv and linear layers)")
+    p.add_argument("--units", nargs="+", metavar="UNITS",
+                   help="units to optimize in each layer: indices (3,7,285), ranges (0:64, 900:), class "
+                   "names for the output layer (default: all units)")
+    p.add_argument("--size", nargs="+", type=int, metavar="PX",
+                   help="optimize images of PX x PX (or H W) pixels, upsampled to the model input for the "
+                   "forward pass (default: the input size)")
     p.add_argument("--seeds", type=int, default=3, help="start images per unit (default 3)")
     p.add_argument("--steps", type=int, default=256, help="optimization steps (default 256)")
     p.add_argument("--search", type=int, default=16, metavar="N",
@@ -54,7 +67,9 @@ def register(sub) -> None:
     g.add_argument("--blur-sigma", type=float, help="blur sigma in pixels (default 0.5)")
     g.add_argument("--jitter", type=int, help="largest random shift per step in pixels (default 1)")
     g.add_argument("--no-clip", action="store_true", help="do not clip pixels to the real images' range")
-    p.add_argument("--batch-size", type=int, default=512, help="batch elements (units x seeds) per run (default 512)")
+    p.add_argument("--batch-size", type=int, default=0,
+                   help="batch elements (units x seeds) per run (default: automatic; 512 on a GPU, fewer for "
+                   "large inputs on a CPU, where big batches of big images are slower per image)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32",
                    help="fp32; tf32 (TF32 matmuls/convs on the GPU); bf16 (bf16 autocast for the model)")
@@ -77,7 +92,8 @@ def register(sub) -> None:
     q.add_argument("--normalize", choices=["per_unit", "none"], default="per_unit")
     q.add_argument("--channels", nargs=3, type=int, metavar=("R", "G", "B"),
                    help="input channels shown as red, green, blue (N-channel inputs; default the first three)")
-    q.add_argument("--units", help="a slice of units, e.g. 0:64 (default all)")
+    q.add_argument("--units", nargs="+", help="units as for optimize --units: 0:64, 3,7,285, class names "
+                   "(default all)")
     q.add_argument("--min-size", type=int, default=768, help="enlarge to at least this many pixels (default 768)")
     q.set_defaults(func=cmd_grid)
 
@@ -90,13 +106,22 @@ def cmd_optimize(a) -> int:
              if getattr(a, k) is not None}
     if a.no_clip:
         fixed["clip"] = False
-    s = PreferredSettings(conv_objective=a.conv_objective, seeds=a.seeds, steps=a.steps, search=a.search,
-                          search_units=a.search_units, search_steps=a.search_steps, hf_weight=a.hf_weight,
-                          param=a.param, config=fixed, init=a.init, batch_size=a.batch_size,
-                          device=a.device, precision=a.precision)
+    size = None
+    if a.size:
+        if len(a.size) > 2 or min(a.size) < 1:
+            raise UserError(f"--size takes one or two positive numbers (PX, or H W), got {' '.join(map(str, a.size))}")
+        size = (a.size[0], a.size[-1])
+    try:
+        s = PreferredSettings(conv_objective=a.conv_objective, seeds=a.seeds, steps=a.steps, search=a.search,
+                              search_units=a.search_units, search_steps=a.search_steps, hf_weight=a.hf_weight,
+                              param=a.param, config=fixed, init=a.init, batch_size=a.batch_size, size=size,
+                              device=a.device, precision=a.precision)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     from volviz.commands.common import open_store, trust
     store = open_store(a.store, "r+")
-    summaries = run_preferred(store, a.layers, s, overwrite=a.overwrite, progress=not a.quiet, trust=trust(a))
+    summaries = run_preferred(store, a.layers, s, overwrite=a.overwrite, progress=not a.quiet, trust=trust(a),
+                              units=a.units, report=None if a.quiet else print)
     print(f"{'layer':<16} {'objective':<9} {'units':>5} {'beats real':>10} {'>= real':>8} {'median z':>9} "
           f"{'HF':>5} {'seconds':>8}")
     for layer, m in summaries.items():
@@ -105,6 +130,7 @@ def cmd_optimize(a) -> int:
               f"{m.get('matches_real_fraction', float('nan')):>8.2f} "
               f"{m.get('median_z', float('nan')):>9.2f} "
               f"{m.get('mean_hf', float('nan')):>5.2f} {m.get('seconds', 0):>8.1f}"
+              + (f"  (of {m['of_units']})" if m.get("of_units") else "")
               + ("  (already done)" if m.get("skipped") else ""))
     if a.grid_dir:
         for layer in summaries:
@@ -139,30 +165,34 @@ def grid_image(images: np.ndarray, normalize: str = "per_unit", channels=None, u
 
 
 def write_grid(store, layer: str, out, seeds: str = "best", normalize: str = "per_unit", channels=None,
-               units: str | None = None, min_size: int = 768) -> pathlib.Path:
-    from volviz.analysis.actmax.results import best_preferred, load_preferred
-    from volviz.views.grid import save_png
+               units=None, min_size: int = 768, max_size: int = 4096) -> pathlib.Path:
+    """A grid PNG of a layer's preferred inputs. ``units``: a spec as for ``--units`` (default all);
+    units without results are grey tiles. Images optimized below the model's input size
+    (``--size``) are shown as the model saw them, upsampled (the grid at most ``max_size`` px)."""
+    from volviz.analysis.actmax.results import _store, as_model_input, best_preferred, load_preferred, preferred_info
+    from volviz.analysis.actmax.units import parse_units
+    from volviz.views.grid import near_square_grid, save_png
 
-    if seeds == "best":
-        imgs = best_preferred(store, layer)
-    elif seeds == "all":
-        imgs = load_preferred(store, layer)
-    else:
-        allimgs = load_preferred(store, layer)
-        try:
-            k = int(seeds)
-            imgs = allimgs[:, k]
-        except (ValueError, IndexError):
-            raise UserError(f"--seeds must be best, all or a seed index below {allimgs.shape[1]}, "
-                             f"got {seeds!r}") from None
+    st = _store(store)
+    info = preferred_info(st, layer)
+    sel = None
     if units:
-        try:
-            parts = [int(x) if x else None for x in units.split(":")]
-            imgs = imgs[slice(*parts)] if len(parts) > 1 else imgs[parts[0]:parts[0] + 1]
-        except (ValueError, TypeError):
-            raise UserError(f"--units must look like 0:64, got {units!r}") from None
-        if not len(imgs):
-            raise UserError(f"--units {units} selects no unit")
+        sel = parse_units(units, info.n_units, layer=layer,
+                          class_names=st.class_names if info.objective == "class" else None)
+    if seeds == "best":
+        imgs = best_preferred(st, layer, units=sel)
+    else:
+        imgs = load_preferred(st, layer, units=sel)
+        if seeds != "all":
+            try:
+                imgs = imgs[:, int(seeds)]
+            except (ValueError, IndexError):
+                raise UserError(f"--seeds must be best, all or a seed index below {imgs.shape[1]}, "
+                                f"got {seeds!r}") from None
+    if info.input_shape and tuple(info.input_shape[-2:]) != tuple(imgs.shape[-2:]):
+        n = imgs.shape[0] * (1 if imgs.ndim == 4 else imgs.shape[1])
+        cols = near_square_grid(n)[1]
+        imgs = as_model_input(imgs, info.input_shape, max_px=max(imgs.shape[-1], max_size // cols))
     return save_png(out, grid_image(imgs, normalize, channels), min_size=min_size)
 
 

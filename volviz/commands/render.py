@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import pathlib
 
 import numpy as np
@@ -40,7 +42,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fit", default=None, choices=["image", "set"],
                    help="order fitted per image or once over the image set (render: image, movie: set)")
     p.add_argument("--clusters", type=int, help="number of k-means clusters (default: C/4, at most 10)")
-    p.add_argument("--cmap", help="colour map (default inferno; RdBu_r for gradients)")
+    p.add_argument("--cmap", help="colour map (default: the theme, inferno; RdBu_r for signed data)")
     p.add_argument("--opacity", help="opacity preset: linear, sigmoid, high, flat, diverging "
                    "(default sigmoid; diverging for gradients)")
     p.add_argument("--slices", action="store_true", help="show orthogonal slice planes")
@@ -121,14 +123,15 @@ def resolve_image(store, image: str) -> int:
     raise StoreError(f"no image {image!r} in the store; give an index 0..{store.n_images - 1} or an id like {ids[0]!r}")
 
 
-def style_for(a, quantity: str):
+def style_for(a, quantity: str, data=None):
+    """The volume's look: the one colour theme (``views/colors.py``: signed data on the diverging
+    map, zero transparent; non-negative data on the sequential map), unless --cmap / --opacity."""
+    from volviz.views.colors import QUANTITY_LABELS, theme_for
     from volviz.views.volume_style import VolumeStyle
-    signed = quantity != "activation"
-    return VolumeStyle(cmap=a.cmap, opacity=a.opacity or ("diverging" if signed else "sigmoid"),
+    th = theme_for(data) if data is not None else theme_for(signed=quantity != "activation")
+    return VolumeStyle(cmap=a.cmap, opacity=a.opacity or th.opacity,
                        show_slices=a.slices, slice_positions=tuple(a.slice_pos),
-                       show_outline=not a.no_outline,
-                       scalar_bar_title={"activation": "activation", "grad_activation": "dS/da",
-                                         "grad_weight": "dS/dW"}[quantity])
+                       show_outline=not a.no_outline, scalar_bar_title=QUANTITY_LABELS[quantity])
 
 
 def caption(store, i: int) -> str:
@@ -140,22 +143,98 @@ def caption(store, i: int) -> str:
     return f"image {i}  true {true}  pred {name(pred)} ({p:.2f})"
 
 
+def target_name(store, i: int) -> str:
+    """The output neuron image ``i``'s gradients were taken of, by class name where there is one."""
+    t = int(store.column("target")[i])
+    names = store.class_names
+    return f"'{names[t]}'" if names and 0 <= t < len(names) else f"#{t}"
+
+
+def _title(store, a, lv, with_target: bool = True) -> str:
+    what = a.quantity
+    if with_target and a.quantity != "activation":
+        what += f" of {target_name(store, lv.image)}"
+    return f"{store.plan.model.spec}  {lv.layer}  {what}"
+
+
+def _note(a, lv) -> str:
+    shape = " x ".join(str(v) for v in lv.volume.shape)
+    what = {"weights": "filters x kernel mosaic", "neurons": "neuron grid"}.get(lv.kind, "maps x H x W")
+    return f"{shape} ({what}), order {a.order}"
+
+
 def _scene(store, a, layer, image, fit):
     from volviz.views.source import LayerVolumeSource
     src = LayerVolumeSource(store)
     lv = src.get(layer, a.quantity, image, a.order, fit, n_clusters=a.clusters)
-    return src, lv, _scene_for(store, a, lv)
+    return src, lv, _scene_for(store, a, lv, with_target=False)  # a movie: the target may change
 
 
-def _scene_for(store, a, lv):
-    """The off-screen scene showing one LayerVolume, titled and captioned."""
+def _scene_for(store, a, lv, with_target: bool = True):
+    """The off-screen scene showing one LayerVolume: title top left, caption bottom left."""
     from volviz.views.volume import LayerVolumeScene
-    layer, image = lv.layer, lv.image
-    title = f"{store.plan.model.spec}  {layer}  {a.quantity}  order={a.order}"
-    scene = LayerVolumeScene(lv.volume, lv.order, lv.boundaries, style_for(a, a.quantity), title,
-                             window_size=(a.width or 800, a.height or 608))
-    scene.set_label(caption(store, image))
+    scene = LayerVolumeScene(lv.volume, lv.order, lv.boundaries, style_for(a, a.quantity, lv.volume),
+                             _title(store, a, lv, with_target), window_size=(a.width or 800, a.height or 608))
+    scene.set_note(_note(a, lv))
+    scene.set_label(caption(store, lv.image))
     return scene
+
+
+def layer_volume(store, a, layer: str, image: int, fit: str = "image"):
+    """The volume to draw. The natural order reads the array directly (no orderer, so no
+    scikit-learn import: about 2.5 s of every render on the 2-core machine); other orders go
+    through ``LayerVolumeSource``."""
+    order = a.order.lower().replace("_", "-")
+    if order != "natural":
+        from volviz.views.source import LayerVolumeSource
+        return LayerVolumeSource(store).get(layer, a.quantity, image, a.order, fit, n_clusters=a.clusters)
+    from types import SimpleNamespace
+
+    from volviz.store.store import StoreError
+    from volviz.views.volume_data import array_volume
+    if layer not in store.layers:
+        raise StoreError(f"layer {layer!r} is not in this store. Layers: {', '.join(store.layers)}")
+    vol, kind = array_volume(store.read(a.quantity, layer, image), a.quantity)
+    return SimpleNamespace(volume=vol, order=np.arange(vol.shape[0]), boundaries=np.array([], int),
+                           quantity=a.quantity, layer=layer, image=image, kind=kind)
+
+
+def _class_names_for(store, layer: str):
+    """The class names when ``layer`` produces the class scores (its output size is the number
+    of classes), else None."""
+    names = store.class_names
+    info = store.layers.get(layer)
+    shape = tuple(getattr(info, "act_shape", ()) or ())
+    return names if names and len(shape) == 1 and shape[0] == len(names) else None
+
+
+def _figure(store, a, layer: str, image: int, lv, out) -> None:
+    """The 2-D PNGs: a linear layer's weight gradient as a heatmap of its rows that matter, a
+    linear layer's neurons, or (``--grid``) the maps as a mosaic; all with title and colour bar."""
+    from volviz.views import render_figures as F
+    from volviz.views.colors import QUANTITY_LABELS
+    from volviz.views.grid import vis_square
+    title = f"{store.plan.model.spec}  {layer}  {a.quantity}" + \
+        (f" of {target_name(store, image)}" if a.quantity != "activation" else "")
+    cap = caption(store, image)
+    label = QUANTITY_LABELS[a.quantity]
+    names = _class_names_for(store, layer)
+    raw = store.read(a.quantity, layer, image) if a.quantity == "grad_weight" else None
+    if raw is not None and raw.ndim == 2:
+        F.weight_rows_figure(out, raw, title=f"{title}  ({raw.shape[0]} x {raw.shape[1]})", caption=cap,
+                             names=names, bar_label=label, cmap=a.cmap)
+    elif lv.kind == "neurons":
+        vec = store.read(a.quantity, layer, image).ravel()
+        F.neuron_figure(out, vec, title=f"{title}  ({vec.size} neurons)", caption=cap, bar_label=label,
+                        names=names, cmap=a.cmap)
+    else:
+        from volviz.views.colors import is_signed
+        maps = lv.volume[lv.order]
+        img = vis_square(maps, normalize=None if is_signed(maps) else "global")
+        what = {"maps": "maps", "weights": "filters (C_in kernels each)"}.get(lv.kind, "maps")
+        F.grid_figure(out, img, title=f"{title}  ({maps.shape[0]} {what} of {maps.shape[1]} x {maps.shape[2]})",
+                      caption=cap, bar_label=label + ("" if is_signed(maps) else " (layer min..max)"),
+                      cmap=a.cmap, note=f"row-major on a near-square grid, order={a.order}")
 
 
 def cmd_render(a) -> int:
@@ -170,15 +249,11 @@ def cmd_render(a) -> int:
         print(f"wrote {out}")
         return 0
     image = resolve_image(store, a.image)
-    from volviz.views.source import LayerVolumeSource
-    lv = LayerVolumeSource(store).get(layer, a.quantity, image, a.order, a.fit or "image", n_clusters=a.clusters)
-    if a.grid or lv.kind == "neurons":  # a linear layer's vector is a 2-D grid of neurons, not a volume
-        from volviz.views.grid import save_png, to_rgb, vis_square
-        signed = a.quantity != "activation" or lv.kind == "neurons"
-        tiled = lv.volume[0] if lv.kind == "neurons" else vis_square(lv.volume[lv.order], normalize=None if signed else "global")
-        lim = float(np.nanmax(np.abs(tiled))) if signed else None
-        save_png(out, to_rgb(tiled, a.cmap or ("RdBu_r" if signed else "viridis"),
-                             clim=(-lim, lim) if lim else None))
+    info = store.layers.get(layer)
+    linear_weights = a.quantity == "grad_weight" and info is not None and len(info.weight_shape or ()) == 2
+    lv = None if linear_weights else layer_volume(store, a, layer, image, a.fit or "image")
+    if a.grid or linear_weights or lv.kind == "neurons":  # 2-D: a heatmap / grid, not a volume
+        _figure(store, a, layer, image, lv, out)
     else:
         _ensure_rendering()
         with _scene_for(store, a, lv) as scene:
@@ -187,12 +262,45 @@ def cmd_render(a) -> int:
     return 0
 
 
+def _probe_key() -> str:
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        vtk = version("vtk")
+    except PackageNotFoundError:
+        vtk = "?"
+    env = {k: os.environ.get(k, "") for k in ("VTK_DEFAULT_OPENGL_WINDOW", "DISPLAY", "WAYLAND_DISPLAY",
+                                              "EGL_PLATFORM", "LIBGL_ALWAYS_SOFTWARE", "MESA_LOADER_DRIVER_OVERRIDE")}
+    return json.dumps({"python": sys.executable, "vtk": vtk, "env": env, "host": os.uname().nodename},
+                      sort_keys=True)
+
+
 def _ensure_rendering() -> None:
+    """Probe off-screen rendering once (VTK segfaults without EGL/OSMesa), then remember the
+    answer for this Python, VTK version, host and display settings (``~/.cache/volviz``): the probe
+    is a fresh interpreter that imports pyvista and renders, about 2.6 s of every render before.
+    ``VOLVIZ_RENDER_PROBE=always`` probes every time."""
+    cache = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "volviz" / \
+        "render-probe.json"
+    key = _probe_key()
+    if os.environ.get("VOLVIZ_RENDER_PROBE") != "always":
+        try:
+            if key in json.loads(cache.read_text()).get("ok", []):
+                return
+        except (OSError, ValueError, AttributeError):
+            pass
     from volviz.views.render_probe import rendering_available
     ok, msg = rendering_available()
     if not ok:
         from volviz.errors import VolvizError
         raise VolvizError(msg)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"ok": [key]}))
+        os.replace(tmp, cache)
+    except OSError:  # a read-only home: probe again next time
+        pass
 
 
 def cmd_movie(a) -> int:
@@ -227,7 +335,8 @@ def cmd_movie(a) -> int:
             total += a.frames
         if a.mode in ("images", "both"):
             vols = [src.get(layer, a.quantity, int(i), a.order, fit, n_clusters=a.clusters) for i in seq]
-            scene.update(vols[0].volume, clim=auto_clim([v.volume for v in vols], symmetric=a.quantity != "activation"))
+            scene.update(vols[0].volume, clim=auto_clim([v.volume for v in vols],
+                                                 symmetric=scene.style.opacity == "diverging" or None))
             if fit == "image":
                 def steps():
                     for v, i in zip(vols, seq):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .graph_layout import DEPTH_AXIS, GraphLayout, unit_box
+from .graph_layout import DEPTH_AXIS, V_AXIS, GraphLayout, unit_box
 
 __all__ = [
     "CameraPose",
@@ -32,6 +32,7 @@ __all__ = [
     "direction",
     "fit_box",
     "overview_pose",
+    "tiles_pose",
     "layer_pose",
     "unit_pose",
     "orbit_poses",
@@ -124,6 +125,20 @@ def overview_pose(layout: GraphLayout, *, azimuth: float = 62.0, elevation: floa
     lo, hi = layout.bounds()
     pose = fit_box(lo, hi, azimuth, elevation, aspect=aspect, view_angle=view_angle)
     return _zoomed(pose, zoom).replace(clip=_no_clip(layout), clip_far=_no_clip_far(layout))
+
+
+def tiles_pose(tiles, *, aspect: float = 4 / 3, azimuth: float = 0.0, elevation: float = 0.0,
+               view_angle: float = 20.0, top: float = 0.0, bottom: float = 0.0, zoom: float = 1.0,
+               margin: float = 1.04) -> CameraPose:
+    """Every tile of a :class:`~volviz.views.graph_layout.LayerTiles` in view (face on by default),
+    with the fractions ``top`` / ``bottom`` of the window height left free for corner texts."""
+    lo, hi = tiles.bounds()
+    height = float((hi - lo) @ np.abs(V_AXIS))
+    free = max(0.05, 1.0 - top - bottom)
+    lo = lo - np.abs(V_AXIS) * height * bottom / free
+    hi = hi + np.abs(V_AXIS) * height * top / free
+    pose = fit_box(lo, hi, azimuth, elevation, aspect=aspect, view_angle=view_angle, margin=margin)
+    return _zoomed(pose, zoom)
 
 
 def layer_pose(layout: GraphLayout, layer: str, *, azimuth: float = 18.0, elevation: float = 10.0,

@@ -27,16 +27,74 @@ __all__ = [
     "DEFAULT_CMAP",
     "DIVERGING_CMAP",
     "OPACITY_PRESETS",
+    "QUANTITY_LABELS",
+    "Theme",
     "auto_clim",
+    "colour_2d",
     "get_cmap",
+    "is_signed",
     "opacity_curve",
     "sample_cmap",
+    "theme_for",
 ]
 
 #: colormap for activations (non-negative data)
 DEFAULT_CMAP = "inferno"
 #: colormap for signed data (gradients, pre-ReLU responses)
 DIVERGING_CMAP = "RdBu_r"
+
+#: what each store quantity is called on colour bars and in titles
+QUANTITY_LABELS = {"activation": "activation", "grad_activation": "dS/da", "grad_weight": "dS/dW"}
+
+
+class Theme:
+    """The one colour theme of every view (CLI PNGs, 3-D volumes, the app): signed data (both
+    signs present: gradients, pre-ReLU maps) on :data:`DIVERGING_CMAP` with symmetric limits and
+    zero transparent in 3-D; non-negative data on :data:`DEFAULT_CMAP` with weak values faded."""
+
+    __slots__ = ("cmap", "opacity", "symmetric")
+
+    def __init__(self, cmap: str, opacity: str, symmetric: bool):
+        self.cmap, self.opacity, self.symmetric = cmap, opacity, symmetric
+
+    def __repr__(self) -> str:
+        return f"Theme(cmap={self.cmap!r}, opacity={self.opacity!r}, symmetric={self.symmetric})"
+
+
+SIGNED_THEME = Theme(DIVERGING_CMAP, "diverging", True)
+UNSIGNED_THEME = Theme(DEFAULT_CMAP, "sigmoid", False)
+
+
+def is_signed(data) -> bool:
+    """True when the finite values hold both signs (``clim`` pairs ``(lo, hi)`` work too)."""
+    v = _finite_values(data)
+    return bool(v.size) and float(v.min()) < 0.0 < float(v.max())
+
+
+def theme_for(data=None, *, signed: bool | None = None) -> Theme:
+    """The theme for ``data`` (or for ``signed`` directly): :data:`SIGNED_THEME` or
+    :data:`UNSIGNED_THEME`.
+
+    >>> theme_for(np.array([-1.0, 2.0])).cmap, theme_for(signed=False).opacity
+    ('RdBu_r', 'sigmoid')
+    """
+    if signed is None:
+        signed = data is not None and is_signed(data)
+    return SIGNED_THEME if signed else UNSIGNED_THEME
+
+
+def colour_2d(img: np.ndarray, cmap=None, clim: tuple[float, float] | None = None,
+              nan_color=(255, 255, 255)) -> np.ndarray:
+    """A 2-D array (maps mosaic, neuron grid, heatmap) to ``uint8 (H, W, 3)`` in the theme: signed
+    data on the diverging map with limits symmetric around zero, other data on the sequential
+    map over min..max; ``cmap`` / ``clim`` override. Shared by the CLI and the app's 2-D panels."""
+    from .grid import to_rgb
+
+    th = theme_for(img)
+    if clim is None and th.symmetric:
+        lim = float(np.nanmax(np.abs(np.where(np.isfinite(img), img, np.nan)))) or 1.0
+        clim = (-lim, lim)
+    return to_rgb(img, cmap or th.cmap, clim=clim, nan_color=nan_color)
 
 
 def _linear(t: np.ndarray) -> np.ndarray:

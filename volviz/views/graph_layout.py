@@ -18,13 +18,15 @@ Pure numpy: no VTK, no networkx (it takes the layer dicts of ``G.graph["layers"]
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .grid import near_square_grid
 
-__all__ = ["LayerPlane", "GraphLayout", "layered_layout", "unit_box", "U_AXIS", "V_AXIS", "DEPTH_AXIS"]
+__all__ = ["LayerPlane", "GraphLayout", "layered_layout", "unit_box", "LayerTiles", "layer_tiles", "U_AXIS", "V_AXIS",
+           "DEPTH_AXIS"]
 
 DEPTH_AXIS = np.array([1.0, 0.0, 0.0])  # layers along +x
 U_AXIS = np.array([0.0, -1.0, 0.0])  # a plane's "right" seen from the input side
@@ -172,3 +174,58 @@ def unit_box(layout: GraphLayout, layer: str, j: int, radius_cells: float = 1.5)
     h = p.cell * radius_cells
     ext = np.abs(U_AXIS) * h + np.abs(V_AXIS) * h
     return c - ext, c + ext
+
+
+# ------------------------------------------------------------------ level of detail: one tile per layer
+@dataclass
+class LayerTiles:
+    """One tile per layer on the ``x = 0`` plane (facing ``-x``, like the unit planes), in forward
+    order along a serpentine: row 0 left to right, row 1 right to left, ..., so consecutive layers
+    are always neighbours. ``positions[i]`` is tile ``i``'s centre, ``sizes[i]`` its side."""
+
+    names: list[str]
+    kinds: list[str]
+    n_units: list[int]
+    positions: np.ndarray  # (N, 3)
+    sizes: np.ndarray  # (N,)
+    rows: int
+    cols: int
+    pitch_u: float  # distance between neighbouring columns
+    pitch_v: float  # distance between rows (tile + room for its label)
+
+    def index(self, name: str) -> int:
+        return self.names.index(name)
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(lo, hi)`` of the tiles and the label room below the last row."""
+        half = (self.sizes / 2)[:, None]
+        ext = np.abs(U_AXIS)[None] * half + np.abs(V_AXIS)[None] * half
+        lo, hi = (self.positions - ext).min(0), (self.positions + ext).max(0)
+        lo = lo - np.abs(V_AXIS) * (self.pitch_v - self.sizes.max())  # the bottom row's labels
+        return lo, hi
+
+
+def layer_tiles(layers: list[dict], *, aspect: float = 4 / 3, pitch_u: float = 1.0, pitch_v: float = 1.3,
+                min_side: float = 0.42, max_side: float = 0.72, cols: int | None = None) -> LayerTiles:
+    """Lay ``layers`` (dicts with ``name``, ``n_units``, optionally ``kind``; forward order, e.g.
+    ``G.graph["layers"]``) out as tiles that all fit one ``aspect`` view: ``cols`` (default chosen
+    so the grid's width / height is about ``aspect``: 53 layers at 4:3 -> 9 x 6). Tile sides grow
+    with ``log(units)`` from ``min_side`` to ``max_side`` (times ``pitch_u``), so big layers stand
+    out and a 3-channel input still reads."""
+    if not layers:
+        raise ValueError("no layers to lay out")
+    n = len(layers)
+    if cols is None:
+        cols = max(1, min(n, int(math.ceil(math.sqrt(n * aspect * pitch_v / pitch_u)))))
+    rows = -(-n // cols)
+    units = np.array([max(1, int(d["n_units"])) for d in layers], float)
+    top = math.log(units.max()) if units.max() > 1 else 1.0
+    sides = pitch_u * (min_side + (max_side - min_side) * np.log(units) / top)
+    pos = np.zeros((n, 3))
+    for i in range(n):
+        r, c = divmod(i, cols)
+        if r % 2:
+            c = cols - 1 - c
+        pos[i] = ((c - (cols - 1) / 2) * pitch_u) * U_AXIS + (((rows - 1) / 2 - r) * pitch_v) * V_AXIS
+    return LayerTiles([d["name"] for d in layers], [d.get("kind", "") for d in layers],
+                      [int(d["n_units"]) for d in layers], pos, sides, rows, cols, pitch_u, pitch_v)

@@ -21,16 +21,20 @@ from pathlib import Path
 import numpy as np
 import pyvista as pv
 
+from . import text_layout
 from .colors import auto_clim
 from .render_probe import rendering_available  # noqa: F401  (old path: volviz/app/server.py)
 from .volume_data import (
+    MAX_SAMPLES,
     as_volume,
+    bin_stack,
     check_order,
+    stack_bin,
     weight_volume,  # noqa: F401  (old path: tests/test_app.py)
 )
 from .volume_geometry import separators_mesh, slices_mesh
 from .volume_style import SCALARS as _SCALARS
-from .volume_style import VolumeStyle, check_style, make_mapper, nan_fill_value, transfer_functions
+from .volume_style import VolumeStyle, check_style, make_mapper, nan_fill_value, set_sample_distance, transfer_functions
 
 __all__ = ["LayerVolumeScene"]
 
@@ -95,14 +99,9 @@ class LayerVolumeScene:
         self.plotter = plotter
         plotter.disable_anti_aliasing()
 
-        # the one ImageData: dims (W, H, C) (each padded to >= 2 by repetition, see _display)
-        c, h, w = self.shape
-        self._dims = (max(w, 2), max(h, 2), max(c, 2))
-        self.grid = pv.ImageData(dimensions=self._dims)
-        self._values = np.zeros(int(np.prod(self._dims)), np.float32)
-        self.grid.point_data.set_array(self._values, _SCALARS)
-        self.grid.point_data.active_scalars_name = _SCALARS
-        self._apply_spacing()
+        # the one ImageData: dims (W, H, C / bin) (each padded to >= 2 by repetition, see _display)
+        self.grid = pv.ImageData()
+        self._size_grid()
         self._write_scalars()
 
         self._lut = pv.LookupTable()
@@ -133,13 +132,13 @@ class LayerVolumeScene:
             position_x=0.86, position_y=0.15, width=0.05, height=0.6, n_labels=5,
             color=self.style.text_color, title_font_size=fs, label_font_size=fs - 2, fmt="%.3g",
         )
-        self.title_actor = self._add_text(f"{uid}-title", (0.012, 0.988), "left", "top", fs)
-        self.label_actor = self._add_text(f"{uid}-label", (0.988, 0.988), "right", "top", fs)
-        self.warning_actor = self._add_text(
-            f"{uid}-warning", (0.012, 0.012), "left", "bottom", max(9, fs - 2), "#ff9f43"
+        # title top left, caption bottom left (never overlapping, shortened to the window)
+        self.texts = text_layout.CornerTexts(
+            plotter.renderer, lambda: plotter.window_size, size=fs,
+            color=pv.Color(self.style.text_color).float_rgb,
         )
-        self.title_actor.input = str(title)
-        self.title_text, self.label_text, self.warning_text = str(title), "", ""
+        self.title_text, self.label_text, self.warning_text, self.note_text = str(title), "", "", ""
+        self.texts.set(title=self.title_text, note=self._note())
         self._apply_style(self.style, first=True)
         self._update_warning()
         self.reset_camera()
@@ -181,14 +180,20 @@ class LayerVolumeScene:
         return self.style
 
     def set_title(self, text: str) -> None:
-        """Text in the upper left corner."""
+        """Text in the upper left corner (shortened with ``...`` to the window's width)."""
         self.title_text = str(text)
-        self.title_actor.input = self.title_text
+        self.texts.set(title=self.title_text)
+
+    def set_note(self, text: str) -> None:
+        """A muted line under the title (e.g. the shape and order; the binning of deep stacks is
+        added to it)."""
+        self.note_text = str(text)
+        self.texts.set(note=self._note())
 
     def set_label(self, text: str) -> None:
-        """Text in the upper right corner, e.g. the time step of a series."""
+        """Text in the lower left corner, e.g. the image and its classes or the time step."""
         self.label_text = str(text)
-        self.label_actor.input = self.label_text
+        self.texts.set(caption=self.label_text)
 
     def reset_camera(self, azimuth: float = 30.0, elevation: float = 35.0, zoom: float = 1.0):
         """Oblique default view: from the front (-y), ``azimuth`` degrees to the right and
@@ -229,9 +234,9 @@ class LayerVolumeScene:
             self.plotter.close()
             return
         for actor in (self.volume_actor, self.slices_actor, self.outline_actor,
-                      self.separators_actor, self.title_actor, self.label_actor,
-                      self.warning_actor):
+                      self.separators_actor):
             self.plotter.remove_actor(actor, render=False)
+        self.texts.remove()
         self.plotter.remove_scalar_bar(self._bar_key, render=False)
 
     def __enter__(self):
@@ -265,7 +270,28 @@ class LayerVolumeScene:
         return min(max(h, w) / max(c, 1), _MAX_AUTO_Z_SPACING)
 
     def _apply_spacing(self) -> None:
-        self.grid.spacing = (1.0, 1.0, self._z_spacing())
+        self.grid.spacing = (1.0, 1.0, self._z_spacing() * self.bin)
+
+    def _size_grid(self) -> None:
+        """Dimensions of the ImageData for the current bin (maps per displayed slab)."""
+        c, h, w = self.shape
+        self.bin = stack_bin(self.shape, self._z_spacing(), MAX_SAMPLES)
+        slabs = -(-c // self.bin)
+        self._dims = (max(w, 2), max(h, 2), max(slabs, 2))
+        if tuple(self.grid.dimensions) != self._dims or _SCALARS not in self.grid.point_data:
+            self.grid.dimensions = self._dims
+            self._values = np.zeros(int(np.prod(self._dims)), np.float32)
+            self.grid.point_data.set_array(self._values, _SCALARS)
+            self.grid.point_data.active_scalars_name = _SCALARS
+        self._apply_spacing()
+
+    def _note(self) -> str:
+        parts = [getattr(self, "note_text", "")]
+        if self.bin > 1:
+            c = self.shape[0]
+            parts.append(f"{c} maps as {-(-c // self.bin)} slabs of {self.bin} (largest magnitude per slab, "
+                         "against aliasing)")
+        return ";  ".join(p for p in parts if p)
 
     def _fill_value(self) -> float:
         """The value NaN is drawn as: where the opacity curve is lowest (transparent)."""
@@ -277,6 +303,7 @@ class LayerVolumeScene:
         bad = ~np.isfinite(d)
         self.n_nonfinite = int(bad.sum())
         self.has_nonfinite = self.n_nonfinite > 0
+        d = bin_stack(d, self.bin)
         if self.has_nonfinite:
             lo, hi = self.clim
             d = np.nan_to_num(d, nan=self._fill_value(), posinf=hi, neginf=lo)
@@ -307,24 +334,13 @@ class LayerVolumeScene:
         if self.has_nonfinite:
             text = f"warning: {self.n_nonfinite} NaN/Inf values (NaN hidden, Inf clamped)"
         self.warning_text = text
-        self.warning_actor.input = text
+        self.texts.set(warning=text)
 
     def _make_mapper(self, name: str):
         return make_mapper(name, self.grid)
 
     def _set_sample_distance(self) -> None:
-        mapper = self.volume_actor.mapper
-        # half a voxel (thinnest axis), but at most ~320 samples across the longest side: deep
-        # stacks of tiny maps (512 x 7 x 7) would otherwise cost thousands of samples per ray
-        b = self.grid.bounds
-        longest = max(b[1] - b[0], b[3] - b[2], b[5] - b[4], 1.0)
-        step = max(0.5 * min(self.grid.spacing), longest / 320.0)
-        if hasattr(mapper, "SetAutoAdjustSampleDistances"):
-            mapper.SetAutoAdjustSampleDistances(False)
-        if hasattr(mapper, "SetSampleDistance"):
-            mapper.SetSampleDistance(step)
-        if hasattr(mapper, "SetInteractiveSampleDistance"):
-            mapper.SetInteractiveSampleDistance(step)
+        set_sample_distance(self.volume_actor.mapper, self.grid, MAX_SAMPLES)
 
     def _apply_transfer_functions(self) -> None:
         st = self.style
@@ -362,10 +378,11 @@ class LayerVolumeScene:
         self.clim = clim
         if mapper is not None:
             self.volume_actor.mapper = mapper
-        spacing_changed = (not first) and self._z_spacing() != self.grid.spacing[2]
+        spacing_changed = (not first) and self._z_spacing() * self.bin != self.grid.spacing[2]
         if spacing_changed:
-            self._apply_spacing()
+            self._size_grid()
             self._outline_mesh.copy_from(self.grid.outline())
+            self.texts.set(note=self._note())
         self._set_sample_distance()
         self._apply_transfer_functions()
         self._write_scalars()  # NaN fill value depends on clim and the opacity preset
@@ -378,24 +395,11 @@ class LayerVolumeScene:
         self.separators_actor.SetVisibility(self._separators_visible())
         self.scalar_bar.SetVisibility(new.show_scalar_bar)
         self.scalar_bar.SetTitle(new.scalar_bar_title)
-        for actor in (self.title_actor, self.label_actor):
-            actor.prop.color = new.text_color
+        self.texts.set_color(pv.Color(new.text_color).float_rgb)
         self.scalar_bar.GetTitleTextProperty().SetColor(pv.Color(new.text_color).float_rgb)
         self.scalar_bar.GetLabelTextProperty().SetColor(pv.Color(new.text_color).float_rgb)
         if spacing_changed:
             self.reset_camera()
-
-    def _add_text(self, name, pos, h, v, size, color=None) -> pv.Text:
-        """A text actor at a fixed pixel font size, anchored in normalized viewport coords."""
-        actor = pv.Text("", position=pos)
-        actor.GetPositionCoordinate().SetCoordinateSystemToNormalizedViewport()
-        prop = actor.prop
-        prop.font_size = int(size)
-        prop.justification_horizontal = h
-        prop.justification_vertical = v
-        prop.color = color or self.style.text_color
-        self.plotter.add_actor(actor, reset_camera=False, name=name, pickable=False)
-        return actor
 
     def _separators_visible(self) -> bool:
         return bool(self.style.show_separators and self.boundaries.size)
@@ -406,5 +410,5 @@ class LayerVolumeScene:
 
     def _build_separators(self) -> pv.PolyData:
         """All cluster separators as one mesh (see :func:`~volviz.views.volume_geometry.separators_mesh`)."""
-        return separators_mesh(self.grid, self.boundaries, self.style.separator_color,
+        return separators_mesh(self.grid, self.boundaries / self.bin, self.style.separator_color,
                                self.style.separator_opacity)

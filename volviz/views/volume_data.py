@@ -12,7 +12,8 @@ import numpy as np
 
 from .grid import near_square_grid, tile_mosaic
 
-__all__ = ["activation_volume", "as_volume", "check_order", "weight_volume"]
+__all__ = ["activation_volume", "array_volume", "as_volume", "bin_stack", "check_order", "stack_bin", "weight_volume",
+           "MAX_SAMPLES"]
 
 
 def check_order(order, n: int) -> np.ndarray:
@@ -92,3 +93,57 @@ def as_volume(volume) -> np.ndarray:
     if v.ndim != 3 or 0 in v.shape:
         raise ValueError(f"volume must be a non-empty (C, H, W) array, got shape {v.shape}")
     return v.astype(np.float32, copy=False)
+
+
+#: rays sample a volume at most this many times across its longest side (see LayerVolumeScene)
+MAX_SAMPLES = 320
+
+
+def stack_bin(shape, z_spacing: float, max_samples: int = MAX_SAMPLES) -> int:
+    """How many adjacent maps one displayed slab holds so that every slab gets at least two ray
+    samples. A ray samples every ``longest side / max_samples``; a stack of ``C`` maps
+    ``z_spacing`` apart with slabs thinner than two samples aliases into moire rings (1280 maps of
+    7 x 7 in a cube: 8 maps per sample). 1 for every stack that is not that deep.
+
+    >>> stack_bin((1280, 7, 7), 7 / 1280), stack_bin((50, 8, 8), 8 / 50), stack_bin((512, 14, 14), 14 / 512)
+    (8, 1, 4)
+    """
+    c, h, w = (int(v) for v in shape)
+    step = max(w, h, c * z_spacing, 1.0) / max_samples
+    f = int(np.ceil(2.0 * step / z_spacing - 1e-9)) if z_spacing > 0 else 1
+    return int(min(max(f, 1), max(c, 1)))
+
+
+def bin_stack(d: np.ndarray, f: int) -> np.ndarray:
+    """``(C, H, W)`` -> ``(ceil(C / f), H, W)``: each slab the value of largest magnitude (sign
+    kept) among its ``f`` maps, so the strongest responses stay visible (a mean would dilute a
+    single strong map among weak ones). NaN only where all ``f`` maps are NaN."""
+    if f <= 1:
+        return d
+    c, h, w = d.shape
+    n = -(-c // f)
+    pad = np.zeros((n * f, h, w), np.float32)
+    pad[:c] = d
+    pad[c:] = np.nan
+    groups = pad.reshape(n, f, h, w)
+    mag = np.nan_to_num(np.abs(groups), nan=-1.0)
+    pick = mag.argmax(axis=1)[:, None]
+    return np.take_along_axis(groups, pick, axis=1)[:, 0]
+
+
+def array_volume(array: np.ndarray, quantity: str) -> tuple[np.ndarray, str]:
+    """One image's stored array as a ``(C, H, W)`` volume and its kind: a weight gradient via
+    :func:`weight_volume` (``"weights"``), a linear layer's vector as one grid slice
+    (``"neurons"``), conv maps as they are (``"maps"``; conv1d maps ``(C, L)`` as ``(C, 1, L)``).
+    The same as ``volviz.views.source.to_volume``, without its import of the orderers."""
+    a = np.asarray(array)
+    if quantity == "grad_weight":
+        return weight_volume(a), "weights"
+    if a.ndim == 1:
+        from .grid import neuron_grid
+        return neuron_grid(a, fill=0.0)[None].astype(np.float32), "neurons"
+    if a.ndim == 2:
+        return a[:, None, :].astype(np.float32), "maps"
+    if a.ndim != 3:
+        raise ValueError(f"cannot show an array of shape {a.shape} as a volume")
+    return a.astype(np.float32, copy=False), "maps"

@@ -18,7 +18,8 @@ from vtkmodules.vtkRenderingCore import vtkColorTransferFunction
 
 from .colors import DEFAULT_CMAP, DIVERGING_CMAP, get_cmap, opacity_curve, sample_cmap
 
-__all__ = ["VolumeStyle", "check_style", "make_mapper", "nan_fill_value", "transfer_functions"]
+__all__ = ["VolumeStyle", "check_style", "make_mapper", "nan_fill_value", "set_sample_distance",
+           "transfer_functions"]
 
 #: name of the one point-data array of a scene's ImageData
 SCALARS = "values"
@@ -133,3 +134,20 @@ def nan_fill_value(style: VolumeStyle, clim: tuple[float, float]) -> float:
     t = int(np.argmin(curve)) / 256.0
     lo, hi = clim
     return lo + t * (hi - lo)
+
+
+def set_sample_distance(mapper, grid: pv.ImageData, max_samples: int = 320) -> float:
+    """Ray sampling every half voxel along the thinnest axis, but at most ``max_samples`` samples
+    across the longest side (deep stacks of tiny maps, 512 x 7 x 7, would otherwise cost thousands
+    of samples per ray; :func:`~volviz.views.volume_data.stack_bin` then bins their slabs so each
+    still gets two samples). Returns the distance."""
+    b = grid.bounds
+    longest = max(b[1] - b[0], b[3] - b[2], b[5] - b[4], 1.0)
+    step = max(0.5 * min(grid.spacing), longest / max_samples)
+    if hasattr(mapper, "SetAutoAdjustSampleDistances"):
+        mapper.SetAutoAdjustSampleDistances(False)
+    if hasattr(mapper, "SetSampleDistance"):
+        mapper.SetSampleDistance(step)
+    if hasattr(mapper, "SetInteractiveSampleDistance"):
+        mapper.SetInteractiveSampleDistance(step)
+    return step

@@ -16,10 +16,11 @@ output and raises :class:`_Stop`, so nothing after the layer is computed (the co
 """
 from __future__ import annotations
 
-from volviz.errors import ObjectiveError  # noqa: F401  (re-exported)
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from volviz.errors import ObjectiveError  # noqa: F401  (re-exported)
 
 __all__ = ["OBJECTIVE_KINDS", "ObjectiveError", "LayerOutput", "unit_values", "unit_count",
            "l1_penalty", "tv_penalty"]
@@ -38,8 +39,9 @@ class LayerOutput:
 
     ``layer=None`` means the model's own output (flattened logits).
 
-    :meth:`units` goes one step further: for a ``Linear`` layer or a ``Conv2d`` (``groups=1``,
-    zero padding) it stops at the layer's *input* and computes only unit ``u_b`` for element b
+    :meth:`units` goes one step further: for a ``Linear`` layer or a ``Conv2d`` (zero padding; for
+    a grouped or depthwise conv only the input channels of the unit's group are read) it stops at
+    the layer's *input* and computes only unit ``u_b`` for element b
     (one weight row, or one filter via a grouped convolution with one group per element), so the
     target layer costs one unit, not all of them: 6x cheaper for the digits model's ``conv2``.
     ``unit_only=False`` computes the whole layer and picks the unit (same numbers up to rounding);
@@ -59,7 +61,7 @@ class LayerOutput:
         conv_ok = unit_only is True or unit_only == "all"
         self.unit_only = bool(unit_only) and (
             isinstance(m, nn.Linear) or
-            (conv_ok and isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros"
+            (conv_ok and isinstance(m, nn.Conv2d) and m.padding_mode == "zeros"
              and not isinstance(m.padding, str)))
 
     def _run_to(self, x: torch.Tensor, pre: bool) -> torch.Tensor:
@@ -105,6 +107,11 @@ class LayerOutput:
                 return out[torch.arange(out.shape[0], device=out.device), units]
             y = torch.einsum("bi,bi->b", inp, w.to(inp.dtype))
             return y if bias is None else y + bias.to(y.dtype)
+        if m.groups > 1:  # grouped / depthwise: unit u reads only the input channels of its group
+            c_in = m.in_channels // m.groups
+            first = (units // (m.out_channels // m.groups)) * c_in
+            chans = first[:, None] + torch.arange(c_in, device=inp.device)[None, :]
+            inp = inp[torch.arange(inp.shape[0], device=inp.device)[:, None], chans]
         b, c, h, wd = inp.shape
         y = F.conv2d(inp.reshape(1, b * c, h, wd), w, None if bias is None else bias, m.stride, m.padding,
                      m.dilation, groups=b)

@@ -27,10 +27,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from volviz.analysis.actmax.objectives import (LayerOutput, ObjectiveError, check_kind, l1_penalty,
-                                              reduce_unit, tv_penalty, unit_values)
+from volviz.analysis.actmax.objectives import (
+    LayerOutput,
+    ObjectiveError,
+    check_kind,
+    l1_penalty,
+    reduce_unit,
+    tv_penalty,
+    unit_values,
+)
 from volviz.analysis.actmax.param import PARAM_KINDS, make_param
 from volviz.analysis.actmax.transforms import blurred_noise, element_rngs, jitter, jitter_table
 
@@ -110,6 +118,9 @@ class Problem:
     # Conv2d on the CPU only (measured 15x cheaper for digits conv1; a grouped conv with one group
     # per element is not known to be fast on GPUs, and saves little for deep layers)
     unit_only: bool | None = None
+    # (h, w) of the optimized image when it is smaller than the model input: the image is
+    # upsampled (bilinear) to the input size before the model sees it. None: the input size.
+    image_size: tuple[int, int] | None = None
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -118,6 +129,30 @@ class Problem:
         if unit_only is None:
             unit_only = True if torch.device(self.device).type == "cpu" else "linear"
         self.forward = LayerOutput(self.model, self.layer, unit_only)
+        c, h, w = self.input_shape
+        size = (h, w) if self.image_size is None else tuple(int(v) for v in self.image_size)
+        if len(size) != 2 or not (1 <= size[0] <= h and 1 <= size[1] <= w):
+            raise ValueError(f"image_size must be (h, w) with 1 <= h <= {h} and 1 <= w <= {w} (the model "
+                             f"input), got {self.image_size}")
+        self.image_size = size
+
+    @property
+    def opt_shape(self) -> tuple[int, int, int]:
+        """``(C, h, w)`` of the optimized images (the input shape unless ``image_size`` is smaller)."""
+        return (self.input_shape[0], *self.image_size)
+
+    def to_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels at the optimized size -> pixels at the model's input size (bilinear)."""
+        size = tuple(self.input_shape[1:])
+        if tuple(x.shape[-2:]) == size:
+            return x
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+    def from_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels at the model's input size -> the optimized size (antialiased), e.g. start images."""
+        if tuple(x.shape[-2:]) == tuple(self.image_size):
+            return x
+        return F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False, antialias=True)
 
     def _vec(self, v) -> torch.Tensor:
         c = self.input_shape[0]
@@ -125,6 +160,7 @@ class Problem:
         return (t.expand(c) if t.numel() == 1 else t).reshape(1, c, 1, 1)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.to_input(x)
         if self.mean is not None:
             x = x - self._vec(self.mean)
         if self.std is not None:
@@ -193,13 +229,15 @@ def _as_configs(configs, n: int) -> list[Config]:
 
 def optimize_batch(problem: Problem, units, seeds, configs: Config | list[Config], steps: int, *,
                    scale=None, base: torch.Tensor | np.ndarray | None = None, init_std: float = 0.1,
-                   init_blur: float = 1.0, trace: bool = False) -> BatchResult:
+                   init_blur: float = 1.0, trace: bool = False, callback=None) -> BatchResult:
     """Optimize ``B = len(units)`` images at once, image b for unit ``units[b]`` from seed ``seeds[b]``.
 
     ``scale``: ``(B,)`` divisor of each unit's activation (default 1). ``base``: ``(B, C, H, W)``
     start images in pixel space (e.g. class means); default the centre pixel. Blurred Gaussian
     noise (``init_std``, blurred with ``init_blur`` pixels) from each element's own generator is
-    added, so different seeds start from different images.
+    added, so different seeds start from different images. Images are optimized at
+    ``problem.opt_shape`` (``base`` at the model's input size is reduced to it). ``callback(t)``
+    is called after step ``t`` (progress bars, timing).
     """
     units = np.asarray(units, dtype=np.int64).reshape(-1)
     seeds = np.asarray(seeds, dtype=np.int64).reshape(-1)
@@ -212,7 +250,7 @@ def optimize_batch(problem: Problem, units, seeds, configs: Config | list[Config
         raise ObjectiveError(f"unit {units.max() if units.max() >= n_units else units.min()} out of range: "
                              f"layer {problem.layer} has {n_units} units")
     dev = problem.device
-    c, h, w = problem.input_shape
+    c, h, w = problem.opt_shape
     f32 = dict(dtype=torch.float32, device=dev)
 
     rngs = element_rngs(seeds, units)
@@ -220,7 +258,9 @@ def optimize_batch(problem: Problem, units, seeds, configs: Config | list[Config
     jit = np.array([k.jitter for k in cfgs], dtype=np.int64)
     shifts = jitter_table(rngs, steps, jit).to(dev) if jit.any() else None
     centre = problem._vec(problem.centre)
-    start = (centre.expand(b, c, h, w) if base is None else torch.as_tensor(base, **f32)) + noise.to(dev)
+    if base is not None:
+        base = problem.from_input(torch.as_tensor(base, **f32))
+    start = (centre.expand(b, c, h, w) if base is None else base) + noise.to(dev)
     start = torch.maximum(torch.minimum(start, problem._vec(problem.hi)), problem._vec(problem.lo))
 
     param = make_param(cfgs[0].param, start, centre=problem.centre, lo=problem.lo, hi=problem.hi,
@@ -266,6 +306,8 @@ def optimize_batch(problem: Problem, units, seeds, configs: Config | list[Config
             param.blur(torch.where(torch.as_tensor(blur_now, device=dev), sigma, torch.zeros_like(sigma)),
                        max_sigma)
         param.clip()
+        if callback is not None:
+            callback(t)
 
     with torch.no_grad():
         final = param.image().detach()

@@ -24,7 +24,18 @@ from tqdm import tqdm
 from volviz.analysis.actmax import results as R
 from volviz.analysis.actmax.optimize import PRECISIONS, Config, Problem, optimize_batch
 from volviz.analysis.actmax.param import PARAM_KINDS, colour_matrix
+from volviz.analysis.actmax.progress import UnitBar, project
+from volviz.analysis.actmax.reference import (  # noqa: F401  (old paths)
+    TOP_K_MEAN,
+    RealStats,
+    _base_images,
+    logits_layer,
+    real_statistics,
+    real_values,
+)
 from volviz.analysis.actmax.search import high_frequency_fraction, random_search, sample_configs, search_units
+from volviz.analysis.actmax.speed import fold_batchnorm
+from volviz.analysis.actmax.units import parse_units
 from volviz.store.store import Store
 
 log = logging.getLogger("volviz.actmax")
@@ -34,7 +45,6 @@ __all__ = ["PreferredSettings", "run_preferred", "default_layers", "real_statist
 
 CONV_OBJECTIVES = ("channel", "centre")
 INITS = ("noise", "mean")
-TOP_K_MEAN = 9  # init=mean for a non-class unit: mean of its top-9 real images
 
 
 @dataclass
@@ -54,7 +64,8 @@ class PreferredSettings:
     init: str = "noise"               # noise (blurred Gaussian) | mean (class mean / top-9 mean)
     init_std: float = 0.1
     init_blur: float = 1.0
-    batch_size: int = 512
+    size: tuple[int, int] | None = None  # optimize at (h, w) below the model input, upsampled for it
+    batch_size: int = 0               # elements per batched run; 0: automatic (speed.auto_batch)
     device: str = "cpu"
     precision: str = "fp32"
 
@@ -67,9 +78,16 @@ class PreferredSettings:
             raise ValueError(f"param must be auto, pixel or fourier, got {self.param!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        for name in ("seeds", "steps", "batch_size", "search_units"):
+        for name in ("seeds", "steps", "search_units"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size < 0:
+            raise ValueError(f"batch_size must be >= 1 (0: automatic), got {self.batch_size}")
+        if self.size is not None:
+            size = (int(self.size), int(self.size)) if np.ndim(self.size) == 0 else tuple(int(v) for v in self.size)
+            if len(size) != 2 or min(size) < 1:
+                raise ValueError(f"size must be (h, w) >= 1, got {self.size}")
+            self.size = size
         if self.search < 0:
             raise ValueError(f"search must be >= 0, got {self.search}")
         self.base_config()  # validates `config`
@@ -84,7 +102,15 @@ class PreferredSettings:
         d = asdict(self)
         for k in ("batch_size", "device", "precision"):
             d.pop(k)
+        if d["size"] is None:  # as before --size existed: older results stay resumable
+            d.pop("size")
         return json.loads(json.dumps(d))
+
+    def batch_for(self, input_shape) -> int:
+        """Elements per batched run: ``batch_size``, or automatic for the model's input size (the
+        forward pass runs at the input size even when ``size`` is smaller)."""
+        from volviz.analysis.actmax.speed import auto_batch
+        return self.batch_size or auto_batch(input_shape, self.device)
 
 
 # ---- the store's model and real images --------------------------------------------------------
@@ -109,87 +135,6 @@ def _input_spec(store: Store) -> tuple[tuple[int, int, int], tuple | None, tuple
     return store.input_shape, (tuple(p.mean) if p.mean else None), (tuple(p.std) if p.std else None)
 
 
-def _done_indices(store: Store) -> np.ndarray:
-    idx = np.flatnonzero(store.done)
-    if not len(idx):
-        raise R.PreferredError(f"{store.path} holds no captured images; preferred inputs are compared "
-                               "with the store's real images, so capture some first")
-    return idx
-
-
-def _iter_inputs(store: Store, idx: np.ndarray, batch: int = 256):
-    for sel in store.iter_batches(batch, idx):
-        yield sel, store.read_inputs(sel)
-
-
-@dataclass
-class RealStats:
-    centre: np.ndarray        # (C,) mean pixel
-    cov: np.ndarray           # (C, C) channel covariance (per pixel)
-    lo: np.ndarray            # (C,)
-    hi: np.ndarray
-    class_means: dict         # class index -> (C, H, W)
-
-
-def real_statistics(store: Store) -> RealStats:
-    """One pass over the store's real images: mean pixel, channel covariance, class means."""
-    idx = _done_indices(store)
-    labels = store.column("label")[idx]
-    preds = store.column("pred")[idx]
-    cls = np.where(labels >= 0, labels, preds)
-    n = 0
-    s1 = s2 = None
-    sums: dict[int, np.ndarray] = {}
-    counts: dict[int, int] = {}
-    lo = hi = None
-    pos = 0
-    for sel, x in _iter_inputs(store, idx):
-        c = x.shape[1]
-        flat = x.transpose(1, 0, 2, 3).reshape(c, -1).astype(np.float64)
-        s1 = flat.sum(1) if s1 is None else s1 + flat.sum(1)
-        s2 = flat @ flat.T if s2 is None else s2 + flat @ flat.T
-        n += flat.shape[1]
-        lo = flat.min(1) if lo is None else np.minimum(lo, flat.min(1))
-        hi = flat.max(1) if hi is None else np.maximum(hi, flat.max(1))
-        for k in np.unique(cls[pos:pos + len(sel)]):
-            m = cls[pos:pos + len(sel)] == k
-            sums[int(k)] = sums.get(int(k), 0) + x[m].sum(0)
-            counts[int(k)] = counts.get(int(k), 0) + int(m.sum())
-        pos += len(sel)
-    mean = s1 / n
-    cov = s2 / n - np.outer(mean, mean)
-    return RealStats(mean.astype(np.float32), cov, lo, hi,
-                     {k: (sums[k] / counts[k]).astype(np.float32) for k in sums})
-
-
-def real_values(problem: Problem, store: Store, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Every unit's objective on every real image: ``(N, U)`` and the image indices ``(N,)``."""
-    idx = _done_indices(store)
-    out = []
-    with torch.no_grad():
-        for _, x in _iter_inputs(store, idx, batch):
-            out.append(problem.values(torch.as_tensor(x, device=problem.device)).float().cpu().numpy())
-    return np.concatenate(out), idx
-
-
-def logits_layer(model: torch.nn.Module, input_shape, device: str = "cpu") -> str | None:
-    """The module whose output IS the model's output (the class scores), if there is one."""
-    from volviz.capture.layers import named_leaf_modules
-    seen: dict[str, torch.Tensor] = {}
-    hooks = [m.register_forward_hook(lambda mod, a, o, n=n: seen.__setitem__(n, o))
-             for n, m in named_leaf_modules(model).items()]
-    try:
-        with torch.no_grad():
-            out = model(torch.zeros(1, *input_shape, device=device))
-    finally:
-        for h in hooks:
-            h.remove()
-    for n, o in seen.items():
-        if o is out:
-            return n
-    return None
-
-
 def default_layers(store: Store) -> list[str]:
     """The store's captured conv and linear layers."""
     return [info.name for info in store.plan.layers if info.kind in ("conv", "linear")]
@@ -197,6 +142,8 @@ def default_layers(store: Store) -> list[str]:
 
 def build_problem(model, layer: str, settings: PreferredSettings, store: Store, stats: RealStats,
                   logits: str | None) -> Problem:
+    """The optimization problem of one layer: unit kind, pixel range, colour matrix, the size the
+    images are optimized at; batch norms upstream of the layer are folded (``speed.py``)."""
     shape, mean, std = _input_spec(store)
     probe = Problem(model, layer, "neuron", shape, mean, std, device=settings.device)
     out = probe.out_shape()
@@ -204,29 +151,19 @@ def build_problem(model, layer: str, settings: PreferredSettings, store: Store, 
     if len(out) not in (1, 3):
         raise R.PreferredError(f"layer {layer} has output shape {out}; preferred inputs need (C, H, W) "
                                "or (N,) outputs")
+    if settings.size is not None and (settings.size[0] > shape[1] or settings.size[1] > shape[2]):
+        raise R.PreferredError(f"--size {settings.size[0]} {settings.size[1]} is larger than the model input "
+                               f"{shape[1]} x {shape[2]}; images are optimized at or below the input size")
+    folded, _ = fold_batchnorm(model, keep={layer})
     colour = colour_matrix(shape[0], stats.cov) if shape[0] > 1 else None
-    return Problem(model, layer, kind, shape, mean, std, centre=tuple(stats.centre.tolist()),
+    return Problem(folded, layer, kind, shape, mean, std, centre=tuple(stats.centre.tolist()),
                    lo=tuple(np.minimum(stats.lo, 0.0).tolist()), hi=tuple(np.maximum(stats.hi, 1.0).tolist()),
-                   colour=colour, device=settings.device, precision=settings.precision)
-
-
-def _base_images(problem: Problem, stats: RealStats, values: np.ndarray, idx: np.ndarray,
-                 store: Store) -> np.ndarray:
-    """init=mean: class units start from their class's mean image, other units from the mean of
-    their top-9 real images."""
-    u = values.shape[1]
-    if problem.kind == "class":
-        overall = np.mean(list(stats.class_means.values()), axis=0)
-        return np.stack([stats.class_means.get(k, overall) for k in range(u)])
-    top = np.argsort(-values, axis=0)[:TOP_K_MEAN]  # (k, U) rows into idx
-    need = np.unique(top)
-    imgs = store.read_inputs(idx[need])
-    pos = {int(j): i for i, j in enumerate(need)}
-    return np.stack([imgs[[pos[int(j)] for j in top[:, k]]].mean(0) for k in range(u)])
+                   colour=colour, device=settings.device, precision=settings.precision, image_size=settings.size)
 
 
 def _summary(info_act: np.ndarray, act_init: np.ndarray, top: np.ndarray, mean: np.ndarray,
              scale: np.ndarray, images_best: np.ndarray, seconds: float) -> dict:
+    """Fidelity over the units with results (arrays already restricted to them)."""
     best = np.nanmax(info_act, 1)
     return {
         "units": int(len(best)),
@@ -242,14 +179,39 @@ def _summary(info_act: np.ndarray, act_init: np.ndarray, top: np.ndarray, mean: 
     }
 
 
+@dataclass
+class _Plan:
+    layer: str
+    problem: Problem
+    units: np.ndarray            # the units asked for
+    pending: np.ndarray          # of those, the ones without results yet
+    group: object | None         # the existing preferred/<layer> group (same settings) or None
+
+
+def _same(stored: dict | None, sig: dict) -> list[str]:
+    """Names of the settings that differ (keys an older volviz did not write count as defaults)."""
+    stored = dict(stored or {})
+    defaults = PreferredSettings().signature()
+    return sorted(k for k in set(sig) | set(stored)
+                  if stored.get(k, defaults.get(k)) != sig.get(k, defaults.get(k)))
+
+
+def _unit_spec(units, layer: str):
+    return units.get(layer) if isinstance(units, dict) else units
+
+
 def run_preferred(store: Store | str | os.PathLike, layers: list[str] | None = None,
                   settings: PreferredSettings | None = None, *, overwrite: bool = False,
                   progress: bool = True, model: torch.nn.Module | None = None,
-                  trust: dict | None = None) -> dict[str, dict]:
+                  trust: dict | None = None, units=None, report=None) -> dict[str, dict]:
     """Compute and store preferred inputs of ``layers`` (default: :func:`default_layers`).
 
-    Returns ``{layer: summary}`` (``summary`` as in ``preferred/<layer>`` attrs; skipped layers
-    report theirs with ``"skipped": True``).
+    ``units``: which units (a spec for :func:`~volviz.analysis.actmax.units.parse_units`: ``"0:64"``,
+    ``"3,7,285"``, class names; or ``{layer: spec}``); default all. Units that already have results
+    with the same settings are kept, so a later call with more units extends a layer.
+    ``report(text)``: where the projected time goes (default: printed above the progress bar when
+    ``progress``; no projection without either). Returns ``{layer: summary}`` (``summary`` as in
+    ``preferred/<layer>`` attrs; skipped layers report theirs with ``"skipped": True``).
     """
     settings = settings or PreferredSettings()
     st = store if isinstance(store, Store) else Store.open(os.fspath(store), "r+")
@@ -259,78 +221,97 @@ def run_preferred(store: Store | str | os.PathLike, layers: list[str] | None = N
     else:
         from volviz.capture.layers import select_layers
         layers = select_layers(model, layers)
+    if report is None and progress:
+        report = tqdm.write
     sig = settings.signature()
-    todo = []
+    shape, _, _ = _input_spec(st)
+    seeds = list(range(settings.seeds))
     out: dict[str, dict] = {}
+    stats = logits = None
+    plans: list[_Plan] = []
     for layer in layers:
         state = R.layer_state(st, layer)
+        g = None
         if state and state.get("prepared") and not overwrite:
-            if json.dumps(state.get("settings"), sort_keys=True) != json.dumps(sig, sort_keys=True):
-                diff = sorted(k for k in set(sig) | set(state.get("settings") or {})
-                              if (state.get("settings") or {}).get(k) != sig.get(k))
+            diff = _same(state.get("settings"), sig)
+            if diff:
                 raise R.PreferredError(
                     f"layer {layer} already has preferred inputs made with other settings ({', '.join(diff)} "
                     f"differ); pass --overwrite to replace them")
-            if state.get("complete"):
+            g = R._group(st, layer)
+        if g is not None:  # units asked for that have no results yet (none: the layer is skipped)
+            sel = parse_units(_unit_spec(units, layer), int(state["n_units"]), layer=layer,
+                              class_names=st.class_names if state.get("objective") == "class" else None)
+            pending = R.pending_units(g, sel)
+            if not len(pending) and state.get("complete"):
                 out[layer] = dict(state.get("summary", {}), skipped=True)
                 continue
-        todo.append(layer)
-    if not todo:
-        return {n: out[n] for n in layers}
-
-    shape, _, _ = _input_spec(st)
-    stats = real_statistics(st)
-    logits = logits_layer(model, shape, settings.device)
-    seeds = list(range(settings.seeds))
-    total = 0
-    plans = []
-    for layer in todo:
+        if stats is None:
+            stats, logits = real_statistics(st), logits_layer(model, shape, settings.device)
         problem = build_problem(model, layer, settings, st, stats, logits)
-        plans.append((layer, problem, problem.out_shape()[0]))
-        total += plans[-1][2]
-    bar = tqdm(total=total, desc="optimize", unit="unit", disable=not progress)
+        if g is None:
+            sel = parse_units(_unit_spec(units, layer), problem.out_shape()[0], layer=layer,
+                              class_names=st.class_names if problem.kind == "class" else None)
+            pending = sel
+        if g is not None and int(g.attrs.get("format", 1)) < 2:
+            raise R.PreferredError(f"layer {layer} holds an interrupted run of an older volviz; pass "
+                                   "--overwrite to recompute it")
+        plans.append(_Plan(layer, problem, sel, pending, g))
+    if report is not None and plans:
+        project(plans, settings, shape, report)
+    bar = UnitBar(sum(len(p.pending) for p in plans), progress)
     try:
-        for layer, problem, n_units in plans:
-            t0 = time.perf_counter()
-            bar.set_description(f"optimize {layer}")
-            g = R._group(st, layer)
-            if g is None or overwrite or not g.attrs.get("prepared", False):
-                g = _prepare(st, layer, problem, n_units, settings, stats, seeds, bar)
-            else:  # resuming: count the chunks already done
-                done = [R.chunk_units_range(g, int(i)) for i in np.flatnonzero(np.asarray(g["done"][:]))]
-                bar.update(sum(b - a for a, b in done))
-            cfg = Config.from_dict(g.attrs["config"])
-            scale = np.asarray(g["scale"][:])
-            base = None
-            if settings.init == "mean":
-                values, idx = real_values(problem, st)
-                base = _base_images(problem, stats, values, idx, st)
-            for i in R.pending_chunks(g):
-                first, last = R.chunk_units_range(g, i)
-                units = np.repeat(np.arange(first, last), len(seeds))
-                res = optimize_batch(problem, units, np.tile(seeds, last - first), cfg, settings.steps,
-                                     scale=scale[units], base=None if base is None else base[units],
-                                     init_std=settings.init_std, init_blur=settings.init_blur)
-                s = len(seeds)
-                R.write_chunk(g, i, res.images.reshape(last - first, s, *res.images.shape[1:]),
-                              res.activation.reshape(-1, s), res.activation_init.reshape(-1, s))
-                bar.update(last - first)
-            act = np.asarray(g["activation"][:])
-            act0 = np.asarray(g["activation_init"][:])
-            imgs = np.asarray(g["images"][:], dtype=np.float32)
-            best = imgs[np.arange(n_units), np.nanargmax(act, 1)]
-            summary = _summary(act, act0, np.asarray(g["real_top"][:]), np.asarray(g["real_mean"][:]),
-                               scale, best, time.perf_counter() - t0)
-            summary["objective"] = problem.kind
-            R.finalize_layer(g, summary)
-            out[layer] = summary
+        for plan in plans:
+            out[plan.layer] = _run_layer(st, plan, settings, stats, seeds, bar, shape, overwrite)
     finally:
         bar.close()
     return {n: out[n] for n in layers}
 
 
+def _run_layer(st: Store, plan: _Plan, settings: PreferredSettings, stats: RealStats, seeds: list[int],
+               bar, shape, overwrite: bool) -> dict:
+    t0 = time.perf_counter()
+    layer, problem = plan.layer, plan.problem
+    n_units = problem.out_shape()[0]
+    bar.set_description(f"optimize {layer}")
+    g = plan.group
+    if g is None:
+        g = _prepare(st, layer, problem, n_units, settings, stats, seeds, bar, plan.units)
+    g.attrs["complete"] = False
+    cfg = Config.from_dict(g.attrs["config"])
+    scale = np.asarray(g["scale"][:])
+    per_run = max(1, settings.batch_for(shape) // len(seeds))
+    values = idx = None
+    if settings.init == "mean":
+        values, idx = real_values(problem, st)
+    for first in range(0, len(plan.pending), per_run):
+        chunk = plan.pending[first:first + per_run]
+        units = np.repeat(chunk, len(seeds))
+        base = None if values is None else np.repeat(_base_images(problem, stats, values, idx, st, chunk),
+                                                     len(seeds), axis=0)
+        res = optimize_batch(problem, units, np.tile(seeds, len(chunk)), cfg, settings.steps,
+                             scale=scale[units], base=base, init_std=settings.init_std,
+                             init_blur=settings.init_blur, callback=bar.stepper(len(chunk), settings.steps))
+        s = len(seeds)
+        R.write_units(g, chunk, res.images.reshape(len(chunk), s, *res.images.shape[1:]),
+                      res.activation.reshape(-1, s), res.activation_init.reshape(-1, s))
+        bar.finish_batch()
+    done = R.units_done(g)
+    act = np.asarray(g["activation"][:])[done]
+    act0 = np.asarray(g["activation_init"][:])[done]
+    imgs = np.asarray(g["images"].get_orthogonal_selection((np.flatnonzero(done),)), dtype=np.float32)
+    best = imgs[np.arange(len(imgs)), np.nanargmax(act, 1)]
+    summary = _summary(act, act0, np.asarray(g["real_top"][:])[done], np.asarray(g["real_mean"][:])[done],
+                       scale[done], best, time.perf_counter() - t0)
+    summary["objective"] = problem.kind
+    if done.sum() < n_units:
+        summary["of_units"] = int(n_units)
+    R.finalize_layer(g, summary)
+    return summary
+
+
 def _prepare(st: Store, layer: str, problem: Problem, n_units: int, settings: PreferredSettings,
-             stats: RealStats, seeds: list[int], bar) -> object:
+             stats: RealStats, seeds: list[int], bar, selected: np.ndarray) -> object:
     values, idx = real_values(problem, st)
     top, mean = values.max(0), values.mean(0)
     spread = top - mean
@@ -339,25 +320,31 @@ def _prepare(st: Store, layer: str, problem: Problem, n_units: int, settings: Pr
     base_cfg = settings.base_config()
     search = None
     cfg = base_cfg
+    batch = settings.batch_for(problem.input_shape)
     if settings.search > 0:
         bar.set_description(f"optimize {layer} (search)")
         params = PARAM_KINDS if settings.param == "auto" else (settings.param,)
         rng = np.random.default_rng([zlib.crc32(layer.encode()), 0])
-        configs = sample_configs(settings.search, rng, problem.input_shape[1:], params, base_cfg)
-        sub = search_units(n_units, settings.search_units)
-        base = _base_images(problem, stats, values, idx, st)[sub] if settings.init == "mean" else None
-        search = random_search(problem, sub, configs, settings.search_steps or settings.steps,
+        configs = sample_configs(settings.search, rng, problem.opt_shape[1:], params, base_cfg)
+        sub = selected[search_units(len(selected), settings.search_units)]
+        base = _base_images(problem, stats, values, idx, st, sub) if settings.init == "mean" else None
+        steps = settings.search_steps or settings.steps
+        n_batches = sum(-(-(len(sub) * sum(c.param == k for c in configs)) // batch)
+                        for k in {c.param for c in configs})
+        search = random_search(problem, sub, configs, steps,
                                offset=mean[sub], scale=scale[sub], top=top[sub], hf_weight=settings.hf_weight,
-                               batch_size=settings.batch_size, base=base, init_std=settings.init_std,
-                               init_blur=settings.init_blur)
+                               batch_size=batch, base=base, init_std=settings.init_std,
+                               init_blur=settings.init_blur, callback=bar.search_steps(n_batches * steps))
         cfg = search.best_config
         log.info("layer %s search:\n%s", layer, search.table())
+        bar.bar.set_postfix_str("")
         bar.set_description(f"optimize {layer}")
-    chunk = max(1, settings.batch_size // len(seeds))
+    chunk = R.chunk_units_for(len(seeds), problem.opt_shape, max(1, batch // len(seeds)))
     meta = {"objective": problem.kind, "seeds": seeds, "steps": settings.steps,
             "settings": settings.signature(), "model": st.plan.model.spec,
+            "input_shape": list(problem.input_shape),
             "search_units": None if search is None else search.units.tolist()}
     return R.prepare_layer(st, layer, meta=meta, n_units=n_units, n_seeds=len(seeds),
-                           image_shape=problem.input_shape, chunk_units=chunk, real_top=top,
+                           image_shape=problem.opt_shape, chunk_units=chunk, real_top=top,
                            real_top_image=top_image, real_mean=mean, scale=scale, search=search,
                            config=cfg.to_dict())
