@@ -44,16 +44,11 @@ CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def _layernorm2d_type():
-    try:
-        from torchvision.models.convnext import LayerNorm2d
-
-        return LayerNorm2d
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        return None
-
-
-_LAYERNORM2D = _layernorm2d_type()
+def _is_layernorm2d(module: nn.Module) -> bool:
+    """torchvision's ConvNeXt LayerNorm2d (channels-first LayerNorm), recognized without importing
+    torchvision.models (an import of a second and more on every command)."""
+    t = type(module)
+    return t.__name__ == "LayerNorm2d" and t.__module__.startswith("torchvision.")
 
 
 def _plain_forward(module: nn.Module, base: type) -> bool:
@@ -69,7 +64,7 @@ def has_fast_path(module: nn.Module) -> bool:
             return _plain_forward(module, base)
     if isinstance(module, BATCH_NORMS):
         return module.running_mean is not None and _plain_forward(module, nn.modules.batchnorm._BatchNorm)
-    if _LAYERNORM2D is not None and type(module) is _LAYERNORM2D:
+    if _is_layernorm2d(module):
         return True
     if isinstance(module, nn.LayerNorm):
         return _plain_forward(module, nn.LayerNorm)
@@ -234,7 +229,7 @@ def normalized_input(module: nn.Module, inp: torch.Tensor) -> torch.Tensor:
         shape = (1, -1) + (1,) * (inp.dim() - 2)
         scale = torch.rsqrt(module.running_var + module.eps).view(shape)
         return (inp - module.running_mean.view(shape)) * scale
-    if _LAYERNORM2D is not None and type(module) is _LAYERNORM2D:
+    if _is_layernorm2d(module):
         x = inp.permute(0, 2, 3, 1)
         return F.layer_norm(x, module.normalized_shape, None, None, module.eps).permute(0, 3, 1, 2)
     if isinstance(module, nn.LayerNorm):
@@ -248,7 +243,7 @@ def norm_per_sample(module: nn.Module, inp: torch.Tensor, grad_out: torch.Tensor
     """Per-image gradient of a norm layer's affine weight: sum over positions of grad * x_hat."""
     prod = grad_out * normalized_input(module, inp)
     N, w_shape = inp.shape[0], module.weight.shape
-    if isinstance(module, nn.LayerNorm) and not (_LAYERNORM2D is not None and type(module) is _LAYERNORM2D):
+    if isinstance(module, nn.LayerNorm) and not (_is_layernorm2d(module)):
         return prod.reshape(N, -1, *w_shape).sum(1)
     return prod.reshape(N, w_shape[0], -1).sum(2)
 
