@@ -17,6 +17,7 @@ app      the app's whole step (``show_position``: also captions, the input image
 
 Writes benchmarks/results/app-cpu.json and prints a Markdown table (median of --steps steps).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,6 +55,7 @@ def synthetic_store(root: pathlib.Path, n_images: int) -> pathlib.Path:
     from scipy.ndimage import gaussian_filter
 
     from volviz.store.capture import CaptureSettings, run_capture
+
     rng = np.random.default_rng(0)
     imgs = root / "imgs" / "x"
     imgs.mkdir(parents=True)
@@ -62,8 +64,14 @@ def synthetic_store(root: pathlib.Path, n_images: int) -> pathlib.Path:
         a = (a - a.min()) / (a.max() - a.min())
         iio.imwrite(imgs / f"{i:03d}.png", (a * 255).astype(np.uint8))
     sys.path.insert(0, str(pathlib.Path(__file__).parent))
-    s = CaptureSettings(model="bench_app:synthetic_net", images=[str(imgs.parent)], layers=["0"],
-                        size=SYNTH_SHAPE[1:], channels=1, gradients=False)
+    s = CaptureSettings(
+        model="bench_app:synthetic_net",
+        images=[str(imgs.parent)],
+        layers=["0"],
+        size=SYNTH_SHAPE[1:],
+        channels=1,
+        gradients=False,
+    )
     return run_capture(root / "synthetic", s).path
 
 
@@ -78,9 +86,13 @@ def bench_layer(store_path: str, layer: str, steps: int, size: tuple[int, int]) 
     from volviz.app.explorer import Explorer
     from volviz.views.volume import LayerVolumeScene
 
-    app = Explorer([store_path], server=get_server(f"bench-{uuid.uuid4().hex[:6]}", client_type="vue3"),
-                   record_dir=tempfile.mkdtemp(prefix="volviz-bench-rec-"), window_size=size,
-                   build_ui=False)
+    app = Explorer(
+        [store_path],
+        server=get_server(f"bench-{uuid.uuid4().hex[:6]}", client_type="vue3"),
+        record_dir=tempfile.mkdtemp(prefix="volviz-bench-rec-"),
+        window_size=size,
+        build_ui=False,
+    )
     app.state.ready()
     pane = app.panes[0]
     app.state[pk("layer")] = layer
@@ -144,16 +156,28 @@ def bench_layer(store_path: str, layer: str, steps: int, size: tuple[int, int]) 
         warm.append(time.perf_counter() - t0)
     shape = list(pane.scene.shape)
     app.close()
-    med = (lambda xs: statistics.median(xs) * 1e3)
-    return {"store": str(store_path), "layer": layer, "shape": shape, "window": list(size), "steps": n,
-            "step_ms": med(step), "step_read_update_ms": med(upd), "step_render_ms": med(rend),
-            "rebuild_ms": med(rebuild), "step_over_rebuild": statistics.median(step) / statistics.median(rebuild),
-            "fast_step_ms": med(fast), "fast_step_over_rebuild": statistics.median(fast) / statistics.median(rebuild),
-            "app_step_ms": med(full), "app_step_prefetched_ms": med(warm)}
+    med = lambda xs: statistics.median(xs) * 1e3
+    return {
+        "store": str(store_path),
+        "layer": layer,
+        "shape": shape,
+        "window": list(size),
+        "steps": n,
+        "step_ms": med(step),
+        "step_read_update_ms": med(upd),
+        "step_render_ms": med(rend),
+        "rebuild_ms": med(rebuild),
+        "step_over_rebuild": statistics.median(step) / statistics.median(rebuild),
+        "fast_step_ms": med(fast),
+        "fast_step_over_rebuild": statistics.median(fast) / statistics.median(rebuild),
+        "app_step_ms": med(full),
+        "app_step_prefetched_ms": med(warm),
+    }
 
 
 def pk(field: str) -> str:
     from volviz.app.state import pane_key
+
     return pane_key(0, field)
 
 
@@ -168,27 +192,38 @@ def main() -> int:
     a = ap.parse_args()
     torch.set_num_threads(1)
     from volviz.app.server import ensure_default_store
+
     store = str(ensure_default_store(a.store))
     rows = [bench_layer(store, layer, a.steps, tuple(a.size)) for layer in a.layers]
     if not a.no_synthetic:
         with tempfile.TemporaryDirectory(prefix="volviz-bench-") as tmp:
             synth = synthetic_store(pathlib.Path(tmp), a.steps + 1)
             rows.append(bench_layer(str(synth), "0", a.steps, tuple(a.size)) | {"store": "synthetic"})
-    out = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": 1,
-                       "renderer": "VTK off-screen (EGL) " + _gl_renderer(),
-                       "load_average_1min_at_end": round(os.getloadavg()[0], 2)},
-           "rows": rows}
+    out = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch_threads": 1,
+            "renderer": "VTK off-screen (EGL) " + _gl_renderer(),
+            "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+        },
+        "rows": rows,
+    }
     pathlib.Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(a.out).write_text(json.dumps(out, indent=1))
-    print("| layer | shape | step: read + update + render | rebuild | step / rebuild "
-          "| step while moving (coarse rays) | app step (+ 2-D panels) | prefetched |")
+    print(
+        "| layer | shape | step: read + update + render | rebuild | step / rebuild "
+        "| step while moving (coarse rays) | app step (+ 2-D panels) | prefetched |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         name = f"{pathlib.Path(r['store']).name}:{r['layer']}"
-        print(f"| {name} | {'x'.join(map(str, r['shape']))} | {r['step_ms']:.1f} ms "
-              f"({r['step_read_update_ms']:.1f} + {r['step_render_ms']:.1f}) | {r['rebuild_ms']:.1f} ms "
-              f"| {r['step_over_rebuild']:.2f} | {r['fast_step_ms']:.1f} ms ({r['fast_step_over_rebuild']:.2f}) "
-              f"| {r['app_step_ms']:.1f} ms | {r['app_step_prefetched_ms']:.1f} ms |")
+        print(
+            f"| {name} | {'x'.join(map(str, r['shape']))} | {r['step_ms']:.1f} ms "
+            f"({r['step_read_update_ms']:.1f} + {r['step_render_ms']:.1f}) | {r['rebuild_ms']:.1f} ms "
+            f"| {r['step_over_rebuild']:.2f} | {r['fast_step_ms']:.1f} ms ({r['fast_step_over_rebuild']:.2f}) "
+            f"| {r['app_step_ms']:.1f} ms | {r['app_step_prefetched_ms']:.1f} ms |"
+        )
     print(f"wrote {a.out}")
     return 0
 
@@ -196,6 +231,7 @@ def main() -> int:
 def _gl_renderer() -> str:
     try:
         import pyvista as pv
+
         p = pv.Plotter(off_screen=True, window_size=(16, 16))
         p.screenshot(return_img=True)
         info = p.ren_win.ReportCapabilities()

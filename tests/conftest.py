@@ -1,4 +1,5 @@
 """Shared test setup: headless VTK (EGL), one torch thread, a folder for rendered images."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Tiny models and image folders for the tests (real layers, random or planted weights)."""
+
 from __future__ import annotations
 
 import pathlib
@@ -52,9 +53,11 @@ def no_conv() -> nn.Module:
     return NoConv()
 
 
-def write_image_folder(root: pathlib.Path, n_per_class: int = 4, classes=("a", "b", "c"),
-                       size=(12, 12), rgb: bool = False, seed: int = 0) -> pathlib.Path:
+def write_image_folder(
+    root: pathlib.Path, n_per_class: int = 4, classes=("a", "b", "c"), size=(12, 12), rgb: bool = False, seed: int = 0
+) -> pathlib.Path:
     import imageio.v3 as iio
+
     rng = np.random.default_rng(seed)
     for k, c in enumerate(classes):
         d = root / c

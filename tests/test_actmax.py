@@ -1,11 +1,12 @@
 """Preferred inputs: batched == one unit at a time, activations rise, store round trip and resume,
 grey / RGB / N-channel inputs, the colour-chip finding of seed 000, fidelity against real images."""
+
 import numpy as np
 import pytest
 import torch
+from helpers import TinyCNN, tiny_cnn, write_image_folder
 from torch import nn
 
-from helpers import TinyCNN, tiny_cnn, write_image_folder
 from volviz.analysis.actmax import results as R
 from volviz.analysis.actmax import run as run_mod
 from volviz.analysis.actmax.display import to_display
@@ -42,8 +43,9 @@ def test_batched_equals_one_unit_at_a_time(param):
     batched = optimize_batch(pr, units, np.full(6, 7), cfg, 30)
     for k, u in enumerate(units):
         # the FFT of the fourier parameterization may round differently per batch: 1e-6
-        np.testing.assert_allclose(optimize_batch(pr, [u], [7], cfg, 0).images[0], start.images[k],
-                                   atol=0 if param == "pixel" else 1e-6)
+        np.testing.assert_allclose(
+            optimize_batch(pr, [u], [7], cfg, 0).images[0], start.images[k], atol=0 if param == "pixel" else 1e-6
+        )
         alone = optimize_batch(pr, [u], [7], cfg, 30)
         np.testing.assert_allclose(alone.images[0], batched.images[k], atol=5e-3)
         assert np.abs(alone.images[0] - batched.images[k]).mean() < 1e-3
@@ -53,8 +55,7 @@ def test_batched_equals_one_unit_at_a_time(param):
     assert np.abs(other_seed.images[0] - batched.images[0]).mean() > 1e-2 * 0.5
 
 
-@pytest.mark.parametrize("layer,kind", [("conv1", "channel"), ("conv2", "centre"), ("fc1", "neuron"),
-                                        ("fc2", "class")])
+@pytest.mark.parametrize("layer,kind", [("conv1", "channel"), ("conv2", "centre"), ("fc1", "neuron"), ("fc2", "class")])
 def test_activation_increases_for_every_unit(layer, kind):
     pr = _problem(tiny_cnn(), layer, kind)
     n = pr.out_shape()[0]
@@ -80,8 +81,7 @@ def test_grey_rgb_and_n_channel_inputs(channels, param):
 def test_only_the_layers_up_to_the_target_run():
     m = tiny_cnn().eval()
     calls = {"conv1": 0, "conv3": 0, "fc2": 0}
-    hooks = [getattr(m, n).register_forward_hook(lambda *a, n=n: calls.__setitem__(n, calls[n] + 1))
-             for n in calls]
+    hooks = [getattr(m, n).register_forward_hook(lambda *a, n=n: calls.__setitem__(n, calls[n] + 1)) for n in calls]
     try:
         out = LayerOutput(m, "conv2")(torch.randn(2, 1, 12, 12))
         assert out.shape == (2, 4, 12, 12)
@@ -97,8 +97,9 @@ def test_only_the_layers_up_to_the_target_run():
         optimize_batch(_problem(m, "fc1", "neuron"), [8], [0], Config(), 1)
 
 
-@pytest.mark.parametrize("layer,kind", [("conv1", "channel"), ("conv2", "centre"), ("conv3", "channel"),
-                                        ("fc1", "neuron")])
+@pytest.mark.parametrize(
+    "layer,kind", [("conv1", "channel"), ("conv2", "centre"), ("conv3", "channel"), ("fc1", "neuron")]
+)
 def test_computing_only_the_target_unit_equals_the_whole_layer(layer, kind):
     m = tiny_cnn().eval().requires_grad_(False)
     x = torch.rand(6, 1, 12, 12, requires_grad=True)
@@ -106,8 +107,8 @@ def test_computing_only_the_target_unit_equals_the_whole_layer(layer, kind):
     fast = Problem(m, layer, kind, (1, 12, 12)).values(x, units)
     full = Problem(m, layer, kind, (1, 12, 12), unit_only=False).values(x, units)
     torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-6)
-    g1, = torch.autograd.grad(fast.sum(), x)
-    g2, = torch.autograd.grad(full.sum(), x)
+    (g1,) = torch.autograd.grad(fast.sum(), x)
+    (g2,) = torch.autograd.grad(full.sum(), x)
     torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
 
 
@@ -133,8 +134,9 @@ def test_first_layer_3x3_units_prefer_uniform_colour_chips():
     the end of its range given by the sign of that channel's kernel sum, the same at every pixel."""
     torch.manual_seed(0)
     m = RGBFirst3x3()
-    colours = torch.tensor([[1, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, -1, 1], [1, 1, -1], [-1, 1, 1]],
-                           dtype=torch.float32)
+    colours = torch.tensor(
+        [[1, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, -1, 1], [1, 1, -1], [-1, 1, 1]], dtype=torch.float32
+    )
     with torch.no_grad():
         w = torch.randn(8, 3, 3, 3) * 0.3
         w[:6] = colours[:, :, None, None] * (0.5 + torch.rand(6, 1, 3, 3))
@@ -170,6 +172,7 @@ def test_search_prior_scales_with_input_size_and_starts_at_the_base():
 
 def test_search_keeps_the_default_unless_a_candidate_is_significantly_better():
     from volviz.analysis.actmax.search import SearchResult
+
     cfgs = [Config(), Config(lr=0.1), Config(lr=0.2)]
     base = np.array([1.0, 0.5, 0.8, 1.2, 0.9, 0.7])
     noisy = base + np.array([0.3, -0.25, 0.2, -0.2, 0.25, -0.2])  # higher mean, inside the noise
@@ -191,8 +194,11 @@ TRUST = {"trust_factory": True}  # the tiny test models are helpers:factory spec
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("actmax")
     imgs = write_image_folder(root / "imgs", n_per_class=5)
-    st = run_capture(root / "store", CaptureSettings(model="helpers:tiny_cnn", images=[str(imgs)], size=(12, 12),
-                                                     channels=1), progress=False)
+    st = run_capture(
+        root / "store",
+        CaptureSettings(model="helpers:tiny_cnn", images=[str(imgs)], size=(12, 12), channels=1),
+        progress=False,
+    )
     summaries = run_preferred(st.path, LAYERS, SETTINGS, progress=False, trust=TRUST)
     return st.path, summaries
 
@@ -209,8 +215,14 @@ def test_results_round_trip_through_the_store(store):
     st = R._store(path)
     stats = run_mod.real_statistics(st)
     pr = run_mod.build_problem(model, "conv3", SETTINGS, st, stats, "fc2")
-    again = optimize_batch(pr, np.repeat([0, 1, 2], 2), np.tile([0, 1], 3), Config.from_dict(info.config),
-                           SETTINGS.steps, scale=np.repeat(info.scale[:3], 2))
+    again = optimize_batch(
+        pr,
+        np.repeat([0, 1, 2], 2),
+        np.tile([0, 1], 3),
+        Config.from_dict(info.config),
+        SETTINGS.steps,
+        scale=np.repeat(info.scale[:3], 2),
+    )
     np.testing.assert_allclose(imgs[:3].reshape(6, 1, 12, 12), again.images, atol=2e-3)  # float16 store
     np.testing.assert_allclose(info.activation[:3].ravel(), again.activation, rtol=1e-4, atol=1e-6)
     best = R.best_preferred(path, "conv3")
@@ -282,8 +294,29 @@ def test_cli_optimize_and_grid(store, tmp_path):
     from volviz.cli import main
 
     path, _ = store
-    assert main(["optimize", "--trust-factory", str(path), "--layers", "conv2", "--seeds", "2", "--steps", "10", "--search", "0",
-                 "--quiet", "--threads", "1", "--grid-dir", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "optimize",
+                "--trust-factory",
+                str(path),
+                "--layers",
+                "conv2",
+                "--seeds",
+                "2",
+                "--steps",
+                "10",
+                "--search",
+                "0",
+                "--quiet",
+                "--threads",
+                "1",
+                "--grid-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "conv2.png").exists()
     out = tmp_path / "g.png"
     assert main(["preferred-grid", str(path), "--layer", "conv3", "--out", str(out), "--seeds", "all"]) == 0

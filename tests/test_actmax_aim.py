@@ -1,6 +1,7 @@
 """Preferred inputs that can be aimed and afforded: --units (indices, ranges, class names), a later
 run extending a layer, --size (optimized small, upsampled for the model), batch-norm folding, grouped
 and depthwise convs computing one unit, the projected time and the progress bar."""
+
 import numpy as np
 import pytest
 import torch
@@ -83,8 +84,8 @@ def test_batchnorm_folding_keeps_the_target_layer_output(layer):
     x = torch.rand(3, 3, 10, 10, requires_grad=True)
     a, b = LayerOutput(m, layer)(x), LayerOutput(folded, layer)(x)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    ga, = torch.autograd.grad(a.square().sum(), x)
-    gb, = torch.autograd.grad(b.square().sum(), x)
+    (ga,) = torch.autograd.grad(a.square().sum(), x)
+    (gb,) = torch.autograd.grad(b.square().sum(), x)
     torch.testing.assert_close(ga, gb, rtol=1e-3, atol=1e-5)
     assert fold_batchnorm(tiny_cnn().eval(), keep={"conv2"})[1] == 0  # nothing to fold: same model
 
@@ -98,8 +99,9 @@ def test_depthwise_conv_computes_only_the_target_unit():
     full = Problem(m, "dw", "channel", (3, 10, 10), unit_only=False)
     a, b = fast.values(x, units), full.values(x, units)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(torch.autograd.grad(a.sum(), x)[0], torch.autograd.grad(b.sum(), x)[0],
-                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        torch.autograd.grad(a.sum(), x)[0], torch.autograd.grad(b.sum(), x)[0], rtol=1e-4, atol=1e-6
+    )
 
 
 def test_size_optimizes_a_smaller_image_that_the_model_sees_upsampled():
@@ -109,8 +111,9 @@ def test_size_optimizes_a_smaller_image_that_the_model_sees_upsampled():
     res = optimize_batch(pr, [0, 3], [0, 0], Config(), 30)
     assert res.images.shape == (2, 1, 6, 6)
     assert (res.activation > res.activation_init).all()
-    up = torch.nn.functional.interpolate(torch.from_numpy(res.images), size=(12, 12), mode="bilinear",
-                                         align_corners=False)
+    up = torch.nn.functional.interpolate(
+        torch.from_numpy(res.images), size=(12, 12), mode="bilinear", align_corners=False
+    )
     same = Problem(m, "conv2", "channel", (1, 12, 12)).values(up, torch.tensor([0, 3])).numpy()
     np.testing.assert_allclose(same, res.activation, rtol=1e-4, atol=1e-6)
     base = np.random.default_rng(0).random((2, 1, 12, 12)).astype(np.float32)  # full-size starts shrink
@@ -135,8 +138,11 @@ def test_auto_batch_and_the_bar_moving_inside_a_batch():
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("aim")
     imgs = write_image_folder(root / "imgs", n_per_class=3)
-    return run_capture(root / "store", CaptureSettings(model="helpers:tiny_cnn", images=[str(imgs)], size=(12, 12),
-                                                       channels=1), progress=False).path
+    return run_capture(
+        root / "store",
+        CaptureSettings(model="helpers:tiny_cnn", images=[str(imgs)], size=(12, 12), channels=1),
+        progress=False,
+    ).path
 
 
 def test_units_run_then_a_later_run_extends_the_layer(store, monkeypatch):
@@ -155,8 +161,11 @@ def test_units_run_then_a_later_run_extends_the_layer(store, monkeypatch):
 
     calls = []
     real = run_mod.optimize_batch
-    monkeypatch.setattr(run_mod, "optimize_batch",
-                        lambda pr, units, *a, **k: calls.append(np.unique(units).tolist()) or real(pr, units, *a, **k))
+    monkeypatch.setattr(
+        run_mod,
+        "optimize_batch",
+        lambda pr, units, *a, **k: calls.append(np.unique(units).tolist()) or real(pr, units, *a, **k),
+    )
     out = run_preferred(store, ["fc1"], FAST, units="0:4", progress=False, trust=TRUST)
     assert sorted(sum(calls, [])) == [1, 3]  # only the units without results
     assert out["fc1"]["units"] == 4
@@ -165,13 +174,25 @@ def test_units_run_then_a_later_run_extends_the_layer(store, monkeypatch):
     assert run_preferred(store, ["fc1"], FAST, units="1", progress=False, trust=TRUST)["fc1"]["skipped"]
     assert calls == []
     with pytest.raises(PreferredError, match="other settings"):
-        run_preferred(store, ["fc1"], PreferredSettings(seeds=2, steps=20, search=0, size=(6, 6)), units="5",
-                      progress=False, trust=TRUST)
+        run_preferred(
+            store,
+            ["fc1"],
+            PreferredSettings(seeds=2, steps=20, search=0, size=(6, 6)),
+            units="5",
+            progress=False,
+            trust=TRUST,
+        )
 
 
 def test_class_names_aim_at_class_units_and_size_is_stored(store):
-    out = run_preferred(store, ["fc2"], PreferredSettings(seeds=1, steps=15, search=2, search_units=2, size=(6, 6)),
-                        units=["b"], progress=False, trust=TRUST)
+    out = run_preferred(
+        store,
+        ["fc2"],
+        PreferredSettings(seeds=1, steps=15, search=2, search_units=2, size=(6, 6)),
+        units=["b"],
+        progress=False,
+        trust=TRUST,
+    )
     assert out["fc2"]["objective"] == "class" and out["fc2"]["units"] == 1
     info = R.preferred_info(store, "fc2")
     assert info.done.tolist() == [False, True, False]
@@ -188,8 +209,21 @@ def test_cli_units_size_and_grid(store, tmp_path, capsys):
 
     from volviz.cli import main
 
-    args = ["optimize", "--trust-factory", str(store), "--layers", "conv3", "--seeds", "1", "--steps", "8",
-            "--search", "0", "--threads", "1"]
+    args = [
+        "optimize",
+        "--trust-factory",
+        str(store),
+        "--layers",
+        "conv3",
+        "--seeds",
+        "1",
+        "--steps",
+        "8",
+        "--search",
+        "0",
+        "--threads",
+        "1",
+    ]
     assert main(args + ["--units", "0:2", "5", "--size", "8"]) == 0
     out = capsys.readouterr().out
     assert "projected time" in out and "conv3: 3 units x 1 seed x 8 steps" in out and "(of 6)" in out

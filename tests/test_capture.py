@@ -1,4 +1,5 @@
 """Capture against direct computation: activations, activation gradients, per-image weight gradients."""
+
 import numpy as np
 import pytest
 import torch
@@ -26,8 +27,13 @@ def _check_against_loop(model, x, layers, target="pred"):
     # shape and CPU), each weight gradient a sum of up to a few thousand products, so relative
     # errors of ~1e-6 and absolute ones near 1e-7 of the largest entry; 1e-4 / 1e-6 leave margin.
     for n in layers:
-        np.testing.assert_allclose(_full_grad_weight(res, n), ref[f"{n}.weight"].numpy(), rtol=1e-4,
-                                   atol=1e-6 * float(ref[f"{n}.weight"].abs().max()), err_msg=n)
+        np.testing.assert_allclose(
+            _full_grad_weight(res, n),
+            ref[f"{n}.weight"].numpy(),
+            rtol=1e-4,
+            atol=1e-6 * float(ref[f"{n}.weight"].abs().max()),
+            err_msg=n,
+        )
     return res
 
 
@@ -51,10 +57,11 @@ def test_activation_gradients_equal_per_image_autograd():
     res = capture_batch(m, x, ["conv1", "conv3", "fc1"], target=1)
     for n in range(4):
         acts = {}
-        hooks = [getattr(m, k).register_forward_hook(lambda mod, i, o, k=k: acts.__setitem__(k, o))
-                 for k in ("conv3", "fc1")]
+        hooks = [
+            getattr(m, k).register_forward_hook(lambda mod, i, o, k=k: acts.__setitem__(k, o)) for k in ("conv3", "fc1")
+        ]
         try:
-            s = m(x[n:n + 1])[0, 1]
+            s = m(x[n : n + 1])[0, 1]
             g3, gf = torch.autograd.grad(s, [acts["conv3"], acts["fc1"]])
         finally:
             for h in hooks:
@@ -125,9 +132,18 @@ def test_norm_layer_affine_weight_grads_equal_loop():
     from torchvision.models.convnext import LayerNorm2d
 
     m = nn.Sequential(
-        nn.Conv2d(2, 8, 3), nn.BatchNorm2d(8), nn.GroupNorm(2, 8), LayerNorm2d(8),
-        _Permute(0, 2, 3, 1), nn.LayerNorm(8), nn.Linear(8, 6), _Permute(0, 3, 1, 2),  # convnext's block
-        nn.Flatten(), nn.Linear(6 * 6 * 6, 5), nn.BatchNorm1d(5))
+        nn.Conv2d(2, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.GroupNorm(2, 8),
+        LayerNorm2d(8),
+        _Permute(0, 2, 3, 1),
+        nn.LayerNorm(8),
+        nn.Linear(8, 6),
+        _Permute(0, 3, 1, 2),  # convnext's block
+        nn.Flatten(),
+        nn.Linear(6 * 6 * 6, 5),
+        nn.BatchNorm1d(5),
+    )
     with torch.no_grad():
         for mod in m.modules():
             if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -144,14 +160,16 @@ def _conv_zoo():
     """Every conv flavour the fast routes must get right, as one network."""
     return nn.Sequential(
         nn.Conv2d(2, 4, 3, padding="same", padding_mode="reflect"),
-        nn.Conv2d(4, 6, 3, padding=1, groups=2),                       # grouped, channel multiplier 1.5
+        nn.Conv2d(4, 6, 3, padding=1, groups=2),  # grouped, channel multiplier 1.5
         nn.Conv2d(6, 12, 3, padding=2, dilation=2, stride=2, groups=6),  # depthwise x2, dilated, strided
-        nn.Conv2d(12, 8, 1, stride=2),                                 # pointwise, strided
-        nn.Conv2d(8, 8, 1, padding=1, padding_mode="circular"),        # 1x1 with circular padding
+        nn.Conv2d(12, 8, 1, stride=2),  # pointwise, strided
+        nn.Conv2d(8, 8, 1, padding=1, padding_mode="circular"),  # 1x1 with circular padding
         nn.Conv2d(8, 6, (3, 1), padding="valid"),
-        nn.Flatten(1, 2),                                              # (N, 6*H, W) for a Conv1d
+        nn.Flatten(1, 2),  # (N, 6*H, W) for a Conv1d
         nn.Conv1d(18, 6, 2, groups=3, padding=1, padding_mode="replicate"),
-        nn.Flatten(), nn.LazyLinear(3))
+        nn.Flatten(),
+        nn.LazyLinear(3),
+    )
 
 
 class _Conv3dNet(nn.Module):
@@ -183,8 +201,15 @@ def test_channels_last_grouped_conv_per_image_route_equals_loop():
     import volviz.capture.persample as ps
 
     # convnext's blocks hand a depthwise conv a permuted (channels-last) input
-    m = nn.Sequential(nn.Conv2d(2, 8, 1), _Permute(0, 2, 3, 1), nn.LayerNorm(8), _Permute(0, 3, 1, 2),
-                      nn.Conv2d(8, 16, 3, padding=1, groups=8), nn.Flatten(), nn.LazyLinear(3))
+    m = nn.Sequential(
+        nn.Conv2d(2, 8, 1),
+        _Permute(0, 2, 3, 1),
+        nn.LayerNorm(8),
+        _Permute(0, 3, 1, 2),
+        nn.Conv2d(8, 16, 3, padding=1, groups=8),
+        nn.Flatten(),
+        nn.LazyLinear(3),
+    )
     x = torch.randn(3, 2, 20, 20)
     m(x)
     inp = m[3](m[2](m[1](m[0](x))))
@@ -197,11 +222,12 @@ def test_conv_routes_chosen_by_shape():
 
     def route(conv, hw):
         return ps.conv_route(conv, conv.padding, hw)
+
     assert route(nn.Conv2d(64, 128, 1, stride=2), 49) == "pointwise"
-    assert route(nn.Conv2d(32, 32, 3, groups=32), 4) == "folded"           # depthwise, any map
-    assert route(nn.Conv2d(64, 64, 3), 16 * 16) == "folded"                # dense, large map
-    assert route(nn.Conv2d(512, 512, 3), 2 * 2) == "unfold"                # dense, small map
-    assert route(nn.Conv3d(512, 512, 3), 2 * 2 * 2) == "folded"            # no unfold in 3-D
+    assert route(nn.Conv2d(32, 32, 3, groups=32), 4) == "folded"  # depthwise, any map
+    assert route(nn.Conv2d(64, 64, 3), 16 * 16) == "folded"  # dense, large map
+    assert route(nn.Conv2d(512, 512, 3), 2 * 2) == "unfold"  # dense, small map
+    assert route(nn.Conv3d(512, 512, 3), 2 * 2 * 2) == "folded"  # no unfold in 3-D
 
 
 def test_conv_subclass_with_its_own_forward_takes_torch_func():
@@ -212,6 +238,7 @@ def test_conv_subclass_with_its_own_forward_takes_torch_func():
             return self._conv_forward(x, w, self.bias)
 
     from volviz.capture.persample import has_fast_path
+
     m = nn.Sequential(StdConv(1, 4, 3), nn.Flatten(), nn.Linear(4 * 8 * 8, 2)).eval()
     assert not has_fast_path(m[0])
     _check_float64(_double(m), torch.randn(2, 1, 10, 10, dtype=torch.float64), ["0"])
@@ -265,8 +292,12 @@ def test_layer_selection_names_globs_types_and_errors():
     m = torchvision.models.resnet18(weights=None)
     default = select_layers(m)
     assert default[0] == "conv1" and default[-1] == "fc" and "layer2.0.downsample.0" in default
-    assert select_layers(m, ["layer1.*.conv?"]) == ["layer1.0.conv1", "layer1.0.conv2",
-                                                    "layer1.1.conv1", "layer1.1.conv2"]
+    assert select_layers(m, ["layer1.*.conv?"]) == [
+        "layer1.0.conv1",
+        "layer1.0.conv2",
+        "layer1.1.conv1",
+        "layer1.1.conv2",
+    ]
     assert select_layers(m, ["layer4.*"], ["Conv2d"]) == [n for n in default if n.startswith("layer4.")]
     assert "relu" in select_layers(m, None, ["relu"])
     with pytest.raises(LayerSelectionError, match=r"no layer named 'conv9'.*layer1\.0\.conv1 \(Conv2d\)"):

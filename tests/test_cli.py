@@ -1,9 +1,10 @@
 """The command line as a user runs it: capture, info, render, movie, and clear errors for bad input."""
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
-
 from helpers import write_image_folder
+
 from volviz.cli import main
 
 TINY = ["--model", "helpers:tiny_cnn", "--size", "12", "12", "--channels", "1"]
@@ -42,16 +43,55 @@ def test_render_volume_changes_with_order_quantity_and_image(store, tmp_path):
 
 
 def test_render_grid(store, tmp_path):
-    assert main(["render", str(store), "--layer", "conv1", "--grid", "--order", "kmeans", "--clusters", "2",
-                 "--out", str(tmp_path / "g.png")]) == 0
+    assert (
+        main(
+            [
+                "render",
+                str(store),
+                "--layer",
+                "conv1",
+                "--grid",
+                "--order",
+                "kmeans",
+                "--clusters",
+                "2",
+                "--out",
+                str(tmp_path / "g.png"),
+            ]
+        )
+        == 0
+    )
     g = _png(tmp_path / "g.png")
     assert min(g.shape[:2]) >= 256
 
 
 def test_movie_images_and_rotate(store, tmp_path):
     out = tmp_path / "m.gif"
-    assert main(["movie", str(store), "--layer", "conv1", "--mode", "both", "--frames", "4", "--order", "pca",
-                 "--width", "160", "--height", "128", "--max-images", "3", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "movie",
+                str(store),
+                "--layer",
+                "conv1",
+                "--mode",
+                "both",
+                "--frames",
+                "4",
+                "--order",
+                "pca",
+                "--width",
+                "160",
+                "--height",
+                "128",
+                "--max-images",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     frames = iio.imread(out, index=None)
     assert len(frames) == 7
     assert np.abs(frames[4].astype(int) - frames[6]).mean() > 0.1  # the time series moves
@@ -61,8 +101,12 @@ def test_bad_input_is_one_clear_line(store, tmp_path, capsys):
     assert main(["render", str(store), "--layer", "conv9", "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
     assert "layer 'conv9' is not in this store. Layers: conv1, conv2, conv3, fc1, fc2" in err
-    assert main(["capture", "--out", str(tmp_path / "s"), "--images", str(store.parent / "imgs"), *TINY,
-                 "--layers", "nope"]) == 2
+    assert (
+        main(
+            ["capture", "--out", str(tmp_path / "s"), "--images", str(store.parent / "imgs"), *TINY, "--layers", "nope"]
+        )
+        == 2
+    )
     assert "no layer named 'nope'" in capsys.readouterr().err
     assert main(["info", str(tmp_path / "missing")]) == 2
     assert "no store at" in capsys.readouterr().err

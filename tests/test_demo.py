@@ -52,9 +52,7 @@ def _read_test_images(name: str) -> tuple[torch.Tensor, torch.Tensor]:
 def test_names_and_info():
     assert DEMO_NAMES == ("digits", "faces")
     assert set(DEMO_INFO) == set(DEMO_NAMES)
-    assert DEMO_INFO["digits"] == DemoInfo(
-        "digits", (1, 28, 28), tuple("0123456789"), (0.0,), (1.0,)
-    )
+    assert DEMO_INFO["digits"] == DemoInfo("digits", (1, 28, 28), tuple("0123456789"), (0.0,), (1.0,))
     faces = DEMO_INFO["faces"]
     assert faces.class_names == ("face", "nonface")
     assert faces.input_size[0] == 1 and faces.input_size[1] == faces.input_size[2]
@@ -111,8 +109,7 @@ def test_faces_net_shapes():
 
 @pytest.mark.parametrize(
     "call",
-    [build_demo_model, demo_weights_path, demo_images_dir, load_demo_model,
-     lambda n: train_demo(n, progress=False)],
+    [build_demo_model, demo_weights_path, demo_images_dir, load_demo_model, lambda n: train_demo(n, progress=False)],
 )
 def test_unknown_name_lists_valid_names(call):
     with pytest.raises(ValueError) as err:

@@ -1,11 +1,12 @@
 """A capture sharded over a 2-worker Dask LocalCluster (processes) equals a 1-process capture bit
 for bit, and an interrupted one resumes (on the cluster) to the same bytes."""
+
 import hashlib
 
 import numpy as np
 import pytest
-
 from helpers import write_image_folder
+
 from volviz.store.capture import CaptureSettings, resume_capture, run_capture
 from volviz.store.distributed import ranges
 from volviz.store.store import Store
@@ -15,8 +16,9 @@ SETTINGS = dict(model="helpers:tiny_cnn", size=(12, 12), channels=1, batch_size=
 
 
 def arrays_digest(store: Store) -> dict[str, str]:
-    return {k: hashlib.sha256(np.ascontiguousarray(store._root[k][:]).tobytes()).hexdigest()
-            for k in store._array_keys()}
+    return {
+        k: hashlib.sha256(np.ascontiguousarray(store._root[k][:]).tobytes()).hexdigest() for k in store._array_keys()
+    }
 
 
 def test_two_workers_equal_one_process_bit_for_bit(tmp_path):

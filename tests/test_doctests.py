@@ -1,4 +1,5 @@
 """The examples in docstrings run (and must pass): the pure functions' documentation stays true."""
+
 import doctest
 import importlib
 

@@ -1,5 +1,6 @@
 """Faults in what users point volviz at (models, weights, images, class folders), each with the
 fixture that showed it; errors must be VolvizErrors with one clear line."""
+
 import json
 import logging
 
@@ -63,6 +64,7 @@ def test_cmyk_jpeg_is_white_and_exif_orientation_is_applied(tmp_path):
 
 def test_animated_gif_decodes_only_its_first_frame(tmp_path, monkeypatch):
     from PIL import GifImagePlugin
+
     frames = [Image.new("P", (300, 300), k) for k in range(12)]
     for k, f in enumerate(frames):
         f.putpalette([v for i in range(256) for v in (i * 20 % 256, 0, 0)])
@@ -85,12 +87,14 @@ def test_pixel_cap_skips_a_huge_image_with_a_reason(tmp_path, monkeypatch):
 
 def test_extreme_aspect_crop_is_cut_before_scaling(monkeypatch):
     from volviz.sources import preprocess as pp
+
     sizes = []
     orig = pp._interp
 
     def spy(x, size):
         sizes.append((tuple(x.shape[-2:]), tuple(size)))
         return orig(x, size)
+
     monkeypatch.setattr(pp, "_interp", spy)
     strip = np.zeros((1, 2000, 3), np.uint8)
     strip[:, 990:1010] = 255
@@ -194,6 +198,7 @@ def test_compact_names():
 # ---- model outputs ----------------------------------------------------------------------------
 def test_model_logits_never_takes_an_aux_output_silently(caplog):
     from torchvision.models.googlenet import GoogLeNetOutputs
+
     aux, logits = torch.zeros(2, 10), torch.ones(2, 10)
     with caplog.at_level(logging.WARNING, "volviz.capture"):
         assert torch.equal(model_logits((aux, logits)), logits)
@@ -237,8 +242,9 @@ def test_torchscript_model_captures_like_the_eager_one(tmp_path, how):
         loaded = load_model(str(tmp_path / "m.pt"))
         chosen = select_layers(loaded.module, layers)
         assert chosen == select_layers(ref, layers) == select_layers(torch.jit.load(str(tmp_path / "m.pt")), layers)
-        assert [layer_kind(dict(loaded.module.named_modules())[n]) for n in chosen] == \
-            [layer_kind(dict(ref.named_modules())[n]) for n in chosen]
+        assert [layer_kind(dict(loaded.module.named_modules())[n]) for n in chosen] == [
+            layer_kind(dict(ref.named_modules())[n]) for n in chosen
+        ]
         got = capture_batch(loaded.module, x, chosen, target="pred")
         want = capture_batch(ref, x, chosen, target="pred")
         np.testing.assert_allclose(got.probs, want.probs, rtol=1e-5, atol=1e-6)
@@ -254,6 +260,7 @@ def test_torchscript_model_captures_like_the_eager_one(tmp_path, how):
 
 def test_scripted_torchvision_resnet_runs_as_eager_modules(tmp_path):
     import torchvision
+
     torch.manual_seed(0)
     ref = torchvision.models.resnet18(weights=None, num_classes=7).eval()
     torch.jit.save(torch.jit.script(ref), str(tmp_path / "r18.pt"))
@@ -267,6 +274,7 @@ def test_scripted_torchvision_resnet_runs_as_eager_modules(tmp_path):
 
 def test_damaged_weights_files_give_one_line_errors(tmp_path, monkeypatch):
     from safetensors.torch import save_file
+
     save_file(tiny_cnn().state_dict(), str(tmp_path / "w.safetensors"))
     good = (tmp_path / "w.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(good[: len(good) // 2])
@@ -301,6 +309,7 @@ def test_damaged_weights_files_give_one_line_errors(tmp_path, monkeypatch):
 # ---- videos -----------------------------------------------------------------------------------
 def test_bad_video_is_skipped_like_a_bad_image(tmp_path, caplog):
     import imageio.v3 as iio
+
     save_png(tmp_path / "in" / "a.png", np.zeros((8, 8), np.uint8))
     (tmp_path / "in" / "notes.mp4").write_text("this is a text file\n")
     frames = np.stack([np.full((32, 48, 3), 30 * k, np.uint8) for k in range(6)])
@@ -331,18 +340,21 @@ def test_torchvision_name_brings_class_names_and_its_preprocessing():
     assert resolve_targets("goldfish", logits, None, loaded.class_names).tolist() == [1, 1]
     assert load_model("resnet18", num_classes=5).class_names is None
     from volviz.sources.models import torchvision_meta
+
     names, prep = torchvision_meta("inception_v3")
     assert prep.size == (299, 299) and prep.short_side == 342 and len(names) == 1000
 
 
 def test_resize_crop_matches_torchvision_and_old_dicts_still_load():
     from torchvision.transforms import v2
+
     rng = np.random.default_rng(0)
     img = (rng.random((30, 40, 3)) * 255).astype(np.uint8)
     img = np.kron(img, np.ones((10, 10, 1), np.uint8))  # 300x400, smooth enough for bilinear
     prep = Preprocess((224, 224), 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "resize_crop", 256)
-    tv = v2.Compose([v2.Resize(256, antialias=True), v2.CenterCrop(224),
-                     v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    tv = v2.Compose(
+        [v2.Resize(256, antialias=True), v2.CenterCrop(224), v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+    )
     want = tv(torch.from_numpy(img).permute(2, 0, 1).float() / 255)
     torch.testing.assert_close(prep(img), want, rtol=1e-4, atol=1e-4)
     old = {"size": [10, 10], "channels": 1, "mean": None, "std": None, "mode": "scale_crop"}
@@ -350,6 +362,7 @@ def test_resize_crop_matches_torchvision_and_old_dicts_still_load():
     assert "short_side" not in Preprocess((10, 10), 1).to_dict()
     assert Preprocess.from_dict(prep.to_dict()) == prep
     from volviz.store.plan import preprocess_from_dict
+
     assert preprocess_from_dict(prep.to_dict()) == prep and preprocess_from_dict(old).mode == "scale_crop"
     small = prep.with_overrides(size=(112, 112))
     assert small.short_side == 128 and small.mean == prep.mean

@@ -1,6 +1,7 @@
 """Faults around the store, the way a careful QA engineer tries them: each answers with exit 2 (or 1
 for a failed verify), ONE line on stderr naming the problem and what to do, no traceback, and
 nothing volviz did not create changed (the folder is hashed before and after)."""
+
 from __future__ import annotations
 
 import errno
@@ -13,8 +14,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from helpers import tiny_cnn, write_image_folder
+
 from volviz.cli import main
 from volviz.errors import StoreError
 from volviz.store.capture import CaptureSettings, run_capture
@@ -59,13 +60,14 @@ def _chunk(store: Store, key: str, row: int) -> tuple[pathlib.Path, slice]:
     import struct
 
     from volviz.store import layout
+
     arr = store._root[key]
     f = layout.chunk_file(store.path, key, row, arr)
     per, chunk = layout.rows_per_file(arr), arr.chunks[0]
     raw = f.read_bytes()
-    index = raw[-(16 * (per // chunk) + 4):-4]
+    index = raw[-(16 * (per // chunk) + 4) : -4]
     j = (row % per) // chunk
-    off, n = struct.unpack("<QQ", index[16 * j:16 * j + 16])
+    off, n = struct.unpack("<QQ", index[16 * j : 16 * j + 16])
     return f, slice(off, off + n)
 
 
@@ -78,7 +80,7 @@ def test_damaged_chunk_is_an_error_found_by_verify_and_repaired(store, images, d
         f.unlink()  # the shard file of images 0-7
     else:
         b = bytearray(f.read_bytes())
-        b[where.start:where.start + 16] = os.urandom(16) if damage == "random" else bytes(16)
+        b[where.start : where.start + 16] = os.urandom(16) if damage == "random" else bytes(16)
         f.write_bytes(bytes(b))
     st = Store.open(store.path)
     with pytest.raises(StoreError, match=r"image 4 .*--repair"):
@@ -89,7 +91,10 @@ def test_damaged_chunk_is_an_error_found_by_verify_and_repaired(store, images, d
     assert main(["info", str(store.path), "--verify"]) == 1
     out = capsys.readouterr().out
     assert "DAMAGED: 8 images" in out and "image 4" in out and "act/conv2/data" in out
-    assert main(["render", str(store.path), "--layer", "conv2", "--image", "4", "--out", str(store.path.parent / "x.png")]) == 2
+    assert (
+        main(["render", str(store.path), "--layer", "conv2", "--image", "4", "--out", str(store.path.parent / "x.png")])
+        == 2
+    )
     one_line_error(capsys, "image 4", "--repair")
     assert main(["capture", "--repair", "--trust-factory", "--out", str(store.path)]) == 0
     capsys.readouterr()
@@ -187,9 +192,11 @@ def test_a_store_naming_a_factory_is_not_imported_without_the_flag(store, marker
     plan["settings"]["trust_pickle"] = True  # a store cannot switch trust on
     (store.path / "plan.json").write_text(json.dumps(plan))
     (store.path / "manifest.json").unlink()
-    for argv in (["saliency", str(store.path), "--out", str(store.path.parent / "sal")],
-                 ["capture", "--resume", "--out", str(store.path)],
-                 ["graph", str(store.path), "--out", str(store.path.parent / "g.png")]):
+    for argv in (
+        ["saliency", str(store.path), "--out", str(store.path.parent / "sal")],
+        ["capture", "--resume", "--out", str(store.path)],
+        ["graph", str(store.path), "--out", str(store.path.parent / "g.png")],
+    ):
         assert main(argv) == 2, argv
         one_line_error(capsys, "--trust-factory")
         assert not marker.exists(), argv
@@ -230,6 +237,7 @@ def test_a_scene_cannot_import_a_factory_or_leave_its_folder(tmp_path, marker_mo
 # ---- resume must not mix two inputs -------------------------------------------------------
 def test_resume_refuses_changed_weights(tmp_path, images, monkeypatch, capsys):
     import volviz.store.execute as cap
+
     w = tmp_path / "w.pt"
     torch.save(tiny_cnn().state_dict(), w)
     real, calls = cap.capture_batch, {"n": 0}
@@ -251,13 +259,16 @@ def test_resume_refuses_changed_weights(tmp_path, images, monkeypatch, capsys):
 
 
 # ---- validated before anything is created -------------------------------------------------
-@pytest.mark.parametrize("args,words", [
-    (["--target", "10"], ["out of range"]),
-    (["--target", "zebra"], ["unknown target class", "zebra"]),
-    (["--max-images", "0"], ["--max-images"]),
-    (["--max-images", "-1"], ["--max-images"]),
-    (["--batch-size", "0"], ["--batch-size"]),
-])
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["--target", "10"], ["out of range"]),
+        (["--target", "zebra"], ["unknown target class", "zebra"]),
+        (["--max-images", "0"], ["--max-images"]),
+        (["--max-images", "-1"], ["--max-images"]),
+        (["--batch-size", "0"], ["--batch-size"]),
+    ],
+)
 def test_bad_settings_leave_nothing_behind(tmp_path, images, args, words, capsys):
     out = tmp_path / "new"
     assert main([*CAPTURE, "--images", str(images), "--out", str(out), *args]) == 2
@@ -306,6 +317,7 @@ def test_plan_missing_a_key_names_it(store, capsys):
 def test_disk_full_says_how_much_is_safe_and_how_to_continue(tmp_path, images, monkeypatch):
     from volviz.errors import CaptureError
     from volviz.store.writer import ShardWriter
+
     real = ShardWriter._write
 
     def full(self, key, rows):
@@ -330,6 +342,7 @@ def test_paths_in_the_plan_are_absolute(tmp_path, images, monkeypatch):
 
 def test_a_killed_movie_leaves_no_partial_file_behind(tmp_path):
     from volviz.record import write_movie
+
     out = tmp_path / "m.gif"
     dead = tmp_path / ".m.999999999-abcd1234.partial.gif"  # a writer pid that cannot exist
     dead.write_bytes(b"half a movie")

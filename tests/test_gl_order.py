@@ -1,5 +1,6 @@
 """Rendering off screen and THEN running a torchvision model in the same process must work (triton
 imported after an EGL context segfaults; volviz.views imports it first)."""
+
 import os
 import subprocess
 import sys
@@ -21,7 +22,12 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_render_then_torchvision_in_one_process(can_render):
-    r = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    r = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=os.getcwd()),
+    )
     assert r.returncode == 0, f"exit {r.returncode} (139 = segfault)\n{r.stderr[-2000:]}"
     assert "OK (1, 3)" in r.stdout

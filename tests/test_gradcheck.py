@@ -1,11 +1,12 @@
 """Finite differences (volviz.analysis.gradcheck): pass on a smooth model, FAIL when the backward
 pass or the stored gradient is wrong, leave every weight exactly as it was."""
+
 import numpy as np
 import pytest
 import torch
+from helpers import write_image_folder
 from torch import nn
 
-from helpers import write_image_folder
 from volviz.analysis.gradcheck import EPS64, check_gradients, fd_step
 from volviz.capture.engine import capture_batch
 from volviz.cli import main
@@ -99,36 +100,92 @@ def test_kinks_are_skipped_not_failed():
 
 def test_bad_input():
     from volviz.analysis.importance import AnalysisError, NoWeightsError
+
     m = Smooth().eval()
     with pytest.raises(AnalysisError, match="one image"):
         check_gradients(m, torch.randn(2, 1, 10, 10), 0)
     with pytest.raises(NoWeightsError):
-        check_gradients(nn.Sequential(nn.Conv2d(1, 1, 3), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16, 2)).eval(),
-                        torch.randn(1, 1, 10, 10), 0, ["1"])
+        check_gradients(
+            nn.Sequential(nn.Conv2d(1, 1, 3), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16, 2)).eval(),
+            torch.randn(1, 1, 10, 10),
+            0,
+            ["1"],
+        )
 
 
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("gc")
     imgs = write_image_folder(root / "imgs", n_per_class=2)
-    assert main(["capture", "--out", str(root / "s"), "--images", str(imgs), "--model", "helpers:tiny_cnn",
-                 "--size", "12", "12", "--channels", "1"]) == 0
+    assert (
+        main(
+            [
+                "capture",
+                "--out",
+                str(root / "s"),
+                "--images",
+                str(imgs),
+                "--model",
+                "helpers:tiny_cnn",
+                "--size",
+                "12",
+                "12",
+                "--channels",
+                "1",
+            ]
+        )
+        == 0
+    )
     return root / "s"
 
 
 def test_cli_check_gradients_exit_status(tiny_store, tmp_path, capsys):
     csv = tmp_path / "gc.csv"
-    assert main(["check-gradients", "--trust-factory", str(tiny_store), "--index", "0", "3", "--filters", "2", "--weights", "4",
-                 "--csv", str(csv)]) == 0
+    assert (
+        main(
+            [
+                "check-gradients",
+                "--trust-factory",
+                str(tiny_store),
+                "--index",
+                "0",
+                "3",
+                "--filters",
+                "2",
+                "--weights",
+                "4",
+                "--csv",
+                str(csv),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "PASSED" in out and "rel.err store" in out
     assert csv.read_text().count("\n") == 1 + 2 * 5 * 2
     # corrupt one stored gradient chunk: the check must fail with exit status 1
     from volviz.store.store import Store
+
     s = Store.open(tiny_store, mode="r+")
     arr = s._root["grad_weight/conv2/w"]  # store internals: corrupt the values, keep the checksum valid
     arr[0] = arr[0] * 1.05
-    assert main(["check-gradients", "--trust-factory", str(tiny_store), "--index", "0", "--layers", "conv2", "--filters", "2",
-                 "--weights", "4"]) == 1
+    assert (
+        main(
+            [
+                "check-gradients",
+                "--trust-factory",
+                str(tiny_store),
+                "--index",
+                "0",
+                "--layers",
+                "conv2",
+                "--filters",
+                "2",
+                "--weights",
+                "4",
+            ]
+        )
+        == 1
+    )
     assert "FAILED" in capsys.readouterr().out
     assert main(["check-gradients", "--trust-factory", str(tiny_store), "--index", "99"]) == 2

@@ -1,6 +1,5 @@
 """The network graph: dataflow (branches, residual adds, flatten), edge weights, the seed-000
 sanity check, layout, camera paths, the pyvista scene, scene files, movies and the command."""
-import math
 
 import imageio.v3 as iio
 import networkx as nx
@@ -8,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import write_image_folder
 from torch import nn
 
-from helpers import write_image_folder
 from volviz.analysis.dataflow_trace import trace_dataflow
 from volviz.analysis.network_graph import GraphBuildError, build_network_graph
 from volviz.views.camera_path import CameraPath, layer_pose, orbit_poses, overview_pose, unit_pose
@@ -151,7 +150,7 @@ def test_residual_add_branches_and_flatten_are_followed(tracer):
     fcw = model.fc.weight.detach()
     for n in range(3):  # flatten-aware: feature block c*4 .. c*4+3 belongs to channel c
         for c in range(5):
-            w = _relu_norm(fcw[n, c * 4:(c + 1) * 4])
+            w = _relu_norm(fcw[n, c * 4 : (c + 1) * 4])
             assert _weight(G, ("c3", c), ("fc", n)) == pytest.approx(w, rel=1e-5)
             assert _weight(G, ("side", c), ("fc", n)) == pytest.approx(w, rel=1e-5)
     levels = {d["name"]: d["level"] for d in G.graph["layers"]}
@@ -214,9 +213,13 @@ def test_vgg16_sized_graph_builds_in_under_a_minute():
 
 # ------------------------------------------------------------------------------ layout, camera
 def _layers():
-    return [{"name": "input", "n_units": 3, "level": 0}, {"name": "a", "n_units": 20, "level": 1},
-            {"name": "b", "n_units": 500, "level": 2}, {"name": "side", "n_units": 10, "level": 2},
-            {"name": "c", "n_units": 10, "level": 3}]
+    return [
+        {"name": "input", "n_units": 3, "level": 0},
+        {"name": "a", "n_units": 20, "level": 1},
+        {"name": "b", "n_units": 500, "level": 2},
+        {"name": "side", "n_units": 10, "level": 2},
+        {"name": "c", "n_units": 10, "level": 3},
+    ]
 
 
 def test_layered_layout_puts_each_layer_on_a_plane_along_depth():
@@ -276,8 +279,10 @@ def _tiny_scene(**kw):
     G = build_network_graph(RGBNet().eval(), (3, 8, 8), k=3)
     L = layered_layout(G.graph["layers"])
     rng = np.random.default_rng(0)
-    thumbs = {"conv1": thumbnails_to_uint8(rng.random((4, 3, 8, 8))),
-              "conv2": thumbnails_to_uint8(rng.normal(size=(6, 1, 8, 8)))}  # any range, grey
+    thumbs = {
+        "conv1": thumbnails_to_uint8(rng.random((4, 3, 8, 8))),
+        "conv2": thumbnails_to_uint8(rng.normal(size=(6, 1, 8, 8))),
+    }  # any range, grey
     scene = GraphScene(G, L, thumbs, input_image=rng.random((3, 8, 8)), window_size=(320, 240), **kw)
     return G, L, scene
 
@@ -331,8 +336,26 @@ def rgb_store(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("graph")
     imgs = write_image_folder(root / "imgs", n_per_class=2, rgb=True)
-    assert main(["capture", "--out", str(root / "s"), "--images", str(imgs), "--model", "helpers:tiny_rgb_cnn",
-                 "--size", "12", "12", "--channels", "3", "--no-grads"]) == 0
+    assert (
+        main(
+            [
+                "capture",
+                "--out",
+                str(root / "s"),
+                "--images",
+                str(imgs),
+                "--model",
+                "helpers:tiny_rgb_cnn",
+                "--size",
+                "12",
+                "12",
+                "--channels",
+                "3",
+                "--no-grads",
+            ]
+        )
+        == 0
+    )
     return root / "s"
 
 
@@ -386,7 +409,9 @@ def test_movie_from_scene_mp4_and_gif(rgb_store, tmp_path, can_render, capsys):
     assert all(f.std() > 3 for f in frames)  # none blank
     diffs = [np.abs(frames[i].astype(int) - frames[i + 1]).mean() for i in range(len(frames) - 1)]
     assert sum(d > 0.2 for d in diffs) >= len(diffs) // 2  # it moves along the path
-    mp4 = movie_from_scene(scene_file, tmp_path / "m.mp4", width=176, height=144, fps=2, trust={"trust_factory": True}, allow_outside=True)
+    mp4 = movie_from_scene(
+        scene_file, tmp_path / "m.mp4", width=176, height=144, fps=2, trust={"trust_factory": True}, allow_outside=True
+    )
     assert mp4.stat().st_size > 1000
     meta = iio.immeta(mp4, plugin="pyav") if _has_pyav() else None
     assert meta is None or meta.get("fps") == 2
@@ -429,12 +454,46 @@ def test_graph_command(rgb_store, tmp_path, can_render, capsys):
     from volviz.cli import main
 
     out = tmp_path / "g.png"
-    assert main(["graph", "--trust-factory", str(rgb_store), "--out", str(out), "--k", "2", "--width", "320", "--height", "240",
-                 "--export", str(tmp_path / "g.graphml")]) == 0
+    assert (
+        main(
+            [
+                "graph",
+                "--trust-factory",
+                str(rgb_store),
+                "--out",
+                str(out),
+                "--k",
+                "2",
+                "--width",
+                "320",
+                "--height",
+                "240",
+                "--export",
+                str(tmp_path / "g.graphml"),
+            ]
+        )
+        == 0
+    )
     img = iio.imread(out)
     assert img.shape[:2] == (240, 320) and img.std() > 5
     H = nx.read_graphml(tmp_path / "g.graphml")
     assert H.number_of_nodes() == 3 + 4 + 4 + 6 + 8 + 3
-    assert main(["graph", "--trust-factory", str(rgb_store), "--out", str(tmp_path / "z.png"), "--layer", "conv9",
-                 "--width", "64", "--height", "48"]) == 2
+    assert (
+        main(
+            [
+                "graph",
+                "--trust-factory",
+                str(rgb_store),
+                "--out",
+                str(tmp_path / "z.png"),
+                "--layer",
+                "conv9",
+                "--width",
+                "64",
+                "--height",
+                "48",
+            ]
+        )
+        == 2
+    )
     assert "no layer 'conv9'" in capsys.readouterr().err

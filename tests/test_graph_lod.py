@@ -1,6 +1,7 @@
 """Level of detail of the network graph: one tile per layer for big models (a 54-layer,
 MobileNetV2-sized chain with residual adds fits the view, labels never overlap), units when a
 layer is opened, and `volviz graph --lod`."""
+
 import imageio.v3 as iio
 import networkx as nx
 import numpy as np
@@ -31,8 +32,9 @@ def mobilenet_like(n_blocks: int = 17) -> nx.DiGraph:
                 for src in feeds:
                     G.add_edge((src, u % 3), (name, u), weight=1.0 + u)
         outs.append(layers[-1]["name"])
-    layers.append({"name": "classifier.1", "kind": "linear", "n_units": 10, "shape": [10],
-                   "feeds_from": [layers[-1]["name"]]})
+    layers.append(
+        {"name": "classifier.1", "kind": "linear", "n_units": 10, "shape": [10], "feeds_from": [layers[-1]["name"]]}
+    )
     for u in range(10):
         G.add_edge((layers[-2]["name"], u % 4), ("classifier.1", u), weight=1.0)
     for i, d in enumerate(layers):
@@ -81,8 +83,13 @@ def test_overview_labels_never_overlap_and_every_tile_is_in_view(can_render, out
     from volviz.views.graph_overview import LayerOverviewScene
 
     G = mobilenet_like()
-    sc = LayerOverviewScene(G, {}, input_image=np.random.default_rng(0).random((3, 16, 16)),
-                            title="mobilenet-like: 53 layers " + "and a very long title " * 6, window_size=(800, 600))
+    sc = LayerOverviewScene(
+        G,
+        {},
+        input_image=np.random.default_rng(0).random((3, 16, 16)),
+        title="mobilenet-like: 53 layers " + "and a very long title " * 6,
+        window_size=(800, 600),
+    )
     try:
         sc.set_label("image 0 [photos/astronaut.png]\npredicted American Staffordshire terrier")
         vals = {d["name"]: np.linspace(0, 1, d["n_units"]) for d in G.graph["layers"][1:]}
@@ -96,7 +103,7 @@ def test_overview_labels_never_overlap_and_every_tile_is_in_view(can_render, out
         assert len(sc.shown_labels) >= 0.9 * len(sc.names)
         for i, a in enumerate(boxes):
             assert a.x0 >= 0 and a.x1 <= 800 and a.y0 >= 0 and a.y1 <= 600
-            for b in boxes[i + 1:]:
+            for b in boxes[i + 1 :]:
                 assert not overlaps(a, b, 0), (a, b)
         assert sc.title_block.shown.endswith("...")  # the long title was shortened, not overlapping
         assert any(t.startswith("...") for t in (b.shown for b in sc.label_blocks))  # ...12.conv.1.0
@@ -134,8 +141,26 @@ def rgb_store(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("lod")
     imgs = write_image_folder(root / "imgs", n_per_class=2, rgb=True)
-    assert main(["capture", "--out", str(root / "s"), "--images", str(imgs), "--model", "helpers:tiny_rgb_cnn",
-                 "--size", "12", "12", "--channels", "3", "--no-grads"]) == 0
+    assert (
+        main(
+            [
+                "capture",
+                "--out",
+                str(root / "s"),
+                "--images",
+                str(imgs),
+                "--model",
+                "helpers:tiny_rgb_cnn",
+                "--size",
+                "12",
+                "12",
+                "--channels",
+                "3",
+                "--no-grads",
+            ]
+        )
+        == 0
+    )
     return root / "s"
 
 

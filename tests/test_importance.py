@@ -1,13 +1,14 @@
 """Filter importance (volviz.analysis.importance) and class groups (volviz.analysis.class_groups)
 against direct computation: loop-computed per-image gradients, hand-made class means."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_cnn, write_image_folder
 from torch import nn
 
-from helpers import tiny_cnn, write_image_folder
 from volviz.analysis.class_groups import (
     confusion_similarity,
     group_gradients,
@@ -26,8 +27,7 @@ SETTINGS = dict(model="helpers:tiny_cnn", size=(12, 12), channels=1, batch_size=
 
 def _loop_norms(model, x, targets, layers):
     ref = loop_per_sample_grads(model, x, targets, [f"{n}.weight" for n in layers])
-    return {n: ref[f"{n}.weight"].reshape(len(x), ref[f"{n}.weight"].shape[1], -1).norm(dim=2).numpy()
-            for n in layers}
+    return {n: ref[f"{n}.weight"].reshape(len(x), ref[f"{n}.weight"].shape[1], -1).norm(dim=2).numpy() for n in layers}
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +42,9 @@ def test_importance_is_the_norm_of_the_loop_gradient_in_small_chunks():
     m = tiny_cnn().eval()
     x, labels = torch.randn(7, 1, 12, 12), torch.tensor([0, 1, 2, 0, 1, 2, 0])
     # max_bytes=200: per-image weight gradients are formed one or two images at a time
-    res = importance_on_the_fly(m, InputSet.from_tensors(x, labels), target="true", batch_size=3,
-                                max_bytes=200, progress=False)
+    res = importance_on_the_fly(
+        m, InputSet.from_tensors(x, labels), target="true", batch_size=3, max_bytes=200, progress=False
+    )
     assert res.layers == ["conv1", "conv2", "conv3", "fc1", "fc2"]
     ref = _loop_norms(m, x, labels, res.layers)
     for n in res.layers:
@@ -60,8 +61,7 @@ def test_layer_without_fast_path_and_fixed_target():
     m = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.Tanh(), nn.Flatten(), nn.Linear(300, 4)).eval()
     m[1].running_var.fill_(2.0)
     x = torch.randn(5, 1, 12, 12)
-    res = importance_on_the_fly(m, InputSet.from_tensors(x, [0, 1, 2, 3, 0]), ["0", "1", "4"], target=2,
-                                progress=False)
+    res = importance_on_the_fly(m, InputSet.from_tensors(x, [0, 1, 2, 3, 0]), ["0", "1", "4"], target=2, progress=False)
     assert list(res.target) == [2] * 5
     ref = _loop_norms(m, x, torch.full((5,), 2), ["0", "1", "4"])
     for n in ["0", "1", "4"]:
@@ -84,11 +84,13 @@ def test_class_means_and_empty_class():
 
 def test_store_importance_equals_on_the_fly(tiny_store):
     from volviz.analysis.inputs import inputs_from_store
+
     res = importance_from_store(tiny_store, batch_size=4, progress=False)
     assert res.source == "store" and res.n_images == 9
     inputs, _ = inputs_from_store(tiny_store)
-    fly = importance_on_the_fly(tiny_store.model(trust_factory=True).module, inputs, res.layers, target="true",
-                                progress=False)
+    fly = importance_on_the_fly(
+        tiny_store.model(trust_factory=True).module, inputs, res.layers, target="true", progress=False
+    )
     for n in res.layers:  # fc1/fc2 come from the stored u, v factors: |u_j| * ||v||
         np.testing.assert_allclose(res.per_image[n], fly.per_image[n], rtol=1e-4, atol=1e-7, err_msg=n)
     assert tiny_store.layers["fc1"].weight_factors
@@ -103,8 +105,9 @@ def test_float16_store(tmp_path):
     s32 = run_capture(tmp_path / "f", CaptureSettings(images=[str(imgs)], **SETTINGS), progress=False)
     a, b = importance_from_store(s16, progress=False), importance_from_store(s32, progress=False)
     for n in a.layers:
-        np.testing.assert_allclose(a.per_image[n], b.per_image[n], rtol=2e-3,
-                                   atol=2e-3 * b.per_image[n].max(), err_msg=n)
+        np.testing.assert_allclose(
+            a.per_image[n], b.per_image[n], rtol=2e-3, atol=2e-3 * b.per_image[n].max(), err_msg=n
+        )
 
 
 def test_bad_layers_and_non_differentiable(tiny_store):
@@ -152,7 +155,22 @@ def test_cli_importance_writes_tables_and_grids(tiny_store, tmp_path):
 
 def test_cli_importance_fixed_target_recomputes(tiny_store, tmp_path):
     out = tmp_path / "t"
-    assert main(["importance", "--trust-factory", str(tiny_store.path), "--out", str(out), "--target", "b", "--layers", "conv1"]) == 0
+    assert (
+        main(
+            [
+                "importance",
+                "--trust-factory",
+                str(tiny_store.path),
+                "--out",
+                str(out),
+                "--target",
+                "b",
+                "--layers",
+                "conv1",
+            ]
+        )
+        == 0
+    )
     pairs = (out / "pairs_conv1.csv").read_text().splitlines()
     assert [r.split(",")[:3] for r in pairs[1:]] == [["b", "a", "3"], ["b", "b", "3"], ["b", "c", "3"]]
 
@@ -164,7 +182,7 @@ def _toy_predictions():
     probs = np.full((12, 4), 0.02)
     for i, c in enumerate(labels):
         probs[i, c] = 0.9
-    probs[3] = [0.6, 0.34, 0.03, 0.03]   # a 1 misclassified as 0
+    probs[3] = [0.6, 0.34, 0.03, 0.03]  # a 1 misclassified as 0
     probs[4] = [0.3, 0.64, 0.03, 0.03]
     probs[0] = [0.7, 0.24, 0.03, 0.03]
     probs /= probs.sum(1, keepdims=True)
@@ -179,8 +197,12 @@ def test_class_groups_similar_dissimilar_and_missing():
     g = pick_class_groups(labels, pred, probs, 0, class_names=list("wxyz"), indices=np.arange(100, 112))
     assert (g.similar, g.dissimilar) == (1, 2)  # 2 and 3 tie: the lower index wins, deterministically
     seq = g.sequence()
-    assert [lab for _, lab in seq] == ["reference w · correct", "similar x · correct",
-                                        "similar x · misclassified as w", "dissimilar y · correct"]
+    assert [lab for _, lab in seq] == [
+        "reference w · correct",
+        "similar x · correct",
+        "similar x · misclassified as w",
+        "dissimilar y · correct",
+    ]
     assert seq[2][0] == 103 and seq[0][0] in (101, 102)  # store indices, most confident first
     assert any("reference class w: no misclassified" in m for m in g.missing)
     with pytest.raises(EmptyClassError, match="reference class z has no labelled images"):
@@ -202,7 +224,10 @@ def test_group_gradients_shared_scale_and_magnitudes():
 
 def test_cli_groups(tiny_store, tmp_path, capsys):
     out = tmp_path / "g"
-    assert main(["groups", "--trust-factory", str(tiny_store.path), "--class", "a", "--layer", "conv2", "--out", str(out)]) == 0
+    assert (
+        main(["groups", "--trust-factory", str(tiny_store.path), "--class", "a", "--layer", "conv2", "--out", str(out)])
+        == 0
+    )
     text = capsys.readouterr().out
     assert "reference a" in text and "shared colour scale" in text
     d = json.loads((out / "sequence.json").read_text())
@@ -214,10 +239,11 @@ def test_cli_groups(tiny_store, tmp_path, capsys):
 def test_probability_output_gradients():
     m = tiny_cnn().eval()
     x, labels = torch.randn(4, 1, 12, 12), torch.tensor([0, 1, 2, 0])
-    res = importance_on_the_fly(m, InputSet.from_tensors(x, labels), ["conv2", "fc2"], target=1, output="prob",
-                                progress=False)
+    res = importance_on_the_fly(
+        m, InputSet.from_tensors(x, labels), ["conv2", "fc2"], target=1, output="prob", progress=False
+    )
     for n in range(4):  # direct: d softmax(m(x))[1] / dW, one image at a time
-        p = torch.softmax(m(x[n:n + 1]), 1)[0, 1]
+        p = torch.softmax(m(x[n : n + 1]), 1)[0, 1]
         g2, gf = torch.autograd.grad(p, [m.conv2.weight, m.fc2.weight])
         np.testing.assert_allclose(res.per_image["conv2"][n], g2.flatten(1).norm(dim=1).numpy(), rtol=1e-4, atol=1e-9)
         np.testing.assert_allclose(res.per_image["fc2"][n], gf.norm(dim=1).numpy(), rtol=1e-4, atol=1e-9)
@@ -227,25 +253,35 @@ def test_probability_output_gradients():
         importance_on_the_fly(m, InputSet.from_tensors(x, labels), output="softmax", progress=False)
 
 
-@pytest.mark.parametrize("kw", [dict(padding=1), dict(padding="same", padding_mode="reflect"),
-                                dict(stride=2, dilation=2)])
+@pytest.mark.parametrize(
+    "kw", [dict(padding=1), dict(padding="same", padding_mode="reflect"), dict(stride=2, dilation=2)]
+)
 def test_gram_filter_norms_equal_direct(kw):
     from volviz.analysis.importance import conv2d_filter_norms_gram, filter_norms
     from volviz.capture.persample import hook_per_sample_grad
+
     torch.manual_seed(0)
     conv = nn.Conv2d(6, 5, 3, **kw)
     inp = torch.randn(4, 6, 9, 9)
     go = torch.randn_like(conv(inp))
     direct = filter_norms(hook_per_sample_grad(conv, inp, go))
-    np.testing.assert_allclose(conv2d_filter_norms_gram(conv, inp, go, max_bytes=5000).numpy(), direct.numpy(),
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        conv2d_filter_norms_gram(conv, inp, go, max_bytes=5000).numpy(), direct.numpy(), rtol=1e-4
+    )
 
 
 def test_deep_small_maps_use_the_gram_path_and_agree_with_loop():
     from volviz.analysis.importance import _gram_is_cheaper
+
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, stride=2, padding=1),
-                      nn.ReLU(), nn.Flatten(), nn.Linear(64 * 2 * 2, 5)).eval()
+    m = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64 * 2 * 2, 5),
+    ).eval()
     x = torch.randn(3, 3, 4, 4)
     assert _gram_is_cheaper(m[2], torch.zeros(1, 64, 2, 2)) and not _gram_is_cheaper(m[0], torch.zeros(1, 32, 4, 4))
     res = importance_on_the_fly(m, InputSet.from_tensors(x, [0, 1, 2]), ["0", "2", "5"], target="true", progress=False)
@@ -254,8 +290,10 @@ def test_deep_small_maps_use_the_gram_path_and_agree_with_loop():
         np.testing.assert_allclose(res.per_image[n], ref[n], rtol=1e-4, atol=1e-7, err_msg=n)
 
 
-@pytest.mark.skipif(not __import__("volviz.sources.demo", fromlist=["x"]).demo_weights_path("digits").exists(),
-                    reason="digits weights not trained")
+@pytest.mark.skipif(
+    not __import__("volviz.sources.demo", fromlist=["x"]).demo_weights_path("digits").exists(),
+    reason="digits weights not trained",
+)
 def test_digits_dissimilar_class_gradients_are_smaller_for_the_probability():
     """Seed 004 figs 4-5 on the shipped digits: the gradient of the reference class's probability is
     orders of magnitude smaller for images of the most dissimilar class (for the score before softmax
@@ -264,9 +302,12 @@ def test_digits_dissimilar_class_gradients_are_smaller_for_the_probability():
     from volviz.sources.images import discover_images
     from volviz.sources.models import load_model
     from volviz.sources.preprocess import Preprocess
+
     lm = load_model("digits")
-    inputs = InputSet(discover_images([demo.demo_images_dir("digits")], class_names=lm.class_names).records,
-                      Preprocess(lm.input_size[1:], 1, lm.mean, lm.std))
+    inputs = InputSet(
+        discover_images([demo.demo_images_dir("digits")], class_names=lm.class_names).records,
+        Preprocess(lm.input_size[1:], 1, lm.mean, lm.std),
+    )
     with torch.no_grad():
         probs = torch.softmax(lm.module(inputs.tensor(range(len(inputs)))), 1).numpy()
     for r in (0, 4, 7):
@@ -279,6 +320,7 @@ def test_digits_dissimilar_class_gradients_are_smaller_for_the_probability():
 # ---- reports: written, then read back -------------------------------------------------------------
 def test_importance_report_round_trip(tiny_store, tmp_path):
     from volviz.analysis.importance_report import ImportanceReport
+
     res = importance_from_store(tiny_store, progress=False)
     out = tmp_path / "imp"
     assert main(["importance", "--trust-factory", str(tiny_store.path), "--out", str(out)]) == 0
@@ -301,8 +343,9 @@ def test_importance_report_round_trip(tiny_store, tmp_path):
         assert p.read_text() == (out / p.name).read_text(), p.name
     assert json.loads((again / "summary.json").read_text()) == json.loads((out / "summary.json").read_text())
     mine = np.genfromtxt(again / "class_conv2.csv", delimiter=",", skip_header=1)[:, 1:]
-    np.testing.assert_allclose(mine, np.genfromtxt(out / "class_conv2.csv", delimiter=",", skip_header=1)[:, 1:],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        mine, np.genfromtxt(out / "class_conv2.csv", delimiter=",", skip_header=1)[:, 1:], rtol=1e-5
+    )
     with pytest.raises(AnalysisError, match="not a `volviz importance --out` folder"):
         ImportanceReport.read(tmp_path)
 
@@ -310,9 +353,12 @@ def test_importance_report_round_trip(tiny_store, tmp_path):
 def test_groups_report_round_trip(tiny_store, tmp_path):
     from volviz.analysis.class_groups import GroupsReport, class_groups_from_store
     from volviz.sources.images import read_image
+
     out = tmp_path / "g"
-    assert main(["groups", "--trust-factory", str(tiny_store.path), "--class", "b", "--layer", "conv1",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["groups", "--trust-factory", str(tiny_store.path), "--class", "b", "--layer", "conv1", "--out", str(out)])
+        == 0
+    )
     back = GroupsReport.read(out)
     want = class_groups_from_store(tiny_store, "b")
     g = back.groups

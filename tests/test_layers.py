@@ -1,5 +1,6 @@
 """The data flows one way: a module never imports one of a higher layer (checked over the real
 imports of every module, lazy imports inside functions included)."""
+
 from __future__ import annotations
 
 import ast

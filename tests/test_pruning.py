@@ -1,12 +1,13 @@
 """Pruning analysis (volviz.analysis.pruning): exactly the chosen filters are zeroed, error rates
 match hand counts, the sweep removes filters in importance order, bad input is refused."""
+
 import pathlib
 
 import numpy as np
 import pytest
 import torch
-
 from helpers import tiny_cnn, write_image_folder
+
 from volviz.analysis.inputs import InputSet
 from volviz.analysis.pruning import (
     error_rates,
@@ -53,8 +54,8 @@ def test_error_rates_match_a_hand_count():
     per_class, overall, counts = error_rates(pred, labels, 4)
     assert counts.tolist() == [3, 2, 4, 0]
     np.testing.assert_allclose(per_class[:3], [1 / 3, 0.0, 2 / 4])
-    assert np.isnan(per_class[3])            # a class without images has no error rate
-    assert overall == pytest.approx(3 / 9)   # the unlabelled image is not counted
+    assert np.isnan(per_class[3])  # a class without images has no error rate
+    assert overall == pytest.approx(3 / 9)  # the unlabelled image is not counted
     with pytest.raises(AnalysisError, match="labelled"):
         error_rates(pred, -np.ones(10, int), 4)
 
@@ -117,8 +118,25 @@ def test_threshold_sweep_order_and_range():
 def tiny_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("prune")
     imgs = write_image_folder(root / "imgs", n_per_class=4)
-    assert main(["capture", "--out", str(root / "s"), "--images", str(imgs), "--model", "helpers:tiny_cnn",
-                 "--size", "12", "12", "--channels", "1"]) == 0
+    assert (
+        main(
+            [
+                "capture",
+                "--out",
+                str(root / "s"),
+                "--images",
+                str(imgs),
+                "--model",
+                "helpers:tiny_cnn",
+                "--size",
+                "12",
+                "12",
+                "--channels",
+                "1",
+            ]
+        )
+        == 0
+    )
     return root / "s"
 
 
@@ -126,7 +144,14 @@ def test_cli_prune_writes_table_and_sweep(tiny_store, tmp_path):
     out = tmp_path / "p"
     assert main(["prune", "--trust-factory", str(tiny_store), "--out", str(out), "--layers", "conv2", "conv3"]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["sweep_conv2.csv", "sweep_conv2.png", "sweep_conv3.csv", "sweep_conv3.png", "table.csv", "table.md"]
+    assert names == [
+        "sweep_conv2.csv",
+        "sweep_conv2.png",
+        "sweep_conv3.csv",
+        "sweep_conv3.png",
+        "table.csv",
+        "table.md",
+    ]
     table = (out / "table.csv").read_text().splitlines()
     assert table[0].startswith("class,layer,k,images,error_before_%") and len(table) == 1 + 3 * 2
     sweep = (out / "sweep_conv3.csv").read_text().splitlines()
@@ -146,83 +171,119 @@ def _digits_inputs():
     from volviz.sources.images import discover_images
     from volviz.sources.models import load_model
     from volviz.sources.preprocess import Preprocess
+
     lm = load_model("digits")
     prep = Preprocess(lm.input_size[1:], 1, lm.mean, lm.std)
     images = discover_images([demo.demo_images_dir("digits")], class_names=lm.class_names)
     return lm.module, InputSet(images.records, prep)
 
 
-@pytest.mark.skipif(not __import__("volviz.sources.demo", fromlist=["x"]).demo_weights_path("digits").exists(),
-                    reason="digits weights not trained")
+@pytest.mark.skipif(
+    not __import__("volviz.sources.demo", fromlist=["x"]).demo_weights_path("digits").exists(),
+    reason="digits weights not trained",
+)
 def test_digits_most_important_filters_matter_more():
     """Seed 004's table on the shipped 200 digits: removing a class's most important conv2 filters
     costs that class far more probability than removing its least important ones."""
     from volviz.analysis.importance import importance_on_the_fly
+
     model, inputs = _digits_inputs()
     res = importance_on_the_fly(model, inputs, ["conv2"], target="true", progress=False)
-    rows = least_most_table(model, inputs, {"conv2": res.class_relevance("conv2")[0]}, list(range(10)), k=5,
-                            progress=False)
+    rows = least_most_table(
+        model, inputs, {"conv2": res.class_relevance("conv2")[0]}, list(range(10)), k=5, progress=False
+    )
     drop_most = np.array([r.prob_before - r.prob_most for r in rows])
     drop_least = np.array([r.prob_before - r.prob_least for r in rows])
     assert drop_most.mean() > 5 * max(drop_least.mean(), 1e-3)  # measured: 0.026 vs 0.0004
-    assert (drop_most > drop_least).sum() >= 8                  # measured: 10 / 10 classes
+    assert (drop_most > drop_least).sum() >= 8  # measured: 10 / 10 classes
     s = threshold_sweep(model, inputs, "conv2", res.overall("conv2"), n_classes=10, progress=False)
-    assert s.overall[0] == pytest.approx(0.025)                 # 5 of 200 shipped digits misclassified
+    assert s.overall[0] == pytest.approx(0.025)  # 5 of 200 shipped digits misclassified
     assert np.all(s.overall[s.fraction_removed <= 0.2] <= 0.035)  # flat at first ...
-    assert s.overall[-1] >= 0.8                                  # ... then rising to chance
+    assert s.overall[-1] >= 0.8  # ... then rising to chance
 
 
 # ---- the report: one object for `volviz prune` and the app -----------------------------------------
 def _report(classes=None, reference="all"):
     from volviz.analysis.importance import importance_on_the_fly
     from volviz.analysis.prune_report import PruneReport
+
     m = tiny_cnn().eval()
     inputs = _inputs()
-    res = importance_on_the_fly(m, inputs, ["conv2", "conv3"], target="true", class_names=list("abc"),
-                                progress=False)
+    res = importance_on_the_fly(m, inputs, ["conv2", "conv3"], target="true", class_names=list("abc"), progress=False)
     steps = []
-    rep = PruneReport.compute(m, inputs, res, ["conv2", "conv3"], classes=classes, k=1, reference=reference,
-                              steps=3, progress=False, on_step=lambda d, t: steps.append((d, t)))
+    rep = PruneReport.compute(
+        m,
+        inputs,
+        res,
+        ["conv2", "conv3"],
+        classes=classes,
+        k=1,
+        reference=reference,
+        steps=3,
+        progress=False,
+        on_step=lambda d, t: steps.append((d, t)),
+    )
     return rep, steps
 
 
 def _same_report(a, b):
-    assert (a.k, a.n_images, a.evaluated_on, a.importance_from, a.reference, a.highlight) == \
-        (b.k, b.n_images, b.evaluated_on, b.importance_from, b.reference, b.highlight)
-    assert a.text == b.text and a.cells() == b.cells()   # what a user sees: the same cells
+    assert (a.k, a.n_images, a.evaluated_on, a.importance_from, a.reference, a.highlight) == (
+        b.k,
+        b.n_images,
+        b.evaluated_on,
+        b.importance_from,
+        b.reference,
+        b.highlight,
+    )
+    assert a.text == b.text and a.cells() == b.cells()  # what a user sees: the same cells
     assert len(a.rows) == len(b.rows)
     for r, s in zip(a.rows, b.rows):
-        assert (r.reference, r.class_name, r.layer, r.k, r.n_images, r.least, r.most) == \
-            (s.reference, s.class_name, s.layer, s.k, s.n_images, s.least, s.most)
-        np.testing.assert_allclose([r.error_before, r.error_least, r.error_most, r.overall_before, r.overall_least,
-                                    r.overall_most], [s.error_before, s.error_least, s.error_most, s.overall_before,
-                                                      s.overall_least, s.overall_most], atol=5e-5)
-        np.testing.assert_allclose([r.prob_before, r.prob_least, r.prob_most],
-                                   [s.prob_before, s.prob_least, s.prob_most], atol=5e-5)
+        assert (r.reference, r.class_name, r.layer, r.k, r.n_images, r.least, r.most) == (
+            s.reference,
+            s.class_name,
+            s.layer,
+            s.k,
+            s.n_images,
+            s.least,
+            s.most,
+        )
+        np.testing.assert_allclose(
+            [r.error_before, r.error_least, r.error_most, r.overall_before, r.overall_least, r.overall_most],
+            [s.error_before, s.error_least, s.error_most, s.overall_before, s.overall_least, s.overall_most],
+            atol=5e-5,
+        )
+        np.testing.assert_allclose(
+            [r.prob_before, r.prob_least, r.prob_most], [s.prob_before, s.prob_least, s.prob_most], atol=5e-5
+        )
     assert [s.layer for s in a.sweeps] == [s.layer for s in b.sweeps]
     for s, t in zip(a.sweeps, b.sweeps):
         assert (s.reference, len(s.importance)) == (t.reference, len(t.importance))
         assert s.n_removed.tolist() == t.n_removed.tolist()
         np.testing.assert_allclose(s.thresholds, t.thresholds, rtol=5e-6)
         np.testing.assert_allclose(s.fraction_removed, t.fraction_removed, atol=5e-5)
-        np.testing.assert_allclose(s.error, t.error, atol=5e-5)   # NaN (no image of the class) on both
+        np.testing.assert_allclose(s.error, t.error, atol=5e-5)  # NaN (no image of the class) on both
         np.testing.assert_allclose(s.overall, t.overall, atol=5e-5)
         np.testing.assert_allclose(s.overall_most_first, t.overall_most_first, atol=5e-5)
-        assert [str(n) for n in (s.class_names or range(s.error.shape[1]))] == \
-            [str(n) for n in (t.class_names or range(t.error.shape[1]))]
+        assert [str(n) for n in (s.class_names or range(s.error.shape[1]))] == [
+            str(n) for n in (t.class_names or range(t.error.shape[1]))
+        ]
 
 
 def test_prune_report_round_trip(tmp_path):
     from volviz.analysis.prune_report import PruneReport
     from volviz.views.figures import write_prune_report
+
     rep, steps = _report(reference="b")
     assert rep.highlight == 1 and rep.reference == "b" and [r.class_name for r in rep.rows] == list("abcabc")
     # progress: one call per evaluation, the total known from the start
     total = 3 * 2 + sum(len(s.thresholds) for s in rep.sweeps)
     assert steps == [(i, total) for i in range(1, total + 1)]
     names = write_prune_report(rep, tmp_path)
-    assert sorted(names) == sorted(p.name for p in tmp_path.iterdir()) == \
-        ["sweep_conv2.csv", "sweep_conv2.png", "sweep_conv3.csv", "sweep_conv3.png", "table.csv", "table.md"]
+    assert (
+        sorted(names)
+        == sorted(p.name for p in tmp_path.iterdir())
+        == ["sweep_conv2.csv", "sweep_conv2.png", "sweep_conv3.csv", "sweep_conv3.png", "table.csv", "table.md"]
+    )
     back = PruneReport.read(tmp_path)
     _same_report(rep, back)
     # the Markdown says what the report says (it is written, never read)
@@ -248,6 +309,7 @@ def test_prune_folder_read_refuses_links_out_and_odd_files(tmp_path):
     from volviz.analysis.prune_report import PruneReport
     from volviz.app.prune_tab import read_prune_folder
     from volviz.views.figures import write_prune_report
+
     rep, _ = _report()
     folder = tmp_path / "report"
     folder.mkdir()

@@ -107,9 +107,7 @@ def test_pca_standardize_matches_sklearn_on_scaled_features():
     assert np.array_equal(order, expected)
 
 
-@pytest.mark.parametrize(
-    "X", [np.zeros((8, 5, 5)), np.ones((6, 4)) * 3.5, np.full((4, 2, 3, 3), 2.0), np.ones(5)]
-)
+@pytest.mark.parametrize("X", [np.zeros((8, 5, 5)), np.ones((6, 4)) * 3.5, np.full((4, 2, 3, 3), 2.0), np.ones(5)])
 def test_constant_input_gives_natural_order_without_warnings(X):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -190,8 +188,9 @@ def test_two_level_outer_and_inner_clusters_are_contiguous():
     rng = np.random.default_rng(6)
     outer_centres = rng.normal(size=(4, 16)) * 20
     inner_offsets = rng.normal(size=(4, 3, 16)) * 3
-    F = np.concatenate([outer_centres[o] + inner_offsets[o, i] + 0.2 * rng.normal(size=(5, 16))
-                        for o in range(4) for i in range(3)])
+    F = np.concatenate(
+        [outer_centres[o] + inner_offsets[o, i] + 0.2 * rng.normal(size=(5, 16)) for o in range(4) for i in range(3)]
+    )
     F = F[rng.permutation(len(F))]
     orderer = TwoLevelKMeansOrder(n_outer=4, n_inner=3, random_state=0).fit(F)
     _assert_permutation(orderer.order_, 60)
@@ -350,8 +349,14 @@ def test_nonfinite_input_is_fitted_as_zero(name):
 
 
 def test_make_orderer_names_and_errors():
-    kinds = {"natural": NaturalOrder, "pca": PCAOrder, "kmeans": KMeansOrder,
-             "kmeans2": TwoLevelKMeansOrder, "slice-pca": SliceOrder, "slice-kmeans": SliceOrder}
+    kinds = {
+        "natural": NaturalOrder,
+        "pca": PCAOrder,
+        "kmeans": KMeansOrder,
+        "kmeans2": TwoLevelKMeansOrder,
+        "slice-pca": SliceOrder,
+        "slice-kmeans": SliceOrder,
+    }
     assert set(ORDER_NAMES) == set(kinds)
     for name, cls in kinds.items():
         assert type(make_orderer(name)) is cls
@@ -378,6 +383,7 @@ def test_the_registry_is_the_one_list_of_orders():
     names, the app's items and the views read it."""
     from volviz.app import state as S
     from volviz.views.source import LayerVolumeSource
+
     assert ORDER_NAMES == tuple(REORDERINGS)
     assert [it["value"] for it in S.ORDER_ITEMS] == list(REORDERINGS)
     assert [it["title"] for it in S.ORDER_ITEMS] == [r.title for r in REORDERINGS.values()]

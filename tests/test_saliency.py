@@ -1,4 +1,5 @@
 """Saliency (volviz.analysis.saliency, captum) against direct autograd, and the PNG overlay."""
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -36,8 +37,9 @@ def test_integrated_gradients_completeness():
     m = tiny_rgb_cnn().eval()
     x = torch.randn(2, 3, 12, 12)
     base = torch.full_like(x, -0.5)
-    maps, attr = saliency_maps(m, x, 1, method="integrated-gradients", baseline=base, n_steps=200,
-                               return_attributions=True)
+    maps, attr = saliency_maps(
+        m, x, 1, method="integrated-gradients", baseline=base, n_steps=200, return_attributions=True
+    )
     with torch.no_grad():
         gap = (m(x)[:, 1] - m(base)[:, 1]).numpy()
     # sum of attributions = S(x) - S(baseline) (up to the integration error)
@@ -91,8 +93,25 @@ def test_overlay():
 def test_cli_saliency(tmp_path):
     imgs = write_image_folder(tmp_path / "imgs", n_per_class=2, rgb=True)
     store = tmp_path / "s"
-    assert main(["capture", "--out", str(store), "--images", str(imgs), "--model", "helpers:tiny_rgb_cnn",
-                 "--size", "12", "12", "--channels", "3"]) == 0
+    assert (
+        main(
+            [
+                "capture",
+                "--out",
+                str(store),
+                "--images",
+                str(imgs),
+                "--model",
+                "helpers:tiny_rgb_cnn",
+                "--size",
+                "12",
+                "12",
+                "--channels",
+                "3",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "sal"
     assert main(["saliency", "--trust-factory", str(store), "--out", str(out)]) == 0
     pngs = sorted(p.name for p in out.glob("*.png"))
@@ -101,8 +120,24 @@ def test_cli_saliency(tmp_path):
     assert img.ndim == 3 and img.std() > 10
     maps = np.load(out / "maps.npz")["maps"]
     assert maps.shape == (3, 12, 12) and maps.max() > 0
-    assert main(["saliency", "--trust-factory", str(store), "--out", str(tmp_path / "ig"), "--method",
-                 "integrated-gradients", "--index", "1", "--steps", "8"]) == 0
+    assert (
+        main(
+            [
+                "saliency",
+                "--trust-factory",
+                str(store),
+                "--out",
+                str(tmp_path / "ig"),
+                "--method",
+                "integrated-gradients",
+                "--index",
+                "1",
+                "--steps",
+                "8",
+            ]
+        )
+        == 0
+    )
     assert main(["saliency", "--trust-factory", str(store), "--out", str(tmp_path / "no"), "--index", "42"]) == 2
     assert not (tmp_path / "no").exists()
 
@@ -111,6 +146,7 @@ def test_the_registry_is_the_one_list_of_methods():
     """One entry per method: the CLI's choices and the app's select read it, and
     saliency_maps dispatches through it."""
     from volviz.app import state as S
+
     assert METHODS == tuple(SALIENCY_METHODS) == ("saliency", "integrated-gradients", "guided-backprop")
     assert [it["value"] for it in S.SAL_ITEMS] == list(METHODS)
     assert [it["title"] for it in S.SAL_ITEMS] == [m.title for m in SALIENCY_METHODS.values()]

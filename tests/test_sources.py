@@ -1,10 +1,11 @@
 """Models, images and preprocessing the user points at, and the errors for bad input."""
+
 import numpy as np
 import pytest
 import torch
 import torchvision
-
 from helpers import TinyCNN, tiny_cnn, write_image_folder
+
 from volviz.sources.images import ImageSourceError, discover_images, read_image
 from volviz.sources.models import ModelLoadError, load_model
 from volviz.sources.preprocess import Preprocess
@@ -23,6 +24,7 @@ def test_torchvision_name_with_local_state_dict(tmp_path):
 
 def test_safetensors_and_factory(tmp_path):
     from safetensors.torch import save_file
+
     ref = tiny_cnn()
     save_file(ref.state_dict(), str(tmp_path / "w.safetensors"))
     loaded = load_model("helpers:TinyCNN", str(tmp_path / "w.safetensors"))
@@ -64,6 +66,7 @@ def test_torchscript_file(tmp_path):
 
 def test_image_folder_flat_folder_files_and_video(tmp_path):
     import imageio.v3 as iio
+
     tree = write_image_folder(tmp_path / "tree", n_per_class=2)
     s = discover_images([tree])
     assert s.class_names == ["a", "b", "c"] and [r.label for r in s.records] == [0, 0, 1, 1, 2, 2]

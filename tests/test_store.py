@@ -1,17 +1,19 @@
 """Capture into a store and read back; interrupted captures resume; bad input is reported."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_cnn, write_image_folder
 
 import volviz.store.execute as run_mod
-from helpers import tiny_cnn, write_image_folder
 from volviz.capture.engine import capture_batch
-from volviz.store.capture import CaptureError, CaptureSettings, resume_capture, run_capture
-from volviz.sources.images import ImageRecord, read_image
+from volviz.sources.images import read_image
 from volviz.sources.preprocess import Preprocess
+from volviz.store.capture import CaptureError, CaptureSettings, resume_capture, run_capture
 from volviz.store.store import FORMAT_VERSION, Store, StoreError
+
 
 def close(a, b):
     """Equal up to float32 reordering (the store was filled in batches of 4, the reference in one)."""
@@ -56,6 +58,7 @@ def test_capture_store_round_trip(tmp_path, images):
     assert store.read_input(0).shape == (1, 12, 12)
     # reading one image decodes one small chunk; many images per shard file
     from volviz.store.layout import CHUNK_BYTES
+
     arr = store._root["act/conv1/data"]
     assert arr.chunks[1:] == (4, 12, 12) and arr.chunks[0] * 4 * 12 * 12 * 4 <= CHUNK_BYTES
     assert arr.shards[0] == 8  # a power of two: 9 images in 2 files
@@ -63,8 +66,9 @@ def test_capture_store_round_trip(tmp_path, images):
 
 
 def test_float16_store_keeps_small_gradients(tmp_path, images):
-    store = run_capture(tmp_path / "h", CaptureSettings(images=[str(images)], dtype="float16", **SETTINGS),
-                        progress=False)
+    store = run_capture(
+        tmp_path / "h", CaptureSettings(images=[str(images)], dtype="float16", **SETTINGS), progress=False
+    )
     ref, _ = _direct(store)
     for layer in ("conv1", "fc1"):
         g = ref.grad_act[layer][3]
@@ -113,8 +117,11 @@ def test_store_errors(tmp_path, images):
     (tmp_path / "empty").mkdir()
     with pytest.raises(StoreError, match="not a volviz store"):
         Store.open(tmp_path / "empty")
-    store = run_capture(tmp_path / "s", CaptureSettings(images=[str(images)], layers=["conv1"],
-                                                        gradients=False, **SETTINGS), progress=False)
+    store = run_capture(
+        tmp_path / "s",
+        CaptureSettings(images=[str(images)], layers=["conv1"], gradients=False, **SETTINGS),
+        progress=False,
+    )
     with pytest.raises(StoreError, match="layer 'conv9' is not in this store. Layers: conv1"):
         store.read("activation", "conv9", 0)
     with pytest.raises(StoreError, match="no grad_activation"):
@@ -146,14 +153,18 @@ def test_channel_conversion_and_refusal(tmp_path):
     with pytest.raises(ValueError, match="3 channels, the model expects 5"):
         Preprocess((12, 12), 5)(img)
     with pytest.raises(CaptureError, match="none of the 3 files"):
-        run_capture(tmp_path / "s5", CaptureSettings(images=[str(rgb)], model="helpers:tiny_cnn", size=(12, 12),
-                                                     channels=5), progress=False)
+        run_capture(
+            tmp_path / "s5",
+            CaptureSettings(images=[str(rgb)], model="helpers:tiny_cnn", size=(12, 12), channels=5),
+            progress=False,
+        )
 
 
 def test_layer_too_big_for_memory_is_a_clear_error(tmp_path, images):
     with pytest.raises(CaptureError, match=r"one image needs .* KiB .*budget.*--layers"):
-        run_capture(tmp_path / "s", CaptureSettings(images=[str(images)], memory_budget=1000, **SETTINGS),
-                    progress=False)
+        run_capture(
+            tmp_path / "s", CaptureSettings(images=[str(images)], memory_budget=1000, **SETTINGS), progress=False
+        )
     assert not (tmp_path / "s").exists()
 
 
@@ -174,4 +185,5 @@ def test_nan_activations_are_stored_and_flagged(tmp_path, images, caplog):
     assert "NaN/Inf" in caplog.text
     assert store.manifest["summary"]["nonfinite"]["conv1"] == 9 * 12 * 12
     from volviz.cli import describe_store
+
     assert "conv1: 1296 NaN/Inf activation values" in describe_store(store)

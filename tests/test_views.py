@@ -1,4 +1,5 @@
 """The view layer: volumes from arrays, 2-D grids, rendered scenes, movies."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -88,7 +89,7 @@ def test_weight_volume_conv_layout():
     for o in range(c_out):
         for i in range(c_in):
             r, c = divmod(i, cols)
-            tile = vol[o, r * (kh + 1): r * (kh + 1) + kh, c * (kw + 1): c * (kw + 1) + kw]
+            tile = vol[o, r * (kh + 1) : r * (kh + 1) + kh, c * (kw + 1) : c * (kw + 1) + kw]
             assert np.all(tile == 100 * (o + 1) + i + 1)
     # gap rows / columns hold the gap value (0)
     assert np.all(vol[:, kh, :] == 0)
@@ -132,9 +133,9 @@ def test_vis_square_layout():
     assert img.shape == (rows * h + rows - 1, cols * w + cols - 1)
     for i in range(c):
         r, cc = divmod(i, cols)
-        assert np.all(img[r * (h + 1): r * (h + 1) + h, cc * (w + 1): cc * (w + 1) + w] == i)
+        assert np.all(img[r * (h + 1) : r * (h + 1) + h, cc * (w + 1) : cc * (w + 1) + w] == i)
     assert np.isnan(img[h, 0]) and np.isnan(img[0, w])  # padding
-    assert np.all(np.isnan(img[h + 1:, 2 * (w + 1):]))  # the empty sixth cell
+    assert np.all(np.isnan(img[h + 1 :, 2 * (w + 1) :]))  # the empty sixth cell
     g = vis_square(maps)  # global: 0..1 over all maps
     assert np.nanmin(g) == 0 and np.nanmax(g) == 1
     pm = vis_square(maps + np.random.default_rng(0).random(maps.shape), normalize="per_map")
@@ -171,7 +172,7 @@ def test_colors_presets_and_clim():
         opacity_curve("nope")
     lo, hi = auto_clim(np.array([-2.0, 1.0, np.nan]), percentile=100)
     assert (lo, hi) == (-2.0, 2.0)
-    assert auto_clim(np.array([0.0, 0.0])) [0] < auto_clim(np.array([0.0, 0.0]))[1]
+    assert auto_clim(np.array([0.0, 0.0]))[0] < auto_clim(np.array([0.0, 0.0]))[1]
     assert auto_clim([np.zeros(3), np.full(3, 4.0)], percentile=100) == (0.0, 4.0)
 
 
@@ -229,9 +230,13 @@ def test_update_in_place_changes_picture(act_scene):
     scene, maps, _ = act_scene
     before = scene.screenshot()
     ids = {
-        "volume": scene.volume_actor, "mapper": scene.volume_actor.mapper, "grid": scene.grid,
-        "slices": scene.slices_actor, "slices_mesh": scene._slices_mesh,
-        "separators": scene.separators_actor, "outline": scene.outline_actor,
+        "volume": scene.volume_actor,
+        "mapper": scene.volume_actor.mapper,
+        "grid": scene.grid,
+        "slices": scene.slices_actor,
+        "slices_mesh": scene._slices_mesh,
+        "separators": scene.separators_actor,
+        "outline": scene.outline_actor,
     }
     vtk_array = scene.grid.GetPointData().GetArray("values")
     n_actors = len(scene.plotter.renderer.actors)
@@ -274,12 +279,10 @@ def test_style_changes_in_place(act_scene):
     assert scene.grid.bounds[5] == pytest.approx((maps.shape[0] - 1) * 2.0)
     scene.set_style(show_slices=True, slice_positions=(None, None, 0.0))  # only channel 0
     sl = scene._slices_mesh
-    np.testing.assert_allclose(np.sort(sl.point_data["values"]), np.sort(maps[0].ravel()),
-                               rtol=1e-6)
+    np.testing.assert_allclose(np.sort(sl.point_data["values"]), np.sort(maps[0].ravel()), rtol=1e-6)
     scene.update(maps * 3)
     assert scene._slices_mesh is sl
-    np.testing.assert_allclose(np.sort(sl.point_data["values"]), np.sort(3 * maps[0].ravel()),
-                               rtol=1e-5)
+    np.testing.assert_allclose(np.sort(sl.point_data["values"]), np.sort(3 * maps[0].ravel()), rtol=1e-5)
     assert scene.volume_actor is vol
     with pytest.raises(ValueError):
         scene.set_style(mapper="nope")
@@ -334,15 +337,14 @@ def test_movies_mp4_and_gif(act_scene, out_dir):
     from volviz.record import orbit_frames, timeseries_frames, write_movie
 
     scene, maps, _ = act_scene
-    mp4 = write_movie(out_dir / "orbit.mp4", orbit_frames(scene, 6), fps=6, total=6,
-                      progress=False)
+    mp4 = write_movie(out_dir / "orbit.mp4", orbit_frames(scene, 6), fps=6, total=6, progress=False)
     frames = _read_ffmpeg(mp4)
     assert len(frames) == 6 and frames[0].shape[:2] == (WIN[1], WIN[0])
     assert changed(frames[0], frames[3])
     steps = [maps * s for s in (0.2, 0.6, 1.0)]
-    gif = write_movie(out_dir / "series.gif",
-                      timeseries_frames(scene, steps, labels=["a", "b", "c"]), fps=4,
-                      progress=False)
+    gif = write_movie(
+        out_dir / "series.gif", timeseries_frames(scene, steps, labels=["a", "b", "c"]), fps=4, progress=False
+    )
     g = iio.imread(gif, index=None)
     assert g.shape[0] == 3 and g.shape[1:3] == (WIN[1], WIN[0])
     assert scene.label_text == "c"
@@ -367,8 +369,7 @@ def test_interrupted_movie_leaves_no_file(tmp_path):
     with pytest.raises(ValueError, match="unknown movie format"):
         write_movie(tmp_path / "m.avi", [], progress=False)
     with pytest.raises(ValueError, match="same shape"):
-        write_movie(tmp_path / "m.gif", [np.zeros((8, 8, 3), np.uint8),
-                                         np.zeros((9, 8, 3), np.uint8)], progress=False)
+        write_movie(tmp_path / "m.gif", [np.zeros((8, 8, 3), np.uint8), np.zeros((9, 8, 3), np.uint8)], progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -384,8 +385,14 @@ def _read_ffmpeg(path):
 def test_bad_style_leaves_scene_unchanged(act_scene):
     scene, _, _ = act_scene
     before = scene.style
-    for bad in [dict(mapper="nope"), dict(opacity="nope"), dict(clim=(1.0, 0.0)),
-                dict(z_spacing=0.0), dict(interpolation="cubic"), dict(cmap="not-a-cmap")]:
+    for bad in [
+        dict(mapper="nope"),
+        dict(opacity="nope"),
+        dict(clim=(1.0, 0.0)),
+        dict(z_spacing=0.0),
+        dict(interpolation="cubic"),
+        dict(cmap="not-a-cmap"),
+    ]:
         with pytest.raises((ValueError, TypeError)):
             scene.set_style(**bad)
         assert scene.style == before

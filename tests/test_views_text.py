@@ -2,6 +2,7 @@
 moire (slabs binned to the ray sampling), one colour theme for CLI and app, 2-D figures with
 title / colour bar / labels (a linear layer's weight gradient as a heatmap of the rows that
 matter), the render probe asked once."""
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -34,9 +35,10 @@ def test_deep_stacks_are_binned_to_the_ray_sampling():
 def _text_boxes_apart(boxes: dict, w: int, h: int) -> None:
     vals = list(boxes.values())
     from volviz.views.text_layout import overlaps
+
     for i, a in enumerate(vals):
         assert a.x0 >= 0 and a.x1 <= w + 1 and a.y0 >= 0 and a.y1 <= h + 1, a
-        for b in vals[i + 1:]:
+        for b in vals[i + 1 :]:
             assert not overlaps(a, b, 0), (a, b)
 
 
@@ -44,8 +46,11 @@ def test_title_and_caption_never_overlap_with_long_class_names(can_render, out_d
     from volviz.views.volume import LayerVolumeScene
 
     rng = np.random.default_rng(0)
-    with LayerVolumeScene(rng.random((1280, 7, 7), dtype=np.float32), title="mobilenet_v2  features.18.0  "
-                          "activation  (1280 x 7 x 7)  order=natural", window_size=(480, 360)) as s:
+    with LayerVolumeScene(
+        rng.random((1280, 7, 7), dtype=np.float32),
+        title="mobilenet_v2  features.18.0  activation  (1280 x 7 x 7)  order=natural",
+        window_size=(480, 360),
+    ) as s:
         s.set_label(f"image 3  true {LONG}  pred {LONG} (0.41)")
         img = s.screenshot(out_dir / "long_caption.png")
         assert img.std() > 10
@@ -78,8 +83,25 @@ def store(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("render")
     imgs = write_image_folder(root / "imgs", n_per_class=2)
-    assert main(["capture", "--out", str(root / "s"), "--images", str(imgs), "--model", "helpers:tiny_cnn",
-                 "--size", "12", "12", "--channels", "1"]) == 0
+    assert (
+        main(
+            [
+                "capture",
+                "--out",
+                str(root / "s"),
+                "--images",
+                str(imgs),
+                "--model",
+                "helpers:tiny_cnn",
+                "--size",
+                "12",
+                "12",
+                "--channels",
+                "1",
+            ]
+        )
+        == 0
+    )
     return root / "s"
 
 
@@ -87,9 +109,12 @@ def test_render_figures_have_titles_colour_bars_and_class_rows(store, tmp_path, 
     from volviz.cli import main
 
     base = ["render", str(store), "--image", "0"]
-    for extra, name in ((["--layer", "fc2", "--quantity", "grad_weight"], "w.png"),
-                        (["--layer", "conv2", "--grid"], "g.png"), (["--layer", "fc1"], "n.png"),
-                        (["--layer", "conv2", "--quantity", "grad_weight", "--grid"], "gw.png")):
+    for extra, name in (
+        (["--layer", "fc2", "--quantity", "grad_weight"], "w.png"),
+        (["--layer", "conv2", "--grid"], "g.png"),
+        (["--layer", "fc1"], "n.png"),
+        (["--layer", "conv2", "--quantity", "grad_weight", "--grid"], "gw.png"),
+    ):
         assert main(base + extra + ["--out", str(tmp_path / name)]) == 0
         img = iio.imread(tmp_path / name)
         assert img.ndim == 3 and img.shape[1] >= 900 and img.std() > 10
@@ -118,5 +143,6 @@ def test_the_render_probe_is_asked_once(tmp_path, monkeypatch):
     monkeypatch.setattr(probe, "rendering_available", lambda: (False, "no EGL"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "other"))
     from volviz.errors import VolvizError
+
     with pytest.raises(VolvizError, match="no EGL"):
         render._ensure_rendering()

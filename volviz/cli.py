@@ -2,6 +2,7 @@
 
 Run ``volviz COMMAND --help`` for the options of one command.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,33 +35,54 @@ from volviz.errors import UserError, VolvizError  # noqa: E402
 def setup_torch_threads(n: int | None = None) -> None:
     """torch threads for a command: ``n``, or every core but one (left to rendering / the shell)."""
     import torch
+
     cores = os.cpu_count() or 1
     torch.set_num_threads(n or max(1, cores - 1))
 
 
 # ---- capture / info ---------------------------------------------------------------------
 def add_capture(sub) -> None:
-    p = sub.add_parser("capture", help="run images through a model and store activations and gradients",
-                       description="Run a batch of images through a model and store, per selected layer, "
-                       "activations, the gradient of one output neuron w.r.t. the activations and w.r.t. "
-                       "the weights (per image, computed batched), and class probabilities.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    p = sub.add_parser(
+        "capture",
+        help="run images through a model and store activations and gradients",
+        description="Run a batch of images through a model and store, per selected layer, "
+        "activations, the gradient of one output neuron w.r.t. the activations and w.r.t. "
+        "the weights (per image, computed batched), and class probabilities.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
     p.add_argument("--out", required=True, help="store folder to create (or to complete with --resume / --repair)")
-    p.add_argument("--model", default="digits",
-                   help="digits | faces (embedded), a torchvision name (resnet18), package.module:factory, "
-                   "or a TorchScript file (default: digits)")
+    p.add_argument(
+        "--model",
+        default="digits",
+        help="digits | faces (embedded), a torchvision name (resnet18), package.module:factory, "
+        "or a TorchScript file (default: digits)",
+    )
     p.add_argument("--weights", help="state_dict (.pt/.pth, loaded with weights_only=True) or .safetensors")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="allow a pickled full model as weights (runs code from the file: trusted files only)")
-    p.add_argument("--images", nargs="+", default=[],
-                   help="ImageFolder tree, flat folder, image files or video files (default: the demo "
-                   "model's shipped test images)")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow a pickled full model as weights (runs code from the file: trusted files only)",
+    )
+    p.add_argument(
+        "--images",
+        nargs="+",
+        default=[],
+        help="ImageFolder tree, flat folder, image files or video files (default: the demo "
+        "model's shipped test images)",
+    )
     p.add_argument("--layers", nargs="+", help="layer names or globs (default: every conv and linear layer)")
-    p.add_argument("--layer-types", nargs="+", help="keep layers of these types: conv, linear, relu, pool, bn, "
-                   "or a class name such as Conv2d")
-    p.add_argument("--target", default="true",
-                   help="output neuron whose gradients are taken: true (each image's label), pred, a class "
-                   "index or a class name (default: true)")
+    p.add_argument(
+        "--layer-types",
+        nargs="+",
+        help="keep layers of these types: conv, linear, relu, pool, bn, or a class name such as Conv2d",
+    )
+    p.add_argument(
+        "--target",
+        default="true",
+        help="output neuron whose gradients are taken: true (each image's label), pred, a class "
+        "index or a class name (default: true)",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--float16", action="store_true", help="store arrays as float16 (per-image scaled)")
     p.add_argument("--no-grads", action="store_true", help="store activations only")
@@ -69,56 +91,117 @@ def add_capture(sub) -> None:
     p.add_argument("--channels", type=int, help="model input channels (1 grey, 3 RGB, or N)")
     p.add_argument("--mean", nargs="+", type=float, help="normalization mean per channel ([0,1] pixels)")
     p.add_argument("--std", nargs="+", type=float, help="normalization std per channel")
-    p.add_argument("--resize", choices=["resize", "scale_crop", "resize_crop"],
-                   help="resize: plain resize (default for models without a preset); scale_crop: scale the "
-                   "smaller side to the input size keeping the aspect ratio, then centre-crop "
-                   "[PreferredInputs2016]; resize_crop: torchvision's Resize(short side) + CenterCrop (the "
-                   "default for a torchvision name, from its weights' transforms)")
-    p.add_argument("--class-names", metavar="FILE", help="the model's class names: a text file (one per line), "
-                   "a JSON list, imagenet_class_index.json or synset_words.txt; class folders are matched to "
-                   "them by name")
-    p.add_argument("--layout", choices=["auto", "flat", "classes"], default="auto",
-                   help="a folder of images: class sub-folders (classes), every image below it unlabelled "
-                   "(flat), or decided by what it holds (auto, default; a warning says what was ignored)")
+    p.add_argument(
+        "--resize",
+        choices=["resize", "scale_crop", "resize_crop"],
+        help="resize: plain resize (default for models without a preset); scale_crop: scale the "
+        "smaller side to the input size keeping the aspect ratio, then centre-crop "
+        "[PreferredInputs2016]; resize_crop: torchvision's Resize(short side) + CenterCrop (the "
+        "default for a torchvision name, from its weights' transforms)",
+    )
+    p.add_argument(
+        "--class-names",
+        metavar="FILE",
+        help="the model's class names: a text file (one per line), "
+        "a JSON list, imagenet_class_index.json or synset_words.txt; class folders are matched to "
+        "them by name",
+    )
+    p.add_argument(
+        "--layout",
+        choices=["auto", "flat", "classes"],
+        default="auto",
+        help="a folder of images: class sub-folders (classes), every image below it unlabelled "
+        "(flat), or decided by what it holds (auto, default; a warning says what was ignored)",
+    )
     p.add_argument("--video-stride", type=int, default=1, help="use every k-th frame of videos")
     p.add_argument("--max-images", type=int, help="capture at most this many images")
-    p.add_argument("--memory-budget-gb", type=float, help="working memory one batch may use "
-                   "(default: half the available RAM)")
+    p.add_argument(
+        "--memory-budget-gb", type=float, help="working memory one batch may use (default: half the available RAM)"
+    )
     g = p.add_argument_group("what the store keeps (sizes: see the projected size printed before the capture)")
-    g.add_argument("--weight-grads", nargs="+", metavar="LAYER", help="store full per-image weight gradients of "
-                   "these layers (or: all); default: the first layers whose gradients fit --weight-grad-budget-mb "
-                   "per image. Every layer's per-filter gradient norms (what importance needs) are always kept")
-    g.add_argument("--weight-grad-budget-mb", type=float, default=1.0,
-                   help="per-image budget for the default choice of --weight-grads (default 1 MB)")
-    g.add_argument("--descriptors", nargs="+", metavar="LAYER", help="also keep one pooled descriptor row per "
-                   "image of these layers (the dataset view: embed, neighbours)")
-    g.add_argument("--pool", default="meanmax", choices=["meanmax", "mean", "max", "full"],
-                   help="descriptor of a conv layer: spatial mean and max (default), mean, max, or the full map")
-    g.add_argument("--descriptors-only", action="store_true", help="keep only the --descriptors layers' "
-                   "descriptors and the probabilities: thousands to 100k+ images, cheaply")
-    g.add_argument("--compress", action="store_true", help="zstd-compress the arrays: about a third smaller "
-                   "for activations and gradients, about half the write rate")
-    g.add_argument("--store-budget-gb", type=float, help="refuse a store projected larger than this "
-                   "(default: 90%% of the free disk)")
+    g.add_argument(
+        "--weight-grads",
+        nargs="+",
+        metavar="LAYER",
+        help="store full per-image weight gradients of "
+        "these layers (or: all); default: the first layers whose gradients fit --weight-grad-budget-mb "
+        "per image. Every layer's per-filter gradient norms (what importance needs) are always kept",
+    )
+    g.add_argument(
+        "--weight-grad-budget-mb",
+        type=float,
+        default=1.0,
+        help="per-image budget for the default choice of --weight-grads (default 1 MB)",
+    )
+    g.add_argument(
+        "--descriptors",
+        nargs="+",
+        metavar="LAYER",
+        help="also keep one pooled descriptor row per image of these layers (the dataset view: embed, neighbours)",
+    )
+    g.add_argument(
+        "--pool",
+        default="meanmax",
+        choices=["meanmax", "mean", "max", "full"],
+        help="descriptor of a conv layer: spatial mean and max (default), mean, max, or the full map",
+    )
+    g.add_argument(
+        "--descriptors-only",
+        action="store_true",
+        help="keep only the --descriptors layers' "
+        "descriptors and the probabilities: thousands to 100k+ images, cheaply",
+    )
+    g.add_argument(
+        "--compress",
+        action="store_true",
+        help="zstd-compress the arrays: about a third smaller for activations and gradients, about half the write rate",
+    )
+    g.add_argument(
+        "--store-budget-gb",
+        type=float,
+        help="refuse a store projected larger than this (default: 90%% of the free disk)",
+    )
     g = p.add_argument_group("more than one process (dask.distributed)")
-    g.add_argument("--workers", type=int, help="capture on a local Dask cluster of N worker processes (each "
-                   "writes its own shards of the store)")
-    g.add_argument("--scheduler", metavar="ADDRESS", help="use a running Dask scheduler (tcp://host:8786); its "
-                   "workers need volviz, the model and the images at the same paths (see docs/scale.md)")
-    p.add_argument("--dry-run", action="store_true", help="plan only: print the memory one batch needs, the "
-                   "batch size chosen and why, and the projected store size; write nothing")
+    g.add_argument(
+        "--workers",
+        type=int,
+        help="capture on a local Dask cluster of N worker processes (each writes its own shards of the store)",
+    )
+    g.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="use a running Dask scheduler (tcp://host:8786); its "
+        "workers need volviz, the model and the images at the same paths (see docs/scale.md)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="plan only: print the memory one batch needs, the "
+        "batch size chosen and why, and the projected store size; write nothing",
+    )
     p.add_argument("--resume", action="store_true", help="complete an interrupted capture in --out")
-    p.add_argument("--repair", action="store_true", help="check every chunk of the store in --out and capture "
-                   "again the images whose data is damaged or missing")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store (only a folder that "
-                   "holds a volviz store and nothing else)")
-    p.add_argument("--trust-factory", action="store_true", help="with --resume/--repair: allow the store's "
-                   "model spec to import a package.module:factory or load a TorchScript file")
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="check every chunk of the store in --out and capture again the images whose data is damaged or missing",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing store (only a folder that holds a volviz store and nothing else)",
+    )
+    p.add_argument(
+        "--trust-factory",
+        action="store_true",
+        help="with --resume/--repair: allow the store's "
+        "model spec to import a package.module:factory or load a TorchScript file",
+    )
     p.set_defaults(func=cmd_capture)
 
 
 def cmd_capture(a) -> int:
     from volviz.store.capture import CaptureSettings, resume_capture, run_capture
+
     setup_torch_threads()
     trust = {"trust_pickle": a.trust_pickle, "trust_factory": a.trust_factory}
     many = {"workers": a.workers, "scheduler": a.scheduler}
@@ -126,22 +209,41 @@ def cmd_capture(a) -> int:
         raise UserError(f"--workers must be at least 1 (got {a.workers})")
     if a.repair:
         from volviz.store.verify import repair_store
+
         store = repair_store(a.out, **trust)
     elif a.resume:
         store = resume_capture(a.out, **trust, **many)
     else:
         s = CaptureSettings(
-            model=a.model, weights=a.weights, images=a.images, layers=a.layers, layer_types=a.layer_types,
-            target=a.target, batch_size=a.batch_size, dtype="float16" if a.float16 else "float32",
-            gradients=not a.no_grads, weight_gradients=not (a.no_grads or a.no_weight_grads),
-            size=tuple(a.size) if a.size else None, channels=a.channels,
-            mean=tuple(a.mean) if a.mean else None, std=tuple(a.std) if a.std else None,
-            resize=a.resize, layout=a.layout, class_names_file=a.class_names, trust_pickle=a.trust_pickle, video_stride=a.video_stride,
+            model=a.model,
+            weights=a.weights,
+            images=a.images,
+            layers=a.layers,
+            layer_types=a.layer_types,
+            target=a.target,
+            batch_size=a.batch_size,
+            dtype="float16" if a.float16 else "float32",
+            gradients=not a.no_grads,
+            weight_gradients=not (a.no_grads or a.no_weight_grads),
+            size=tuple(a.size) if a.size else None,
+            channels=a.channels,
+            mean=tuple(a.mean) if a.mean else None,
+            std=tuple(a.std) if a.std else None,
+            resize=a.resize,
+            layout=a.layout,
+            class_names_file=a.class_names,
+            trust_pickle=a.trust_pickle,
+            video_stride=a.video_stride,
             max_images=a.max_images,
             memory_budget=int(a.memory_budget_gb * (1 << 30)) if a.memory_budget_gb else None,
-            weight_grad_layers=a.weight_grads, weight_grad_budget=int(a.weight_grad_budget_mb * (1 << 20)),
-            descriptors=a.descriptors, pool=a.pool, descriptors_only=a.descriptors_only, compress=a.compress,
-            store_budget=int(a.store_budget_gb * (1 << 30)) if a.store_budget_gb is not None else None)
+            weight_grad_layers=a.weight_grads,
+            weight_grad_budget=int(a.weight_grad_budget_mb * (1 << 20)),
+            descriptors=a.descriptors,
+            pool=a.pool,
+            descriptors_only=a.descriptors_only,
+            compress=a.compress,
+            store_budget=int(a.store_budget_gb * (1 << 30)) if a.store_budget_gb is not None else None,
+        )
         if a.dry_run:
             return dry_run(a.out, s)
         store = run_capture(a.out, s, overwrite=a.overwrite, **many)
@@ -155,13 +257,16 @@ def dry_run(out, s) -> int:
     from volviz.capture.memory import describe_memory_plan, fmt_bytes
     from volviz.store.capture import check_store_size, plan_capture
     from volviz.store.folder import prepare_folder_check
+
     prepare_folder_check(pathlib.Path(out), overwrite=True)
     plan, _, _ = plan_capture(s)
     size = check_store_size(plan, pathlib.Path(out), s.store_budget)
     print(describe_memory_plan(plan.memory))
     kept = [i.name for i in plan.layers if i.weight_grad and i.weight_shape]
-    print(f"store             {len(plan.images)} images, at most {fmt_bytes(size)} "
-          f"({fmt_bytes(size / max(1, len(plan.images)))} per image) in {out}")
+    print(
+        f"store             {len(plan.images)} images, at most {fmt_bytes(size)} "
+        f"({fmt_bytes(size / max(1, len(plan.images)))} per image) in {out}"
+    )
     print(f"weight gradients  full for {', '.join(kept) or 'no layer'}; filter norms for every layer")
     print("dry run: nothing was written")
     return 0
@@ -169,24 +274,32 @@ def dry_run(out, s) -> int:
 
 def describe_store(store, short: bool = False) -> str:
     import numpy as np
+
     p = store.plan
     done = store.done
-    lines = [f"store       {store.path}",
-             f"status      {'complete' if store.complete else 'INCOMPLETE: resume with volviz capture --resume --out ' + str(store.path)}",
-             f"model       {p.model.describe()}",
-             f"images      {int(done.sum())}/{store.n_images} captured, {len(p.skipped)} skipped",
-             f"target      {p.target}   dtype {p.dtype}   gradients {p.gradients}"]
+    lines = [
+        f"store       {store.path}",
+        "status      "
+        + ("complete" if store.complete else f"INCOMPLETE: resume with volviz capture --resume --out {store.path}"),
+        f"model       {p.model.describe()}",
+        f"images      {int(done.sum())}/{store.n_images} captured, {len(p.skipped)} skipped",
+        f"target      {p.target}   dtype {p.dtype}   gradients {p.gradients}",
+    ]
     if store.summary.get("accuracy") is not None:
         lines.append(f"accuracy    {store.summary['accuracy']:.3f} on labelled images")
     if store.class_names:
         names = store.class_names
-        lines.append(f"classes     {', '.join(names[:12])}" + (f", ... ({len(names)} names)" if len(names) > 12 else ""))
+        lines.append(
+            f"classes     {', '.join(names[:12])}" + (f", ... ({len(names)} names)" if len(names) > 12 else "")
+        )
     for layer, bad in (store.summary.get("nonfinite") or {}).items():
         lines.append(f"WARNING     {layer}: {bad} NaN/Inf activation values (rendered clamped, flagged in views)")
     lines.append("layers:")
     for info in store.layers.values():
         w = "x".join(map(str, info.weight_shape)) if info.weight_shape else "-"
-        lines.append(f"  {info.name:<28} {info.module_type:<10} act {'x'.join(map(str, info.act_shape)):<14} weight {w}")
+        lines.append(
+            f"  {info.name:<28} {info.module_type:<10} act {'x'.join(map(str, info.act_shape)):<14} weight {w}"
+        )
     if not short:
         for s in p.skipped:
             lines.append(f"skipped     {s['path']}: {s['reason']}")
@@ -206,9 +319,12 @@ def describe_store(store, short: bool = False) -> str:
 
 
 def add_info(sub) -> None:
-    p = sub.add_parser("info", help="print what a store holds",
-                       description="Print a store's model, images, layers and accuracy. --verify reads every "
-                       "chunk and checks its checksum (exit 1 when damage is found).")
+    p = sub.add_parser(
+        "info",
+        help="print what a store holds",
+        description="Print a store's model, images, layers and accuracy. --verify reads every "
+        "chunk and checks its checksum (exit 1 when damage is found).",
+    )
     p.add_argument("store")
     p.add_argument("--verify", action="store_true", help="read and check every chunk of every captured image")
     p.set_defaults(func=cmd_info)
@@ -216,10 +332,12 @@ def add_info(sub) -> None:
 
 def cmd_info(a) -> int:
     from volviz.store.store import Store
+
     store = Store.open(a.store)
     print(describe_store(store))
     if a.verify:
         from volviz.store.verify import verify_store
+
         report = verify_store(store)
         print(report.text())
         return 0 if report.ok else 1
@@ -238,6 +356,7 @@ def add_train_demo(sub) -> None:
 def cmd_train_demo(a) -> int:
     from volviz.sources import demo
     from volviz.sources.demo_training import train_demo
+
     names = demo.DEMO_NAMES if a.name == "all" else [a.name]
     for n in names:
         if n not in demo.DEMO_NAMES:
@@ -252,6 +371,7 @@ def _command_modules() -> list:
     import pkgutil
 
     import volviz.commands as pkg
+
     modules = [importlib.import_module(f"volviz.commands.{m.name}") for m in pkgutil.iter_modules(pkg.__path__)]
     return [m for m in modules if hasattr(m, "register")]  # common.py holds shared helpers
 
@@ -261,9 +381,11 @@ COMMANDS = [add_capture, add_info, add_train_demo]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="volviz", description="Look inside trained CNNs in 3D: layer volumes, gradients, "
-        "preferred inputs, network graphs.", formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=EPILOG)
+        prog="volviz",
+        description="Look inside trained CNNs in 3D: layer volumes, gradients, preferred inputs, network graphs.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in COMMANDS:
@@ -276,8 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if a.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
     if not getattr(a, "func", None):
         parser.print_help()

@@ -4,6 +4,7 @@ The CLI prints a ``VolvizError`` as one line and exits 2; anything else is a bug
 traceback. The families subclass ``ValueError`` or ``RuntimeError`` as well, so library callers who
 catch those keep working. This module is the lowest layer: it imports nothing from volviz.
 """
+
 from __future__ import annotations
 
 

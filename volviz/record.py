@@ -78,9 +78,7 @@ def write_movie(
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in MOVIE_SUFFIXES:
-        raise ValueError(
-            f"unknown movie format {path.suffix!r} for {path}; use one of {MOVIE_SUFFIXES}"
-        )
+        raise ValueError(f"unknown movie format {path.suffix!r} for {path}; use one of {MOVIE_SUFFIXES}")
     if not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,8 +89,7 @@ def write_movie(
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(frames, total=total, disable=not progress, unit="frame", desc=path.name,
-               leave=False)
+    bar = tqdm(frames, total=total, disable=not progress, unit="frame", desc=path.name, leave=False)
     try:
         n = _write_mp4(tmp, bar, fps, quality) if suffix == ".mp4" else _write_gif(tmp, bar, fps)
         if n == 0:
@@ -110,7 +107,7 @@ def _remove_stale_partials(path: Path) -> None:
     """A movie writer killed with -9 cannot clean up: remove the partial files of ``path`` that
     volviz wrote and whose writing process is gone (a running writer's file is kept)."""
     for old in path.parent.glob(f".{path.stem}.*.partial{path.suffix.lower()}"):
-        pid = old.name[len(path.stem) + 2:].split("-", 1)[0]
+        pid = old.name[len(path.stem) + 2 :].split("-", 1)[0]
         if not pid.isdigit():
             continue
         try:
@@ -134,9 +131,15 @@ def _write_mp4(tmp: Path, frames: Iterable[np.ndarray], fps: float, quality: int
             f = _pad_to_block(f)
             if writer is None:
                 writer = imageio_ffmpeg.write_frames(
-                    str(tmp), (f.shape[1], f.shape[0]), fps=fps, codec="libx264",
-                    pix_fmt_in="rgb24", pix_fmt_out="yuv420p", quality=quality,
-                    macro_block_size=_BLOCK, ffmpeg_log_level="error",
+                    str(tmp),
+                    (f.shape[1], f.shape[0]),
+                    fps=fps,
+                    codec="libx264",
+                    pix_fmt_in="rgb24",
+                    pix_fmt_out="yuv420p",
+                    quality=quality,
+                    macro_block_size=_BLOCK,
+                    ffmpeg_log_level="error",
                 )
                 writer.send(None)  # start ffmpeg
             writer.send(f)
@@ -190,9 +193,7 @@ def orbit_frames(
     try:
         for i in range(n_frames):
             az = math.radians(start_azimuth + 360.0 * i / n_frames)
-            direction = np.array(
-                [math.sin(az) * math.cos(el), -math.cos(az) * math.cos(el), math.sin(el)]
-            )
+            direction = np.array([math.sin(az) * math.cos(el), -math.cos(az) * math.cos(el), math.sin(el)])
             cam.position = tuple(center + dist * direction)
             cam.focal_point = tuple(center)
             cam.up = (0.0, 0.0, 1.0)

@@ -12,6 +12,7 @@ track of which flat features belong to which channel; anything else raises
 Split from the graph builder so that each reads in one sitting: this module knows nothing of
 tracing or networkx.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,7 +54,8 @@ class _Value:
             return False
         per = math.prod(shape[2:]) if len(shape) > 2 else 1
         return self.numel == per * len(self.src) and bool(
-            np.array_equal(self.bounds, np.arange(len(self.src) + 1) * per))
+            np.array_equal(self.bounds, np.arange(len(self.src) + 1) * per)
+        )
 
 
 def _union(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
@@ -101,7 +103,6 @@ def _regroup(v: _Value, n: int, what: str) -> list[tuple[int, ...]]:
     return out
 
 
-
 # ------------------------------------------------------------------------------ tracker
 @dataclass
 class UnitLayer:
@@ -124,7 +125,6 @@ class UnitLayer:
     feeds_from: set[str] = field(default_factory=set)  # names of layers with units in in_sources
 
 
-
 class ChannelTracker:
     """Follows channel maps through the ops of one forward pass (either tracer feeds it)."""
 
@@ -143,8 +143,9 @@ class ChannelTracker:
         self._names[name] = count + 1
         if count:  # a module called twice (shared weights): a second layer of units
             name = f"{name}#{count + 1}"
-        layer = UnitLayer(name, kind, module_type, int(n), self.n_units, len(self.layers),
-                          tuple(int(s) for s in out_shape))
+        layer = UnitLayer(
+            name, kind, module_type, int(n), self.n_units, len(self.layers), tuple(int(s) for s in out_shape)
+        )
         self.layers.append(layer)
         self.n_units += int(n)
         return layer
@@ -167,8 +168,18 @@ class ChannelTracker:
         layer = self._new_layer(INPUT, INPUT, "input", shape[1], shape[1:])
         self.values[key] = self._layer_value(layer, shape)
 
-    def weighted(self, kind: str, name: str, module_type: str, key_in, in_shape, key_out,
-                 out_shape, weight: torch.Tensor, transposed: bool = False) -> None:
+    def weighted(
+        self,
+        kind: str,
+        name: str,
+        module_type: str,
+        key_in,
+        in_shape,
+        key_out,
+        out_shape,
+        weight: torch.Tensor,
+        transposed: bool = False,
+    ) -> None:
         w = weight.detach().to("cpu", torch.float32)
         n_out = int(out_shape[1]) if kind != "linear" else int(w.shape[0])
         layer = self._new_layer(name, kind, module_type, n_out, out_shape[1:])
@@ -189,8 +200,7 @@ class ChannelTracker:
     def _thresh(self, w: torch.Tensor) -> torch.Tensor:
         return w.clamp_min(0) if self.mode == "relu" else w.abs()
 
-    def _conv_strength(self, layer: UnitLayer, w: torch.Tensor, v: _Value | None, in_shape,
-                       transposed: bool) -> None:
+    def _conv_strength(self, layer: UnitLayer, w: torch.Tensor, v: _Value | None, in_shape, transposed: bool) -> None:
         if transposed:  # (C_in, C_out / g, *k)
             c_in = int(w.shape[0])
             groups = layer.n_units // int(w.shape[1])
@@ -198,8 +208,9 @@ class ChannelTracker:
             per_in, per_out = c_in // groups, int(w.shape[1])
             s = torch.zeros(layer.n_units, c_in)
             for g in range(groups):
-                s[g * per_out:(g + 1) * per_out, g * per_in:(g + 1) * per_in] = \
-                    local[g * per_in:(g + 1) * per_in].T
+                s[g * per_out : (g + 1) * per_out, g * per_in : (g + 1) * per_in] = local[
+                    g * per_in : (g + 1) * per_in
+                ].T
         else:  # (C_out, C_in / g, *k)
             c_in = int(in_shape[1])
             per_in = int(w.shape[1])
@@ -211,8 +222,9 @@ class ChannelTracker:
                 s = torch.zeros(layer.n_units, c_in)
                 per_out = layer.n_units // groups
                 for g in range(groups):
-                    s[g * per_out:(g + 1) * per_out, g * per_in:(g + 1) * per_in] = \
-                        local[g * per_out:(g + 1) * per_out]
+                    s[g * per_out : (g + 1) * per_out, g * per_in : (g + 1) * per_in] = local[
+                        g * per_out : (g + 1) * per_out
+                    ]
         layer.strength = s.numpy().astype(np.float32, copy=False)
         if v is None:
             layer.in_sources = [()] * c_in
@@ -229,7 +241,8 @@ class ChannelTracker:
             if len(in_shape) > 2 and v.numel % d == 0:
                 raise GraphBuildError(
                     f"{layer.name}: a linear layer applied along the last axis of a "
-                    f"{tuple(in_shape)} tensor (per position) is not supported; flatten first")
+                    f"{tuple(in_shape)} tensor (per position) is not supported; flatten first"
+                )
             raise GraphBuildError(f"{layer.name}: expects {d} features, the traced input has {v.numel}")
         bounds = v.bounds
         keep = np.diff(bounds) > 0
@@ -238,8 +251,8 @@ class ChannelTracker:
         out = np.empty((layer.n_units, len(starts)), np.float32)
         rows = max(1, (1 << 24) // max(d, 1))  # ~64 MB of float32 per chunk
         for r in range(0, layer.n_units, rows):
-            chunk = self._thresh(w[r:r + rows]).pow(2).numpy()
-            out[r:r + rows] = np.sqrt(np.add.reduceat(chunk, starts, axis=1))
+            chunk = self._thresh(w[r : r + rows]).pow(2).numpy()
+            out[r : r + rows] = np.sqrt(np.add.reduceat(chunk, starts, axis=1))
         layer.strength = out
 
     # ---- pass-through ops
@@ -259,8 +272,7 @@ class ChannelTracker:
         if len(in_shape) >= 2 and in_shape[1] == 1 and len(out_shape) >= 2 and len(v.src) == 1:
             # a single-channel map broadcast over all channels (spatial attention)
             return _Value.channels([v.src[0]] * out_shape[1], out_shape)
-        raise GraphBuildError(
-            f"cannot follow channels through {name!r}: shape {list(in_shape)} -> {list(out_shape)}")
+        raise GraphBuildError(f"cannot follow channels through {name!r}: shape {list(in_shape)} -> {list(out_shape)}")
 
     def elementwise(self, name: str, keys_in: list, in_shapes: list, key_out, out_shape) -> None:
         if len(out_shape) < 2:

@@ -29,6 +29,7 @@ probability of their class, misclassified images with the highest probability of
 :class:`GroupsReport` is what ``volviz groups`` computes and writes (``sequence.json``; the strip PNG
 is :func:`volviz.views.figures.write_groups_report`'s) and reads back.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,13 +61,13 @@ BY = ("confusion", "descriptor")
 
 @dataclass
 class GroupItem:
-    index: int            # image index (in the store / the image list the labels came from)
-    group: str            # "reference" | "similar" | "dissimilar"
+    index: int  # image index (in the store / the image list the labels came from)
+    group: str  # "reference" | "similar" | "dissimilar"
     class_index: int
     correct: bool
     pred: int
-    prob: float           # probability of the predicted class
-    label: str            # human-readable group label for the time slider
+    prob: float  # probability of the predicted class
+    label: str  # human-readable group label for the time slider
     store_target: int = -1  # the neuron whose gradients the store holds for this image (-1: unknown)
 
     def to_dict(self) -> dict:
@@ -79,9 +80,9 @@ class ClassGroups:
     similar: int
     dissimilar: int
     by: str
-    similarity: np.ndarray                 # (K,) similarity of each class to the reference (NaN: no images)
+    similarity: np.ndarray  # (K,) similarity of each class to the reference (NaN: no images)
     items: list[GroupItem]
-    missing: list[str] = field(default_factory=list)   # groups with no image, and why
+    missing: list[str] = field(default_factory=list)  # groups with no image, and why
     class_names: list[str] | None = None
 
     def name(self, k: int) -> str:
@@ -99,13 +100,20 @@ class ClassGroups:
         return [(it.index, it.label) for it in self.items]
 
     def to_dict(self) -> dict:
-        return {"reference": self.name(self.reference), "similar": self.name(self.similar),
-                "dissimilar": self.name(self.dissimilar), "by": self.by,
-                "similarity": {self.name(k): (None if not np.isfinite(v) else round(float(v), 6))
-                               for k, v in enumerate(self.similarity)},
-                "sequence": [it.to_dict() for it in self.items], "missing": self.missing,
-                "store_has_reference_gradients": self.store_has_reference_gradients,
-                "class_names": self.class_names}
+        return {
+            "reference": self.name(self.reference),
+            "similar": self.name(self.similar),
+            "dissimilar": self.name(self.dissimilar),
+            "by": self.by,
+            "similarity": {
+                self.name(k): (None if not np.isfinite(v) else round(float(v), 6))
+                for k, v in enumerate(self.similarity)
+            },
+            "sequence": [it.to_dict() for it in self.items],
+            "missing": self.missing,
+            "store_has_reference_gradients": self.store_has_reference_gradients,
+            "class_names": self.class_names,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> ClassGroups:
@@ -113,16 +121,26 @@ class ClassGroups:
         names = d.get("class_names")
         index = (lambda s: names.index(s)) if names else int
         sim = np.array([np.nan if v is None else float(v) for v in d["similarity"].values()])
-        return cls(index(d["reference"]), index(d["similar"]), index(d["dissimilar"]), d["by"], sim,
-                   [GroupItem(**it) for it in d["sequence"]], list(d.get("missing", [])), names)
+        return cls(
+            index(d["reference"]),
+            index(d["similar"]),
+            index(d["dissimilar"]),
+            d["by"],
+            sim,
+            [GroupItem(**it) for it in d["sequence"]],
+            list(d.get("missing", [])),
+            names,
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
 
     def table(self) -> str:
-        lines = [f"reference class {self.name(self.reference)}; most similar {self.name(self.similar)}, "
-                 f"most dissimilar {self.name(self.dissimilar)} (by {self.by})",
-                 f"{'step':>4} {'image':>6}  {'group':<40} {'pred':>6} {'p(pred)':>8}"]
+        lines = [
+            f"reference class {self.name(self.reference)}; most similar {self.name(self.similar)}, "
+            f"most dissimilar {self.name(self.dissimilar)} (by {self.by})",
+            f"{'step':>4} {'image':>6}  {'group':<40} {'pred':>6} {'p(pred)':>8}",
+        ]
         for s, it in enumerate(self.items):
             lines.append(f"{s:>4} {it.index:>6}  {it.label:<40} {self.name(it.pred):>6} {it.prob:>8.3f}")
         lines += [f"missing: {m}" for m in self.missing]
@@ -155,9 +173,18 @@ def descriptor_similarity(descriptors: np.ndarray, labels: np.ndarray, reference
     return -np.linalg.norm(means - means[reference], axis=1)
 
 
-def pick_class_groups(labels: np.ndarray, pred: np.ndarray, probs: np.ndarray, reference: int, *,
-                      by: str = "confusion", similarity: np.ndarray | None = None, per_group: int = 1,
-                      class_names: list[str] | None = None, indices: np.ndarray | None = None) -> ClassGroups:
+def pick_class_groups(
+    labels: np.ndarray,
+    pred: np.ndarray,
+    probs: np.ndarray,
+    reference: int,
+    *,
+    by: str = "confusion",
+    similarity: np.ndarray | None = None,
+    per_group: int = 1,
+    class_names: list[str] | None = None,
+    indices: np.ndarray | None = None,
+) -> ClassGroups:
     """Choose the similar / dissimilar class and the images of each group.
 
     ``labels, pred, probs``: per image; ``indices``: the image index reported for each row
@@ -174,8 +201,10 @@ def pick_class_groups(labels: np.ndarray, pred: np.ndarray, probs: np.ndarray, r
         raise AnalysisError("per_group must be at least 1")
     if not (labels == reference).any():
         have = sorted(set(int(c) for c in labels if c >= 0))
-        raise EmptyClassError(f"reference class {name(reference)} has no labelled images; classes with "
-                              f"images: {', '.join(name(c) for c in have) or 'none (unlabelled set)'}")
+        raise EmptyClassError(
+            f"reference class {name(reference)} has no labelled images; classes with "
+            f"images: {', '.join(name(c) for c in have) or 'none (unlabelled set)'}"
+        )
     if similarity is None:
         if by != "confusion":
             raise AnalysisError("by='descriptor' needs the similarity computed from descriptors")
@@ -201,8 +230,7 @@ def pick_class_groups(labels: np.ndarray, pred: np.ndarray, probs: np.ndarray, r
             conf = probs[sel, pred[sel]]
             for i in sel[np.argsort(-conf, kind="stable")][:per_group]:
                 lab = f"{group} {name(c)} · {what}" + ("" if ok else f" as {name(int(pred[i]))}")
-                items.append(GroupItem(int(indices[i]), group, int(c), ok, int(pred[i]),
-                                       float(probs[i, pred[i]]), lab))
+                items.append(GroupItem(int(indices[i]), group, int(c), ok, int(pred[i]), float(probs[i, pred[i]]), lab))
     return ClassGroups(reference, similar, dissimilar, by, sim, items, missing, class_names)
 
 
@@ -212,13 +240,16 @@ def _store_descriptors(store, layer: str | None, rows: np.ndarray, batch_size: i
         layer = names[-2] if len(names) >= 2 else names[-1]
     if layer not in store.layers:
         raise AnalysisError(f"layer {layer!r} is not in this store; layers: {', '.join(names)}")
-    parts = [store.read_batch("activation", layer, rows[s:s + batch_size]).reshape(len(rows[s:s + batch_size]), -1)
-             for s in range(0, len(rows), batch_size)]
+    parts = [
+        store.read_batch("activation", layer, rows[s : s + batch_size]).reshape(len(rows[s : s + batch_size]), -1)
+        for s in range(0, len(rows), batch_size)
+    ]
     return np.concatenate(parts), layer
 
 
-def class_groups_from_store(store, reference, *, by: str = "confusion", per_group: int = 1,
-                            descriptor_layer: str | None = None) -> ClassGroups:
+def class_groups_from_store(
+    store, reference, *, by: str = "confusion", per_group: int = 1, descriptor_layer: str | None = None
+) -> ClassGroups:
     """:func:`pick_class_groups` on a store's captured images (indices are store indices)."""
     rows = np.flatnonzero(store.done)
     if len(rows) == 0:
@@ -232,8 +263,17 @@ def class_groups_from_store(store, reference, *, by: str = "confusion", per_grou
         desc, layer = _store_descriptors(store, descriptor_layer, rows)
         sim = descriptor_similarity(desc, labels, r, K)
         by = f"descriptor ({layer})"
-    groups = pick_class_groups(labels, pred, probs, r, by="descriptor" if sim is not None else by,
-                               similarity=sim, per_group=per_group, class_names=store.class_names, indices=rows)
+    groups = pick_class_groups(
+        labels,
+        pred,
+        probs,
+        r,
+        by="descriptor" if sim is not None else by,
+        similarity=sim,
+        per_group=per_group,
+        class_names=store.class_names,
+        indices=rows,
+    )
     groups.by = by
     target = store.column("target")
     for it in groups.items:
@@ -246,11 +286,11 @@ class GroupGradients:
     """Gradients of neuron ``reference`` w.r.t. one layer for every image of a sequence."""
 
     layer: str
-    quantity: str                 # grad_weight | grad_activation
+    quantity: str  # grad_weight | grad_activation
     reference: int
-    arrays: list[np.ndarray]      # one per sequence item
-    norms: np.ndarray             # (S,) Frobenius norm per item
-    clim: float                   # global max |grad| over the sequence: the shared colour scale
+    arrays: list[np.ndarray]  # one per sequence item
+    norms: np.ndarray  # (S,) Frobenius norm per item
+    clim: float  # global max |grad| over the sequence: the shared colour scale
 
     def group_means(self, groups: ClassGroups) -> dict[str, float]:
         out: dict[str, list[float]] = {}
@@ -259,8 +299,9 @@ class GroupGradients:
         return {k: float(np.mean(v)) for k, v in out.items()}
 
 
-def group_gradients(model, x, reference: int, layer: str, *, quantity: str = "grad_weight",
-                    output: str = "score") -> GroupGradients:
+def group_gradients(
+    model, x, reference: int, layer: str, *, quantity: str = "grad_weight", output: str = "score"
+) -> GroupGradients:
     """The gradient of neuron ``reference`` (its ``output``: 'score' before softmax as the capture
     stores, 'prob' or 'log-prob') for each image of ``x (S, C, H, W)`` (the sequence, in order)
     w.r.t. ``layer``'s weight or activation; one backward pass per image (S is small)."""
@@ -283,8 +324,11 @@ def group_gradients(model, x, reference: int, layer: str, *, quantity: str = "gr
             val = _output_values(model_logits(model(xi[None])), output)[0, int(reference)]
             wrt = modules[layer].weight if quantity == "grad_weight" else tap.records[layer].output
             (g,) = torch.autograd.grad(val, [wrt], allow_unused=True)
-        arrays.append(np.zeros(tuple(wrt.shape[1:] if quantity == "grad_activation" else wrt.shape), np.float32)
-                      if g is None else (g[0] if quantity == "grad_activation" else g).detach().float().numpy())
+        arrays.append(
+            np.zeros(tuple(wrt.shape[1:] if quantity == "grad_activation" else wrt.shape), np.float32)
+            if g is None
+            else (g[0] if quantity == "grad_activation" else g).detach().float().numpy()
+        )
     norms = np.array([float(np.linalg.norm(a)) for a in arrays])
     clim = float(max((np.abs(a).max() for a in arrays), default=0.0))
     return GroupGradients(layer, quantity, int(reference), arrays, norms, clim)
@@ -305,11 +349,14 @@ def magnitude_by_class(result, layer: str, reference: int) -> dict[int, dict[str
             continue
         ok = sel & (result.pred == c)
         bad = sel & (result.pred != c)
-        out[c] = {"n": int(sel.sum()), "mean": float(tot[sel].mean()),
-                  "median": float(np.median(tot[sel])),
-                  "correct": float(tot[ok].mean()) if ok.any() else float("nan"),
-                  "misclassified": float(tot[bad].mean()) if bad.any() else float("nan"),
-                  "n_misclassified": int(bad.sum())}
+        out[c] = {
+            "n": int(sel.sum()),
+            "mean": float(tot[sel].mean()),
+            "median": float(np.median(tot[sel])),
+            "correct": float(tot[ok].mean()) if ok.any() else float("nan"),
+            "misclassified": float(tot[bad].mean()) if bad.any() else float("nan"),
+            "n_misclassified": int(bad.sum()),
+        }
     return out
 
 
@@ -324,8 +371,9 @@ def group_stats(store, model, groups: ClassGroups, layer: str, output: str = "sc
     labels = store.column("label")
     idx = [int(i) for i in np.flatnonzero(store.done) if int(labels[i]) in wanted]
     inputs = InputSet([store.images[i] for i in idx], store.preprocess)
-    res = importance_on_the_fly(model, inputs, [layer], target=groups.reference, class_names=store.class_names,
-                                output=output, progress=False)
+    res = importance_on_the_fly(
+        model, inputs, [layer], target=groups.reference, class_names=store.class_names, output=output, progress=False
+    )
     mag = magnitude_by_class(res, layer, groups.reference)
     return {g: dict(mag[c], **{"class": groups.name(c)}) for c, g in wanted.items() if c in mag}
 
@@ -343,9 +391,20 @@ class GroupsReport:
     store: str = ""
 
     @classmethod
-    def compute(cls, store, model, reference, *, by: str = "confusion", per_group: int = 1,
-                descriptor_layer: str | None = None, layer: str | None = None, quantity: str = "grad_weight",
-                output: str = "score", stats: bool = True) -> GroupsReport:
+    def compute(
+        cls,
+        store,
+        model,
+        reference,
+        *,
+        by: str = "confusion",
+        per_group: int = 1,
+        descriptor_layer: str | None = None,
+        layer: str | None = None,
+        quantity: str = "grad_weight",
+        output: str = "score",
+        stats: bool = True,
+    ) -> GroupsReport:
         """The groups of ``store`` for ``reference``; gradients of ``layer`` (default: the first
         captured layer with weights) on the store's images, preprocessed as at capture. ``model``:
         the module, or a function returning it (called once the groups are known, so that a bad
@@ -353,8 +412,10 @@ class GroupsReport:
         from torch import nn
 
         from volviz.analysis.inputs import InputSet
-        groups = class_groups_from_store(store, reference, by=by, per_group=per_group,
-                                         descriptor_layer=descriptor_layer)
+
+        groups = class_groups_from_store(
+            store, reference, by=by, per_group=per_group, descriptor_layer=descriptor_layer
+        )
         model = model if isinstance(model, nn.Module) else model()
         layer = layer or next((n for n, i in store.layers.items() if i.weight_shape), None) or next(iter(store.layers))
         x = InputSet([store.images[it.index] for it in groups.items], store.preprocess).tensor(range(len(groups.items)))
@@ -371,8 +432,15 @@ class GroupsReport:
     def to_dict(self) -> dict:
         gg = self.gradients
         d = self.groups.to_dict()
-        d.update(layer=gg.layer, quantity=gg.quantity, output=self.output, clim=gg.clim,
-                 norms=[float(v) for v in gg.norms], store=self.store, group_stats=self.stats)
+        d.update(
+            layer=gg.layer,
+            quantity=gg.quantity,
+            output=self.output,
+            clim=gg.clim,
+            norms=[float(v) for v in gg.norms],
+            store=self.store,
+            group_stats=self.stats,
+        )
         return d
 
     def write(self, folder) -> list[str]:
@@ -385,8 +453,10 @@ class GroupsReport:
             d = json.loads(read_inside(folder, "sequence.json"))
             groups = ClassGroups.from_dict(d)
         except (ValueError, KeyError, TypeError):
-            raise AnalysisError(f"{folder} holds no readable sequence.json: not a `volviz groups --out` "
-                                "folder") from None
-        gg = GroupGradients(d["layer"], d["quantity"], groups.reference, [], np.asarray(d["norms"], np.float64),
-                            float(d["clim"]))
+            raise AnalysisError(
+                f"{folder} holds no readable sequence.json: not a `volviz groups --out` folder"
+            ) from None
+        gg = GroupGradients(
+            d["layer"], d["quantity"], groups.reference, [], np.asarray(d["norms"], np.float64), float(d["clim"])
+        )
         return cls(groups, gg, d.get("output", "score"), d.get("group_stats", {}), d.get("store", ""))

@@ -10,6 +10,7 @@ channel shuffle, matmul...) raise :class:`GraphBuildError` naming the op.
 :func:`trace_dataflow` returns the unit layers with their weight strengths;
 :mod:`volviz.analysis.network_graph` turns them into a graph.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,15 +35,55 @@ _CONV = {"conv1d", "conv2d", "conv3d"}
 _CONV_T = {"conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
 _LINEAR = {"linear"}
 _CAT = {"cat", "concat", "concatenate"}
-_CONST = {"zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
-          "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor"}
+_CONST = {
+    "zeros_like",
+    "ones_like",
+    "empty_like",
+    "full_like",
+    "rand_like",
+    "randn_like",
+    "new_zeros",
+    "new_ones",
+    "new_empty",
+    "new_full",
+    "new_tensor",
+}
 # ops that move, mix or select channels in ways a per-channel map cannot follow
-_UNSUPPORTED = {"permute", "transpose", "t", "movedim", "moveaxis", "swapaxes", "swapdims",
-                "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle",
-                "matmul", "bmm", "mm", "einsum", "baddbmm", "roll", "flip", "gather",
-                "index_select", "split", "chunk", "unbind", "narrow", "select", "stack",
-                "tensor_split", "split_with_sizes", "take", "masked_select", "bilinear",
-                "multi_head_attention_forward", "scaled_dot_product_attention"}
+_UNSUPPORTED = {
+    "permute",
+    "transpose",
+    "t",
+    "movedim",
+    "moveaxis",
+    "swapaxes",
+    "swapdims",
+    "pixel_shuffle",
+    "pixel_unshuffle",
+    "channel_shuffle",
+    "native_channel_shuffle",
+    "matmul",
+    "bmm",
+    "mm",
+    "einsum",
+    "baddbmm",
+    "roll",
+    "flip",
+    "gather",
+    "index_select",
+    "split",
+    "chunk",
+    "unbind",
+    "narrow",
+    "select",
+    "stack",
+    "tensor_split",
+    "split_with_sizes",
+    "take",
+    "masked_select",
+    "bilinear",
+    "multi_head_attention_forward",
+    "scaled_dot_product_attention",
+}
 # inert calls whose tensor result carries no data of the input (or is not data)
 _SKIP = {"size", "dim", "numel", "shape", "get", "__get__", "device", "dtype"}
 
@@ -68,9 +109,6 @@ class Dataflow:
 
     def layer_of(self, uid: int) -> UnitLayer:
         return self.layers[int(self.unit_layer[uid])]
-
-
-
 
     def alias(self, key_out, key_in) -> None:
         self.values[key_out] = self.values[key_in]
@@ -113,8 +151,9 @@ def _trace_fx(model: nn.Module, x: torch.Tensor, tracker: ChannelTracker) -> Non
             if placeholders == 0:
                 tracker.input(node, out_shape)
             elif out_shape is not None:
-                raise GraphBuildError(f"models with several tensor inputs are not supported "
-                                      f"(second input {node.name!r})")
+                raise GraphBuildError(
+                    f"models with several tensor inputs are not supported (second input {node.name!r})"
+                )
             placeholders += 1
             continue
         if node.op in ("get_attr", "output"):
@@ -140,15 +179,24 @@ def _trace_fx(model: nn.Module, x: torch.Tensor, tracker: ChannelTracker) -> Non
             weight = _fetch_attr(gm, str(wnode.target))
             layer = str(wnode.target).rsplit(".", 1)[0] if "." in str(wnode.target) else str(wnode.target)
             kind = "linear" if op in _LINEAR else "conv"
-            tracker.weighted(kind, layer, op, traced[0], shapes[0], node, out_shape, weight,
-                             transposed=op in _CONV_T)
+            tracker.weighted(kind, layer, op, traced[0], shapes[0], node, out_shape, weight, transposed=op in _CONV_T)
             continue
         if op == "getitem":
             tracker.getitem(traced[0], shapes[0], node.args[1], node, out_shape)
             continue
-        _generic_op(tracker, op, node, node.format_node(), node.args, node.kwargs, traced, shapes,
-                    out_shape, lambda a: a if isinstance(a, Node) and tracker.has(a) else None,
-                    lambda a: _shape(a.meta.get("tensor_meta")) if isinstance(a, Node) else None)
+        _generic_op(
+            tracker,
+            op,
+            node,
+            node.format_node(),
+            node.args,
+            node.kwargs,
+            traced,
+            shapes,
+            out_shape,
+            lambda a: a if isinstance(a, Node) and tracker.has(a) else None,
+            lambda a: _shape(a.meta.get("tensor_meta")) if isinstance(a, Node) else None,
+        )
 
 
 def _fetch_attr(gm, target: str) -> torch.Tensor:
@@ -162,25 +210,31 @@ def _module_op(tracker: ChannelTracker, name: str, mod: nn.Module, key_in, in_sh
     if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         tracker.weighted("conv", name, type(mod).__name__, key_in, in_shape, key_out, out_shape, mod.weight)
     elif isinstance(mod, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-        tracker.weighted("conv", name, type(mod).__name__, key_in, in_shape, key_out, out_shape,
-                         mod.weight, transposed=True)
+        tracker.weighted(
+            "conv", name, type(mod).__name__, key_in, in_shape, key_out, out_shape, mod.weight, transposed=True
+        )
     elif isinstance(mod, nn.Linear):
         tracker.weighted("linear", name, "Linear", key_in, in_shape, key_out, out_shape, mod.weight)
-    elif isinstance(mod, (nn.ChannelShuffle, nn.PixelShuffle, nn.PixelUnshuffle, nn.MultiheadAttention,
-                          nn.Bilinear, nn.Unfold, nn.Fold)):
+    elif isinstance(
+        mod,
+        (nn.ChannelShuffle, nn.PixelShuffle, nn.PixelUnshuffle, nn.MultiheadAttention, nn.Bilinear, nn.Unfold, nn.Fold),
+    ):
         raise GraphBuildError(f"cannot follow channels through module {name!r} ({type(mod).__name__})")
     else:  # BatchNorm, ReLU, pooling, dropout, Flatten, Identity, ... map channels through
         tracker.passthrough(f"{name} ({type(mod).__name__})", key_in, in_shape, key_out, out_shape)
 
 
-def _generic_op(tracker: ChannelTracker, op: str, key_out, where: str, args, kwargs, traced, shapes,
-                out_shape, key_of, shape_of) -> None:
+def _generic_op(
+    tracker: ChannelTracker, op: str, key_out, where: str, args, kwargs, traced, shapes, out_shape, key_of, shape_of
+) -> None:
     if op in _SKIP or op in _CONST:
         return
     if op in _UNSUPPORTED:
-        raise GraphBuildError(f"cannot follow channels through {op!r} (in {where}); the network "
-                              "graph supports convs, linears, element-wise ops, pooling, norms, "
-                              "residual adds, channel concatenation and flatten/view")
+        raise GraphBuildError(
+            f"cannot follow channels through {op!r} (in {where}); the network "
+            "graph supports convs, linears, element-wise ops, pooling, norms, "
+            "residual adds, channel concatenation and flatten/view"
+        )
     if op in _CAT:
         tensors = args[0] if args else kwargs.get("tensors")
         dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
@@ -248,8 +302,17 @@ def _trace_dispatch(model: nn.Module, x: torch.Tensor, tracker: ChannelTracker) 
                 pname = param_names.get(id(weight))
                 layer = pname.rsplit(".", 1)[0] if pname and "." in pname else (pname or op)
                 mtype = type(modules[layer]).__name__ if layer in modules else op
-                tracker.weighted("linear" if op in _LINEAR else "conv", layer, mtype, id(inp), shape(inp),
-                                 id(out), shape(out), weight, transposed=op in _CONV_T)
+                tracker.weighted(
+                    "linear" if op in _LINEAR else "conv",
+                    layer,
+                    mtype,
+                    id(inp),
+                    shape(inp),
+                    id(out),
+                    shape(out),
+                    weight,
+                    transposed=op in _CONV_T,
+                )
                 return
             if op == "getitem":
                 tracker.getitem(id(args[0]), shape(args[0]), args[1], id(out), shape(out))
@@ -261,8 +324,9 @@ def _trace_dispatch(model: nn.Module, x: torch.Tensor, tracker: ChannelTracker) 
                 if len(traced) > 1:
                     tracker.elementwise(op, keys, shapes, id(out), shape(out))
                 return
-            _generic_op(tracker, op, id(out), f"{name} -> {list(out.shape)}", args, kwargs, keys,
-                        shapes, shape(out), key, shape)
+            _generic_op(
+                tracker, op, id(out), f"{name} -> {list(out.shape)}", args, kwargs, keys, shapes, shape(out), key, shape
+            )
 
     x = x.clone()
     alive.append(x)
@@ -272,8 +336,9 @@ def _trace_dispatch(model: nn.Module, x: torch.Tensor, tracker: ChannelTracker) 
 
 
 # ------------------------------------------------------------------------------ entry point
-def trace_dataflow(model: nn.Module, input_shape: tuple[int, ...], *, tracer: str = "auto",
-                   mode: str = "relu", seed: int = 0) -> Dataflow:
+def trace_dataflow(
+    model: nn.Module, input_shape: tuple[int, ...], *, tracer: str = "auto", mode: str = "relu", seed: int = 0
+) -> Dataflow:
     """Trace ``model`` on one random input of ``input_shape = (C, H, W)`` into unit layers with
     their input-channel sources and weight strengths (no top-k yet)."""
     if tracer not in TRACERS:
@@ -295,8 +360,7 @@ def trace_dataflow(model: nn.Module, input_shape: tuple[int, ...], *, tracer: st
                         raise
                     first = str(exc).splitlines()[0][:300]
                     raise GraphBuildError(f"torch.fx cannot trace the model: {first}") from None
-                log.info("torch.fx failed (%s); tracing one forward pass instead",
-                         str(exc).splitlines()[0][:200])
+                log.info("torch.fx failed (%s); tracing one forward pass instead", str(exc).splitlines()[0][:200])
                 tracker = ChannelTracker(mode)
                 used = "dispatch"
         if used == "dispatch":
@@ -305,13 +369,14 @@ def trace_dataflow(model: nn.Module, input_shape: tuple[int, ...], *, tracer: st
             except GraphBuildError:
                 raise
             except Exception as exc:
-                raise GraphBuildError(f"the model does not run on an input of shape {tuple(x.shape)}: "
-                                      f"{str(exc).splitlines()[0][:300]}") from None
+                raise GraphBuildError(
+                    f"the model does not run on an input of shape {tuple(x.shape)}: {str(exc).splitlines()[0][:300]}"
+                ) from None
     finally:
         model.train(was_training)
     if len(tracker.layers) < 2:
         raise GraphBuildError("the model has no conv or linear layer reachable from its input")
     unit_layer = np.empty(tracker.n_units, np.int32)
     for i, layer in enumerate(tracker.layers):
-        unit_layer[layer.first_id:layer.first_id + layer.n_units] = i
+        unit_layer[layer.first_id : layer.first_id + layer.n_units] = i
     return Dataflow(tracker.layers, used, unit_layer)

@@ -25,6 +25,7 @@ Compared against the FD values:
 * ``stored_rel_error``: the gradient volviz captured (float32 or float16 store, batched per-image
   path), when given (validates what the app shows).
 """
+
 from __future__ import annotations
 
 import copy
@@ -55,8 +56,8 @@ class GradCheckRow:
     layer: str
     filter: int
     n_weights: int
-    grad_norm: float          # ||g_bp|| over the sampled weights
-    rel_error: float          # float64 backprop vs FD
+    grad_norm: float  # ||g_bp|| over the sampled weights
+    rel_error: float  # float64 backprop vs FD
     max_abs_error: float
     kinks: int
     stored_rel_error: float | None = None
@@ -91,18 +92,24 @@ class GradCheckReport:
 
     def table(self) -> str:
         has_store = any(r.stored_rel_error is not None for r in self.rows)
-        head = f"{'image':>5} {'layer':<14} {'filter':>6} {'weights':>7} {'||grad||':>11} {'rel.err f64':>12} {'max abs err':>12} {'kinks':>5}"
+        head = (
+            f"{'image':>5} {'layer':<14} {'filter':>6} {'weights':>7} {'||grad||':>11} {'rel.err f64':>12} "
+            f"{'max abs err':>12} {'kinks':>5}"
+        )
         if has_store:
             head += f" {'rel.err store':>13}"
         lines = [head + "  ok"]
         for r in self.rows:
-            line = (f"{r.image:>5} {r.layer:<14} {r.filter:>6} {r.n_weights:>7} {r.grad_norm:>11.4g} "
-                    f"{r.rel_error:>12.3e} {r.max_abs_error:>12.3e} {r.kinks:>5}")
+            line = (
+                f"{r.image:>5} {r.layer:<14} {r.filter:>6} {r.n_weights:>7} {r.grad_norm:>11.4g} "
+                f"{r.rel_error:>12.3e} {r.max_abs_error:>12.3e} {r.kinks:>5}"
+            )
             if has_store:
                 line += f" {r.stored_rel_error:>13.3e}" if r.stored_rel_error is not None else f" {'-':>13}"
             lines.append(line + ("  yes" if r.passed(self.tol, self.store_tol) else "  NO"))
-        summary = (f"worst relative error {self.worst:.3e} (float64 backprop vs central differences, "
-                   f"tolerance {self.tol:g})")
+        summary = (
+            f"worst relative error {self.worst:.3e} (float64 backprop vs central differences, tolerance {self.tol:g})"
+        )
         if has_store:
             summary += f"; stored gradients {self.worst_stored:.3e} (tolerance {self.store_tol:g})"
         lines += ["", f"step: {self.step_rule}", summary, "PASSED" if self.passed else "FAILED"]
@@ -114,8 +121,10 @@ class GradCheckReport:
         buf.write("image,layer,filter,n_weights,grad_norm,rel_error,max_abs_error,kinks,stored_rel_error,passed\n")
         for r in self.rows:
             s = "" if r.stored_rel_error is None else f"{r.stored_rel_error:.6e}"
-            buf.write(f"{r.image},{r.layer},{r.filter},{r.n_weights},{r.grad_norm:.6e},{r.rel_error:.6e},"
-                      f"{r.max_abs_error:.6e},{r.kinks},{s},{r.passed(self.tol, self.store_tol)}\n")
+            buf.write(
+                f"{r.image},{r.layer},{r.filter},{r.n_weights},{r.grad_norm:.6e},{r.rel_error:.6e},"
+                f"{r.max_abs_error:.6e},{r.kinks},{s},{r.passed(self.tol, self.store_tol)}\n"
+            )
         return buf.getvalue()
 
 
@@ -133,19 +142,30 @@ def _central(model, x, target: int, flat_p: torch.Tensor, j: int, i: int, w0: fl
     wm = float(flat_p[j, i])
     fm = float(_score(model, x, target))
     flat_p[j, i] = w0  # exact original value
-    step = wp - wm      # the step actually representable in float64
+    step = wp - wm  # the step actually representable in float64
     return (fp - fm) / step, 4 * EPS64 * max(abs(fp), abs(fm), 1e-300) / step, (fp, fm, wp, wm)
 
 
-def check_gradients(model: nn.Module, x: torch.Tensor, target: int, layers: list[str] | None = None, *,
-                    filters_per_layer: int = 4, weights_per_filter: int = 16, seed: int = 0,
-                    stored: dict[str, np.ndarray] | None = None, image: int = 0,
-                    tol: float = 1e-3, store_tol: float = 1e-3) -> GradCheckReport:
+def check_gradients(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: int,
+    layers: list[str] | None = None,
+    *,
+    filters_per_layer: int = 4,
+    weights_per_filter: int = 16,
+    seed: int = 0,
+    stored: dict[str, np.ndarray] | None = None,
+    image: int = 0,
+    tol: float = 1e-3,
+    store_tol: float = 1e-3,
+) -> GradCheckReport:
     """Compare backprop and central differences for one image ``x`` ``(1, C, H, W)`` (already
     preprocessed) and output neuron ``target``.
 
     Per layer, the filter with the largest gradient and ``filters_per_layer - 1`` random others
-    (preferring filters whose gradient is not exactly zero) are checked, each on ``weights_per_filter`` random weights (all when the filter has fewer).
+    (preferring filters whose gradient is not exactly zero) are checked, each on ``weights_per_filter``
+    random weights (all when the filter has fewer).
     ``stored[layer]``: the captured gradient of the whole weight, compared too when given.
     ``model`` itself is never modified (a float64 deep copy is perturbed).
     """
@@ -200,8 +220,10 @@ def check_gradients(model: nn.Module, x: torch.Tensor, target: int, layers: list
                     # changes D(h) by about the jump of the slope (off-centre kinks), and the
                     # one-sided slopes disagree (a kink at w itself): no derivative, leave it out
                     d_plus, d_minus = (fp - f0) / (wp - w0), (f0 - fm) / (w0 - wm)
-                    if (abs(d - d2) > 1e-6 * max(abs(d), abs(d2)) + 100 * max(rnd, rnd2)
-                            or abs(d_plus - d_minus) > 1e-2 * (abs(d_plus) + abs(d_minus)) + 100 * rnd):
+                    if (
+                        abs(d - d2) > 1e-6 * max(abs(d), abs(d2)) + 100 * max(rnd, rnd2)
+                        or abs(d_plus - d_minus) > 1e-2 * (abs(d_plus) + abs(d_minus)) + 100 * rnd
+                    ):
                         kinks += 1
                         continue
                     fd.append(d)
@@ -217,13 +239,26 @@ def check_gradients(model: nn.Module, x: torch.Tensor, target: int, layers: list
                     s_a = st[j, keep]
                     sd = max(np.linalg.norm(fd_a), np.linalg.norm(s_a), floor, 1e-300)
                     srel = float(np.linalg.norm(fd_a - s_a) / sd) if len(fd) else 0.0
-                rows.append(GradCheckRow(image, name, j, len(fd), float(np.linalg.norm(bp_a)), rel,
-                                         float(np.abs(diff).max()) if len(fd) else 0.0, kinks, srel))
+                rows.append(
+                    GradCheckRow(
+                        image,
+                        name,
+                        j,
+                        len(fd),
+                        float(np.linalg.norm(bp_a)),
+                        rel,
+                        float(np.abs(diff).max()) if len(fd) else 0.0,
+                        kinks,
+                        srel,
+                    )
+                )
     for name, p, o in zip(layers, params, originals):
         if not torch.equal(p, o):  # pragma: no cover - guards the "every perturbation undone" rule
             raise RuntimeError(f"finite differences left {name}.weight changed")
     notes = []
     if any(r.kinks for r in rows):
-        notes.append(f"{sum(r.kinks for r in rows)} weight(s) skipped: the step crossed a kink "
-                     "(ReLU / max-pool switch), where the derivative does not exist")
+        notes.append(
+            f"{sum(r.kinks for r in rows)} weight(s) skipped: the step crossed a kink "
+            "(ReLU / max-pool switch), where the derivative does not exist"
+        )
     return GradCheckReport(rows, tol, store_tol, notes=notes)

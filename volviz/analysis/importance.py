@@ -32,6 +32,7 @@ convolutions; a few MiB for the demo models), plus the result, ``N x sum(C_out)`
 The files of ``volviz importance`` are :mod:`volviz.analysis.importance_report`'s; the grids are
 drawn by :mod:`volviz.views.figures`. This module needs torch, no matplotlib, pyvista or trame.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -73,8 +74,11 @@ OUTPUTS = ("score", "prob", "log-prob")
 # ---- layers -----------------------------------------------------------------------------------
 def weighted_layers(model: nn.Module) -> list[str]:
     """Names of the leaf modules with a ``weight`` parameter, in module order."""
-    return [n for n, m in model.named_modules()
-            if n and not list(m.children()) and isinstance(getattr(m, "weight", None), nn.Parameter)]
+    return [
+        n
+        for n, m in model.named_modules()
+        if n and not list(m.children()) and isinstance(getattr(m, "weight", None), nn.Parameter)
+    ]
 
 
 def check_weighted_layers(model: nn.Module, layers: list[str] | None) -> list[str]:
@@ -95,8 +99,10 @@ def check_weighted_layers(model: nn.Module, layers: list[str] | None) -> list[st
         if name not in valid:
             kind = type(modules[name]).__name__
             what = "is a container" if name not in leaves else "has no weights"
-            raise NoWeightsError(f"layer {name!r} ({kind}) {what}, so it has no filters to score. "
-                                 f"Layers with weights: {', '.join(valid)}")
+            raise NoWeightsError(
+                f"layer {name!r} ({kind}) {what}, so it has no filters to score. "
+                f"Layers with weights: {', '.join(valid)}"
+            )
     return list(layers)
 
 
@@ -137,14 +143,14 @@ class ImportanceResult:
     """Per-image filter importance of every layer, with what is needed to group it by class."""
 
     layers: list[str]
-    per_image: dict[str, np.ndarray]    # layer -> (N, C_out) float32
-    label: np.ndarray                   # (N,) -1 = unlabelled
-    target: np.ndarray                  # (N,) the output neuron whose gradient was taken
-    pred: np.ndarray                    # (N,)
+    per_image: dict[str, np.ndarray]  # layer -> (N, C_out) float32
+    label: np.ndarray  # (N,) -1 = unlabelled
+    target: np.ndarray  # (N,) the output neuron whose gradient was taken
+    pred: np.ndarray  # (N,)
     class_names: list[str] | None
     n_classes: int
     image_ids: list[str] = field(default_factory=list)
-    source: str = ""                    # "store" | "model"
+    source: str = ""  # "store" | "model"
 
     @property
     def n_images(self) -> int:
@@ -169,11 +175,13 @@ class ImportanceResult:
             if input_class not in present:
                 raise EmptyClassError(
                     f"class {self.class_name(input_class)} has no images here; classes with images: "
-                    f"{', '.join(self.class_name(c) for c in present) or 'none (unlabelled images)'}")
+                    f"{', '.join(self.class_name(c) for c in present) or 'none (unlabelled images)'}"
+                )
             raise EmptyClassError(
                 f"no images of class {self.class_name(input_class)} analysed w.r.t. output neuron "
                 f"{self.class_name(reference)} (their gradients were taken for other neurons); capture "
-                "with --target true or this class, or use --images")
+                "with --target true or this class, or use --images"
+            )
         return self._layer(layer)[sel].astype(np.float64).mean(0), n
 
     def class_relevance(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
@@ -196,7 +204,7 @@ class ImportanceResult:
     def total_norm(self, layer: str) -> np.ndarray:
         """(N,) the norm of the whole weight gradient of the layer per image."""
         imp = self._layer(layer).astype(np.float64)
-        return np.sqrt((imp ** 2).sum(1))
+        return np.sqrt((imp**2).sum(1))
 
 
 # ---- on the fly -------------------------------------------------------------------------------
@@ -211,8 +219,9 @@ def _gram_is_cheaper(module: nn.Module, grad_out: torch.Tensor) -> bool:
     return L * (ci + module.out_channels) < module.out_channels * ci
 
 
-def conv2d_filter_norms_gram(module: nn.Conv2d, inp: torch.Tensor, grad_out: torch.Tensor,
-                             max_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
+def conv2d_filter_norms_gram(
+    module: nn.Conv2d, inp: torch.Tensor, grad_out: torch.Tensor, max_bytes: int = DEFAULT_CHUNK_BYTES
+) -> torch.Tensor:
     """Per-image filter norms of a (groups=1) Conv2d without forming the gradients:
     ``||G_n[j]||^2 = g_nj^T (U_n^T U_n) g_nj`` with ``U_n`` the unfolded input (ci x L) and
     ``g_nj`` filter j's output gradient (L) (Goodfellow 2015, Rochette et al. 2019)."""
@@ -227,10 +236,11 @@ def conv2d_filter_norms_gram(module: nn.Conv2d, inp: torch.Tensor, grad_out: tor
     step = max(1, int(max_bytes // ((ci * L + L * L + module.out_channels * L) * 4)))
     out = []
     for s in range(0, n_all, step):
-        cols = F.unfold(inp[s:s + step], module.kernel_size, dilation=module.dilation, padding=padding,
-                        stride=module.stride)                      # (n, ci, L)
-        gram = torch.bmm(cols.transpose(1, 2), cols)               # (n, L, L)
-        g = grad_out[s:s + step].reshape(cols.shape[0], module.out_channels, L)
+        cols = F.unfold(
+            inp[s : s + step], module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride
+        )  # (n, ci, L)
+        gram = torch.bmm(cols.transpose(1, 2), cols)  # (n, L, L)
+        g = grad_out[s : s + step].reshape(cols.shape[0], module.out_channels, L)
         out.append((torch.bmm(g, gram) * g).sum(2).clamp_min(0).sqrt())
     return torch.cat(out)
 
@@ -245,11 +255,17 @@ def _output_values(logits: torch.Tensor, output: str) -> torch.Tensor:
     raise AnalysisError(f"unknown output {output!r}; valid: {', '.join(OUTPUTS)}")
 
 
-def batch_filter_importance(model: nn.Module, x: torch.Tensor, layers: list[str],
-                            target: torch.Tensor | str | int = "pred", *, labels: torch.Tensor | None = None,
-                            class_names: list[str] | None = None, output: str = "score",
-                            max_bytes: int = DEFAULT_CHUNK_BYTES
-                            ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+def batch_filter_importance(
+    model: nn.Module,
+    x: torch.Tensor,
+    layers: list[str],
+    target: torch.Tensor | str | int = "pred",
+    *,
+    labels: torch.Tensor | None = None,
+    class_names: list[str] | None = None,
+    output: str = "score",
+    max_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """One batch: filter norms ``(n, C_out)`` of every layer's per-image weight gradient of the
     score of one output neuron per image, the batch's logits and the neurons used.
 
@@ -258,8 +274,10 @@ def batch_filter_importance(model: nn.Module, x: torch.Tensor, layers: list[str]
     (before softmax, as the capture does), its softmax ``prob`` or its ``log-prob``. Per-image
     gradients exist for at most ``max_bytes`` of one layer at a time."""
     if model.training:
-        raise AnalysisError("importance needs model.eval(): in training mode dropout and batch norm "
-                            "mix images and the per-image gradients would be wrong")
+        raise AnalysisError(
+            "importance needs model.eval(): in training mode dropout and batch norm "
+            "mix images and the per-image gradients would be wrong"
+        )
     modules = dict(model.named_modules())
     fast = [n for n in layers if has_fast_path(modules[n])]
     slow = [n for n in layers if n not in fast]
@@ -269,9 +287,13 @@ def batch_filter_importance(model: nn.Module, x: torch.Tensor, layers: list[str]
         if not logits.requires_grad:
             raise NotDifferentiableError(
                 "the model's output does not depend differentiably on its weights (no gradient "
-                "graph: torch.no_grad, detach or integer ops inside forward)")
-        targets = target if isinstance(target, torch.Tensor) else resolve_targets(
-            target, logits.detach(), labels, class_names)
+                "graph: torch.no_grad, detach or integer ops inside forward)"
+            )
+        targets = (
+            target
+            if isinstance(target, torch.Tensor)
+            else resolve_targets(target, logits.detach(), labels, class_names)
+        )
         score = _output_values(logits, output).gather(1, targets.view(-1, 1)).sum()
         missing = [n for n in layers if n not in tap.records]
         if missing:
@@ -285,7 +307,8 @@ def batch_filter_importance(model: nn.Module, x: torch.Tensor, layers: list[str]
             if g is None:
                 raise NotDifferentiableError(
                     f"the output does not depend differentiably on layer {name!r} (the gradient "
-                    "path is cut between it and the output: integer ops, .detach(), argmax ...)")
+                    "path is cut between it and the output: integer ops, .detach(), argmax ...)"
+                )
         for name, g in zip(layers, grads):
             if name not in fast:
                 continue
@@ -299,15 +322,17 @@ def batch_filter_importance(model: nn.Module, x: torch.Tensor, layers: list[str]
                 continue
             numel = module.weight.numel()
             step = max(1, int(max_bytes // (numel * 4)))
-            parts = [filter_norms(hook_per_sample_grad(module, inp[s:s + step], g[s:s + step]))
-                     for s in range(0, len(inp), step)]
+            parts = [
+                filter_norms(hook_per_sample_grad(module, inp[s : s + step], g[s : s + step]))
+                for s in range(0, len(inp), step)
+            ]
             out[name] = torch.cat(parts).float()
     if slow:
         params = [f"{n}.weight" for n in slow]
         step = max(1, int(max_bytes // max(sum(modules[n].weight.numel() for n in slow) * 4, 1)))
         parts: dict[str, list] = {n: [] for n in slow}
         for s in range(0, len(x), step):
-            pg = func_per_sample_grads(model, x[s:s + step].detach(), targets[s:s + step], params)
+            pg = func_per_sample_grads(model, x[s : s + step].detach(), targets[s : s + step], params)
             for n in slow:
                 parts[n].append(filter_norms(pg[f"{n}.weight"]).float())
         for n in slow:
@@ -315,10 +340,18 @@ def batch_filter_importance(model: nn.Module, x: torch.Tensor, layers: list[str]
     return {n: out[n] for n in layers}, logits.detach(), targets
 
 
-def importance_on_the_fly(model: nn.Module, inputs: InputSet, layers: list[str] | None = None, *,
-                          target: str | int = "true", class_names: list[str] | None = None,
-                          output: str = "score", batch_size: int = 64, max_bytes: int = DEFAULT_CHUNK_BYTES,
-                          progress: bool = True) -> ImportanceResult:
+def importance_on_the_fly(
+    model: nn.Module,
+    inputs: InputSet,
+    layers: list[str] | None = None,
+    *,
+    target: str | int = "true",
+    class_names: list[str] | None = None,
+    output: str = "score",
+    batch_size: int = 64,
+    max_bytes: int = DEFAULT_CHUNK_BYTES,
+    progress: bool = True,
+) -> ImportanceResult:
     """Per-image filter importance of ``layers`` for ``inputs``, computed from the model in
     batches. ``target``: 'true' (each image's label, predicted where unlabelled), 'pred', or a
     class index / name (one neuron for every image, e.g. to compare input classes). ``output``:
@@ -332,9 +365,9 @@ def importance_on_the_fly(model: nn.Module, inputs: InputSet, layers: list[str] 
     bar = tqdm(total=len(inputs), desc="importance", unit="img", disable=not progress)
     try:
         for _, x, labels in inputs.batches(batch_size):
-            norms, logits, t = batch_filter_importance(model, x, layers, target, labels=labels,
-                                                       class_names=class_names, output=output,
-                                                       max_bytes=max_bytes)
+            norms, logits, t = batch_filter_importance(
+                model, x, layers, target, labels=labels, class_names=class_names, output=output, max_bytes=max_bytes
+            )
             n_classes = logits.shape[1]
             for n in layers:
                 per_image[n].append(norms[n].numpy())
@@ -343,14 +376,23 @@ def importance_on_the_fly(model: nn.Module, inputs: InputSet, layers: list[str] 
             bar.update(len(x))
     finally:
         bar.close()
-    return ImportanceResult(layers, {n: np.concatenate(v) for n, v in per_image.items()},
-                            inputs.labels.copy(), np.concatenate(tgt), np.concatenate(pred),
-                            class_names, int(n_classes), list(inputs.ids), "model")
+    return ImportanceResult(
+        layers,
+        {n: np.concatenate(v) for n, v in per_image.items()},
+        inputs.labels.copy(),
+        np.concatenate(tgt),
+        np.concatenate(pred),
+        class_names,
+        int(n_classes),
+        list(inputs.ids),
+        "model",
+    )
 
 
 # ---- from a store -----------------------------------------------------------------------------
-def importance_from_store(store, layers: list[str] | None = None, *, batch_size: int = 64,
-                          progress: bool = True) -> ImportanceResult:
+def importance_from_store(
+    store, layers: list[str] | None = None, *, batch_size: int = 64, progress: bool = True
+) -> ImportanceResult:
     """Per-image filter importance from the weight gradients a capture stored (w.r.t. the
     store's target neuron per image), reading ``batch_size`` images of one layer at a time."""
     with_w = [n for n, info in store.layers.items() if info.weight_shape]
@@ -363,11 +405,15 @@ def importance_from_store(store, layers: list[str] | None = None, *, batch_size:
             raise AnalysisError(f"layer {name!r} is not in this store. Layers with weights: {', '.join(with_w)}")
         info = store.layers[name]
         if not info.weight_shape:
-            raise NoWeightsError(f"layer {name!r} ({info.module_type}) has no weights, so it has no filters "
-                                 f"to score. Layers with weights: {', '.join(with_w)}")
+            raise NoWeightsError(
+                f"layer {name!r} ({info.module_type}) has no weights, so it has no filters "
+                f"to score. Layers with weights: {', '.join(with_w)}"
+            )
         if not store.has("grad_norm", name) and not store.has("grad_weight", name):
-            raise StoreError(f"{store.path} has no weight gradients for {name!r} (captured with --no-grads "
-                             "or --no-weight-grads); recapture, or compute on the fly with --images")
+            raise StoreError(
+                f"{store.path} has no weight gradients for {name!r} (captured with --no-grads "
+                "or --no-weight-grads); recapture, or compute on the fly with --images"
+            )
     idx = np.flatnonzero(store.done)
     if len(idx) == 0:
         raise StoreError(f"{store.path} holds no captured image yet")
@@ -379,7 +425,7 @@ def importance_from_store(store, layers: list[str] | None = None, *, batch_size:
             info = store.layers[name]
             parts = []
             for s in range(0, len(idx), batch_size):
-                rows = idx[s:s + batch_size]
+                rows = idx[s : s + batch_size]
                 if store.has("grad_norm", name):  # kept by the capture: no per-image tensor to read
                     parts.append(store.read_batch("grad_norm", name, rows))
                 elif info.weight_factors:
@@ -392,6 +438,14 @@ def importance_from_store(store, layers: list[str] | None = None, *, batch_size:
         bar.close()
     probs = store.column("probs")
     n_classes = probs.shape[1]
-    return ImportanceResult(list(layers), per_image, store.column("label")[idx], store.column("target")[idx],
-                            store.column("pred")[idx], store.class_names, int(n_classes),
-                            [store.images[i].id for i in idx], "store")
+    return ImportanceResult(
+        list(layers),
+        per_image,
+        store.column("label")[idx],
+        store.column("target")[idx],
+        store.column("pred")[idx],
+        store.class_names,
+        int(n_classes),
+        [store.images[i].id for i in idx],
+        "store",
+    )

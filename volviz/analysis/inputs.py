@@ -5,6 +5,7 @@ Importance, pruning and class groups all need "these images, preprocessed exactl
 sweep evaluates the same images dozens of times, so a set that fits ``cache_bytes`` is decoded
 once and kept in memory.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -24,6 +25,7 @@ class InputSet:
 
     def __init__(self, records: list, prep, cache_bytes: int = 512 * 1024 * 1024):
         from volviz.sources.images import ImageRecord
+
         self.records = [r if isinstance(r, ImageRecord) else ImageRecord(**r) for r in records]
         if not self.records:
             raise AnalysisError("no images to analyse")
@@ -49,6 +51,7 @@ class InputSet:
 
     def _load(self, sl: slice) -> torch.Tensor:
         from volviz.sources.images import read_image
+
         return torch.stack([self.prep(read_image(r)) for r in self.records[sl]])
 
     def batches(self, batch_size: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
@@ -57,14 +60,15 @@ class InputSet:
         if self._cache is None and self._cacheable:
             self._cache = torch.cat([self._load(slice(s, s + 256)) for s in range(0, n, 256)])
         for s in range(0, n, batch_size):
-            x = self._cache[s:s + batch_size] if self._cache is not None else self._load(slice(s, s + batch_size))
-            yield s, x, torch.from_numpy(self.labels[s:s + batch_size])
+            x = self._cache[s : s + batch_size] if self._cache is not None else self._load(slice(s, s + batch_size))
+            yield s, x, torch.from_numpy(self.labels[s : s + batch_size])
 
     def tensor(self, indices) -> torch.Tensor:
         """The inputs of rows ``indices`` (positions in this set), stacked."""
         if self._cache is not None:
             return self._cache[torch.as_tensor(np.asarray(indices, dtype=np.int64))]
         from volviz.sources.images import read_image
+
         return torch.stack([self.prep(read_image(self.records[int(i)])) for i in indices])
 
 
@@ -80,6 +84,7 @@ def inputs_from_store(store, only_done: bool = True) -> tuple[InputSet, np.ndarr
 def inputs_from_paths(paths: list[str], store_or_prep, class_names: list[str] | None = None) -> InputSet:
     """User images (ImageFolder tree, files), preprocessed like the store's (or with ``prep``)."""
     from volviz.sources.images import discover_images
+
     prep = store_or_prep.preprocess if hasattr(store_or_prep, "preprocess") else store_or_prep
     if class_names is None and hasattr(store_or_prep, "class_names"):
         class_names = store_or_prep.class_names

@@ -22,6 +22,7 @@ model (13k units) with ``k = 8`` builds in seconds (see ``docs/graph.md``).
 
 This module imports torch (it reads the model) but no VTK; the views draw the graph.
 """
+
 from __future__ import annotations
 
 import time
@@ -95,9 +96,16 @@ def _levels(layers: list[UnitLayer]) -> dict[str, int]:
     return level
 
 
-def build_network_graph(model: nn.Module, input_shape: tuple[int, ...], *, k: int | None = 8,
-                        threshold: float = 0.0, mode: str = "relu", tracer: str = "auto",
-                        input_names: list[str] | None = None) -> nx.DiGraph:
+def build_network_graph(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    k: int | None = 8,
+    threshold: float = 0.0,
+    mode: str = "relu",
+    tracer: str = "auto",
+    input_names: list[str] | None = None,
+) -> nx.DiGraph:
     """The unit graph of ``model`` for inputs of ``input_shape = (C, H, W)``.
 
     Parameters
@@ -138,32 +146,59 @@ def build_network_graph(model: nn.Module, input_shape: tuple[int, ...], *, k: in
             ids.append((layer.name, j))
         labels = names if layer.kind == INPUT else None
         G.add_nodes_from(
-            ((layer.name, j), {"layer": layer.name, "index": j, "kind": layer.kind, "order": layer.order,
-                               "label": labels[j] if labels else f"{layer.name}[{j}]"})
-            for j in range(layer.n_units))
+            (
+                (layer.name, j),
+                {
+                    "layer": layer.name,
+                    "index": j,
+                    "kind": layer.kind,
+                    "order": layer.order,
+                    "label": labels[j] if labels else f"{layer.name}[{j}]",
+                },
+            )
+            for j in range(layer.n_units)
+        )
     layer_meta = []
     n_candidates = 0
     for layer in flow.layers:
         src, dst, w = _top_edges(layer, k, threshold)
         if layer.strength is not None:
             n_candidates += layer.strength.size
-        G.add_edges_from((ids[a], ids[b], {"weight": float(c)})
-                         for a, b, c in zip(src.tolist(), dst.tolist(), w.tolist()))
-        layer_meta.append({
-            "name": layer.name, "kind": layer.kind, "module_type": layer.module_type,
-            "n_units": layer.n_units, "order": layer.order, "level": levels[layer.name],
-            "shape": list(layer.out_shape), "feeds_from": sorted(layer.feeds_from),
-            "max_weight": float(w.max()) if w.size else 0.0, "n_edges": int(w.size),
-        })
+        G.add_edges_from(
+            (ids[a], ids[b], {"weight": float(c)}) for a, b, c in zip(src.tolist(), dst.tolist(), w.tolist())
+        )
+        layer_meta.append(
+            {
+                "name": layer.name,
+                "kind": layer.kind,
+                "module_type": layer.module_type,
+                "n_units": layer.n_units,
+                "order": layer.order,
+                "level": levels[layer.name],
+                "shape": list(layer.out_shape),
+                "feeds_from": sorted(layer.feeds_from),
+                "max_weight": float(w.max()) if w.size else 0.0,
+                "n_edges": int(w.size),
+            }
+        )
         layer.strength = None  # free the dense matrices
-    G.graph.update(layers=layer_meta, k=k, threshold=threshold, mode=mode, tracer=flow.tracer,
-                   input_shape=list(input_shape), input_names=list(names),
-                   seconds=round(time.perf_counter() - t0, 3), n_candidate_edges=int(n_candidates))
+    G.graph.update(
+        layers=layer_meta,
+        k=k,
+        threshold=threshold,
+        mode=mode,
+        tracer=flow.tracer,
+        input_shape=list(input_shape),
+        input_names=list(names),
+        seconds=round(time.perf_counter() - t0, 3),
+        n_candidate_edges=int(n_candidates),
+    )
     return G
 
 
-def graph_for_store(store, *, k: int | None = 8, threshold: float = 0.0, mode: str = "relu",
-                    tracer: str = "auto", model=None, **trust) -> nx.DiGraph:
+def graph_for_store(
+    store, *, k: int | None = 8, threshold: float = 0.0, mode: str = "relu", tracer: str = "auto", model=None, **trust
+) -> nx.DiGraph:
     """The unit graph of the model a store was captured from (its spec and weights, its input
     size); ``trust`` holds the command's --trust-* flags, ``model`` an already loaded one."""
     module = model if model is not None else store.model(**trust).module

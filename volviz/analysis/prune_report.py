@@ -6,6 +6,7 @@ layer), ``table.md`` (the same for people), ``sweep_<layer>.csv`` (the threshold
 :func:`volviz.views.figures.write_prune_report`, ``sweep_<layer>.png``. Reading back uses the CSV
 files only: Markdown is not parsed.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -43,9 +44,9 @@ class PruneReport:
     rows: list[PruneRow]
     sweeps: list[SweepResult]
     k: int
-    n_images: int | None                # evaluation images (None: not in the files read)
-    evaluated_on: str = "the store"     # or "--images"
-    importance_from: str = "store"      # ImportanceResult.source: "store" | "model"
+    n_images: int | None  # evaluation images (None: not in the files read)
+    evaluated_on: str = "the store"  # or "--images"
+    importance_from: str = "store"  # ImportanceResult.source: "store" | "model"
 
     @property
     def reference(self) -> str:
@@ -61,10 +62,23 @@ class PruneReport:
         return names.index(self.reference) if self.reference in names else int(self.reference)
 
     @classmethod
-    def compute(cls, model: nn.Module, inputs: InputSet, importance, layers: list[str], *,
-                classes: list | None = None, k: int = 1, reference: str = "all", thresholds=None,
-                steps: int = 50, zero_bias: bool = True, evaluated_on: str = "the store",
-                progress: bool = True, on_step: Callable[[int, int], None] | None = None) -> PruneReport:
+    def compute(
+        cls,
+        model: nn.Module,
+        inputs: InputSet,
+        importance,
+        layers: list[str],
+        *,
+        classes: list | None = None,
+        k: int = 1,
+        reference: str = "all",
+        thresholds=None,
+        steps: int = 50,
+        zero_bias: bool = True,
+        evaluated_on: str = "the store",
+        progress: bool = True,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> PruneReport:
         """Rank ``layers``' filters by ``importance`` (an ImportanceResult), prune them on ``inputs``.
 
         ``classes``: reference classes of the table (names or indices; default every class with
@@ -88,10 +102,13 @@ class PruneReport:
             hi = float(np.max(ranking[n]))
             bad = [t for t in thresholds if not 0 <= t <= hi]
             if bad:
-                raise ThresholdError(f"threshold(s) {', '.join(f'{t:g}' for t in bad)} outside the range of "
-                                     f"{n}'s importance [0, {hi:.4g}]")
+                raise ThresholdError(
+                    f"threshold(s) {', '.join(f'{t:g}' for t in bad)} outside the range of "
+                    f"{n}'s importance [0, {hi:.4g}]"
+                )
         total = len(classes) * len(layers) + sum(
-            len(thresholds) if thresholds is not None else len(sweep_thresholds(ranking[n], steps)) for n in layers)
+            len(thresholds) if thresholds is not None else len(sweep_thresholds(ranking[n], steps)) for n in layers
+        )
         done = [0]
 
         def step():
@@ -99,11 +116,26 @@ class PruneReport:
             if on_step is not None:
                 on_step(done[0], total)
 
-        rows = least_most_table(model, inputs, rel, classes, k=k, class_names=names, zero_bias=zero_bias,
-                                progress=progress, on_step=step)
-        sweeps = [threshold_sweep(model, inputs, n, ranking[n], thresholds=thresholds, steps=steps, n_classes=K,
-                                  reference=ref_name, class_names=names, zero_bias=zero_bias, progress=progress,
-                                  on_step=step) for n in layers]
+        rows = least_most_table(
+            model, inputs, rel, classes, k=k, class_names=names, zero_bias=zero_bias, progress=progress, on_step=step
+        )
+        sweeps = [
+            threshold_sweep(
+                model,
+                inputs,
+                n,
+                ranking[n],
+                thresholds=thresholds,
+                steps=steps,
+                n_classes=K,
+                reference=ref_name,
+                class_names=names,
+                zero_bias=zero_bias,
+                progress=progress,
+                on_step=step,
+            )
+            for n in layers
+        ]
         return cls(rows, sweeps, k, len(inputs), evaluated_on, res.source)
 
     # ---- text -----------------------------------------------------------------------------
@@ -111,8 +143,10 @@ class PruneReport:
     def text(self) -> str:
         """The sentence above the table: what the error rates are and where they come from."""
         n = f"{self.n_images} images" if self.n_images is not None else "the images"
-        return (f"Error rate = misclassified / images of the class, over {n} ({self.evaluated_on}); filters "
-                f"ranked by class-wise relevance ({self.importance_from}); k = {self.k}.")
+        return (
+            f"Error rate = misclassified / images of the class, over {n} ({self.evaluated_on}); filters "
+            f"ranked by class-wise relevance ({self.importance_from}); k = {self.k}."
+        )
 
     def markdown(self) -> str:
         return self.text + "\n\n" + table_markdown(self.rows)
@@ -122,8 +156,11 @@ class PruneReport:
 
     # ---- files ----------------------------------------------------------------------------
     def _run(self) -> dict:
-        return {"evaluation_images": "" if self.n_images is None else self.n_images,
-                "evaluated_on": self.evaluated_on, "importance_from": self.importance_from}
+        return {
+            "evaluation_images": "" if self.n_images is None else self.n_images,
+            "evaluated_on": self.evaluated_on,
+            "importance_from": self.importance_from,
+        }
 
     def write(self, folder) -> list[str]:
         """``table.csv``, ``table.md`` and ``sweep_<layer>.csv`` into ``folder``; their names."""
@@ -140,9 +177,15 @@ class PruneReport:
         if not has_table and not sweeps:
             raise AnalysisError(f"{folder} holds no table.csv or sweep_*.csv: not a `volviz prune --out` folder")
         rows, run = table_from_csv(read_inside(folder, "table.csv")) if has_table else ([], {})
-        read = [SweepResult.from_csv(read_inside(folder, n), n[len("sweep_"):-len(".csv")]) for n in sweeps]
+        read = [SweepResult.from_csv(read_inside(folder, n), n[len("sweep_") : -len(".csv")]) for n in sweeps]
         order = list(dict.fromkeys(r.layer for r in rows))  # the layers in the order they were pruned
         read.sort(key=lambda s: order.index(s.layer) if s.layer in order else len(order))
         n = run.get("evaluation_images", "")
-        return cls(rows, read, rows[0].k if rows else 1, int(n) if n else None,
-                   run.get("evaluated_on", "the store"), run.get("importance_from", "store"))
+        return cls(
+            rows,
+            read,
+            rows[0].k if rows else 1,
+            int(n) if n else None,
+            run.get("evaluated_on", "the store"),
+            run.get("importance_from", "store"),
+        )

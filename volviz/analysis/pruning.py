@@ -15,6 +15,7 @@ Error rate of class ``c`` = misclassified images of class ``c`` / images of clas
 deep copy of the model, so its output map is exactly zero, as if the filter were cut out; the
 caller's model is never modified.
 """
+
 from __future__ import annotations
 
 import copy
@@ -72,8 +73,9 @@ def zero_filters(model: nn.Module, layer: str, filters, *, zero_bias: bool = Tru
 @torch.no_grad()
 def predict_probs(model: nn.Module, inputs: InputSet, batch_size: int = 256) -> np.ndarray:
     """Softmax probabilities (N, K) of every image of ``inputs``."""
-    return np.concatenate([torch.softmax(model_logits(model(x)).double(), 1).numpy()
-                           for _, x, _ in inputs.batches(batch_size)])
+    return np.concatenate(
+        [torch.softmax(model_logits(model(x)).double(), 1).numpy() for _, x, _ in inputs.batches(batch_size)]
+    )
 
 
 def predict(model: nn.Module, inputs: InputSet, batch_size: int = 256) -> np.ndarray:
@@ -105,20 +107,20 @@ def error_rates(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> tuple[n
 # ---- least / most important ------------------------------------------------------------------
 @dataclass
 class PruneRow:
-    reference: int           # class whose importance ranked the filters
+    reference: int  # class whose importance ranked the filters
     class_name: str
     layer: str
     k: int
     n_images: int
-    error_before: float      # of the reference class
-    error_least: float       # least important k filters removed
-    error_most: float        # most important k filters removed
+    error_before: float  # of the reference class
+    error_least: float  # least important k filters removed
+    error_most: float  # most important k filters removed
     overall_before: float
     overall_least: float
     overall_most: float
     least: list[int] = field(default_factory=list)
     most: list[int] = field(default_factory=list)
-    prob_before: float = float("nan")   # mean p(class r) over the class-r images
+    prob_before: float = float("nan")  # mean p(class r) over the class-r images
     prob_least: float = float("nan")
     prob_most: float = float("nan")
 
@@ -128,10 +130,19 @@ def _rank(importance: np.ndarray) -> np.ndarray:
     return np.argsort(np.asarray(importance, dtype=np.float64), kind="stable")
 
 
-def least_most_table(model: nn.Module, inputs: InputSet, relevance: dict[str, np.ndarray],
-                     classes: list[int], *, k: int = 1, class_names: list[str] | None = None,
-                     zero_bias: bool = True, batch_size: int = 256, progress: bool = True,
-                     on_step: Callable[[], None] | None = None) -> list[PruneRow]:
+def least_most_table(
+    model: nn.Module,
+    inputs: InputSet,
+    relevance: dict[str, np.ndarray],
+    classes: list[int],
+    *,
+    k: int = 1,
+    class_names: list[str] | None = None,
+    zero_bias: bool = True,
+    batch_size: int = 256,
+    progress: bool = True,
+    on_step: Callable[[], None] | None = None,
+) -> list[PruneRow]:
     """``relevance[layer]``: (K, C_out) class-wise relevance. One row per (class, layer).
     ``on_step()`` is called after each row (progress in an app; raising in it stops the run)."""
     n_classes = next(iter(relevance.values())).shape[0]
@@ -147,50 +158,106 @@ def least_most_table(model: nn.Module, inputs: InputSet, relevance: dict[str, np
         imp = relevance[layer][r]
         if not np.all(np.isfinite(imp)):
             name = class_names[r] if class_names else r
-            raise EmptyClassError(f"no importance for class {name} in {layer}: the class has no images "
-                                  "analysed w.r.t. its own output neuron")
+            raise EmptyClassError(
+                f"no importance for class {name} in {layer}: the class has no images "
+                "analysed w.r.t. its own output neuron"
+            )
         n_f = len(imp)
         if not 1 <= k < n_f:
-            raise AnalysisError(f"k={k} filters cannot be removed from {layer}: it has {n_f} filters "
-                                f"(use 1..{n_f - 1})")
+            raise AnalysisError(
+                f"k={k} filters cannot be removed from {layer}: it has {n_f} filters (use 1..{n_f - 1})"
+            )
         order = _rank(imp)
         least, most = order[:k].tolist(), order[::-1][:k].tolist()
         p_l = predict_probs(zero_filters(model, layer, least, zero_bias=zero_bias), inputs, batch_size)
         p_m = predict_probs(zero_filters(model, layer, most, zero_bias=zero_bias), inputs, batch_size)
         e_l, a_l, _ = error_rates(p_l.argmax(1), inputs.labels, n_classes)
         e_m, a_m, _ = error_rates(p_m.argmax(1), inputs.labels, n_classes)
-        rows.append(PruneRow(r, class_names[r] if class_names else str(r), layer, k, int(counts[r]),
-                             float(base[r]), float(e_l[r]), float(e_m[r]), base_all, a_l, a_m, least, most,
-                             _class_prob(base_probs, inputs.labels, r), _class_prob(p_l, inputs.labels, r),
-                             _class_prob(p_m, inputs.labels, r)))
+        rows.append(
+            PruneRow(
+                r,
+                class_names[r] if class_names else str(r),
+                layer,
+                k,
+                int(counts[r]),
+                float(base[r]),
+                float(e_l[r]),
+                float(e_m[r]),
+                base_all,
+                a_l,
+                a_m,
+                least,
+                most,
+                _class_prob(base_probs, inputs.labels, r),
+                _class_prob(p_l, inputs.labels, r),
+                _class_prob(p_m, inputs.labels, r),
+            )
+        )
         if on_step is not None:
             on_step()
     return rows
 
 
-_COLUMNS = ["class", "layer", "k", "images", "error_before_%", "error_least_removed_%",
-            "error_most_removed_%", "overall_before_%", "overall_least_removed_%",
-            "overall_most_removed_%", "least_filters", "most_filters",
-            "p_class_before", "p_class_least_removed", "p_class_most_removed"]
-_HEAD = ["class", "layer", "k", "images", "initial error (%)", "least important removed (%)",
-         "most important removed (%)", "overall: initial / least / most (%)",
-         "mean p(class): initial / least / most", "least", "most"]
+_COLUMNS = [
+    "class",
+    "layer",
+    "k",
+    "images",
+    "error_before_%",
+    "error_least_removed_%",
+    "error_most_removed_%",
+    "overall_before_%",
+    "overall_least_removed_%",
+    "overall_most_removed_%",
+    "least_filters",
+    "most_filters",
+    "p_class_before",
+    "p_class_least_removed",
+    "p_class_most_removed",
+]
+_HEAD = [
+    "class",
+    "layer",
+    "k",
+    "images",
+    "initial error (%)",
+    "least important removed (%)",
+    "most important removed (%)",
+    "overall: initial / least / most (%)",
+    "mean p(class): initial / least / most",
+    "least",
+    "most",
+]
 
 
 def _row_values(r: PruneRow) -> list:
     p = lambda v: f"{100 * v:.2f}"  # noqa: E731
-    return [r.class_name, r.layer, r.k, r.n_images, p(r.error_before), p(r.error_least), p(r.error_most),
-            p(r.overall_before), p(r.overall_least), p(r.overall_most),
-            " ".join(map(str, r.least)), " ".join(map(str, r.most)),
-            f"{r.prob_before:.4f}", f"{r.prob_least:.4f}", f"{r.prob_most:.4f}"]
+    return [
+        r.class_name,
+        r.layer,
+        r.k,
+        r.n_images,
+        p(r.error_before),
+        p(r.error_least),
+        p(r.error_most),
+        p(r.overall_before),
+        p(r.overall_least),
+        p(r.overall_most),
+        " ".join(map(str, r.least)),
+        " ".join(map(str, r.most)),
+        f"{r.prob_before:.4f}",
+        f"{r.prob_least:.4f}",
+        f"{r.prob_most:.4f}",
+    ]
 
 
 def table_csv(rows: list[PruneRow], run: dict | None = None) -> str:
     """``table.csv``: one line per row, then the reference class's index and ``run``'s values
     (the same on every line) so that :func:`table_from_csv` gets back everything."""
     run = run or {}
-    return csv_text(_COLUMNS + ["class_index"] + list(run),
-                    (_row_values(r) + [r.reference] + list(run.values()) for r in rows))
+    return csv_text(
+        _COLUMNS + ["class_index"] + list(run), (_row_values(r) + [r.reference] + list(run.values()) for r in rows)
+    )
 
 
 def table_from_csv(text: str) -> tuple[list[PruneRow], dict[str, str]]:
@@ -201,12 +268,26 @@ def table_from_csv(text: str) -> tuple[list[PruneRow], dict[str, str]]:
     pct = lambda s: float(s) / 100  # noqa: E731
     for d in body:
         ref = d.get("class_index")
-        rows.append(PruneRow(int(ref) if ref not in (None, "") else -1, d["class"], d["layer"], int(d["k"]),
-                             int(d["images"]), pct(d["error_before_%"]), pct(d["error_least_removed_%"]),
-                             pct(d["error_most_removed_%"]), pct(d["overall_before_%"]),
-                             pct(d["overall_least_removed_%"]), pct(d["overall_most_removed_%"]),
-                             ints(d["least_filters"]), ints(d["most_filters"]), float(d["p_class_before"]),
-                             float(d["p_class_least_removed"]), float(d["p_class_most_removed"])))
+        rows.append(
+            PruneRow(
+                int(ref) if ref not in (None, "") else -1,
+                d["class"],
+                d["layer"],
+                int(d["k"]),
+                int(d["images"]),
+                pct(d["error_before_%"]),
+                pct(d["error_least_removed_%"]),
+                pct(d["error_most_removed_%"]),
+                pct(d["overall_before_%"]),
+                pct(d["overall_least_removed_%"]),
+                pct(d["overall_most_removed_%"]),
+                ints(d["least_filters"]),
+                ints(d["most_filters"]),
+                float(d["p_class_before"]),
+                float(d["p_class_least_removed"]),
+                float(d["p_class_most_removed"]),
+            )
+        )
         run = {k: v for k, v in d.items() if k not in _COLUMNS and k != "class_index"}
     return rows, run
 
@@ -231,16 +312,16 @@ def table_markdown(rows: list[PruneRow]) -> str:
 @dataclass
 class SweepResult:
     layer: str
-    reference: str                      # "all" or a class name: whose importance ranked filters
-    importance: np.ndarray              # (C_out,)
-    thresholds: np.ndarray              # (T,)
-    n_removed: np.ndarray               # (T,)
-    error: np.ndarray                   # (T, K) per-class error rate
-    overall: np.ndarray                 # (T,)
-    counts: np.ndarray                  # (K,)
+    reference: str  # "all" or a class name: whose importance ranked filters
+    importance: np.ndarray  # (C_out,)
+    thresholds: np.ndarray  # (T,)
+    n_removed: np.ndarray  # (T,)
+    error: np.ndarray  # (T, K) per-class error rate
+    overall: np.ndarray  # (T,)
+    counts: np.ndarray  # (K,)
     class_names: list[str] | None = None
     # the control: the SAME number of filters removed, most important first
-    error_most_first: np.ndarray | None = None    # (T, K)
+    error_most_first: np.ndarray | None = None  # (T, K)
     overall_most_first: np.ndarray | None = None  # (T,)
 
     @property
@@ -253,14 +334,27 @@ class SweepResult:
         K = self.error.shape[1]
         names = self.class_names or [str(c) for c in range(K)]
         ctrl = self.overall_most_first is not None
-        head = (["threshold", "filters_removed", "fraction_removed", "overall_error"]
-                + [f"error_{n}" for n in names] + (["overall_error_most_first"] if ctrl else [])
-                + ["layer", "ranking", "filters"])
-        return csv_text(head, ([f"{self.thresholds[t]:.6g}", int(self.n_removed[t]), f"{self.fraction_removed[t]:.4f}",
-                                f"{self.overall[t]:.4f}"] + [f"{e:.4f}" for e in self.error[t]]
-                               + ([f"{self.overall_most_first[t]:.4f}"] if ctrl else [])
-                               + [self.layer, self.reference, len(self.importance)]
-                               for t in range(len(self.thresholds))))
+        head = (
+            ["threshold", "filters_removed", "fraction_removed", "overall_error"]
+            + [f"error_{n}" for n in names]
+            + (["overall_error_most_first"] if ctrl else [])
+            + ["layer", "ranking", "filters"]
+        )
+        return csv_text(
+            head,
+            (
+                [
+                    f"{self.thresholds[t]:.6g}",
+                    int(self.n_removed[t]),
+                    f"{self.fraction_removed[t]:.4f}",
+                    f"{self.overall[t]:.4f}",
+                ]
+                + [f"{e:.4f}" for e in self.error[t]]
+                + ([f"{self.overall_most_first[t]:.4f}"] if ctrl else [])
+                + [self.layer, self.reference, len(self.importance)]
+                for t in range(len(self.thresholds))
+            ),
+        )
 
     @classmethod
     def from_csv(cls, text: str, layer: str = "") -> SweepResult:
@@ -277,11 +371,19 @@ class SweepResult:
         else:  # an older file: every filter is removed at the last threshold
             n_f = int(removed.max(initial=0))
         ctrl = col.get("overall_error_most_first")
-        return cls(body[0][col["layer"]] if "layer" in col and body else layer,
-                   body[0][col["ranking"]] if "ranking" in col and body else "all",
-                   np.full(n_f, np.nan), num(0), removed,
-                   np.array([[float(r[i]) for i in errs] for r in body]).reshape(len(body), len(errs)), num(3), None,
-                   [head[i][len("error_"):] for i in errs], None, num(ctrl) if ctrl is not None else None)
+        return cls(
+            body[0][col["layer"]] if "layer" in col and body else layer,
+            body[0][col["ranking"]] if "ranking" in col and body else "all",
+            np.full(n_f, np.nan),
+            num(0),
+            removed,
+            np.array([[float(r[i]) for i in errs] for r in body]).reshape(len(body), len(errs)),
+            num(3),
+            None,
+            [head[i][len("error_") :] for i in errs],
+            None,
+            num(ctrl) if ctrl is not None else None,
+        )
 
 
 def sweep_thresholds(importance: np.ndarray, steps: int = 50) -> np.ndarray:
@@ -295,11 +397,23 @@ def sweep_thresholds(importance: np.ndarray, steps: int = 50) -> np.ndarray:
     return cuts
 
 
-def threshold_sweep(model: nn.Module, inputs: InputSet, layer: str, importance: np.ndarray, *,
-                    thresholds: np.ndarray | None = None, steps: int = 50, n_classes: int,
-                    reference: str = "all", class_names: list[str] | None = None, zero_bias: bool = True,
-                    control: bool = True, batch_size: int = 256, progress: bool = True,
-                    on_step: Callable[[], None] | None = None) -> SweepResult:
+def threshold_sweep(
+    model: nn.Module,
+    inputs: InputSet,
+    layer: str,
+    importance: np.ndarray,
+    *,
+    thresholds: np.ndarray | None = None,
+    steps: int = 50,
+    n_classes: int,
+    reference: str = "all",
+    class_names: list[str] | None = None,
+    zero_bias: bool = True,
+    control: bool = True,
+    batch_size: int = 256,
+    progress: bool = True,
+    on_step: Callable[[], None] | None = None,
+) -> SweepResult:
     """Zero every filter of ``layer`` with importance < threshold, for each threshold.
 
     ``control``: also remove the same NUMBER of filters starting from the most important ones
@@ -318,24 +432,39 @@ def threshold_sweep(model: nn.Module, inputs: InputSet, layer: str, importance: 
             raise ThresholdError(
                 f"threshold(s) {', '.join(f'{b:.4g}' for b in bad)} outside the range of {layer}'s "
                 f"importance [0, {hi:.4g}] (min {importance.min():.4g}); a threshold above the maximum "
-                "would remove every filter")
+                "would remove every filter"
+            )
     errs, overall, removed, c_errs, c_overall = [], [], [], [], []
     counts = None
     most_first = _rank(importance)[::-1]
     for t in tqdm(thresholds, desc=f"sweep {layer}", disable=not progress):
         cut = np.flatnonzero(importance < t)
-        e, a, counts = error_rates(predict(zero_filters(model, layer, cut, zero_bias=zero_bias), inputs, batch_size),
-                                   inputs.labels, n_classes)
+        e, a, counts = error_rates(
+            predict(zero_filters(model, layer, cut, zero_bias=zero_bias), inputs, batch_size), inputs.labels, n_classes
+        )
         errs.append(e)
         overall.append(a)
         removed.append(len(cut))
         if control:
-            e, a, _ = error_rates(predict(zero_filters(model, layer, most_first[:len(cut)], zero_bias=zero_bias),
-                                          inputs, batch_size), inputs.labels, n_classes)
+            e, a, _ = error_rates(
+                predict(zero_filters(model, layer, most_first[: len(cut)], zero_bias=zero_bias), inputs, batch_size),
+                inputs.labels,
+                n_classes,
+            )
             c_errs.append(e)
             c_overall.append(a)
         if on_step is not None:
             on_step()
-    return SweepResult(layer, reference, importance, np.asarray(thresholds), np.asarray(removed),
-                       np.vstack(errs), np.asarray(overall), counts, class_names,
-                       np.vstack(c_errs) if control else None, np.asarray(c_overall) if control else None)
+    return SweepResult(
+        layer,
+        reference,
+        importance,
+        np.asarray(thresholds),
+        np.asarray(removed),
+        np.vstack(errs),
+        np.asarray(overall),
+        counts,
+        class_names,
+        np.vstack(c_errs) if control else None,
+        np.asarray(c_overall) if control else None,
+    )

@@ -334,8 +334,15 @@ class SliceOrder(_BaseOrderer):
         The fitted orderer of the slice rows.
     """
 
-    def __init__(self, method: str = "pca", axis: str = "row", index: int | None = None,
-                 n_clusters: int = 7, random_state=0, n_init=10):
+    def __init__(
+        self,
+        method: str = "pca",
+        axis: str = "row",
+        index: int | None = None,
+        n_clusters: int = 7,
+        random_state=0,
+        n_init=10,
+    ):
         self.method = method
         self.axis = axis
         self.index = index
@@ -368,8 +375,7 @@ class SliceOrder(_BaseOrderer):
         if self.method == "pca":
             self.orderer_ = PCAOrder(random_state=self.random_state)
         else:
-            self.orderer_ = KMeansOrder(n_clusters=self.n_clusters, random_state=self.random_state,
-                                        n_init=self.n_init)
+            self.orderer_ = KMeansOrder(n_clusters=self.n_clusters, random_state=self.random_state, n_init=self.n_init)
         self.orderer_.fit(F)
         return self.orderer_.order_, self.orderer_.labels_
 
@@ -435,15 +441,24 @@ class Reordering:
         return self.make(**kw)
 
 
-REORDERINGS: dict[str, Reordering] = {r.name: r for r in (
-    Reordering("natural", "natural", NaturalOrder, seeded=False),
-    Reordering("pca", "PCA (filter outputs)", PCAOrder, seeded=False),
-    Reordering("kmeans", "k-means, separators", KMeansOrder, clusters="n_clusters", defaults=_kmeans_defaults),
-    Reordering("kmeans2", "two-level k-means", TwoLevelKMeansOrder, clusters="n_outer", defaults=_kmeans2_defaults),
-    Reordering("slice-pca", "slice-row PCA", SliceOrder, {"method": "pca"}),
-    Reordering("slice-kmeans", "slice-row k-means", SliceOrder, {"method": "kmeans"}, clusters="n_clusters",
-               defaults=_kmeans_defaults),
-)}
+REORDERINGS: dict[str, Reordering] = {
+    r.name: r
+    for r in (
+        Reordering("natural", "natural", NaturalOrder, seeded=False),
+        Reordering("pca", "PCA (filter outputs)", PCAOrder, seeded=False),
+        Reordering("kmeans", "k-means, separators", KMeansOrder, clusters="n_clusters", defaults=_kmeans_defaults),
+        Reordering("kmeans2", "two-level k-means", TwoLevelKMeansOrder, clusters="n_outer", defaults=_kmeans2_defaults),
+        Reordering("slice-pca", "slice-row PCA", SliceOrder, {"method": "pca"}),
+        Reordering(
+            "slice-kmeans",
+            "slice-row k-means",
+            SliceOrder,
+            {"method": "kmeans"},
+            clusters="n_clusters",
+            defaults=_kmeans_defaults,
+        ),
+    )
+}
 ORDER_NAMES: tuple[str, ...] = tuple(REORDERINGS)
 
 

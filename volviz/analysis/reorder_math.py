@@ -2,6 +2,7 @@
 from a volume (or a stack over images), the first principal component with a fixed sign, k-means,
 and chains of clusters that put similar clusters next to each other ([Jain2016] section 5).
 numpy and scikit-learn only."""
+
 from __future__ import annotations
 
 import warnings
@@ -204,5 +205,3 @@ def _reference(F: np.ndarray) -> np.ndarray:
     """Sign-fixed first principal direction of F, zeros when F is constant."""
     pc = _pc1(F)
     return pc[0] if pc is not None else np.zeros(F.shape[1], dtype=F.dtype)
-
-

@@ -4,6 +4,7 @@ A report folder may come from someone else (the app shows any folder typed into 
 is read only when its real path stays inside the folder and is a regular file: a ``table.csv``
 linked to ``/etc/passwd``, a FIFO that would block, or a link out of the folder is refused.
 """
+
 from __future__ import annotations
 
 import csv

@@ -13,6 +13,7 @@ softmax) to the input pixels, ``c`` runs over the input channels:
 
 Maps are returned as numpy ``(N, H, W)``. :func:`overlay` blends a map over its input image.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -23,28 +24,33 @@ import numpy as np
 import torch
 from torch import nn
 
-from volviz.errors import AnalysisError, NotDifferentiableError
 from volviz.capture.engine import model_logits
+from volviz.errors import AnalysisError, NotDifferentiableError
 
 __all__ = ["METHODS", "SALIENCY_METHODS", "SaliencyMethod", "saliency_maps", "overlay"]
 
 
 def _saliency(model, x, target, baseline, n_steps):
     from captum.attr import Saliency
+
     return Saliency(model).attribute(x, target=target, abs=True)
 
 
 def _integrated_gradients(model, x, target, baseline, n_steps):
     from captum.attr import IntegratedGradients
-    return IntegratedGradients(model).attribute(x, baselines=0.0 if baseline is None else baseline,
-                                                target=target, n_steps=n_steps)
+
+    return IntegratedGradients(model).attribute(
+        x, baselines=0.0 if baseline is None else baseline, target=target, n_steps=n_steps
+    )
 
 
 def _guided_backprop(model, x, target, baseline, n_steps):
     from captum.attr import GuidedBackprop
+
     if not any(isinstance(m, nn.ReLU) for m in model.modules()):
-        warnings.warn("guided backprop: the model has no nn.ReLU modules, so the map equals "
-                      "the plain gradient", stacklevel=3)
+        warnings.warn(
+            "guided backprop: the model has no nn.ReLU modules, so the map equals the plain gradient", stacklevel=3
+        )
     with warnings.catch_warnings():  # captum announces its (temporary) ReLU hooks
         warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
         return GuidedBackprop(model).attribute(x, target=target)
@@ -71,12 +77,16 @@ class SaliencyMethod:
     baseline: bool = False
 
 
-SALIENCY_METHODS: dict[str, SaliencyMethod] = {m.name: m for m in (
-    SaliencyMethod("saliency", "gradient (Saliency)", "gradient", _saliency),
-    SaliencyMethod("integrated-gradients", "integrated gradients", "integrated gradients",
-                   _integrated_gradients, baseline=True),
-    SaliencyMethod("guided-backprop", "guided backprop", "guided backprop", _guided_backprop),
-)}
+SALIENCY_METHODS: dict[str, SaliencyMethod] = {
+    m.name: m
+    for m in (
+        SaliencyMethod("saliency", "gradient (Saliency)", "gradient", _saliency),
+        SaliencyMethod(
+            "integrated-gradients", "integrated gradients", "integrated gradients", _integrated_gradients, baseline=True
+        ),
+        SaliencyMethod("guided-backprop", "guided backprop", "guided backprop", _guided_backprop),
+    )
+}
 METHODS = tuple(SALIENCY_METHODS)
 
 
@@ -91,9 +101,16 @@ class _Logits(nn.Module):
         return model_logits(self.model(x))
 
 
-def saliency_maps(model: nn.Module, x: torch.Tensor, target, *, method: str = "saliency",
-                  baseline: torch.Tensor | float | None = None, n_steps: int = 50,
-                  return_attributions: bool = False):
+def saliency_maps(
+    model: nn.Module,
+    x: torch.Tensor,
+    target,
+    *,
+    method: str = "saliency",
+    baseline: torch.Tensor | float | None = None,
+    n_steps: int = 50,
+    return_attributions: bool = False,
+):
     """``(N, H, W)`` maps ``max_c |attribution|`` for images ``x (N, C, H, W)`` and class scores
     ``target`` (an int or one index per image). ``baseline``: IG's reference input (default: 0,
     i.e. pass the normalized black image yourself for normalized models)."""
@@ -114,16 +131,23 @@ def saliency_maps(model: nn.Module, x: torch.Tensor, target, *, method: str = "s
     except RuntimeError as exc:
         msg = str(exc)
         if "does not require grad" in msg or "differentiated" in msg or "grad_fn" in msg:
-            raise NotDifferentiableError("the class score is not differentiable w.r.t. the input "
-                                         f"({msg.splitlines()[0]})") from None
+            raise NotDifferentiableError(
+                f"the class score is not differentiable w.r.t. the input ({msg.splitlines()[0]})"
+            ) from None
         raise
     attr = attr.detach()
     maps = attr.abs().amax(dim=1).numpy()
     return (maps, attr.numpy()) if return_attributions else maps
 
 
-def overlay(image: np.ndarray, sal: np.ndarray, *, cmap: str = "inferno", alpha: float = 0.55,
-            clim: tuple[float, float] | None = None) -> np.ndarray:
+def overlay(
+    image: np.ndarray,
+    sal: np.ndarray,
+    *,
+    cmap: str = "inferno",
+    alpha: float = 0.55,
+    clim: tuple[float, float] | None = None,
+) -> np.ndarray:
     """Blend a saliency map ``(H, W)`` over ``image`` ((C, H, W) or (H, W, C), values in [0, 1],
     grey or RGB): uint8 ``(H, W, 3)``. The map is scaled to ``clim`` (default 0..max) and the
     colour's weight grows with the value (as its square root), so unimportant pixels show the

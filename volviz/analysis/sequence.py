@@ -1,4 +1,5 @@
 """Orders of the captured images for the time slider and for movies (a time series of images)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +7,14 @@ import numpy as np
 SORTS = ("captured", "probability", "class", "misclassified")
 
 
-def image_sequence(done: np.ndarray, probs: np.ndarray, labels: np.ndarray, pred: np.ndarray,
-                   by: str = "captured", cls: int | None = None) -> np.ndarray:
+def image_sequence(
+    done: np.ndarray,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    pred: np.ndarray,
+    by: str = "captured",
+    cls: int | None = None,
+) -> np.ndarray:
     """Indices of the captured images in the order to play them.
 
     captured: as captured; probability: by the probability of ``cls`` (default: each image's

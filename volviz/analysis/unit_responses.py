@@ -3,6 +3,7 @@
 The network graph and scene movies colour units by these numbers; they need only the store,
 not the model, so they live apart from the graph builder.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,5 +27,4 @@ def unit_responses(store, i: int, layers=None) -> dict[str, np.ndarray]:
 def series_responses(store, indices, layers=None) -> dict[str, np.ndarray]:
     """Per layer, ``(len(indices), n_units)`` responses for a series of images."""
     names = [n for n in (layers or store.layers) if n in store.layers]
-    return {n: np.stack([_response(store.read("activation", n, int(i))) for i in indices])
-            for n in names}
+    return {n: np.stack([_response(store.read("activation", n, int(i))) for i in indices]) for n in names}

@@ -3,6 +3,7 @@ image (its score before softmax) w.r.t. each selected layer's activations and we
 
 One forward pass and one backward pass serve the whole batch (see ``persample``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,9 +22,9 @@ _warned_slow: set[str] = set()
 
 @dataclass
 class BatchResult:
-    probs: np.ndarray                  # (N, K)
-    pred: np.ndarray                   # (N,)
-    target: np.ndarray                 # (N,) the output neuron whose gradients were taken
+    probs: np.ndarray  # (N, K)
+    pred: np.ndarray  # (N,)
+    target: np.ndarray  # (N,) the output neuron whose gradients were taken
     act: dict[str, np.ndarray]
     grad_act: dict[str, np.ndarray] = field(default_factory=dict)
     grad_weight: dict[str, np.ndarray] = field(default_factory=dict)
@@ -32,8 +33,9 @@ class BatchResult:
     nonfinite: dict[str, int] = field(default_factory=dict)  # layer -> count of NaN/Inf activations
 
 
-def resolve_targets(target: str | int, logits: torch.Tensor, labels: torch.Tensor | None,
-                    class_names: list[str] | None = None) -> torch.Tensor:
+def resolve_targets(
+    target: str | int, logits: torch.Tensor, labels: torch.Tensor | None, class_names: list[str] | None = None
+) -> torch.Tensor:
     """target: 'true' (each image's label; predicted where unlabelled), 'pred', a class index or name."""
     pred = logits.argmax(1)
     if target == "pred":
@@ -45,13 +47,16 @@ def resolve_targets(target: str | int, logits: torch.Tensor, labels: torch.Tenso
         return torch.where(labels >= 0, labels, pred)
     if isinstance(target, str) and not target.lstrip("-").isdigit():
         from volviz.sources.classes import find_class
+
         idx = find_class(target, class_names)
     else:
         idx = int(target)
     if not 0 <= idx < logits.shape[1]:
         from volviz.errors import TargetError
-        raise TargetError(f"target class {idx} out of range: the model has {logits.shape[1]} outputs "
-                          f"(0..{logits.shape[1] - 1})")
+
+        raise TargetError(
+            f"target class {idx} out of range: the model has {logits.shape[1]} outputs (0..{logits.shape[1] - 1})"
+        )
     return torch.full_like(pred, idx)
 
 
@@ -89,7 +94,14 @@ def model_logits(out, n_classes: int | None = None) -> torch.Tensor:
             why = f"its last dim is {n_classes}, the class count" if len(fit) == 1 else "the last tensor"
             logging.getLogger("volviz.capture").warning(
                 "the model returns a %s of %d tensors (%s); taking element %d (%s) as the class scores. "
-                "If that is wrong, %s", type(out).__name__, len(tensors), shapes, i, why, fix)
+                "If that is wrong, %s",
+                type(out).__name__,
+                len(tensors),
+                shapes,
+                i,
+                why,
+                fix,
+            )
         out = chosen
     if not isinstance(out, torch.Tensor):
         raise CaptureError(f"the model returns {type(out).__name__}, not a tensor of class scores; {fix}")
@@ -102,31 +114,52 @@ def _buffer(workspace: dict | None, name: str, shape: tuple, like: torch.Tensor)
     if workspace is None or not isinstance(like, torch.Tensor):
         return None
     buf = workspace.get(name)
-    if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0] or buf.dtype != like.dtype \
-            or buf.device != like.device:
+    if (
+        buf is None
+        or buf.shape[1:] != shape[1:]
+        or buf.shape[0] < shape[0]
+        or buf.dtype != like.dtype
+        or buf.device != like.device
+    ):
         buf = workspace[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
     return buf[: shape[0]]
 
 
-def capture_batch(model: nn.Module, x: torch.Tensor, layers: list[str], *, target: str | int = "true",
-                  labels: torch.Tensor | None = None, class_names: list[str] | None = None,
-                  gradients: bool = True, weight_gradients: bool = True,
-                  workspace: dict | None = None) -> BatchResult:
+def capture_batch(
+    model: nn.Module,
+    x: torch.Tensor,
+    layers: list[str],
+    *,
+    target: str | int = "true",
+    labels: torch.Tensor | None = None,
+    class_names: list[str] | None = None,
+    gradients: bool = True,
+    weight_gradients: bool = True,
+    workspace: dict | None = None,
+) -> BatchResult:
     """Capture one batch. ``workspace``: a dict kept by the caller across batches; per-image weight
     gradients are then written into buffers reused from call to call, and the returned arrays
     alias them: consume (store) them before the next call with the same workspace."""
     if model.training:
-        raise RuntimeError("capture needs model.eval(): in training mode dropout and batch norm mix "
-                           "images, and per-image gradients would be wrong")
+        raise RuntimeError(
+            "capture needs model.eval(): in training mode dropout and batch norm mix "
+            "images, and per-image gradients would be wrong"
+        )
     modules = dict(model.named_modules())
-    weighted = [n for n in layers if gradients and weight_gradients
-                and isinstance(getattr(modules[n], "weight", None), nn.Parameter)]
+    weighted = [
+        n
+        for n in layers
+        if gradients and weight_gradients and isinstance(getattr(modules[n], "weight", None), nn.Parameter)
+    ]
     fast = [n for n in weighted if has_fast_path(modules[n])]
     slow = [n for n in weighted if n not in fast]
     for kind in sorted({type(modules[n]).__name__ for n in slow} - _warned_slow):
         _warned_slow.add(kind)
-        log.warning("%s has no batched per-image weight gradient: it takes torch.func vmap, which re-runs "
-                    "the network per image (exact, but several times slower)", kind)
+        log.warning(
+            "%s has no batched per-image weight gradient: it takes torch.func vmap, which re-runs "
+            "the network per image (exact, but several times slower)",
+            kind,
+        )
     with LayerTap(model, layers, keep_inputs=set(fast)) as tap, torch.set_grad_enabled(gradients):
         logits = model_logits(model(x))
         probs = torch.softmax(logits.detach().float(), 1)

@@ -3,6 +3,7 @@
 A module loaded from TorchScript is known by the class it was compiled from (``original_name``:
 ``Conv2d``), not by its wrapper's type, so a scripted or traced model selects like an eager one.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -21,8 +22,6 @@ TYPE_ALIASES = {
     "pool": (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d),
     "bn": (nn.BatchNorm1d, nn.BatchNorm2d),
 }
-
-
 
 
 def named_leaf_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -60,8 +59,7 @@ def _listing(modules: dict[str, nn.Module], limit: int = 60) -> str:
     return ", ".join(items[:limit]) + more
 
 
-def select_layers(model: nn.Module, include: list[str] | None = None,
-                  types: list[str] | None = None) -> list[str]:
+def select_layers(model: nn.Module, include: list[str] | None = None, types: list[str] | None = None) -> list[str]:
     """Names of the layers to capture, in the model's module order.
 
     include: exact names or globs (``features.*``, ``layer?.0.conv1``); None = every conv and
@@ -75,21 +73,20 @@ def select_layers(model: nn.Module, include: list[str] | None = None,
         for pattern in include:
             hits = [n for n in modules if n == pattern or fnmatch.fnmatchcase(n, pattern)]
             if not hits:
-                raise LayerSelectionError(
-                    f"no layer named {pattern!r}. Valid layer names: {_listing(modules)}")
+                raise LayerSelectionError(f"no layer named {pattern!r}. Valid layer names: {_listing(modules)}")
             chosen.extend(h for h in hits if h not in chosen)
     else:
         chosen = list(modules)
     if types:
         chosen = [n for n in chosen if any(_type_matches(modules[n], t) for t in types)]
         if not chosen:
-            raise LayerSelectionError(f"no selected layer has type {', '.join(types)}. "
-                                      f"Layers: {_listing(modules)}")
+            raise LayerSelectionError(f"no selected layer has type {', '.join(types)}. Layers: {_listing(modules)}")
     elif not include:
         chosen = [n for n in chosen if _is(modules[n], CONV_TYPES + LINEAR_TYPES)]
         if not any(_is(modules[n], CONV_TYPES) for n in chosen):
             raise LayerSelectionError(
                 "the model has no conv layer, so there is no layer volume to show. Select layers "
-                f"explicitly with --layers. Layers: {_listing(modules)}")
+                f"explicitly with --layers. Layers: {_listing(modules)}"
+            )
     order = {n: i for i, n in enumerate(modules)}
     return sorted(chosen, key=order.__getitem__)

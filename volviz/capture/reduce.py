@@ -1,6 +1,7 @@
 """Per-image reductions a capture keeps instead of (or beside) the full tensors: filter norms of
 per-image weight gradients (all that importance needs) and pooled descriptors (the dataset view).
 Both are computed in float64 from the float32 tensors the capture holds, batch by batch."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,6 +36,7 @@ def pool(act: np.ndarray, how: str) -> np.ndarray:
     if how == "full" or a.ndim != 4:
         return a.reshape(n, -1).astype(np.float32, copy=False)
     flat = a.reshape(n, a.shape[1], -1)
-    parts = {"mean": [flat.mean(axis=2)], "max": [flat.max(axis=2)],
-             "meanmax": [flat.mean(axis=2), flat.max(axis=2)]}[how]
+    parts = {"mean": [flat.mean(axis=2)], "max": [flat.max(axis=2)], "meanmax": [flat.mean(axis=2), flat.max(axis=2)]}[
+        how
+    ]
     return np.concatenate(parts, axis=1).astype(np.float32)

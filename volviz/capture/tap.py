@@ -6,15 +6,15 @@ downstream (``ReLU(inplace=True)`` right after a conv, as in VGG) cannot overwri
 activation, and the gradient taken w.r.t. the recorded tensor is the gradient w.r.t. the layer's
 true output. Hooks are removed in ``finally``, also when the forward pass raises.
 """
+
 from __future__ import annotations
 
-from volviz.errors import SharedModuleError  # noqa: F401  (re-exported)
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-
+from volviz.errors import SharedModuleError  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -55,12 +55,12 @@ class LayerTap:
     def _make_hook(self, name: str):
         def hook(module, args, output):
             if not isinstance(output, torch.Tensor):
-                raise TypeError(f"layer {name} returns {type(output).__name__}; only tensor outputs "
-                                "can be captured")
+                raise TypeError(f"layer {name} returns {type(output).__name__}; only tensor outputs can be captured")
             if name in self.records:
                 raise SharedModuleError(
                     f"layer {name} ({type(module).__name__}) runs more than once per forward pass "
-                    "(a shared module), so its activation is ambiguous; select the layers around it")
+                    "(a shared module), so its activation is ambiguous; select the layers around it"
+                )
             inp = args[0] if (name in self.keep_inputs and args) else None
             if not torch.is_grad_enabled():
                 # no graph to keep: one copy of the value, and the network goes on with its own tensor
@@ -68,4 +68,5 @@ class LayerTap:
                 return None
             self.records[name] = Recorded(output, inp)
             return output.clone()
+
         return hook

@@ -1,5 +1,6 @@
 """What several subcommands share: opening a store, and the --trust-* flags that alone may let a
 store's model spec unpickle or run code (a store is data someone may have sent you)."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,21 +8,30 @@ import argparse
 
 def add_trust_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("trust (a store or scene can never switch these on by itself)")
-    g.add_argument("--trust-pickle", action="store_true",
-                   help="allow the model's weights to be a pickled full model (runs code from the file)")
-    g.add_argument("--trust-factory", action="store_true",
-                   help="allow the store's model spec to import a package.module:factory or load a "
-                   "TorchScript file (runs code named by the store)")
+    g.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow the model's weights to be a pickled full model (runs code from the file)",
+    )
+    g.add_argument(
+        "--trust-factory",
+        action="store_true",
+        help="allow the store's model spec to import a package.module:factory or load a "
+        "TorchScript file (runs code named by the store)",
+    )
 
 
 def trust(a) -> dict:
     """The trust flags of THIS command line, as keyword arguments for ``Store.model``."""
-    return {"trust_pickle": bool(getattr(a, "trust_pickle", False)),
-            "trust_factory": bool(getattr(a, "trust_factory", False))}
+    return {
+        "trust_pickle": bool(getattr(a, "trust_pickle", False)),
+        "trust_factory": bool(getattr(a, "trust_factory", False)),
+    }
 
 
 def open_store(path, mode: str = "r"):
     from volviz.store.store import Store
+
     return Store.open(path, mode)
 
 
@@ -37,11 +47,14 @@ def check_output(path, suffixes: tuple[str, ...] | None = None):
     import pathlib
 
     from volviz.errors import UserError
+
     out = pathlib.Path(path)
     if suffixes and out.suffix.lower() not in suffixes:
         raise UserError(f"--out {out}: use one of {', '.join(suffixes)}")
     if out.is_dir():
-        raise UserError(f"--out {out} is a folder; give a file name such as {out / ('out' + (suffixes or ('.png',))[0])}")
+        raise UserError(
+            f"--out {out} is a folder; give a file name such as {out / ('out' + (suffixes or ('.png',))[0])}"
+        )
     parent = out.absolute().parent
     while not parent.exists():
         parent = parent.parent

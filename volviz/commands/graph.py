@@ -1,4 +1,5 @@
 """``volviz graph``: the model of a store as a 3-D node-edge graph, rendered to a PNG."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,19 +27,31 @@ Thumbnails: preferred inputs from `volviz optimize STORE` (neutral slate tiles f
 
 
 def register(sub) -> None:
-    p = sub.add_parser("graph", help="the network as a 3-D node-edge graph with thumbnails, as a PNG",
-                       description="Build the unit graph of the store's model from its dataflow (torch.fx) "
-                       "and render it off screen: one plane of units per layer, edges from the weights, "
-                       "nodes coloured by their response to one image.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    p = sub.add_parser(
+        "graph",
+        help="the network as a 3-D node-edge graph with thumbnails, as a PNG",
+        description="Build the unit graph of the store's model from its dataflow (torch.fx) "
+        "and render it off screen: one plane of units per layer, edges from the weights, "
+        "nodes coloured by their response to one image.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
     p.add_argument("store", help="a store made by `volviz capture`")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--image", type=int, default=0, help="image whose responses colour the nodes (default 0)")
     p.add_argument("--k", type=int, default=8, help="strongest incoming edges kept per unit (default 8; 0: all)")
-    p.add_argument("--threshold", type=float, default=0.0,
-                   help="also drop edges below this fraction of the strongest edge into the layer (0..1)")
-    p.add_argument("--mode", choices=["relu", "abs"], default="relu",
-                   help="edge strength from positive weights only (relu, seed 000) or |W| (abs)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.0,
+        help="also drop edges below this fraction of the strongest edge into the layer (0..1)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["relu", "abs"],
+        default="relu",
+        help="edge strength from positive weights only (relu, seed 000) or |W| (abs)",
+    )
     p.add_argument("--edges-per-node", type=int, help="draw only this many of each unit's edges")
     p.add_argument("--layer", help="zoom into this layer")
     p.add_argument("--unit", type=int, help="with --layer: zoom onto this unit")
@@ -47,11 +60,15 @@ def register(sub) -> None:
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--height", type=int, default=768)
     p.add_argument("--no-thumbnails", action="store_true", help="plain coloured squares, no preferred inputs")
-    p.add_argument("--lod", choices=["auto", "layers", "units"], default="auto",
-                   help="overview level of detail: one tile per layer, or every unit (default auto: layers "
-                   "above 3,000 units)")
+    p.add_argument(
+        "--lod",
+        choices=["auto", "layers", "units"],
+        default="auto",
+        help="overview level of detail: one tile per layer, or every unit (default auto: layers above 3,000 units)",
+    )
     p.add_argument("--export", help="also write the graph: .graphml or .json (node-link)")
     from volviz.commands.common import add_trust_args
+
     add_trust_args(p)
     p.set_defaults(func=cmd_graph)
 
@@ -65,8 +82,7 @@ def export_graph(G, path: str) -> None:
 
     path = pathlib.Path(path)
     H = nx.relabel_nodes(G, {n: f"{n[0]}:{n[1]}" for n in G.nodes})
-    H.graph = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in G.graph.items()
-               if v is not None}
+    H.graph = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in G.graph.items() if v is not None}
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".graphml":
         nx.write_graphml(H, path)
@@ -104,16 +120,24 @@ def cmd_graph(a) -> int:
     thumbs = {} if a.no_thumbnails else load_thumbnails(store, units, progress=False)
     style = GraphStyle(edges_per_node=a.edges_per_node, missing_thumbnail="none" if a.no_thumbnails else "grey")
     n_units = sum(d["n_units"] for d in G.graph["layers"] if d["kind"] != "input")
-    title = (f"{store.plan.model.spec}: {len(units)} layers, {n_units:,} units, {G.number_of_edges():,} edges "
-             f"(k={a.k})")
-    scene = GraphLODScene(G, None, thumbs, input_image=store.read_input(a.image), style=style, title=title,
-                          window_size=(a.width, a.height), lod="units" if a.layer else a.lod)
+    title = f"{store.plan.model.spec}: {len(units)} layers, {n_units:,} units, {G.number_of_edges():,} edges (k={a.k})"
+    scene = GraphLODScene(
+        G,
+        None,
+        thumbs,
+        input_image=store.read_input(a.image),
+        style=style,
+        title=title,
+        window_size=(a.width, a.height),
+        lod="units" if a.layer else a.lod,
+    )
     try:
         scene.update_activations(unit_responses(store, a.image, units))
         names = store.class_names or []
         pred = int(store.column("pred")[a.image])
-        scene.set_label(f"image {a.image} [{store.images[a.image].id}]\n"
-                        f"predicted {names[pred] if pred < len(names) else pred}")
+        scene.set_label(
+            f"image {a.image} [{store.images[a.image].id}]\npredicted {names[pred] if pred < len(names) else pred}"
+        )
         angles = {k: v for k, v in (("azimuth", a.azimuth), ("elevation", a.elevation)) if v is not None}
         if a.layer and a.unit is not None:
             scene.view_unit(a.layer, a.unit, **angles)
@@ -125,6 +149,8 @@ def cmd_graph(a) -> int:
     finally:
         scene.close()
     lod = "one tile per layer" if scene.mode == "layers" else "units"
-    print(f"wrote {a.out}  ({G.number_of_nodes()} nodes, {G.number_of_edges()} edges, {lod}, "
-          f"{len(thumbs)} layers with thumbnails, traced by {G.graph['tracer']} in {G.graph['seconds']:.2f} s)")
+    print(
+        f"wrote {a.out}  ({G.number_of_nodes()} nodes, {G.number_of_edges()} edges, {lod}, "
+        f"{len(thumbs)} layers with thumbnails, traced by {G.graph['tracer']} in {G.graph['seconds']:.2f} s)"
+    )
     return 0

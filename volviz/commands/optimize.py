@@ -1,5 +1,6 @@
 """``volviz optimize``: preferred inputs for every unit of the chosen layers, into the store;
 ``volviz preferred-grid``: one layer's preferred inputs as a grid PNG."""
+
 from __future__ import annotations
 
 import argparse
@@ -29,35 +30,69 @@ The projected time is printed before the run, from one timed step per layer.
 
 
 def register(sub) -> None:
-    p = sub.add_parser("optimize", help="preferred inputs (activation maximization) of every unit, into the store",
-                       description="Optimize an input image for every unit of the chosen layers (one unit per "
-                       "batch element), several seeds each, with the regularization chosen per layer by a random "
-                       "search; results go into STORE/preferred/<layer>/. Rerunning resumes an interrupted run "
-                       "and skips finished layers.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    p = sub.add_parser(
+        "optimize",
+        help="preferred inputs (activation maximization) of every unit, into the store",
+        description="Optimize an input image for every unit of the chosen layers (one unit per "
+        "batch element), several seeds each, with the regularization chosen per layer by a random "
+        "search; results go into STORE/preferred/<layer>/. Rerunning resumes an interrupted run "
+        "and skips finished layers.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
     p.add_argument("store", help="a store made by `volviz capture` (its model and real images are used)")
     p.add_argument("--layers", nargs="+", help="layer names or globs (default: the store's conv and linear layers)")
-    p.add_argument("--units", nargs="+", metavar="UNITS",
-                   help="units to optimize in each layer: indices (3,7,285), ranges (0:64, 900:), class "
-                   "names for the output layer (default: all units)")
-    p.add_argument("--size", nargs="+", type=int, metavar="PX",
-                   help="optimize images of PX x PX (or H W) pixels, upsampled to the model input for the "
-                   "forward pass (default: the input size)")
+    p.add_argument(
+        "--units",
+        nargs="+",
+        metavar="UNITS",
+        help="units to optimize in each layer: indices (3,7,285), ranges (0:64, 900:), class "
+        "names for the output layer (default: all units)",
+    )
+    p.add_argument(
+        "--size",
+        nargs="+",
+        type=int,
+        metavar="PX",
+        help="optimize images of PX x PX (or H W) pixels, upsampled to the model input for the "
+        "forward pass (default: the input size)",
+    )
     p.add_argument("--seeds", type=int, default=3, help="start images per unit (default 3)")
     p.add_argument("--steps", type=int, default=256, help="optimization steps (default 256)")
-    p.add_argument("--search", type=int, default=16, metavar="N",
-                   help="random-search N regularization settings per layer (default 16; 0: use the fixed setting)")
+    p.add_argument(
+        "--search",
+        type=int,
+        default=16,
+        metavar="N",
+        help="random-search N regularization settings per layer (default 16; 0: use the fixed setting)",
+    )
     p.add_argument("--search-units", type=int, default=8, help="units the search evaluates (default 8)")
     p.add_argument("--search-steps", type=int, help="steps per search run (default: --steps)")
-    p.add_argument("--hf-weight", type=float, default=1.0, help="weight of the high-frequency penalty in the "
-                   "search score (default 1)")
-    p.add_argument("--param", choices=["auto", "pixel", "fourier"], default="auto",
-                   help="image parameterization (auto: the search tries both; pixel without search)")
-    p.add_argument("--conv-objective", choices=["channel", "centre"], default="channel",
-                   help="conv unit = a channel's mean activation or its centre neuron (default channel)")
-    p.add_argument("--init", choices=["noise", "mean"], default="noise",
-                   help="start from blurred Gaussian noise, or from the class mean image (class units) / the "
-                   "mean of the unit's top-9 real images (others), plus a little noise (default noise)")
+    p.add_argument(
+        "--hf-weight",
+        type=float,
+        default=1.0,
+        help="weight of the high-frequency penalty in the search score (default 1)",
+    )
+    p.add_argument(
+        "--param",
+        choices=["auto", "pixel", "fourier"],
+        default="auto",
+        help="image parameterization (auto: the search tries both; pixel without search)",
+    )
+    p.add_argument(
+        "--conv-objective",
+        choices=["channel", "centre"],
+        default="channel",
+        help="conv unit = a channel's mean activation or its centre neuron (default channel)",
+    )
+    p.add_argument(
+        "--init",
+        choices=["noise", "mean"],
+        default="noise",
+        help="start from blurred Gaussian noise, or from the class mean image (class units) / the "
+        "mean of the unit's top-9 real images (others), plus a little noise (default noise)",
+    )
     g = p.add_argument_group("fixed regularization (without --search; with it, the search's first candidate)")
     g.add_argument("--lr", type=float, help="Adam step size (default 0.05)")
     g.add_argument("--l2-decay", type=float, help="fraction pulled back to the mean pixel per step (default 0.002)")
@@ -67,33 +102,49 @@ def register(sub) -> None:
     g.add_argument("--blur-sigma", type=float, help="blur sigma in pixels (default 0.5)")
     g.add_argument("--jitter", type=int, help="largest random shift per step in pixels (default 1)")
     g.add_argument("--no-clip", action="store_true", help="do not clip pixels to the real images' range")
-    p.add_argument("--batch-size", type=int, default=0,
-                   help="batch elements (units x seeds) per run (default: automatic; 512 on a GPU, fewer for "
-                   "large inputs on a CPU, where big batches of big images are slower per image)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=0,
+        help="batch elements (units x seeds) per run (default: automatic; 512 on a GPU, fewer for "
+        "large inputs on a CPU, where big batches of big images are slower per image)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
-    p.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32",
-                   help="fp32; tf32 (TF32 matmuls/convs on the GPU); bf16 (bf16 autocast for the model)")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "tf32", "bf16"],
+        default="fp32",
+        help="fp32; tf32 (TF32 matmuls/convs on the GPU); bf16 (bf16 autocast for the model)",
+    )
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: cores - 1)")
     p.add_argument("--overwrite", action="store_true", help="recompute layers that already have results")
     p.add_argument("--grid-dir", help="also write DIR/<layer>.png, a grid of each layer's preferred inputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     from volviz.commands.common import add_trust_args
+
     add_trust_args(p)
     p.set_defaults(func=cmd_optimize)
 
-    q = sub.add_parser("preferred-grid", help="a layer's preferred inputs as a grid PNG",
-                       description="Write a grid PNG of one layer's preferred inputs (from `volviz optimize`): "
-                       "one tile per unit (the best seed, or all seeds side by side), normalized per unit, "
-                       "enlarged by nearest neighbour.")
+    q = sub.add_parser(
+        "preferred-grid",
+        help="a layer's preferred inputs as a grid PNG",
+        description="Write a grid PNG of one layer's preferred inputs (from `volviz optimize`): "
+        "one tile per unit (the best seed, or all seeds side by side), normalized per unit, "
+        "enlarged by nearest neighbour.",
+    )
     q.add_argument("store")
     q.add_argument("--layer", required=True)
     q.add_argument("--out", required=True, help="PNG file to write")
     q.add_argument("--seeds", default="best", help="best (default), all, or a seed index")
     q.add_argument("--normalize", choices=["per_unit", "none"], default="per_unit")
-    q.add_argument("--channels", nargs=3, type=int, metavar=("R", "G", "B"),
-                   help="input channels shown as red, green, blue (N-channel inputs; default the first three)")
-    q.add_argument("--units", nargs="+", help="units as for optimize --units: 0:64, 3,7,285, class names "
-                   "(default all)")
+    q.add_argument(
+        "--channels",
+        nargs=3,
+        type=int,
+        metavar=("R", "G", "B"),
+        help="input channels shown as red, green, blue (N-channel inputs; default the first three)",
+    )
+    q.add_argument("--units", nargs="+", help="units as for optimize --units: 0:64, 3,7,285, class names (default all)")
     q.add_argument("--min-size", type=int, default=768, help="enlarge to at least this many pixels (default 768)")
     q.set_defaults(func=cmd_grid)
 
@@ -101,9 +152,13 @@ def register(sub) -> None:
 def cmd_optimize(a) -> int:
     from volviz.analysis.actmax.run import PreferredSettings, run_preferred
     from volviz.cli import setup_torch_threads
+
     setup_torch_threads(a.threads)
-    fixed = {k: getattr(a, k) for k in ("lr", "l2_decay", "l1", "tv", "blur_every", "blur_sigma", "jitter")
-             if getattr(a, k) is not None}
+    fixed = {
+        k: getattr(a, k)
+        for k in ("lr", "l2_decay", "l1", "tv", "blur_every", "blur_sigma", "jitter")
+        if getattr(a, k) is not None
+    }
     if a.no_clip:
         fixed["clip"] = False
     size = None
@@ -112,26 +167,51 @@ def cmd_optimize(a) -> int:
             raise UserError(f"--size takes one or two positive numbers (PX, or H W), got {' '.join(map(str, a.size))}")
         size = (a.size[0], a.size[-1])
     try:
-        s = PreferredSettings(conv_objective=a.conv_objective, seeds=a.seeds, steps=a.steps, search=a.search,
-                              search_units=a.search_units, search_steps=a.search_steps, hf_weight=a.hf_weight,
-                              param=a.param, config=fixed, init=a.init, batch_size=a.batch_size, size=size,
-                              device=a.device, precision=a.precision)
+        s = PreferredSettings(
+            conv_objective=a.conv_objective,
+            seeds=a.seeds,
+            steps=a.steps,
+            search=a.search,
+            search_units=a.search_units,
+            search_steps=a.search_steps,
+            hf_weight=a.hf_weight,
+            param=a.param,
+            config=fixed,
+            init=a.init,
+            batch_size=a.batch_size,
+            size=size,
+            device=a.device,
+            precision=a.precision,
+        )
     except ValueError as exc:
         raise UserError(str(exc)) from None
     from volviz.commands.common import open_store, trust
+
     store = open_store(a.store, "r+")
-    summaries = run_preferred(store, a.layers, s, overwrite=a.overwrite, progress=not a.quiet, trust=trust(a),
-                              units=a.units, report=None if a.quiet else print)
-    print(f"{'layer':<16} {'objective':<9} {'units':>5} {'beats real':>10} {'>= real':>8} {'median z':>9} "
-          f"{'HF':>5} {'seconds':>8}")
+    summaries = run_preferred(
+        store,
+        a.layers,
+        s,
+        overwrite=a.overwrite,
+        progress=not a.quiet,
+        trust=trust(a),
+        units=a.units,
+        report=None if a.quiet else print,
+    )
+    print(
+        f"{'layer':<16} {'objective':<9} {'units':>5} {'beats real':>10} {'>= real':>8} {'median z':>9} "
+        f"{'HF':>5} {'seconds':>8}"
+    )
     for layer, m in summaries.items():
-        print(f"{layer:<16} {m.get('objective', '?'):<9} {m.get('units', 0):>5} "
-              f"{m.get('beats_real_fraction', float('nan')):>10.2f} "
-              f"{m.get('matches_real_fraction', float('nan')):>8.2f} "
-              f"{m.get('median_z', float('nan')):>9.2f} "
-              f"{m.get('mean_hf', float('nan')):>5.2f} {m.get('seconds', 0):>8.1f}"
-              + (f"  (of {m['of_units']})" if m.get("of_units") else "")
-              + ("  (already done)" if m.get("skipped") else ""))
+        print(
+            f"{layer:<16} {m.get('objective', '?'):<9} {m.get('units', 0):>5} "
+            f"{m.get('beats_real_fraction', float('nan')):>10.2f} "
+            f"{m.get('matches_real_fraction', float('nan')):>8.2f} "
+            f"{m.get('median_z', float('nan')):>9.2f} "
+            f"{m.get('mean_hf', float('nan')):>5.2f} {m.get('seconds', 0):>8.1f}"
+            + (f"  (of {m['of_units']})" if m.get("of_units") else "")
+            + ("  (already done)" if m.get("skipped") else "")
+        )
     if a.grid_dir:
         for layer in summaries:
             path = write_grid(a.store, layer, pathlib.Path(a.grid_dir) / f"{layer}.png")
@@ -139,8 +219,14 @@ def cmd_optimize(a) -> int:
     return 0
 
 
-def grid_image(images: np.ndarray, normalize: str = "per_unit", channels=None, unit_gap: int = 2,
-               seed_gap: int = 1, gap_color=(128, 128, 128)) -> np.ndarray:
+def grid_image(
+    images: np.ndarray,
+    normalize: str = "per_unit",
+    channels=None,
+    unit_gap: int = 2,
+    seed_gap: int = 1,
+    gap_color=(128, 128, 128),
+) -> np.ndarray:
     """float ``(units, C, H, W)`` or ``(units, seeds, C, H, W)`` -> uint8 RGB mosaic.
 
     With seeds, each unit is a horizontal strip of its seeds; strips are laid out so that the whole
@@ -164,8 +250,17 @@ def grid_image(images: np.ndarray, normalize: str = "per_unit", channels=None, u
     return to_rgb(mosaic, nan_color=gap_color)
 
 
-def write_grid(store, layer: str, out, seeds: str = "best", normalize: str = "per_unit", channels=None,
-               units=None, min_size: int = 768, max_size: int = 4096) -> pathlib.Path:
+def write_grid(
+    store,
+    layer: str,
+    out,
+    seeds: str = "best",
+    normalize: str = "per_unit",
+    channels=None,
+    units=None,
+    min_size: int = 768,
+    max_size: int = 4096,
+) -> pathlib.Path:
     """A grid PNG of a layer's preferred inputs. ``units``: a spec as for ``--units`` (default all);
     units without results are grey tiles. Images optimized below the model's input size
     (``--size``) are shown as the model saw them, upsampled (the grid at most ``max_size`` px)."""
@@ -177,8 +272,9 @@ def write_grid(store, layer: str, out, seeds: str = "best", normalize: str = "pe
     info = preferred_info(st, layer)
     sel = None
     if units:
-        sel = parse_units(units, info.n_units, layer=layer,
-                          class_names=st.class_names if info.objective == "class" else None)
+        sel = parse_units(
+            units, info.n_units, layer=layer, class_names=st.class_names if info.objective == "class" else None
+        )
     if seeds == "best":
         imgs = best_preferred(st, layer, units=sel)
     else:
@@ -187,8 +283,9 @@ def write_grid(store, layer: str, out, seeds: str = "best", normalize: str = "pe
             try:
                 imgs = imgs[:, int(seeds)]
             except (ValueError, IndexError):
-                raise UserError(f"--seeds must be best, all or a seed index below {imgs.shape[1]}, "
-                                f"got {seeds!r}") from None
+                raise UserError(
+                    f"--seeds must be best, all or a seed index below {imgs.shape[1]}, got {seeds!r}"
+                ) from None
     if info.input_shape and tuple(info.input_shape[-2:]) != tuple(imgs.shape[-2:]):
         n = imgs.shape[0] * (1 if imgs.ndim == 4 else imgs.shape[1])
         cols = near_square_grid(n)[1]

@@ -1,4 +1,5 @@
 """`volviz render`, `volviz movie` and `volviz demo`: layer volumes and grids from a store to PNG / MP4 / GIF."""
+
 from __future__ import annotations
 
 import argparse
@@ -36,59 +37,92 @@ examples:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", help="layer name (default: the first conv layer)")
-    p.add_argument("--quantity", default="activation",
-                   choices=["activation", "grad_activation", "grad_weight"])
+    p.add_argument("--quantity", default="activation", choices=["activation", "grad_activation", "grad_weight"])
     p.add_argument("--order", default="natural", help="natural, pca, kmeans, kmeans2, slice-pca, slice-kmeans")
-    p.add_argument("--fit", default=None, choices=["image", "set"],
-                   help="order fitted per image or once over the image set (render: image, movie: set)")
+    p.add_argument(
+        "--fit",
+        default=None,
+        choices=["image", "set"],
+        help="order fitted per image or once over the image set (render: image, movie: set)",
+    )
     p.add_argument("--clusters", type=int, help="number of k-means clusters (default: C/4, at most 10)")
     p.add_argument("--cmap", help="colour map (default: the theme, inferno; RdBu_r for signed data)")
-    p.add_argument("--opacity", help="opacity preset: linear, sigmoid, high, flat, diverging "
-                   "(default sigmoid; diverging for gradients)")
+    p.add_argument(
+        "--opacity",
+        help="opacity preset: linear, sigmoid, high, flat, diverging (default sigmoid; diverging for gradients)",
+    )
     p.add_argument("--slices", action="store_true", help="show orthogonal slice planes")
-    p.add_argument("--slice-pos", nargs=3, type=float, metavar=("X", "Y", "Z"), default=(0.5, 0.5, 0.5),
-                   help="slice positions as fractions 0..1")
+    p.add_argument(
+        "--slice-pos",
+        nargs=3,
+        type=float,
+        metavar=("X", "Y", "Z"),
+        default=(0.5, 0.5, 0.5),
+        help="slice positions as fractions 0..1",
+    )
     p.add_argument("--no-outline", action="store_true")
     p.add_argument("--width", type=int, help="pixels (default 800; a scene file's own size)")
     p.add_argument("--height", type=int, help="pixels (default 608; a scene file's own size)")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("render", help="write a layer volume (or a 2-D grid of maps) to PNG",
-                       description="Render one layer of a store for one image as a 3-D volume "
-                       "(activations, activation gradients or weight gradients), or as a 2-D grid.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=RENDER_EPILOG)
+    p = sub.add_parser(
+        "render",
+        help="write a layer volume (or a 2-D grid of maps) to PNG",
+        description="Render one layer of a store for one image as a 3-D volume "
+        "(activations, activation gradients or weight gradients), or as a 2-D grid.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=RENDER_EPILOG,
+    )
     p.add_argument("store")
     p.add_argument("--out", required=True, help="PNG file")
     p.add_argument("--image", default="0", help="image index or id (default 0)")
     p.add_argument("--grid", action="store_true", help="2-D grid of feature maps (vis_square) instead of 3-D")
-    p.add_argument("--preferred", action="store_true",
-                   help="grid of the layer's preferred inputs (computed by `volviz optimize STORE`)")
+    p.add_argument(
+        "--preferred",
+        action="store_true",
+        help="grid of the layer's preferred inputs (computed by `volviz optimize STORE`)",
+    )
     _common(p)
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("movie", help="write an MP4/GIF: a rotating volume, a time series of images, or a scene file",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=MOVIE_EPILOG,
-                       description="Rotate a layer volume and/or step through the captured images, or "
-                       "render a scene file (scenes/*.toml) with its camera path.")
+    p = sub.add_parser(
+        "movie",
+        help="write an MP4/GIF: a rotating volume, a time series of images, or a scene file",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=MOVIE_EPILOG,
+        description="Rotate a layer volume and/or step through the captured images, or "
+        "render a scene file (scenes/*.toml) with its camera path.",
+    )
     p.add_argument("source", help="a store folder, or a scene file (.toml)")
     p.add_argument("--out", required=True, help=".mp4 or .gif")
     p.add_argument("--mode", default="images", choices=["rotate", "images", "both"])
     p.add_argument("--frames", type=int, default=72, help="frames of a full rotation (default 72)")
     p.add_argument("--fps", type=float, help="frames per second (default 12; a scene file's own fps)")
-    p.add_argument("--sort", default="captured", choices=["captured", "probability", "class", "misclassified"],
-                   help="order of images in the time series")
+    p.add_argument(
+        "--sort",
+        default="captured",
+        choices=["captured", "probability", "class", "misclassified"],
+        help="order of images in the time series",
+    )
     p.add_argument("--max-images", type=int, help="play at most this many images")
-    p.add_argument("--allow-outside", action="store_true",
-                   help="a scene file may name a store outside its own folder (trusted scene files only)")
+    p.add_argument(
+        "--allow-outside",
+        action="store_true",
+        help="a scene file may name a store outside its own folder (trusted scene files only)",
+    )
     _common(p)
     from volviz.commands.common import add_trust_args
+
     add_trust_args(p)
     p.set_defaults(func=cmd_movie)
 
-    p = sub.add_parser("demo", help="the README's main job: capture the embedded default and show it",
-                       description="Capture the embedded digits model on its test images (once), write "
-                       "PNG renderings of its layer volumes to out/demo/, then serve the app.")
+    p = sub.add_parser(
+        "demo",
+        help="the README's main job: capture the embedded default and show it",
+        description="Capture the embedded digits model on its test images (once), write "
+        "PNG renderings of its layer volumes to out/demo/, then serve the app.",
+    )
     p.add_argument("--store", default="stores/digits")
     p.add_argument("--out", default="out/demo")
     p.add_argument("--no-serve", action="store_true", help="only capture and render")
@@ -99,9 +133,11 @@ def register(sub) -> None:
 # ---------------------------------------------------------------------------------------
 def _open(path):
     from volviz.store.store import Store
+
     store = Store.open(path)
     if not store.done.any():
         from volviz.store.store import StoreError
+
         raise StoreError(f"{path} holds no captured image yet; run `volviz capture --resume --out {path}`")
     return store
 
@@ -120,6 +156,7 @@ def resolve_image(store, image: str) -> int:
     if image in ids:
         return ids.index(image)
     from volviz.store.store import StoreError
+
     raise StoreError(f"no image {image!r} in the store; give an index 0..{store.n_images - 1} or an id like {ids[0]!r}")
 
 
@@ -128,17 +165,23 @@ def style_for(a, quantity: str, data=None):
     map, zero transparent; non-negative data on the sequential map), unless --cmap / --opacity."""
     from volviz.views.colors import QUANTITY_LABELS, theme_for
     from volviz.views.volume_style import VolumeStyle
+
     th = theme_for(data) if data is not None else theme_for(signed=quantity != "activation")
-    return VolumeStyle(cmap=a.cmap, opacity=a.opacity or th.opacity,
-                       show_slices=a.slices, slice_positions=tuple(a.slice_pos),
-                       show_outline=not a.no_outline, scalar_bar_title=QUANTITY_LABELS[quantity])
+    return VolumeStyle(
+        cmap=a.cmap,
+        opacity=a.opacity or th.opacity,
+        show_slices=a.slices,
+        slice_positions=tuple(a.slice_pos),
+        show_outline=not a.no_outline,
+        scalar_bar_title=QUANTITY_LABELS[quantity],
+    )
 
 
 def caption(store, i: int) -> str:
     names = store.class_names
     lab, pred = int(store.column("label")[i]), int(store.column("pred")[i])
     p = float(store.column("probs")[i, pred])
-    name = (lambda k: names[k] if names and 0 <= k < len(names) else str(k))
+    name = lambda k: names[k] if names and 0 <= k < len(names) else str(k)
     true = name(lab) if lab >= 0 else "?"
     return f"image {i}  true {true}  pred {name(pred)} ({p:.2f})"
 
@@ -165,6 +208,7 @@ def _note(a, lv) -> str:
 
 def _scene(store, a, layer, image, fit):
     from volviz.views.source import LayerVolumeSource
+
     src = LayerVolumeSource(store)
     lv = src.get(layer, a.quantity, image, a.order, fit, n_clusters=a.clusters)
     return src, lv, _scene_for(store, a, lv, with_target=False)  # a movie: the target may change
@@ -173,8 +217,15 @@ def _scene(store, a, layer, image, fit):
 def _scene_for(store, a, lv, with_target: bool = True):
     """The off-screen scene showing one LayerVolume: title top left, caption bottom left."""
     from volviz.views.volume import LayerVolumeScene
-    scene = LayerVolumeScene(lv.volume, lv.order, lv.boundaries, style_for(a, a.quantity, lv.volume),
-                             _title(store, a, lv, with_target), window_size=(a.width or 800, a.height or 608))
+
+    scene = LayerVolumeScene(
+        lv.volume,
+        lv.order,
+        lv.boundaries,
+        style_for(a, a.quantity, lv.volume),
+        _title(store, a, lv, with_target),
+        window_size=(a.width or 800, a.height or 608),
+    )
     scene.set_note(_note(a, lv))
     scene.set_label(caption(store, lv.image))
     return scene
@@ -187,16 +238,25 @@ def layer_volume(store, a, layer: str, image: int, fit: str = "image"):
     order = a.order.lower().replace("_", "-")
     if order != "natural":
         from volviz.views.source import LayerVolumeSource
+
         return LayerVolumeSource(store).get(layer, a.quantity, image, a.order, fit, n_clusters=a.clusters)
     from types import SimpleNamespace
 
     from volviz.store.store import StoreError
     from volviz.views.volume_data import array_volume
+
     if layer not in store.layers:
         raise StoreError(f"layer {layer!r} is not in this store. Layers: {', '.join(store.layers)}")
     vol, kind = array_volume(store.read(a.quantity, layer, image), a.quantity)
-    return SimpleNamespace(volume=vol, order=np.arange(vol.shape[0]), boundaries=np.array([], int),
-                           quantity=a.quantity, layer=layer, image=image, kind=kind)
+    return SimpleNamespace(
+        volume=vol,
+        order=np.arange(vol.shape[0]),
+        boundaries=np.array([], int),
+        quantity=a.quantity,
+        layer=layer,
+        image=image,
+        kind=kind,
+    )
 
 
 def _class_names_for(store, layer: str):
@@ -214,37 +274,56 @@ def _figure(store, a, layer: str, image: int, lv, out) -> None:
     from volviz.views import render_figures as F
     from volviz.views.colors import QUANTITY_LABELS
     from volviz.views.grid import vis_square
-    title = f"{store.plan.model.spec}  {layer}  {a.quantity}" + \
-        (f" of {target_name(store, image)}" if a.quantity != "activation" else "")
+
+    title = f"{store.plan.model.spec}  {layer}  {a.quantity}" + (
+        f" of {target_name(store, image)}" if a.quantity != "activation" else ""
+    )
     cap = caption(store, image)
     label = QUANTITY_LABELS[a.quantity]
     names = _class_names_for(store, layer)
     raw = store.read(a.quantity, layer, image) if a.quantity == "grad_weight" else None
     if raw is not None and raw.ndim == 2:
-        F.weight_rows_figure(out, raw, title=f"{title}  ({raw.shape[0]} x {raw.shape[1]})", caption=cap,
-                             names=names, bar_label=label, cmap=a.cmap)
+        F.weight_rows_figure(
+            out,
+            raw,
+            title=f"{title}  ({raw.shape[0]} x {raw.shape[1]})",
+            caption=cap,
+            names=names,
+            bar_label=label,
+            cmap=a.cmap,
+        )
     elif lv.kind == "neurons":
         vec = store.read(a.quantity, layer, image).ravel()
-        F.neuron_figure(out, vec, title=f"{title}  ({vec.size} neurons)", caption=cap, bar_label=label,
-                        names=names, cmap=a.cmap)
+        F.neuron_figure(
+            out, vec, title=f"{title}  ({vec.size} neurons)", caption=cap, bar_label=label, names=names, cmap=a.cmap
+        )
     else:
         from volviz.views.colors import is_signed
+
         maps = lv.volume[lv.order]
         img = vis_square(maps, normalize=None if is_signed(maps) else "global")
         what = {"maps": "maps", "weights": "filters (C_in kernels each)"}.get(lv.kind, "maps")
-        F.grid_figure(out, img, title=f"{title}  ({maps.shape[0]} {what} of {maps.shape[1]} x {maps.shape[2]})",
-                      caption=cap, bar_label=label + ("" if is_signed(maps) else " (layer min..max)"),
-                      cmap=a.cmap, note=f"row-major on a near-square grid, order={a.order}")
+        F.grid_figure(
+            out,
+            img,
+            title=f"{title}  ({maps.shape[0]} {what} of {maps.shape[1]} x {maps.shape[2]})",
+            caption=cap,
+            bar_label=label + ("" if is_signed(maps) else " (layer min..max)"),
+            cmap=a.cmap,
+            note=f"row-major on a near-square grid, order={a.order}",
+        )
 
 
 def cmd_render(a) -> int:
     from volviz.commands.common import check_output
+
     check_output(a.out, (".png",))
     store = _open(a.store)
     layer = a.layer or default_layer(store)
     out = pathlib.Path(a.out)
     if a.preferred:
         from volviz.commands.optimize import write_grid
+
         write_grid(store, layer, out)
         print(f"wrote {out}")
         return 0
@@ -265,14 +344,23 @@ def cmd_render(a) -> int:
 def _probe_key() -> str:
     import sys
     from importlib.metadata import PackageNotFoundError, version
+
     try:
         vtk = version("vtk")
     except PackageNotFoundError:
         vtk = "?"
-    env = {k: os.environ.get(k, "") for k in ("VTK_DEFAULT_OPENGL_WINDOW", "DISPLAY", "WAYLAND_DISPLAY",
-                                              "EGL_PLATFORM", "LIBGL_ALWAYS_SOFTWARE", "MESA_LOADER_DRIVER_OVERRIDE")}
-    return json.dumps({"python": sys.executable, "vtk": vtk, "env": env, "host": os.uname().nodename},
-                      sort_keys=True)
+    env = {
+        k: os.environ.get(k, "")
+        for k in (
+            "VTK_DEFAULT_OPENGL_WINDOW",
+            "DISPLAY",
+            "WAYLAND_DISPLAY",
+            "EGL_PLATFORM",
+            "LIBGL_ALWAYS_SOFTWARE",
+            "MESA_LOADER_DRIVER_OVERRIDE",
+        )
+    }
+    return json.dumps({"python": sys.executable, "vtk": vtk, "env": env, "host": os.uname().nodename}, sort_keys=True)
 
 
 def _ensure_rendering() -> None:
@@ -280,8 +368,11 @@ def _ensure_rendering() -> None:
     answer for this Python, VTK version, host and display settings (``~/.cache/volviz``): the probe
     is a fresh interpreter that imports pyvista and renders, about 2.6 s of every render before.
     ``VOLVIZ_RENDER_PROBE=always`` probes every time."""
-    cache = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "volviz" / \
-        "render-probe.json"
+    cache = (
+        pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache")
+        / "volviz"
+        / "render-probe.json"
+    )
     key = _probe_key()
     if os.environ.get("VOLVIZ_RENDER_PROBE") != "always":
         try:
@@ -290,9 +381,11 @@ def _ensure_rendering() -> None:
         except (OSError, ValueError, AttributeError):
             pass
     from volviz.views.render_probe import rendering_available
+
     ok, msg = rendering_available()
     if not ok:
         from volviz.errors import VolvizError
+
         raise VolvizError(msg)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -307,10 +400,13 @@ def cmd_movie(a) -> int:
     if a.source.endswith(".toml"):
         from volviz.commands.common import check_output
         from volviz.scene import movie_from_scene
+
         check_output(a.out, (".mp4", ".gif"))
         from volviz.commands.common import trust
-        movie_from_scene(a.source, a.out, width=a.width, height=a.height, fps=a.fps, trust=trust(a),
-                         allow_outside=a.allow_outside)
+
+        movie_from_scene(
+            a.source, a.out, width=a.width, height=a.height, fps=a.fps, trust=trust(a), allow_outside=a.allow_outside
+        )
         print(f"wrote {a.out}")
         return 0
     from volviz.analysis.sequence import store_sequence
@@ -318,6 +414,7 @@ def cmd_movie(a) -> int:
     from volviz.errors import UserError
     from volviz.record import orbit_frames, timeseries_frames, write_movie
     from volviz.views.colors import auto_clim
+
     check_output(a.out, (".mp4", ".gif"))
     if a.max_images is not None and a.max_images < 1:
         raise UserError(f"--max-images must be at least 1 (got {a.max_images}); leave it out to play every image")
@@ -335,13 +432,17 @@ def cmd_movie(a) -> int:
             total += a.frames
         if a.mode in ("images", "both"):
             vols = [src.get(layer, a.quantity, int(i), a.order, fit, n_clusters=a.clusters) for i in seq]
-            scene.update(vols[0].volume, clim=auto_clim([v.volume for v in vols],
-                                                 symmetric=scene.style.opacity == "diverging" or None))
+            scene.update(
+                vols[0].volume,
+                clim=auto_clim([v.volume for v in vols], symmetric=scene.style.opacity == "diverging" or None),
+            )
             if fit == "image":
+
                 def steps():
                     for v, i in zip(vols, seq):
                         scene.set_order(v.order, v.boundaries)
                         yield v.volume
+
                 volumes = steps()
             else:
                 volumes = (v.volume for v in vols)
@@ -351,6 +452,7 @@ def cmd_movie(a) -> int:
         def chain():
             for f in frames:
                 yield from f
+
         write_movie(a.out, chain(), fps=a.fps or 12, total=total)
     print(f"wrote {a.out}")
     return 0
@@ -359,21 +461,42 @@ def cmd_movie(a) -> int:
 def cmd_demo(a) -> int:
     from volviz.cli import setup_torch_threads
     from volviz.store.capture import CaptureSettings, open_or_capture
+
     setup_torch_threads()
     path = pathlib.Path(a.store)
     store = open_or_capture(path, CaptureSettings())  # never deletes: a foreign folder is an error
     out = pathlib.Path(a.out)
-    renders = [("conv1", "activation", "natural", False), ("conv1", "activation", "pca", False),
-               ("conv2", "activation", "kmeans", False), ("conv2", "activation", "natural", True),
-               ("conv2", "grad_activation", "natural", False), ("conv2", "grad_weight", "pca", False)]
+    renders = [
+        ("conv1", "activation", "natural", False),
+        ("conv1", "activation", "pca", False),
+        ("conv2", "activation", "kmeans", False),
+        ("conv2", "activation", "natural", True),
+        ("conv2", "grad_activation", "natural", False),
+        ("conv2", "grad_weight", "pca", False),
+    ]
     for layer, q, order, grid in renders:
         if layer not in store.layers:
             continue
         name = f"{layer}-{q}-{order}{'-grid' if grid else ''}.png"
-        ns = argparse.Namespace(store=str(path), out=str(out / name), image="0", layer=layer, quantity=q,
-                                order=order, fit="image", clusters=None, cmap=None, opacity=None,
-                                slices=False, slice_pos=(0.5, 0.5, 0.5), no_outline=False, width=800,
-                                height=608, grid=grid, preferred=False)
+        ns = argparse.Namespace(
+            store=str(path),
+            out=str(out / name),
+            image="0",
+            layer=layer,
+            quantity=q,
+            order=order,
+            fit="image",
+            clusters=None,
+            cmap=None,
+            opacity=None,
+            slices=False,
+            slice_pos=(0.5, 0.5, 0.5),
+            no_outline=False,
+            width=800,
+            height=608,
+            grid=grid,
+            preferred=False,
+        )
         cmd_render(ns)
     if a.no_serve:
         return 0

@@ -42,6 +42,7 @@ gathers what the scene shows (store, graph, series, responses; no VTK), and
     duration = 3.0              # seconds to get there from the previous key frame
     hold = 1.0                  # seconds to stay
 """
+
 from __future__ import annotations
 
 from volviz.errors import SceneError
@@ -64,6 +65,21 @@ from .playback import (
     scene_frames,
 )
 
-__all__ = ["SceneError", "Scene", "SeriesSpec", "load_scene", "ensure_store", "load_thumbnails",
-           "PreparedScene", "SceneData", "load_scene_data", "build_prepared", "prepare_scene",
-           "camera_path_for", "series_indices", "series_timeline", "movie_from_scene", "scene_frames"]
+__all__ = [
+    "SceneError",
+    "Scene",
+    "SeriesSpec",
+    "load_scene",
+    "ensure_store",
+    "load_thumbnails",
+    "PreparedScene",
+    "SceneData",
+    "load_scene_data",
+    "build_prepared",
+    "prepare_scene",
+    "camera_path_for",
+    "series_indices",
+    "series_timeline",
+    "movie_from_scene",
+    "scene_frames",
+]

@@ -5,6 +5,7 @@ This is the slow half of preparing a scene (it may capture a store and read ever
 kept apart so that the app can run it in a background thread; :mod:`volviz.scene.playback`
 builds the view from the :class:`SceneData` it returns.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,15 @@ from .file import Scene, SeriesSpec
 
 log = logging.getLogger("volviz.scene")
 
-__all__ = ["SceneData", "class_index", "ensure_store", "load_scene_data", "load_thumbnails",
-           "series_indices", "series_timeline"]
+__all__ = [
+    "SceneData",
+    "class_index",
+    "ensure_store",
+    "load_scene_data",
+    "load_thumbnails",
+    "series_indices",
+    "series_timeline",
+]
 
 
 def ensure_store(scene: Scene, progress: bool = True, trust: dict | None = None):
@@ -36,16 +44,19 @@ def ensure_store(scene: Scene, progress: bool = True, trust: dict | None = None)
         if not scene.model:
             raise SceneError(f"{scene.path}: no store at {path} and no [store] model to capture it from")
         if spec_runs_code(scene.model) and not trust.get("trust_factory"):
-            raise SceneError(f"{scene.path}: [store] model {scene.model!r} would import and run code; use a demo "
-                             "or torchvision model name, or pass --trust-factory if you trust this scene file")
+            raise SceneError(
+                f"{scene.path}: [store] model {scene.model!r} would import and run code; use a demo "
+                "or torchvision model name, or pass --trust-factory if you trust this scene file"
+            )
         if path.exists() and any(path.iterdir()):
             raise SceneError(f"{path} exists but is not a volviz store; point [store] path elsewhere")
     s = CaptureSettings(model=scene.model or "digits", images=list(scene.images), max_images=scene.max_images)
     return open_or_capture(path, s, progress=progress)
 
 
-def load_thumbnails(store, layers, optimize: dict | None = None, progress: bool = True,
-                    trust: dict | None = None) -> dict[str, np.ndarray]:
+def load_thumbnails(
+    store, layers, optimize: dict | None = None, progress: bool = True, trust: dict | None = None
+) -> dict[str, np.ndarray]:
     """``{layer: uint8 (n, H, W, 3)}`` preferred-input thumbnails from the store (``volviz
     optimize``); layers without results are left out (the scene draws neutral tiles). With
     ``optimize`` (a dict of ``PreferredSettings`` fields, plus ``layers``), the missing layers
@@ -64,10 +75,12 @@ def load_thumbnails(store, layers, optimize: dict | None = None, progress: bool 
         if todo:
             from volviz.analysis.actmax.run import PreferredSettings, run_preferred
             from volviz.store.store import Store
+
             log.warning("optimizing the preferred inputs of %s into %s (once)", ", ".join(todo), store.path)
             try:
-                run_preferred(Store.open(store.path, "r+"), todo, PreferredSettings(**opt), progress=progress,
-                              trust=trust)
+                run_preferred(
+                    Store.open(store.path, "r+"), todo, PreferredSettings(**opt), progress=progress, trust=trust
+                )
             except R.PreferredError as exc:  # e.g. an interrupted run made with other settings
                 log.warning("cannot optimize: %s; those layers show neutral tiles", exc)
     out = {}
@@ -108,8 +121,9 @@ def series_indices(store, spec: SeriesSpec) -> np.ndarray:
             idx = np.flatnonzero(done & (labels == c))[: spec.per_class]
             keep[idx] = True
         done &= keep
-    order = image_sequence(done, store.column("probs"), labels, store.column("pred"), spec.order,
-                           class_index(store, spec.cls))
+    order = image_sequence(
+        done, store.column("probs"), labels, store.column("pred"), spec.order, class_index(store, spec.cls)
+    )
     if spec.count:
         order = order[: spec.count]
     if not len(order):

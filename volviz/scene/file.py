@@ -4,6 +4,7 @@ Every mistake in a scene is reported here, with the file and the key, before any
 captured or rendered; a scene is data someone may have sent, so it may not point its store
 outside its folder unless told to (see :func:`load_scene`).
 """
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,24 @@ from volviz.errors import SceneError
 __all__ = ["VIEWS", "Scene", "SeriesSpec", "load_scene"]
 
 VIEWS = ("overview", "layer", "orbit", "unit", "pose")
-_KEY_FIELDS = {"view", "layer", "unit", "duration", "hold", "azimuth", "elevation", "zoom", "degrees",
-               "position", "focal_point", "up", "view_angle", "clip", "clip_far", "radius"}
+_KEY_FIELDS = {
+    "view",
+    "layer",
+    "unit",
+    "duration",
+    "hold",
+    "azimuth",
+    "elevation",
+    "zoom",
+    "degrees",
+    "position",
+    "focal_point",
+    "up",
+    "view_angle",
+    "clip",
+    "clip_far",
+    "radius",
+}
 
 
 @dataclass
@@ -79,8 +96,7 @@ def _number(v, name: str, path, lo: float | None = 0.0, integer: bool = False):
     return int(v) if integer else float(v)
 
 
-def load_scene(path: str | os.PathLike | None = None, *, text: str | None = None,
-               allow_outside: bool = False) -> Scene:
+def load_scene(path: str | os.PathLike | None = None, *, text: str | None = None, allow_outside: bool = False) -> Scene:
     """Read and check a scene file (or TOML ``text``); paths in it are resolved here. A scene is
     data someone may have sent you: its ``[store] path`` must stay inside the scene's folder unless
     ``allow_outside`` (the command line's ``--allow-outside``)."""
@@ -103,8 +119,11 @@ def load_scene(path: str | os.PathLike | None = None, *, text: str | None = None
         p = Path(st["path"]).expanduser()
         sc.store = p if p.is_absolute() else (base / p)
         if not allow_outside and not sc.store.resolve().is_relative_to(base):
-            raise _err(path, f"[store] path {st['path']!r} leaves the scene's folder; move the store next to "
-                       "the scene, or pass --allow-outside if you trust this scene file")
+            raise _err(
+                path,
+                f"[store] path {st['path']!r} leaves the scene's folder; move the store next to "
+                "the scene, or pass --allow-outside if you trust this scene file",
+            )
     elif sc.model:
         sc.store = Path("stores") / str(sc.model)  # the CLI's convention: under the current directory
     else:
@@ -124,10 +143,30 @@ def load_scene(path: str | os.PathLike | None = None, *, text: str | None = None
             graph[key] = str(g[key])
     sc.graph = graph
 
-    v = _take(dict(d.get("view", {})), {"width", "height", "fps", "edges_per_node", "thumbnails", "size_exponent",
-                                        "layer_gap", "gap_factor", "stack", "background", "edge_cmap",
-                                        "node_cmap", "line_width", "fire_threshold", "label_size", "max_edges",
-                                        "thumbnail_px"}, "[view]", path)
+    v = _take(
+        dict(d.get("view", {})),
+        {
+            "width",
+            "height",
+            "fps",
+            "edges_per_node",
+            "thumbnails",
+            "size_exponent",
+            "layer_gap",
+            "gap_factor",
+            "stack",
+            "background",
+            "edge_cmap",
+            "node_cmap",
+            "line_width",
+            "fire_threshold",
+            "label_size",
+            "max_edges",
+            "thumbnail_px",
+        },
+        "[view]",
+        path,
+    )
     for key in ("width", "height"):
         if key in v:
             setattr(sc, key, _number(v[key], key, path, 16, True))
@@ -137,17 +176,34 @@ def load_scene(path: str | os.PathLike | None = None, *, text: str | None = None
         sc.edges_per_node = _number(v["edges_per_node"], "edges_per_node", path, 1, True)
     sc.thumbnails = bool(v.get("thumbnails", True))
     sc.layout = {k: v[k] for k in ("size_exponent", "layer_gap", "gap_factor", "stack") if k in v}
-    sc.style = {k: v[k] for k in ("background", "edge_cmap", "node_cmap", "line_width", "fire_threshold",
-                                  "label_size", "thumbnail_px", "max_edges") if k in v}
+    sc.style = {
+        k: v[k]
+        for k in (
+            "background",
+            "edge_cmap",
+            "node_cmap",
+            "line_width",
+            "fire_threshold",
+            "label_size",
+            "thumbnail_px",
+            "max_edges",
+        )
+        if k in v
+    }
 
     if "optimize" in d:
-        o = _take(dict(d["optimize"]), {"layers", "seeds", "steps", "search", "search_steps", "search_units",
-                                        "param", "conv_objective", "init"}, "[optimize]", path)
+        o = _take(
+            dict(d["optimize"]),
+            {"layers", "seeds", "steps", "search", "search_steps", "search_units", "param", "conv_objective", "init"},
+            "[optimize]",
+            path,
+        )
         sc.optimize = o
 
     if "series" in d:
-        s = _take(dict(d["series"]), {"order", "class", "per_class", "count", "start", "first", "last"},
-                  "[series]", path)
+        s = _take(
+            dict(d["series"]), {"order", "class", "per_class", "count", "start", "first", "last"}, "[series]", path
+        )
         spec = SeriesSpec(order=str(s.get("order", "probability")), cls=s.get("class"))
         for key in ("per_class", "count"):
             if key in s:
@@ -156,6 +212,7 @@ def load_scene(path: str | os.PathLike | None = None, *, text: str | None = None
             if key in s:
                 setattr(spec, key, _number(s[key], key, path, 0.0 if key == "start" else 1e-3))
         from volviz.analysis.sequence import SORTS
+
         if spec.order not in SORTS:
             raise _err(path, f"[series] order must be one of {', '.join(SORTS)}, got {spec.order!r}")
         sc.series = spec

@@ -4,6 +4,7 @@ that shows any moment of the movie, and the movie itself.
 The fast, VTK half of preparing a scene (the app runs it in its render thread, after
 :func:`~volviz.scene.data.load_scene_data` in the background); ``volviz movie`` runs both.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,7 @@ from volviz.errors import SceneError
 from .data import SceneData, class_index, load_scene_data
 from .file import Scene, load_scene
 
-__all__ = ["PreparedScene", "build_prepared", "camera_path_for", "movie_from_scene",
-           "prepare_scene", "scene_frames"]
+__all__ = ["PreparedScene", "build_prepared", "camera_path_for", "movie_from_scene", "prepare_scene", "scene_frames"]
 
 
 # ------------------------------------------------------------------------------ camera
@@ -40,11 +40,27 @@ def camera_path_for(keyframes: list[dict], layout, aspect: float):
             elif view == "layer":
                 poses = [cp.layer_pose(layout, kf["layer"], aspect=aspect, zoom=float(kf.get("zoom", 1.0)), **angles)]
             elif view == "unit":
-                poses = [cp.unit_pose(layout, kf["layer"], int(kf["unit"]), aspect=aspect,
-                                      radius_cells=float(kf.get("radius", 2.0)), **angles)]
+                poses = [
+                    cp.unit_pose(
+                        layout,
+                        kf["layer"],
+                        int(kf["unit"]),
+                        aspect=aspect,
+                        radius_cells=float(kf.get("radius", 2.0)),
+                        **angles,
+                    )
+                ]
             elif view == "pose":
-                poses = [cp.CameraPose(kf["position"], kf["focal_point"], kf.get("up", (0, 0, 1)),
-                                       float(kf.get("view_angle", 30.0)), kf.get("clip"), kf.get("clip_far"))]
+                poses = [
+                    cp.CameraPose(
+                        kf["position"],
+                        kf["focal_point"],
+                        kf.get("up", (0, 0, 1)),
+                        float(kf.get("view_angle", 30.0)),
+                        kf.get("clip"),
+                        kf.get("clip_far"),
+                    )
+                ]
             else:  # orbit about the layer's centre (or the graph's), from where the camera is
                 if "layer" in kf:
                     if kf["layer"] not in layout.planes:
@@ -121,8 +137,7 @@ class PreparedScene:
         c = pred if cls is None else cls
         cname = names[c] if c < len(names) else str(c)
         true = names[label] if 0 <= label < len(names) else ("?" if label < 0 else str(label))
-        return (f"image {step + 1}/{len(self.indices)}  [{st.images[i].id}]\n"
-                f"true {true}   P({cname}) = {probs[c]:.2f}")
+        return f"image {step + 1}/{len(self.indices)}  [{st.images[i].id}]\ntrue {true}   P({cname}) = {probs[c]:.2f}"
 
     def seek(self, t: float) -> None:
         """Show the movie's moment ``t`` (seconds): camera pose and the image of that moment
@@ -141,8 +156,9 @@ class PreparedScene:
         gs.set_label(self.caption(step))
 
 
-def build_prepared(data: SceneData, *, width: int | None = None, height: int | None = None,
-                   plotter=None) -> PreparedScene:
+def build_prepared(
+    data: SceneData, *, width: int | None = None, height: int | None = None, plotter=None
+) -> PreparedScene:
     """The graph scene (in ``plotter``, or an off-screen one) and the camera path of ``data``,
     showing the series' first image."""
     from volviz.views.graph_scene import GraphScene, GraphStyle
@@ -150,20 +166,40 @@ def build_prepared(data: SceneData, *, width: int | None = None, height: int | N
     scene, store = data.scene, data.store
     w, h = int(width or scene.width), int(height or scene.height)
     style_kw = dict(scene.style)
-    style = dataclasses.replace(GraphStyle(), edges_per_node=scene.edges_per_node,
-                                missing_thumbnail="grey" if scene.thumbnails else "none", **style_kw)
-    gs = GraphScene(data.graph, data.layout, data.thumbnails, input_image=store.read_input(int(data.indices[0])),
-                    style=style, title=scene.title, window_size=(w, h), plotter=plotter)
+    style = dataclasses.replace(
+        GraphStyle(),
+        edges_per_node=scene.edges_per_node,
+        missing_thumbnail="grey" if scene.thumbnails else "none",
+        **style_kw,
+    )
+    gs = GraphScene(
+        data.graph,
+        data.layout,
+        data.thumbnails,
+        input_image=store.read_input(int(data.indices[0])),
+        style=style,
+        title=scene.title,
+        window_size=(w, h),
+        plotter=plotter,
+    )
     gs.set_scales(data.scales)
     path = camera_path_for(scene.keyframes, data.layout, w / h)
-    prepared = PreparedScene(scene, store, data.graph, data.layout, gs, path, data.indices, data.times,
-                             data.responses, data.scales)
+    prepared = PreparedScene(
+        scene, store, data.graph, data.layout, gs, path, data.indices, data.times, data.responses, data.scales
+    )
     prepared.show_step(0)
     return prepared
 
 
-def prepare_scene(scene: Scene, *, width: int | None = None, height: int | None = None,
-                  plotter=None, progress: bool = True, trust: dict | None = None) -> PreparedScene:
+def prepare_scene(
+    scene: Scene,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    plotter=None,
+    progress: bool = True,
+    trust: dict | None = None,
+) -> PreparedScene:
     """Store (captured if needed), graph, layout, thumbnails, responses, camera path:
     :func:`load_scene_data` then :func:`build_prepared`."""
     return build_prepared(load_scene_data(scene, progress, trust), width=width, height=height, plotter=plotter)
@@ -177,9 +213,16 @@ def scene_frames(prepared: PreparedScene, fps: float):
         yield prepared.graph_scene.screenshot()
 
 
-def movie_from_scene(scene_path: str | os.PathLike, out: str | os.PathLike, width: int | None = None,
-                     height: int | None = None, fps: float | None = None, progress: bool = True,
-                     trust: dict | None = None, allow_outside: bool = False) -> Path:
+def movie_from_scene(
+    scene_path: str | os.PathLike,
+    out: str | os.PathLike,
+    width: int | None = None,
+    height: int | None = None,
+    fps: float | None = None,
+    progress: bool = True,
+    trust: dict | None = None,
+    allow_outside: bool = False,
+) -> Path:
     """Render the scene file ``scene_path`` to ``out`` (``.mp4`` or ``.gif``), off screen.
 
     ``width``, ``height`` and ``fps`` override the scene's ``[view]``. Returns the written path.

@@ -7,6 +7,7 @@ digits model would become classes 0 and 1. Matching is case-insensitive, ignores
 accepts ``NNN name`` prefixes (``007_seven``), WordNet ids (``n02124075``, when the class list
 carries them), synset-style alternatives (``tench, Tinca tinca``) and digit words for digit classes.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,7 @@ log = logging.getLogger("volviz.sources")
 _WNID = re.compile(r"^n\d{8}$")
 _WNID_PREFIX = re.compile(r"^(n\d{8})(?:[\s_\-:.]+(.*))?$")
 _NUM_PREFIX = re.compile(r"^(\d+)[\s_\-:.]+(.+)$")
-_DIGIT_WORDS = {w: str(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten".split())}
+_DIGIT_WORDS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
 
 
 class ClassNamesError(ModelLoadError):
@@ -105,7 +105,7 @@ def _norm(s: str) -> str:
 
 @dataclass
 class ClassMatch:
-    index: dict[str, int]                 # folder name -> class index (matched folders only)
+    index: dict[str, int]  # folder name -> class index (matched folders only)
     unmatched: list[str] = field(default_factory=list)
     ambiguous: list[str] = field(default_factory=list)
 
@@ -122,8 +122,7 @@ def _name_keys(names: list[str]) -> dict[str, set[int]]:
     return keys
 
 
-def match_class_folders(folders: list[str], class_names: list[str],
-                        wordnet_ids: list[str] | None = None) -> ClassMatch:
+def match_class_folders(folders: list[str], class_names: list[str], wordnet_ids: list[str] | None = None) -> ClassMatch:
     """Map each folder name to the index of the model class it names; see the module docstring."""
     keys = _name_keys(class_names)
     wn = {w.lower(): i for i, w in enumerate(wordnet_ids or []) if w}
@@ -159,34 +158,52 @@ def match_class_folders(folders: list[str], class_names: list[str],
     return out
 
 
-def folder_labels(folders: list[str], class_names: list[str] | None,
-                  wordnet_ids: list[str] | None = None, where: str = "") -> tuple[dict[str, int], list[str]]:
+def folder_labels(
+    folders: list[str], class_names: list[str] | None, wordnet_ids: list[str] | None = None, where: str = ""
+) -> tuple[dict[str, int], list[str]]:
     """Labels for ImageFolder class folders plus the names those labels index, with ONE warning
     when something is assumed. Unmatched folders are unlabelled (-1): a wrong label is worse than
     none (``--target true`` then uses the prediction)."""
     folders = sorted(folders)
     if not class_names:
         if len(folders) > 1:
-            log.warning("the model names no classes, so class folder i (sorted: %s)%s is taken as output i; "
-                        "pass --class-names FILE (one name per line, or a JSON list) to match folders by name",
-                        compact_names(folders, 6), where)
+            log.warning(
+                "the model names no classes, so class folder i (sorted: %s)%s is taken as output i; "
+                "pass --class-names FILE (one name per line, or a JSON list) to match folders by name",
+                compact_names(folders, 6),
+                where,
+            )
         return {f: i for i, f in enumerate(folders)}, folders
     looks_wnid = all(_WNID.match(f.lower()) for f in folders)
     if looks_wnid and not wordnet_ids and len(folders) == len(class_names):
-        log.warning("the %d class folders%s are WordNet ids and the model's class names carry none: taken in "
-                    "sorted order as outputs 0..%d (the ImageNet convention); pass --class-names FILE with "
-                    "'n01440764 tench' lines to match them by id", len(folders), where, len(folders) - 1)
+        log.warning(
+            "the %d class folders%s are WordNet ids and the model's class names carry none: taken in "
+            "sorted order as outputs 0..%d (the ImageNet convention); pass --class-names FILE with "
+            "'n01440764 tench' lines to match them by id",
+            len(folders),
+            where,
+            len(folders) - 1,
+        )
         return {f: i for i, f in enumerate(folders)}, list(class_names)
     m = match_class_folders(folders, class_names, wordnet_ids)
     bad = m.unmatched + m.ambiguous
     if bad:
-        why = ("they are WordNet ids and the model's class names carry none; pass --class-names FILE with "
-               "'n01440764 tench' lines" if looks_wnid else
-               f"rename them to the model's class names ({compact_names(class_names, 4)}) or pass "
-               "--class-names FILE")
+        why = (
+            "they are WordNet ids and the model's class names carry none; pass --class-names FILE with "
+            "'n01440764 tench' lines"
+            if looks_wnid
+            else f"rename them to the model's class names ({compact_names(class_names, 4)}) or pass --class-names FILE"
+        )
         amb = f" ({len(m.ambiguous)} name several classes)" if m.ambiguous else ""
-        log.warning("%d of %d class folders%s match no class of the model%s and are taken as unlabelled: %s; %s",
-                    len(bad), len(folders), where, amb, compact_names(bad, 6), why)
+        log.warning(
+            "%d of %d class folders%s match no class of the model%s and are taken as unlabelled: %s; %s",
+            len(bad),
+            len(folders),
+            where,
+            amb,
+            compact_names(bad, 6),
+            why,
+        )
     return m.index, list(class_names)
 
 
@@ -194,14 +211,16 @@ def find_class(target: str, class_names: list[str] | None) -> int:
     """Index of the class a user names (``--target``): exact, else case/underscore-insensitive or a
     synset alternative; a name of two classes (ImageNet's two 'crane's) is an error, not the first."""
     from volviz.errors import TargetError
+
     if class_names and target in class_names and class_names.count(target) == 1:
         return class_names.index(target)
     hits = sorted(_name_keys(class_names or []).get(_norm(target), ()))
     if len(hits) == 1:
         return hits[0]
     if hits:
-        raise TargetError(f"target {target!r} names {len(hits)} classes ({', '.join(map(str, hits))}); "
-                          "pass the class index instead")
+        raise TargetError(
+            f"target {target!r} names {len(hits)} classes ({', '.join(map(str, hits))}); pass the class index instead"
+        )
     shown = compact_names(class_names, 10) if class_names else "no class names known (pass --class-names FILE)"
     raise TargetError(f"unknown target class {target!r}; valid: true, pred, an index, or one of: {shown}")
 
@@ -209,5 +228,7 @@ def find_class(target: str, class_names: list[str] | None) -> int:
 def check_class_count(names: list[str], n_outputs: int, source: str = "--class-names") -> None:
     """A class list must have one name per model output."""
     if len(names) != n_outputs:
-        raise ClassNamesError(f"{source} has {len(names)} names but the model has {n_outputs} outputs; "
-                              "give one name per output, in output order")
+        raise ClassNamesError(
+            f"{source} has {len(names)} names but the model has {n_outputs} outputs; "
+            "give one name per output, in output order"
+        )

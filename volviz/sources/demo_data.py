@@ -132,9 +132,7 @@ class _PhotoCropper:
         side = crop.shape[0]
         return resize(crop, (self.size, self.size), order=1, anti_aliasing=side > self.size)
 
-    def random(
-        self, n: int, rng: np.random.RandomState, lo: int = 12, hi: int = 160
-    ) -> torch.Tensor:
+    def random(self, n: int, rng: np.random.RandomState, lo: int = 12, hi: int = 160) -> torch.Tensor:
         """``n`` random crops, side log-uniform in ``[lo, hi]`` (clipped to the photo), none
         touching a face box; float32 [n, 1, size, size], uint8-quantized values in [0, 1]."""
         out = np.empty((n, self.size, self.size), dtype=np.float32)

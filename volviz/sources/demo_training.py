@@ -129,13 +129,27 @@ def train_demo(
         t_data = time.perf_counter()
 
         if name == "digits":
-            aug = dict(flip=False, rot_deg=10.0, scale=(0.9, 1.1), shift=0.07, contrast=(1.0, 1.0),
-                       brightness=0.0, padding_mode="zeros")
+            aug = dict(
+                flip=False,
+                rot_deg=10.0,
+                scale=(0.9, 1.1),
+                shift=0.07,
+                contrast=(1.0, 1.0),
+                brightness=0.0,
+                padding_mode="zeros",
+            )
             batch, steps_per_epoch = 64, math.ceil(len(split.x_train) / 64)
             lr = 1e-3
         else:
-            aug = dict(flip=True, rot_deg=10.0, scale=(0.9, 1.15), shift=0.06, contrast=(0.6, 1.4),
-                       brightness=0.2, padding_mode="border")
+            aug = dict(
+                flip=True,
+                rot_deg=10.0,
+                scale=(0.9, 1.15),
+                shift=0.06,
+                contrast=(0.6, 1.4),
+                brightness=0.2,
+                padding_mode="border",
+            )
             batch, steps_per_epoch = 64, 25
             lr = 1e-3
         opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=5e-4)
@@ -170,16 +184,11 @@ def train_demo(
             bar.set_postfix(loss=f"{np.mean(losses):.4f}", **({"hard": n_mined} if mine_at else {}))
         bar.close()
         t_train = time.perf_counter()
-        n_train = len(split.x_train) + sum(
-            0 if t is None else len(t) for t in (split.extra_train, split.hard)
-        )
+        n_train = len(split.x_train) + sum(0 if t is None else len(t) for t in (split.extra_train, split.hard))
 
         pred = _predict(model, split.x_test, info)
         correct = (pred == split.y_test).float()
-        per_class = {
-            cls: round(float(correct[split.y_test == c].mean()), 4)
-            for c, cls in enumerate(info.class_names)
-        }
+        per_class = {cls: round(float(correct[split.y_test == c].mean()), 4) for c, cls in enumerate(info.class_names)}
         export_acc = float(correct[torch.from_numpy(split.export)].mean())
         extra = {}
         if split.extra_test is not None:
@@ -232,19 +241,14 @@ def _mine_hard_negatives(model: nn.Module, split: DemoSplit, info: DemoInfo) -> 
     cand = split.cropper.random(_MINE_CANDIDATES, split.rng, lo=24, hi=200)
     model.eval()
     p_face = torch.cat(
-        [
-            torch.softmax(model(_normalize(cand[i : i + 500], info)), 1)[:, 0]
-            for i in range(0, len(cand), 500)
-        ]
+        [torch.softmax(model(_normalize(cand[i : i + 500], info)), 1)[:, 0] for i in range(0, len(cand), 500)]
     )
     keep = cand[torch.argsort(p_face, descending=True)[:_MINE_KEEP]]
     split.hard = keep if split.hard is None else torch.cat([split.hard, keep])
     return len(split.hard)
 
 
-def _faces_batch(
-    split: DemoSplit, batch: int, g: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _faces_batch(split: DemoSplit, batch: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """A class-balanced batch: half faces, a quarter lfw non-faces, a quarter photo crops (half
     of them mined hard negatives once there are some)."""
     assert split.extra_train is not None
@@ -260,7 +264,5 @@ def _faces_batch(
     parts = [split.x_train[fi], split.x_train[ni], split.extra_train[ci]]
     if n_hard:
         parts.append(split.hard[torch.randint(len(split.hard), (n_hard,), generator=g)])
-    y = torch.cat(
-        [torch.zeros(n_face, dtype=torch.int64), torch.ones(batch - n_face, dtype=torch.int64)]
-    )
+    y = torch.cat([torch.zeros(n_face, dtype=torch.int64), torch.ones(batch - n_face, dtype=torch.int64)])
     return torch.cat(parts), y

@@ -9,6 +9,7 @@ Still images are decoded with Pillow: CMYK/YCbCr/palette images become RGB(A), t
 orientation is applied, an animated file gives its first frame only, and a file of more than
 ``MAX_PIXELS`` pixels is refused before decoding (a decompression-bomb guard per file).
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,9 +34,9 @@ class ImageTooLargeError(ImageSourceError):
 
 @dataclass(frozen=True)
 class ImageRecord:
-    id: str                 # unique, stable id: relative path, plus "#frame" for video frames
+    id: str  # unique, stable id: relative path, plus "#frame" for video frames
     path: str
-    label: int = -1         # -1 = unlabelled
+    label: int = -1  # -1 = unlabelled
     frame: int | None = None
 
     def to_dict(self) -> dict:
@@ -54,11 +55,12 @@ class ImageSet:
 
 def _first_line(exc: BaseException) -> str:
     s = str(exc).strip()
-    return (s.splitlines()[0][:200] if s else type(exc).__name__)
+    return s.splitlines()[0][:200] if s else type(exc).__name__
 
 
 def _image_suffixes() -> set[str]:
     from PIL import Image
+
     Image.init()
     return {k.lower() for k in Image.registered_extensions()} | {".npy", ".exr", ".hdr"}
 
@@ -73,6 +75,7 @@ def _visible_below(f: pathlib.Path, root: pathlib.Path) -> bool:
 
 def _video_frame_count(path: pathlib.Path) -> int:
     import imageio.v2 as iio
+
     reader = iio.get_reader(str(path), "ffmpeg")
     try:
         n = reader.count_frames()
@@ -83,8 +86,9 @@ def _video_frame_count(path: pathlib.Path) -> int:
     return n
 
 
-def _video_records(path: pathlib.Path, vid_id: str, label: int, stride: int,
-                   max_frames: int | None) -> list[ImageRecord]:
+def _video_records(
+    path: pathlib.Path, vid_id: str, label: int, stride: int, max_frames: int | None
+) -> list[ImageRecord]:
     try:
         n = _video_frame_count(path)
     except Exception as exc:  # truncated, not a video, unknown codec: ffmpeg says why
@@ -106,25 +110,43 @@ def _folder_layout(p: pathlib.Path, layout: str, media: set[str]):
     full = [d for d in subdirs if any(f.is_file() and _visible_below(f, d) for f in d.rglob("*"))]
     if layout == "classes" or len(full) > len(loose):  # more class folders than loose images: an ImageFolder
         if loose:
-            log.warning("%s has %d class sub-folders and %d images of its own (%s): read it as an ImageFolder and "
-                        "ignored those images; pass --layout flat to take every image below it",
-                        p, len(full), len(loose), compact_names([f.name for f in loose], 3))
+            log.warning(
+                "%s has %d class sub-folders and %d images of its own (%s): read it as an ImageFolder and "
+                "ignored those images; pass --layout flat to take every image below it",
+                p,
+                len(full),
+                len(loose),
+                compact_names([f.name for f in loose], 3),
+            )
         empty = [d.name for d in subdirs if d not in full]
         if empty:
             log.warning("ignoring the empty sub-folder(s) %s of %s", compact_names(empty, 6), p)
         return "classes", {d.name: d for d in full}
     if full:
         n_sub = sum(1 for d in full for f in d.rglob("*") if f.is_file())
-        log.warning("%s holds %d images and the sub-folder(s) %s (%d files): took the images directly in it as "
-                    "one unlabelled set and ignored the sub-folders; pass --layout classes to read the "
-                    "sub-folders as classes, --layout flat to take every image below %s, or name a sub-folder "
-                    "in --images", p, len(loose), compact_names([d.name + "/" for d in full], 4), n_sub, p.name)
+        log.warning(
+            "%s holds %d images and the sub-folder(s) %s (%d files): took the images directly in it as "
+            "one unlabelled set and ignored the sub-folders; pass --layout classes to read the "
+            "sub-folders as classes, --layout flat to take every image below %s, or name a sub-folder "
+            "in --images",
+            p,
+            len(loose),
+            compact_names([d.name + "/" for d in full], 4),
+            n_sub,
+            p.name,
+        )
     return "flat", files
 
 
-def discover_images(paths: list[str | pathlib.Path], *, class_names: list[str] | None = None,
-                    wordnet_ids: list[str] | None = None, video_stride: int = 1,
-                    max_frames: int | None = None, layout: str = "auto") -> ImageSet:
+def discover_images(
+    paths: list[str | pathlib.Path],
+    *,
+    class_names: list[str] | None = None,
+    wordnet_ids: list[str] | None = None,
+    video_stride: int = 1,
+    max_frames: int | None = None,
+    layout: str = "auto",
+) -> ImageSet:
     """Turn user paths into records.
 
     layout 'auto': a folder with more sub-folders than images of its own is an ImageFolder (one
@@ -191,8 +213,10 @@ def discover_images(paths: list[str | pathlib.Path], *, class_names: list[str] |
 
 
 def _too_large(w: int, h: int, limit: int) -> ImageTooLargeError:
-    return ImageTooLargeError(f"{w}x{h} is {w * h / 1e6:.1f} megapixels, more than the {limit / 1e6:.1f} MP "
-                              "volviz decodes per image (volviz.sources.images.MAX_PIXELS); downscale it first")
+    return ImageTooLargeError(
+        f"{w}x{h} is {w * h / 1e6:.1f} megapixels, more than the {limit / 1e6:.1f} MP "
+        "volviz decodes per image (volviz.sources.images.MAX_PIXELS); downscale it first"
+    )
 
 
 def _pil_array(im) -> np.ndarray:
@@ -211,6 +235,7 @@ def _pil_array(im) -> np.ndarray:
 
 def _read_still(path: str, limit: int) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
+
     try:
         with Image.open(path) as im:
             w, h = im.size
@@ -228,6 +253,7 @@ def _read_still(path: str, limit: int) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageSourceError(f"cannot decode the image ({_first_line(exc)}); is it truncated?") from None
     import imageio.v3 as iio
+
     try:
         arr = np.asarray(iio.imread(path, index=0))
     except Exception as exc:
@@ -239,6 +265,7 @@ def _read_still(path: str, limit: int) -> np.ndarray:
 
 def _read_frame(path: str, frame: int, limit: int) -> np.ndarray:
     import imageio.v2 as iio2
+
     try:
         reader = iio2.get_reader(path, "ffmpeg")
     except Exception as exc:

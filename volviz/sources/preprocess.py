@@ -13,6 +13,7 @@ The crop modes never scale an image of extreme aspect ratio whole: when the scal
 be much larger than the crop, the crop box is cut from the source first and only it is scaled
 (a 2000x1 strip at 224 would otherwise become 448000x224 floats).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,8 +27,8 @@ import torch.nn.functional as F
 from volviz.errors import ChannelError  # noqa: F401  (re-exported)
 
 MODES = ("resize", "scale_crop", "resize_crop")
-CROP_RATIO = 0.875          # crop / short side of the classic ImageNet evaluation (224 / 256)
-EXACT_AREA = 16             # scale the whole image only while it stays within 16 crops' area
+CROP_RATIO = 0.875  # crop / short side of the classic ImageNet evaluation (224 / 256)
+EXACT_AREA = 16  # scale the whole image only while it stays within 16 crops' area
 
 
 def _interp(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -38,12 +39,12 @@ def _interp(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Preprocess:
-    size: tuple[int, int]                 # (H, W)
+    size: tuple[int, int]  # (H, W)
     channels: int = 3
     mean: tuple[float, ...] | None = None  # per channel, on [0, 1] pixel values
     std: tuple[float, ...] | None = None
     mode: str = "resize"
-    short_side: int | None = None         # resize_crop only: the shorter side before the crop
+    short_side: int | None = None  # resize_crop only: the shorter side before the crop
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -53,8 +54,10 @@ class Preprocess:
             if v is not None and len(v) not in (1, self.channels):
                 raise ValueError(f"{name} has {len(v)} values for {self.channels} channels")
         if self.short_side is not None and self.short_side < max(self.size):
-            raise ValueError(f"short_side {self.short_side} is smaller than the crop {tuple(self.size)}; "
-                             "the shorter side must be at least the crop size")
+            raise ValueError(
+                f"short_side {self.short_side} is smaller than the crop {tuple(self.size)}; "
+                "the shorter side must be at least the crop size"
+            )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -66,8 +69,7 @@ class Preprocess:
     def from_dict(cls, d: dict) -> Preprocess:
         """From ``to_dict`` output, old (without ``short_side``) or newer (unknown keys ignored)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        d = {k: (tuple(v) if k in ("size", "mean", "std") and v is not None else v)
-             for k, v in d.items() if k in known}
+        d = {k: (tuple(v) if k in ("size", "mean", "std") and v is not None else v) for k, v in d.items() if k in known}
         return cls(**d)
 
     def with_overrides(self, *, size=None, channels=None, mean=None, std=None, mode=None) -> Preprocess:
@@ -77,13 +79,19 @@ class Preprocess:
         mode = mode or self.mode
         short = None
         if mode == "resize_crop":
-            ratio = (self.short_side / max(self.size)) if self.short_side and self.mode == "resize_crop" \
-                else 1 / CROP_RATIO
+            ratio = (
+                (self.short_side / max(self.size)) if self.short_side and self.mode == "resize_crop" else 1 / CROP_RATIO
+            )
             short = max(max(size), round(max(size) * ratio))
-        return dataclasses.replace(self, size=size, channels=channels or self.channels,
-                                   mean=tuple(mean) if mean is not None else self.mean,
-                                   std=tuple(std) if std is not None else self.std, mode=mode,
-                                   short_side=short)
+        return dataclasses.replace(
+            self,
+            size=size,
+            channels=channels or self.channels,
+            mean=tuple(mean) if mean is not None else self.mean,
+            std=tuple(std) if std is not None else self.std,
+            mode=mode,
+            short_side=short,
+        )
 
     def convert_channels(self, img: np.ndarray) -> np.ndarray:
         """uint8 HxWxC -> float32 HxWxchannels on [0, 1]."""
@@ -99,8 +107,9 @@ class Preprocess:
             return (a @ np.array([0.299, 0.587, 0.114], np.float32))[:, :, None]
         if c == 1:
             return np.repeat(a, self.channels, axis=2)
-        raise ChannelError(f"image has {c} channels, the model expects {self.channels}; "
-                           "only grey<->RGB(A) conversions are automatic")
+        raise ChannelError(
+            f"image has {c} channels, the model expects {self.channels}; only grey<->RGB(A) conversions are automatic"
+        )
 
     def _geometry(self, h: int, w: int) -> tuple[tuple[int, int], int, int]:
         """(scaled size, crop top, crop left) in scaled coordinates, as torchvision rounds them."""
@@ -128,13 +137,13 @@ class Preprocess:
         else:
             (nh, nw), top, left = self._geometry(h, w)
             if nh * nw <= EXACT_AREA * H * W:  # scale the whole image, then crop: torchvision's order
-                x = _interp(self._to_tensor(img), (nh, nw))[:, :, top:top + H, left:left + W]
+                x = _interp(self._to_tensor(img), (nh, nw))[:, :, top : top + H, left : left + W]
             else:  # the crop box, scaled back to the source, is cut first; only it is scaled
                 sy, sx = h / nh, w / nw
                 bh, bw = min(h, max(1, round(H * sy))), min(w, max(1, round(W * sx)))
                 t = min(h - bh, max(0, math.floor(top * sy + 0.5)))
                 l_ = min(w - bw, max(0, math.floor(left * sx + 0.5)))
-                x = _interp(self._to_tensor(img[t:t + bh, l_:l_ + bw]), (H, W))
+                x = _interp(self._to_tensor(img[t : t + bh, l_ : l_ + bw]), (H, W))
         x = x[0].clamp(0, 1)
         if self.mean is not None:
             x = x - torch.tensor(self.mean, dtype=x.dtype).view(-1, 1, 1)

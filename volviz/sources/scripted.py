@@ -9,6 +9,7 @@ other module runs its own TorchScript graph node by node, calling its children a
 (hooks fire) and each aten op through ``torch.ops``. Traced and scripted files both work; a graph
 with a construct this interpreter does not know is refused at load time, naming it.
 """
+
 from __future__ import annotations
 
 import collections
@@ -23,10 +24,19 @@ from volviz.errors import ModelLoadError
 
 _CONV = {"Conv1d": nn.Conv1d, "Conv2d": nn.Conv2d, "Conv3d": nn.Conv3d}
 # ScalarType / MemoryFormat codes that traced graphs keep as ints
-_DTYPES = {0: torch.uint8, 1: torch.int8, 2: torch.int16, 3: torch.int32, 4: torch.int64, 5: torch.float16,
-           6: torch.float32, 7: torch.float64, 11: torch.bool, 15: torch.bfloat16}
-_MEMORY = {0: torch.contiguous_format, 1: torch.preserve_format, 2: torch.channels_last,
-           3: torch.channels_last_3d}
+_DTYPES = {
+    0: torch.uint8,
+    1: torch.int8,
+    2: torch.int16,
+    3: torch.int32,
+    4: torch.int64,
+    5: torch.float16,
+    6: torch.float32,
+    7: torch.float64,
+    11: torch.bool,
+    15: torch.bfloat16,
+}
+_MEMORY = {0: torch.contiguous_format, 1: torch.preserve_format, 2: torch.channels_last, 3: torch.channels_last_3d}
 
 
 def _size(t, dim=None):
@@ -39,19 +49,47 @@ def _warn(*_args):
 
 # ops on lists, None, strings and shapes: always Python
 _PY_OPS = {
-    "__is__": operator.is_, "__isnot__": operator.is_not, "__not__": operator.not_,
-    "__getitem__": operator.getitem, "len": len, "format": lambda f, *a: f.format(*a), "warn": _warn,
-    "append": lambda lst, x: lst.append(x) or lst, "list": list, "__contains__": lambda c, x: x in c,
-    "dim": lambda t: t.dim(), "size": _size, "Int": int, "Float": float, "Bool": bool, "str": str,
-    "ScalarImplicit": lambda t: t.item(), "numel": lambda t: t.numel(),
+    "__is__": operator.is_,
+    "__isnot__": operator.is_not,
+    "__not__": operator.not_,
+    "__getitem__": operator.getitem,
+    "len": len,
+    "format": lambda f, *a: f.format(*a),
+    "warn": _warn,
+    "append": lambda lst, x: lst.append(x) or lst,
+    "list": list,
+    "__contains__": lambda c, x: x in c,
+    "dim": lambda t: t.dim(),
+    "size": _size,
+    "Int": int,
+    "Float": float,
+    "Bool": bool,
+    "str": str,
+    "ScalarImplicit": lambda t: t.item(),
+    "numel": lambda t: t.numel(),
 }
 # arithmetic and comparisons: Python when no argument is a tensor, the aten op otherwise
 _SCALAR_OPS = {
-    "add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
-    "floordiv": operator.floordiv, "remainder": operator.mod, "neg": operator.neg, "eq": operator.eq,
-    "ne": operator.ne, "lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge,
-    "__and__": operator.and_, "__or__": operator.or_, "__xor__": operator.xor, "pow": operator.pow,
-    "min": min, "max": max, "abs": abs,
+    "add": operator.add,
+    "sub": operator.sub,
+    "mul": operator.mul,
+    "div": operator.truediv,
+    "floordiv": operator.floordiv,
+    "remainder": operator.mod,
+    "neg": operator.neg,
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "lt": operator.lt,
+    "le": operator.le,
+    "gt": operator.gt,
+    "ge": operator.ge,
+    "__and__": operator.and_,
+    "__or__": operator.or_,
+    "__xor__": operator.xor,
+    "pow": operator.pow,
+    "min": min,
+    "max": max,
+    "abs": abs,
 }
 
 
@@ -69,8 +107,11 @@ def _aten(node) -> callable:
     except (RuntimeError, AttributeError):
         raise UnsupportedScript(f"the TorchScript op {node.kind()} has no Python equivalent") from None
     kw = [a.name for a in schema.arguments if a.kwarg_only]
-    conv = [(i, _DTYPES if "ScalarType" in str(a.type) else _MEMORY) for i, a in enumerate(schema.arguments)
-            if "ScalarType" in str(a.type) or "MemoryFormat" in str(a.type)]
+    conv = [
+        (i, _DTYPES if "ScalarType" in str(a.type) else _MEMORY)
+        for i, a in enumerate(schema.arguments)
+        if "ScalarType" in str(a.type) or "MemoryFormat" in str(a.type)
+    ]
     py = _SCALAR_OPS.get(name)
 
     def call(*args):
@@ -83,6 +124,7 @@ def _aten(node) -> callable:
                     args[i] = table.get(args[i], args[i])
         n = len(args) - len(kw)
         return op(*args[:n], **dict(zip(kw, args[n:])))
+
     return call
 
 
@@ -107,11 +149,13 @@ class _Program:
             elif kind in ("prim::GetAttr", "prim::CallMethod"):
                 payload = node.s("name")
             elif kind in ("prim::If", "prim::Loop"):
-                payload = [(_Program(b, functions), [v.unique() for v in b.inputs()],
-                            [v.unique() for v in b.outputs()]) for b in node.blocks()]
+                payload = [
+                    (_Program(b, functions), [v.unique() for v in b.inputs()], [v.unique() for v in b.outputs()])
+                    for b in node.blocks()
+                ]
             elif kind == "prim::TupleConstruct" and node.output().type().str().startswith("NamedTuple("):
                 t = node.output().type()  # GoogLeNetOutputs & co. stay namedtuples (``.logits``)
-                names = re.findall(r"(\w+) : ", t.str()[len("NamedTuple("):])
+                names = re.findall(r"(\w+) : ", t.str()[len("NamedTuple(") :])
                 payload = collections.namedtuple(t.annotation_str.rsplit(".", 1)[-1], names)
             elif kind == "prim::RaiseException":
                 payload = "TorchScript model raised an exception"
@@ -134,14 +178,29 @@ def _getattr(obj, name):
 
 
 _PRIM = {
-    "prim::ListConstruct": lambda *a: list(a), "prim::TupleConstruct": lambda *a: tuple(a),
-    "prim::DictConstruct": lambda *a: dict(zip(a[::2], a[1::2])), "prim::Uninitialized": lambda: None,
-    "prim::unchecked_cast": lambda x: x, "prim::requires_grad": lambda t: t.requires_grad,
-    "prim::device": lambda t: t.device, "prim::dtype": lambda t: t.dtype, "prim::TupleIndex": operator.getitem,
-    "prim::NumToTensor": lambda x: torch.scalar_tensor(x), "prim::is_cuda": lambda t: t.is_cuda,
-    "prim::min": min, "prim::max": max, "prim::data": lambda t: t, "prim::layout": lambda t: t.layout,
-    "prim::ListUnpack": None, "prim::TupleUnpack": None, "prim::GetAttr": None, "prim::CallMethod": None,
-    "prim::CallFunction": None, "prim::If": None, "prim::Loop": None, "prim::RaiseException": None,
+    "prim::ListConstruct": lambda *a: list(a),
+    "prim::TupleConstruct": lambda *a: tuple(a),
+    "prim::DictConstruct": lambda *a: dict(zip(a[::2], a[1::2])),
+    "prim::Uninitialized": lambda: None,
+    "prim::unchecked_cast": lambda x: x,
+    "prim::requires_grad": lambda t: t.requires_grad,
+    "prim::device": lambda t: t.device,
+    "prim::dtype": lambda t: t.dtype,
+    "prim::TupleIndex": operator.getitem,
+    "prim::NumToTensor": lambda x: torch.scalar_tensor(x),
+    "prim::is_cuda": lambda t: t.is_cuda,
+    "prim::min": min,
+    "prim::max": max,
+    "prim::data": lambda t: t,
+    "prim::layout": lambda t: t.layout,
+    "prim::ListUnpack": None,
+    "prim::TupleUnpack": None,
+    "prim::GetAttr": None,
+    "prim::CallMethod": None,
+    "prim::CallFunction": None,
+    "prim::If": None,
+    "prim::Loop": None,
+    "prim::RaiseException": None,
     "prim::Constant": None,
 }
 
@@ -244,8 +303,9 @@ def _conv_args(ts) -> dict | None:
     if hasattr(ts, "stride"):
         return {k: getattr(ts, k) for k in ("stride", "padding", "dilation", "groups", "padding_mode")}
     graph = ts._c._get_method("forward").graph
-    convs = [n for n in graph.nodes() if n.kind() in ("aten::_convolution", "aten::conv1d", "aten::conv2d",
-                                                      "aten::conv3d")]
+    convs = [
+        n for n in graph.nodes() if n.kind() in ("aten::_convolution", "aten::conv1d", "aten::conv2d", "aten::conv3d")
+    ]
     others = [n for n in graph.nodes() if n.kind() not in ("prim::GetAttr", "prim::Constant", "prim::ListConstruct")]
     if len(convs) != 1 or len(others) != 1:
         return None
@@ -255,6 +315,7 @@ def _conv_args(ts) -> dict | None:
         if n.kind() == "prim::ListConstruct":
             return [const(i) for i in n.inputs()]
         return n.output().toIValue() if n.kind() == "prim::Constant" else ValueError
+
     vals = [const(v) for v in convs[0].inputs()][3:]
     if any(v is ValueError for v in vals):
         return None
@@ -331,12 +392,14 @@ def load_torchscript(path: str | pathlib.Path) -> nn.Module:
     try:
         module = _convert(ts, lazy, {})
     except UnsupportedScript as exc:
-        raise ModelLoadError(f"{path}: {exc}; save a state_dict and load it with --model pkg.mod:factory "
-                             "--weights FILE instead") from None
+        raise ModelLoadError(
+            f"{path}: {exc}; save a state_dict and load it with --model pkg.mod:factory --weights FILE instead"
+        ) from None
     for key in list(lazy.sources):  # compile every function now, so an unsupported op fails at load
         try:
             lazy[key]
         except UnsupportedScript as exc:
-            raise ModelLoadError(f"{path}: {exc}; save a state_dict and load it with --model pkg.mod:factory "
-                                 "--weights FILE instead") from None
+            raise ModelLoadError(
+                f"{path}: {exc}; save a state_dict and load it with --model pkg.mod:factory --weights FILE instead"
+            ) from None
     return module.eval()

@@ -5,6 +5,7 @@ user's trust flags and recomputes exactly the images whose ``done`` flag is not 
 that can be checked is checked before the store is created (a wrong ``--target`` leaves nothing
 behind), and a resume is refused when the weights or the images changed since the start.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,13 +32,11 @@ from volviz.store.store import Store
 log = logging.getLogger("volviz.capture")
 
 
-
-
 @dataclass
 class CaptureSettings:
     model: str = "digits"
     weights: str | None = None
-    images: list[str] = field(default_factory=list)   # empty: the demo model's shipped test images
+    images: list[str] = field(default_factory=list)  # empty: the demo model's shipped test images
     layers: list[str] | None = None
     layer_types: list[str] | None = None
     target: str = "true"
@@ -49,13 +48,13 @@ class CaptureSettings:
     channels: int | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    resize: str | None = None      # None: the model's preset (torchvision weights), else plain resize
-    layout: str = "auto"           # folders: auto (class folders or flat), flat, classes
+    resize: str | None = None  # None: the model's preset (torchvision weights), else plain resize
+    layout: str = "auto"  # folders: auto (class folders or flat), flat, classes
     class_names_file: str | None = None
-    trust_pickle: bool = False     # applies to THIS command only; never read back from a store
+    trust_pickle: bool = False  # applies to THIS command only; never read back from a store
     video_stride: int = 1
     max_images: int | None = None
-    memory_budget: int | None = None   # bytes one batch may use; None: half the available RAM
+    memory_budget: int | None = None  # bytes one batch may use; None: half the available RAM
     # what the store keeps: full per-image weight gradients only for these layers (None: the
     # first layers that fit weight_grad_budget per image; ["all"]: every layer), filter norms of
     # every layer's; pooled descriptors of ``descriptors`` (``descriptors_only``: nothing else)
@@ -64,16 +63,18 @@ class CaptureSettings:
     descriptors: list[str] | None = None
     pool: str = "meanmax"
     descriptors_only: bool = False
-    store_budget: int | None = None    # bytes the whole store may take; None: 90% of the free disk
-    compress: bool = False             # zstd on the arrays: a third smaller, half the write rate
+    store_budget: int | None = None  # bytes the whole store may take; None: 90% of the free disk
+    compress: bool = False  # zstd on the arrays: a third smaller, half the write rate
 
 
 def build_preprocess(loaded: LoadedModel, s: CaptureSettings) -> Preprocess:
     c = s.channels or (loaded.input_size[0] if loaded.input_size else None)
     size = s.size or (tuple(loaded.input_size[1:]) if loaded.input_size else None)
     if c is None or size is None:
-        raise CaptureError(f"model {s.model!r} does not say which input it expects; pass --size H W "
-                           "and --channels C (and --mean/--std for its normalization)")
+        raise CaptureError(
+            f"model {s.model!r} does not say which input it expects; pass --size H W "
+            "and --channels C (and --mean/--std for its normalization)"
+        )
     if getattr(loaded, "preprocess", None) is not None:  # torchvision weights' own transforms
         return loaded.preprocess.with_overrides(size=s.size, channels=s.channels, mean=s.mean, std=s.std, mode=s.resize)
     return Preprocess(tuple(size), c, s.mean or loaded.mean, s.std or loaded.std, s.resize or "resize")
@@ -84,8 +85,7 @@ def count_calls(model: torch.nn.Module, layers: list[str], x: torch.Tensor) -> d
     BasicBlock.relu, runs more than once and has no single activation)."""
     modules = dict(model.named_modules())
     calls = {n: 0 for n in layers}
-    handles = [modules[n].register_forward_hook(lambda *_, n=n: calls.__setitem__(n, calls[n] + 1))
-               for n in layers]
+    handles = [modules[n].register_forward_hook(lambda *_, n=n: calls.__setitem__(n, calls[n] + 1)) for n in layers]
     try:
         with torch.no_grad():
             model(x)
@@ -101,8 +101,10 @@ def drop_shared(model, layers: list[str], x: torch.Tensor, exact: list[str]) -> 
     shared = [n for n in layers if calls[n] > 1]
     for n in shared:
         if n in exact:
-            raise CaptureError(f"layer {n} runs {calls[n]} times per forward pass (a shared module), so "
-                               "its activation is ambiguous; select the layers around it")
+            raise CaptureError(
+                f"layer {n} runs {calls[n]} times per forward pass (a shared module), so "
+                "its activation is ambiguous; select the layers around it"
+            )
         log.warning("leaving out %s: it runs %d times per forward pass (shared module)", n, calls[n])
     kept = [n for n in layers if n not in shared]
     if not kept:
@@ -125,13 +127,13 @@ def probe_layers(model: torch.nn.Module, layers: list[str], x: torch.Tensor) -> 
         w = getattr(m, "weight", None)
         w_shape = tuple(w.shape) if isinstance(w, torch.nn.Parameter) else None
         factors = isinstance(m, torch.nn.Linear) and rec.input is not None and rec.input.dim() == 2
-        out.append(LayerInfo(name, layer_kind(m), type_name(m), tuple(rec.output.shape[1:]), w_shape,
-                             bool(factors)))
+        out.append(LayerInfo(name, layer_kind(m), type_name(m), tuple(rec.output.shape[1:]), w_shape, bool(factors)))
     return out
 
 
-def _valid_records(records: list[ImageRecord], prep: Preprocess, progress: bool,
-                   limit: int | None = None) -> tuple[list, list]:
+def _valid_records(
+    records: list[ImageRecord], prep: Preprocess, progress: bool, limit: int | None = None
+) -> tuple[list, list]:
     """Records whose pixels decode (a video: its last frame decodes); the others, with reasons.
     With ``limit`` (``--max-images``), checking stops once that many records are good."""
     last_frame: dict[str, ImageRecord] = {}
@@ -175,6 +177,7 @@ def validate_settings(s: CaptureSettings) -> None:
     if s.video_stride < 1:
         raise CaptureError(f"--video-stride must be at least 1 (got {s.video_stride})")
     from volviz.store.layout import POOLS
+
     if s.pool not in POOLS:
         raise CaptureError(f"--pool must be one of {', '.join(POOLS)} (got {s.pool!r})")
     if s.descriptors_only and not s.descriptors:
@@ -188,24 +191,37 @@ def choose_kept(infos: list[LayerInfo], s: CaptureSettings, exact: list[str]) ->
     weight gradients): full weight gradients of the named layers, or of the first layers whose
     per-image gradients fit ``weight_grad_budget`` together; filter norms are always kept."""
     import dataclasses
+
     desc = set(s.descriptors or [])
     named = s.weight_grad_layers
     budget, used, out = s.weight_grad_budget, 0, []
     for info in infos:
-        nbytes = (sum(info.weight_shape) if info.weight_factors else math.prod(info.weight_shape)) * 4 \
-            if info.weight_shape else 0
+        nbytes = (
+            (sum(info.weight_shape) if info.weight_factors else math.prod(info.weight_shape)) * 4
+            if info.weight_shape
+            else 0
+        )
         if named is None:  # a prefix of the layers: the first ones, while they fit
             keep = bool(nbytes) and used + nbytes <= budget
             used = used + nbytes if keep or not nbytes else budget + 1
         else:
             keep = "all" in named or info.name in named
-        out.append(dataclasses.replace(
-            info, weight_grad=keep and bool(info.weight_shape), activation=not s.descriptors_only,
-            descriptor=s.pool if info.name in desc else None))
+        out.append(
+            dataclasses.replace(
+                info,
+                weight_grad=keep and bool(info.weight_shape),
+                activation=not s.descriptors_only,
+                descriptor=s.pool if info.name in desc else None,
+            )
+        )
     left = [i.name for i in out if i.weight_shape and not i.weight_grad and s.gradients and s.weight_gradients]
     if left:
-        log.info("keeping only the filter norms of the weight gradients of %s (over the per-image budget of %s; "
-                 "--weight-grads LAYER ... or all stores them)", ", ".join(left), fmt_bytes(budget))
+        log.info(
+            "keeping only the filter norms of the weight gradients of %s (over the per-image budget of %s; "
+            "--weight-grads LAYER ... or all stores them)",
+            ", ".join(left),
+            fmt_bytes(budget),
+        )
     return out
 
 
@@ -214,6 +230,7 @@ def check_store_size(plan: Plan, out: pathlib.Path, budget: int | None) -> int:
     import shutil
 
     from volviz.store.contents import projected_bytes
+
     total = projected_bytes(plan)
     where = out
     while not where.exists():
@@ -222,9 +239,11 @@ def check_store_size(plan: Plan, out: pathlib.Path, budget: int | None) -> int:
     if total > limit:
         raise CaptureError(
             f"the store would take up to {fmt_bytes(total)} ({fmt_bytes(total / max(1, len(plan.images)))} per image), "
-            f"over the {'--store-budget-gb of ' if budget is not None else '90% of the free disk, '}{fmt_bytes(limit)}; "
+            f"over the {'--store-budget-gb of ' if budget is not None else '90% of the free disk, '}"
+            f"{fmt_bytes(limit)}; "
             "keep fewer weight gradients (--weight-grads LAYER ..., --no-weight-grads), use --float16, "
-            "fewer --layers, or raise --store-budget-gb")
+            "fewer --layers, or raise --store-budget-gb"
+        )
     return total
 
 
@@ -239,17 +258,23 @@ def plan_capture(s: CaptureSettings, progress: bool = True) -> tuple[Plan, Loade
     loaded = load_model(s.model, s.weights, trust_pickle=s.trust_pickle)
     if s.class_names_file:
         from volviz.sources.classes import read_class_file
+
         table = read_class_file(s.class_names_file)
         loaded.class_names, loaded.wordnet_ids = table.names, table.wordnet_ids
     layers = select_layers(loaded.module, s.layers, s.layer_types)  # cheap: fail before reading images
     if s.descriptors:
         extra = select_layers(loaded.module, s.descriptors, None)
-        layers = (extra if s.descriptors_only else list(dict.fromkeys(layers + extra)))
+        layers = extra if s.descriptors_only else list(dict.fromkeys(layers + extra))
     paths = s.images or ([str(demo.demo_images_dir(s.model))] if s.model in demo.DEMO_NAMES else [])
     if not paths:
         raise CaptureError("no images given: pass --images FOLDER|FILE|VIDEO ...")
-    imageset = discover_images(paths, class_names=loaded.class_names, wordnet_ids=getattr(loaded, "wordnet_ids", None),
-                               video_stride=s.video_stride, layout=s.layout)
+    imageset = discover_images(
+        paths,
+        class_names=loaded.class_names,
+        wordnet_ids=getattr(loaded, "wordnet_ids", None),
+        video_stride=s.video_stride,
+        layout=s.layout,
+    )
     prep = build_preprocess(loaded, s)
     records, skipped = _valid_records(imageset.records, prep, progress, s.max_images)
     skipped = list(getattr(imageset, "skipped", [])) + skipped
@@ -266,69 +291,123 @@ def plan_capture(s: CaptureSettings, progress: bool = True) -> tuple[Plan, Loade
         n_outputs = model_logits(loaded.module(first), len(loaded.class_names) if loaded.class_names else None).shape[1]
     if s.class_names_file:
         from volviz.sources.classes import check_class_count
+
         check_class_count(loaded.class_names, n_outputs)
     folder_names = imageset.class_names
     class_names = loaded.class_names or (folder_names if folder_names and len(folder_names) == n_outputs else None)
     too_big = [r for r in records if r.label >= n_outputs]
     if too_big:
-        log.warning("%d images have labels beyond the model's %d outputs; they count as unlabelled",
-                    len(too_big), n_outputs)
+        log.warning(
+            "%d images have labels beyond the model's %d outputs; they count as unlabelled", len(too_big), n_outputs
+        )
         records = [r if r.label < n_outputs else ImageRecord(r.id, r.path, -1, r.frame) for r in records]
     _check_one_batch(loaded, first, records[0], layers, s, class_names)
     from volviz.capture.memory import plan_memory
-    memory = plan_memory(loaded.module, first, layers, requested=s.batch_size, budget=s.memory_budget,
-                         gradients=s.gradients, weight_gradients=s.weight_gradients)
+
+    memory = plan_memory(
+        loaded.module,
+        first,
+        layers,
+        requested=s.batch_size,
+        budget=s.memory_budget,
+        gradients=s.gradients,
+        weight_gradients=s.weight_gradients,
+    )
     per_image, batch = memory.per_image, memory.batch_size
     if batch < s.batch_size:
         log.warning("batch size %d: %s", batch, memory.reason)
     described = dict(loaded.describe(), spec=_absolute(loaded.spec))
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(s).items() if k != "trust_pickle"}
-    plan = Plan(model=ModelSpec.from_dict(described), preprocess=prep, layers=layer_infos, images=records,
-                n_outputs=int(n_outputs), batch_size=batch, dtype=s.dtype, gradients=s.gradients,
-                weight_gradients=s.weight_gradients, target=str(s.target), class_names=class_names,
-                label_names=folder_names, skipped=skipped, bytes_per_image=per_image, settings=settings,
-                fingerprints=fingerprints(s.weights or loaded.weights, records), compress=s.compress)
+    plan = Plan(
+        model=ModelSpec.from_dict(described),
+        preprocess=prep,
+        layers=layer_infos,
+        images=records,
+        n_outputs=int(n_outputs),
+        batch_size=batch,
+        dtype=s.dtype,
+        gradients=s.gradients,
+        weight_gradients=s.weight_gradients,
+        target=str(s.target),
+        class_names=class_names,
+        label_names=folder_names,
+        skipped=skipped,
+        bytes_per_image=per_image,
+        settings=settings,
+        fingerprints=fingerprints(s.weights or loaded.weights, records),
+        compress=s.compress,
+    )
     from volviz.store.contents import projected_bytes
+
     memory.store_per_image = projected_bytes(plan) // max(1, len(records))
     plan.memory = memory
     return plan, loaded, prep
 
 
-def _check_one_batch(loaded: LoadedModel, x: torch.Tensor, record: ImageRecord, layers: list[str],
-                     s: CaptureSettings, class_names) -> None:
+def _check_one_batch(
+    loaded: LoadedModel, x: torch.Tensor, record: ImageRecord, layers: list[str], s: CaptureSettings, class_names
+) -> None:
     """Run the first image through the real capture: a wrong target or a layer the output does not
     depend on differentiably is found before anything is written."""
-    capture_module(loaded.module, x, layers, s.target, torch.tensor([record.label]), class_names,
-                   s.gradients, s.weight_gradients, None)
+    capture_module(
+        loaded.module,
+        x,
+        layers,
+        s.target,
+        torch.tensor([record.label]),
+        class_names,
+        s.gradients,
+        s.weight_gradients,
+        None,
+    )
 
 
-def _run(store: Store, loaded, prep, progress: bool, workers: int | None, scheduler: str | None,
-         trust: dict) -> Store:
+def _run(store: Store, loaded, prep, progress: bool, workers: int | None, scheduler: str | None, trust: dict) -> Store:
     if (workers and workers > 1) or scheduler:
         from volviz.store.distributed import capture_on_dask
+
         return capture_on_dask(store, workers=workers, scheduler=scheduler, trust=trust, progress=progress)
     return execute(store, loaded, prep, progress)
 
 
-def run_capture(out: str | os.PathLike, s: CaptureSettings, *, overwrite: bool = False,
-                progress: bool = True, workers: int | None = None, scheduler: str | None = None) -> Store:
+def run_capture(
+    out: str | os.PathLike,
+    s: CaptureSettings,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    workers: int | None = None,
+    scheduler: str | None = None,
+) -> Store:
     """Plan (check everything), create the store, capture. Never deletes what volviz did not create."""
     from volviz.store.folder import prepare_folder_check
+
     prepare_folder_check(pathlib.Path(out), overwrite)  # refuse early, before minutes of planning
     plan, loaded, prep = plan_capture(s, progress)
     size = check_store_size(plan, pathlib.Path(out), s.store_budget)
     if progress:
         import sys
-        print(f"capturing {len(plan.images)} images into {out}: at most {fmt_bytes(size)} "
-              f"({fmt_bytes(size / len(plan.images))} per image), batch {plan.batch_size}", file=sys.stderr)
+
+        print(
+            f"capturing {len(plan.images)} images into {out}: at most {fmt_bytes(size)} "
+            f"({fmt_bytes(size / len(plan.images))} per image), batch {plan.batch_size}",
+            file=sys.stderr,
+        )
     store = Store.create(out, plan, overwrite=overwrite)
     # workers load the model from the store: the user typed this spec, so it is trusted for them
     trust = {"trust_pickle": s.trust_pickle, "trust_factory": True}
     return _run(store, loaded, prep, progress, workers, scheduler, trust)
 
 
-def resume_capture(out: str | os.PathLike, progress: bool = True, *, trust_pickle: bool = False,
-                   trust_factory: bool = False, workers: int | None = None, scheduler: str | None = None) -> Store:
+def resume_capture(
+    out: str | os.PathLike,
+    progress: bool = True,
+    *,
+    trust_pickle: bool = False,
+    trust_factory: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+) -> Store:
     """Complete an interrupted capture; the trust flags are the user's, for this command."""
     store = Store.open(out, mode="r+")
     if store.complete:
@@ -340,8 +419,9 @@ def resume_capture(out: str | os.PathLike, progress: bool = True, *, trust_pickl
     return _run(store, loaded, store.preprocess, progress, workers, scheduler, trust)
 
 
-def open_or_capture(path: str | os.PathLike, settings: CaptureSettings | None = None, *,
-                    progress: bool = True) -> Store:
+def open_or_capture(
+    path: str | os.PathLike, settings: CaptureSettings | None = None, *, progress: bool = True
+) -> Store:
     """The store at ``path``: opened, completed if interrupted, or captured if the folder is new or
     empty. Anything else (a folder of the user's, a store from a newer volviz) is an error that says
     why; nothing is ever deleted. Used by ``demo``, ``serve`` and scene files alike."""
@@ -350,10 +430,18 @@ def open_or_capture(path: str | os.PathLike, settings: CaptureSettings | None = 
         store = Store.open(path)
         return store if store.complete else resume_capture(path, progress)
     from volviz.store.folder import prepare_folder_check
+
     prepare_folder_check(path, overwrite=False)
     log.warning("capturing %s into %s", (settings or CaptureSettings()).model, path)
     return run_capture(path, settings or CaptureSettings(), progress=progress)
 
 
-__all__ = ["CaptureSettings", "CaptureError", "StoreError", "run_capture", "resume_capture", "plan_capture",
-           "open_or_capture"]
+__all__ = [
+    "CaptureSettings",
+    "CaptureError",
+    "StoreError",
+    "run_capture",
+    "resume_capture",
+    "plan_capture",
+    "open_or_capture",
+]

@@ -1,5 +1,6 @@
 """Which per-image arrays a capture keeps for each layer, and how many bytes they take (the ONE
 place that decides; the store creates, writes and reads exactly these)."""
+
 from __future__ import annotations
 
 import math
@@ -38,5 +39,3 @@ def projected_bytes(plan: Plan) -> int:
             else:
                 per += (sum(info.weight_shape) if info.weight_factors else math.prod(info.weight_shape)) * item
     return per * len(plan.images)
-
-

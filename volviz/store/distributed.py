@@ -11,6 +11,7 @@ those of a one-process capture: the bytes are the same.
 Each worker needs: this volviz, the model's code and weights file, and the images, at the same
 paths as the coordinator (a shared file system), and write access to the store folder.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,6 +45,7 @@ def _capture_range(path: str, start: int, stop: int, trust: dict, threads: int) 
     import torch
 
     from volviz.store.execute import capture_rows
+
     torch.set_num_threads(max(1, threads))
     store = Store.open(path, "r+")
     loaded = store.model(**trust)
@@ -59,17 +61,27 @@ def _client(workers: int | None, scheduler: str | None, threads: int):
         try:
             return Client(scheduler, timeout="20s"), None
         except OSError as exc:
-            raise CaptureError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); start it, or use "
-                               "--workers N for a local cluster") from None
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                           silence_logs=logging.ERROR)
+            raise CaptureError(
+                f"cannot reach the Dask scheduler at {scheduler} ({exc}); start it, or use "
+                "--workers N for a local cluster"
+            ) from None
+    cluster = LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
+    )
     return Client(cluster), cluster
 
 
-def capture_on_dask(store: Store, *, workers: int | None = None, scheduler: str | None = None,
-                    trust: dict | None = None, progress: bool = True) -> Store:
+def capture_on_dask(
+    store: Store,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    trust: dict | None = None,
+    progress: bool = True,
+) -> Store:
     """Complete ``store`` (created by the planning step, or interrupted) with Dask workers."""
     from volviz.store.execute import finalize
+
     n_workers = workers or max(1, (os.cpu_count() or 1))
     threads = max(1, (os.cpu_count() or 1) // n_workers) if not scheduler else 1
     path = str(pathlib.Path(store.path).absolute())
@@ -81,10 +93,16 @@ def capture_on_dask(store: Store, *, workers: int | None = None, scheduler: str 
                 print(f"Dask dashboard: {client.dashboard_link}", flush=True)
             tasks = ranges(store, 4 * n_workers)
             todo = [(a, b) for a, b in tasks if not store.done[a:b].all()]
-            futures = [client.submit(_capture_range, path, a, b, trust or {}, threads, pure=False, retries=3)
-                       for a, b in todo]
-            bar = tqdm(total=store.n_images, initial=int(store.done.sum()), desc=f"capturing ({len(todo)} ranges)",
-                       unit="img", disable=not progress)
+            futures = [
+                client.submit(_capture_range, path, a, b, trust or {}, threads, pure=False, retries=3) for a, b in todo
+            ]
+            bar = tqdm(
+                total=store.n_images,
+                initial=int(store.done.sum()),
+                desc=f"capturing ({len(todo)} ranges)",
+                unit="img",
+                disable=not progress,
+            )
             try:
                 while not all(f.done() for f in futures):
                     time.sleep(0.5)

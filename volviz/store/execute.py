@@ -4,6 +4,7 @@ the shard writer; then the summary and the manifest (written last: its presence 
 ``capture_rows`` is what one process does, alone (:func:`execute`) or as one Dask task of a
 sharded capture (:mod:`volviz.store.distributed`): it touches only its own rows' shard files.
 """
+
 from __future__ import annotations
 
 import errno
@@ -28,12 +29,23 @@ def capture_module(module, x, layers, target, labels, class_names, gradients, we
     """``capture_batch`` with a one-line error for a layer the output does not depend on
     differentiably (the message names the option that avoids it)."""
     try:
-        return capture_batch(module, x, layers, target=target, labels=labels, class_names=class_names,
-                             gradients=gradients, weight_gradients=weight_gradients, workspace=workspace)
+        return capture_batch(
+            module,
+            x,
+            layers,
+            target=target,
+            labels=labels,
+            class_names=class_names,
+            gradients=gradients,
+            weight_gradients=weight_gradients,
+            workspace=workspace,
+        )
     except RuntimeError as exc:
         if "does not require grad" in str(exc) or "differentiable" in str(exc):
-            raise CaptureError(f"the model is not differentiable between the output and a selected layer "
-                               f"({str(exc).splitlines()[0][:160]}); capture with --no-grads") from None
+            raise CaptureError(
+                f"the model is not differentiable between the output and a selected layer "
+                f"({str(exc).splitlines()[0][:160]}); capture with --no-grads"
+            ) from None
         raise
 
 
@@ -75,8 +87,17 @@ def capture_rows(store: Store, module, prep, rows: np.ndarray, bar=None) -> dict
             batch = records[start:stop]
             x = torch.stack([prep(read_image(r)) for r in batch])
             labels = torch.tensor([r.label for r in batch])
-            res = capture_module(module, x, layers, plan.target, labels, plan.class_names, plan.gradients,
-                                 plan.weight_gradients, workspace)
+            res = capture_module(
+                module,
+                x,
+                layers,
+                plan.target,
+                labels,
+                plan.class_names,
+                plan.gradients,
+                plan.weight_gradients,
+                workspace,
+            )
             for name, bad in res.nonfinite.items():
                 nonfinite[name] = nonfinite.get(name, 0) + bad
                 log.warning("layer %s: %d NaN/Inf activation values in images %d-%d", name, bad, start, stop - 1)
@@ -87,9 +108,11 @@ def capture_rows(store: Store, module, prep, rows: np.ndarray, bar=None) -> dict
     except OSError as exc:
         writer.close(flush=False, raise_errors=False)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise CaptureError(f"the disk is full: {int(store.done.sum())} of {len(records)} images are "
-                               f"safely in {store.path}; free some space and run "
-                               f"`volviz capture --resume --out {store.path}` to continue") from None
+            raise CaptureError(
+                f"the disk is full: {int(store.done.sum())} of {len(records)} images are "
+                f"safely in {store.path}; free some space and run "
+                f"`volviz capture --resume --out {store.path}` to continue"
+            ) from None
         raise
     except BaseException:
         writer.close(flush=True, raise_errors=False)  # keep what was computed: resume does the rest
@@ -106,12 +129,14 @@ def finalize(store: Store, nonfinite: dict[str, int], seconds: float) -> Store:
     merged = dict(store.summary.get("nonfinite", {}))
     for k, v in nonfinite.items():
         merged[k] = merged.get(k, 0) + v
-    store.finalize({
-        "n_images": int(done.sum()),
-        "seconds": round(seconds, 3),
-        "accuracy": float((label[has_label] == pred[has_label]).mean()) if has_label.any() else None,
-        "nonfinite": merged,  # layer -> NaN/Inf activation values seen (rendered, flagged)
-    })
+    store.finalize(
+        {
+            "n_images": int(done.sum()),
+            "seconds": round(seconds, 3),
+            "accuracy": float((label[has_label] == pred[has_label]).mean()) if has_label.any() else None,
+            "nonfinite": merged,  # layer -> NaN/Inf activation values seen (rendered, flagged)
+        }
+    )
     return store
 
 

@@ -1,5 +1,6 @@
 """The store's folder on disk: created only where nothing of the user's would be lost, one writer
 at a time, JSON written atomically. Nothing here knows what the arrays hold."""
+
 from __future__ import annotations
 
 import contextlib
@@ -41,8 +42,14 @@ def versions() -> dict:
     import zarr
 
     from volviz import __version__
-    return {"volviz": __version__, "torch": torch.__version__, "zarr": zarr.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
+
+    return {
+        "volviz": __version__,
+        "torch": torch.__version__,
+        "zarr": zarr.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def prepare_folder_check(path: pathlib.Path, overwrite: bool) -> bool:
@@ -57,11 +64,14 @@ def prepare_folder_check(path: pathlib.Path, overwrite: bool) -> bool:
         owned, foreign = layout.is_volviz_folder(path)
         if not owned:
             shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
-            raise StoreError(f"{path} holds files volviz did not create ({shown}); volviz never deletes "
-                             "them: pass --out an empty or new folder")
+            raise StoreError(
+                f"{path} holds files volviz did not create ({shown}); volviz never deletes "
+                "them: pass --out an empty or new folder"
+            )
         if not overwrite:
-            raise StoreError(f"{path} exists and holds a store; use --resume to complete it or --overwrite "
-                             "to replace it")
+            raise StoreError(
+                f"{path} exists and holds a store; use --resume to complete it or --overwrite to replace it"
+            )
         _check_not_newer(path)
         return True
     return False
@@ -72,6 +82,7 @@ def prepare_folder(path: pathlib.Path, overwrite: bool) -> None:
     if prepare_folder_check(path, overwrite):
         with write_lock(path):
             import shutil
+
             for p in path.iterdir():
                 if p.name == ".lock":
                     continue
@@ -88,8 +99,10 @@ def _check_not_newer(path: pathlib.Path) -> None:
             except (ValueError, AttributeError, TypeError):
                 return
             if version > FORMAT_VERSION:
-                raise StoreError(f"{path} was written by a newer volviz (store format {version}, this volviz "
-                                 f"reads up to {FORMAT_VERSION}); upgrade volviz to read it")
+                raise StoreError(
+                    f"{path} was written by a newer volviz (store format {version}, this volviz "
+                    f"reads up to {FORMAT_VERSION}); upgrade volviz to read it"
+                )
             return
 
 
@@ -97,16 +110,16 @@ def _check_not_newer(path: pathlib.Path) -> None:
 def write_lock(path: pathlib.Path):
     """One writer per store: a second capture, resume or overwrite is refused while one runs."""
     import fcntl
+
     path.mkdir(parents=True, exist_ok=True)
     f = open(path / ".lock", "a")
     try:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise StoreError(f"another volviz process is writing {path}; wait for it to finish (or stop it) "
-                             "and try again") from None
+            raise StoreError(
+                f"another volviz process is writing {path}; wait for it to finish (or stop it) and try again"
+            ) from None
         yield
     finally:
         f.close()
-
-

@@ -4,6 +4,7 @@ Only ``volviz/store`` knows these paths. Every array carries a crc32c checksum (
 an error, never data) and writes every chunk, even an all-zero one, so a missing chunk file of a
 captured image is damage, not a legitimate fill value.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,13 @@ import numpy as np
 #: per-image quantities: full activations and gradients, per-filter weight-gradient norms (what
 #: importance needs, kept for every layer with weights), pooled descriptors (the dataset view)
 QUANTITIES = ("activation", "grad_activation", "grad_weight", "grad_norm", "descriptor")
-GROUP = {"activation": "act", "grad_activation": "grad_act", "grad_weight": "grad_weight",
-         "grad_norm": "grad_norm", "descriptor": "descriptor"}
+GROUP = {
+    "activation": "act",
+    "grad_activation": "grad_act",
+    "grad_weight": "grad_weight",
+    "grad_norm": "grad_norm",
+    "descriptor": "descriptor",
+}
 POOLS = ("meanmax", "mean", "max", "full")
 PER_IMAGE = ("done", "probs", "pred", "label", "target", "input")
 #: top-level entries a volviz store may hold; a folder with anything else is not overwritten
@@ -39,6 +45,7 @@ def codecs(compress: bool = False) -> dict:
     """crc32c on every chunk; zstd (level 1) only when asked: on activations and gradients it saves
     about a third of the bytes and halves the capture's write rate (benchmarks/bench_store.py)."""
     from zarr.codecs import Crc32cCodec, ZstdCodec
+
     chain = [ZstdCodec(level=1), Crc32cCodec()] if compress else [Crc32cCodec()]
     return {"compressors": chain, "config": {"write_empty_chunks": True}}
 
@@ -80,16 +87,26 @@ def rows_per_chunk(row_shape: tuple, itemsize: int, shard_rows: int) -> int:
     return 1 << (fit.bit_length() - 1)
 
 
-def create_array(group, key: str, shape: tuple, chunks: tuple, dtype: str, fill_value, *, sharded: bool = False,
-                 compress: bool = False):
+def create_array(
+    group,
+    key: str,
+    shape: tuple,
+    chunks: tuple,
+    dtype: str,
+    fill_value,
+    *,
+    sharded: bool = False,
+    compress: bool = False,
+):
     """A checksummed array; ``sharded``: a few images per chunk, many chunks per shard file."""
     shards = None
     if sharded:
         item = np.dtype(dtype).itemsize
         shards = (rows_per_shard(shape[1:], item, shape[0]), *shape[1:])
         chunks = (rows_per_chunk(shape[1:], item, shards[0]), *shape[1:])
-    return group.create_array(key, shape=shape, chunks=chunks, shards=shards, dtype=dtype, fill_value=fill_value,
-                              **codecs(compress))
+    return group.create_array(
+        key, shape=shape, chunks=chunks, shards=shards, dtype=dtype, fill_value=fill_value, **codecs(compress)
+    )
 
 
 def rows_per_file(arr) -> int:

@@ -4,6 +4,7 @@
 have been sent: nothing in it is trusted to switch on pickle loading or code import (see
 :meth:`ModelSpec.needs_trust`); the command line that reads it decides.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,28 +28,41 @@ class LayerInfo:
     """One captured layer: its activation shape per image and how its weight gradient is kept."""
 
     name: str
-    kind: str                       # conv, linear, ... (layer_kind)
+    kind: str  # conv, linear, ... (layer_kind)
     module_type: str
-    act_shape: tuple[int, ...]      # per image: (C, H, W) for conv, (N,) for linear
+    act_shape: tuple[int, ...]  # per image: (C, H, W) for conv, (N,) for linear
     weight_shape: tuple[int, ...] | None
-    weight_factors: bool = False    # grad_weight stored as outer-product factors (Linear)
-    weight_grad: bool = True        # per-image weight gradient stored (else only its filter norms)
-    activation: bool = True         # per-image activation stored (else only its descriptor)
-    descriptor: str | None = None   # pooled descriptor kept per image: meanmax, mean, max, full
+    weight_factors: bool = False  # grad_weight stored as outer-product factors (Linear)
+    weight_grad: bool = True  # per-image weight gradient stored (else only its filter norms)
+    activation: bool = True  # per-image activation stored (else only its descriptor)
+    descriptor: str | None = None  # pooled descriptor kept per image: meanmax, mean, max, full
 
     @classmethod
     def from_dict(cls, d: dict) -> LayerInfo:
-        return cls(d["name"], d["kind"], d["module_type"], tuple(d["act_shape"]),
-                   tuple(d["weight_shape"]) if d.get("weight_shape") else None,
-                   bool(d.get("weight_factors", False)), bool(d.get("weight_grad", True)),
-                   bool(d.get("activation", True)), d.get("descriptor"))
+        return cls(
+            d["name"],
+            d["kind"],
+            d["module_type"],
+            tuple(d["act_shape"]),
+            tuple(d["weight_shape"]) if d.get("weight_shape") else None,
+            bool(d.get("weight_factors", False)),
+            bool(d.get("weight_grad", True)),
+            bool(d.get("activation", True)),
+            d.get("descriptor"),
+        )
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "module_type": self.module_type,
-                "act_shape": list(self.act_shape),
-                "weight_shape": list(self.weight_shape) if self.weight_shape else None,
-                "weight_factors": self.weight_factors, "weight_grad": self.weight_grad,
-                "activation": self.activation, "descriptor": self.descriptor}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "module_type": self.module_type,
+            "act_shape": list(self.act_shape),
+            "weight_shape": list(self.weight_shape) if self.weight_shape else None,
+            "weight_factors": self.weight_factors,
+            "weight_grad": self.weight_grad,
+            "activation": self.activation,
+            "descriptor": self.descriptor,
+        }
 
     @property
     def descriptor_shape(self) -> tuple[int, ...]:
@@ -92,6 +106,7 @@ def spec_runs_code(spec: str) -> bool:
     [False, False, True, True]
     """
     from volviz.sources import demo
+
     if spec in demo.DEMO_NAMES:
         return False
     return ":" in spec or "/" in spec or pathlib.Path(spec).suffix != "" or os.path.exists(spec)
@@ -117,8 +132,8 @@ class Plan:
     skipped: list[dict] = field(default_factory=list)
     bytes_per_image: int = 0
     settings: dict = field(default_factory=dict)
-    fingerprints: dict = field(default_factory=dict)   # weights / image list hashes (resume check)
-    compress: bool = False                              # zstd on the per-image arrays
+    fingerprints: dict = field(default_factory=dict)  # weights / image list hashes (resume check)
+    compress: bool = False  # zstd on the per-image arrays
     memory: object = field(default=None, repr=False, compare=False)  # the capture's MemoryPlan (not saved)
     format_version: int = FORMAT_VERSION
 
@@ -130,11 +145,19 @@ class Plan:
             "preprocess": self.preprocess.to_dict(),
             "layers": [info.to_dict() for info in self.layers],
             "images": [r.to_dict() for r in self.images],
-            "n_outputs": self.n_outputs, "batch_size": self.batch_size, "dtype": self.dtype,
-            "gradients": self.gradients, "weight_gradients": self.weight_gradients,
-            "target": self.target, "class_names": self.class_names, "label_names": self.label_names,
-            "skipped": self.skipped, "bytes_per_image": self.bytes_per_image,
-            "settings": self.settings, "fingerprints": self.fingerprints, "compress": self.compress,
+            "n_outputs": self.n_outputs,
+            "batch_size": self.batch_size,
+            "dtype": self.dtype,
+            "gradients": self.gradients,
+            "weight_gradients": self.weight_gradients,
+            "target": self.target,
+            "class_names": self.class_names,
+            "label_names": self.label_names,
+            "skipped": self.skipped,
+            "bytes_per_image": self.bytes_per_image,
+            "settings": self.settings,
+            "fingerprints": self.fingerprints,
+            "compress": self.compress,
         }
 
     @classmethod
@@ -162,11 +185,15 @@ class Plan:
                 format_version=int(d.get("format_version", 1)),
             )
         except KeyError as exc:
-            raise StoreError(f"{source} has no {exc.args[0]!r} entry: the store is damaged or was not "
-                             "written by volviz; capture it again with `volviz capture --out NEW`") from None
+            raise StoreError(
+                f"{source} has no {exc.args[0]!r} entry: the store is damaged or was not "
+                "written by volviz; capture it again with `volviz capture --out NEW`"
+            ) from None
         except (TypeError, ValueError, AttributeError) as exc:
-            raise StoreError(f"{source} has an invalid entry ({str(exc)[:120]}): the store is damaged; "
-                             "capture it again with `volviz capture --out NEW`") from None
+            raise StoreError(
+                f"{source} has an invalid entry ({str(exc)[:120]}): the store is damaged; "
+                "capture it again with `volviz capture --out NEW`"
+            ) from None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -188,8 +215,10 @@ def read_json(path: pathlib.Path) -> dict:
     try:
         obj = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StoreError(f"{path} is not valid JSON ({exc.__class__.__name__} at {str(exc)[:80]}): the store "
-                         "is damaged; capture it again, or restore the file from a backup") from None
+        raise StoreError(
+            f"{path} is not valid JSON ({exc.__class__.__name__} at {str(exc)[:80]}): the store "
+            "is damaged; capture it again, or restore the file from a backup"
+        ) from None
     if not isinstance(obj, dict):
         raise StoreError(f"{path} does not hold a JSON object: the store is damaged")
     return obj
@@ -224,8 +253,11 @@ def images_fingerprint(records: list[ImageRecord]) -> str:
 
 
 def fingerprints(weights: str | None, records: list[ImageRecord]) -> dict:
-    return {"weights_path": weights, "weights_sha256": file_sha256(weights),
-            "images_sha256": images_fingerprint(records)}
+    return {
+        "weights_path": weights,
+        "weights_sha256": file_sha256(weights),
+        "images_sha256": images_fingerprint(records),
+    }
 
 
 def check_fingerprints(plan: Plan, store_path: pathlib.Path) -> None:
@@ -233,8 +265,13 @@ def check_fingerprints(plan: Plan, store_path: pathlib.Path) -> None:
     if not plan.fingerprints:
         return  # written before fingerprints existed
     now = fingerprints(plan.fingerprints.get("weights_path", plan.model.weights), plan.images)
-    changed = [what for what, key in (("the weights file", "weights_sha256"), ("the image files", "images_sha256"))
-               if plan.fingerprints.get(key) != now[key]]
+    changed = [
+        what
+        for what, key in (("the weights file", "weights_sha256"), ("the image files", "images_sha256"))
+        if plan.fingerprints.get(key) != now[key]
+    ]
     if changed:
-        raise StoreError(f"cannot resume {store_path}: {' and '.join(changed)} changed since the capture started, "
-                         "so the store would mix two inputs; capture into a new folder (or restore them)")
+        raise StoreError(
+            f"cannot resume {store_path}: {' and '.join(changed)} changed since the capture started, "
+            "so the store would mix two inputs; capture into a new folder (or restore them)"
+        )

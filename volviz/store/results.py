@@ -3,6 +3,7 @@
 
 Analysis modules write and read them through these two small classes and never name a path.
 """
+
 from __future__ import annotations
 
 from volviz.store import layout

@@ -13,6 +13,7 @@ max |value| before the cast), so small gradients do not underflow to zero.
 
 Nothing outside ``volviz/store`` names a zarr path or a plan key: readers use this class.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,6 +43,7 @@ class Store:
 
     def __init__(self, path: pathlib.Path, plan: Plan, manifest: dict | None, mode: str):
         import zarr
+
         self.path = path
         self.plan = plan
         self.manifest = manifest
@@ -56,6 +58,7 @@ class Store:
     @classmethod
     def create(cls, path: str | os.PathLike, plan: Plan, *, overwrite: bool = False) -> Store:
         import zarr
+
         path = pathlib.Path(path)
         prepare_folder(path, overwrite)
         n, half = len(plan.images), plan.dtype == "float16"
@@ -72,15 +75,23 @@ class Store:
         for info in plan.layers:
             for q in stored_quantities(plan, info):
                 keys = layout.quantity_keys(q, info.name, info.weight_factors)
-                shapes = ([info.act_shape] if q in ("activation", "grad_activation") else
-                          [info.descriptor_shape] if q == "descriptor" else
-                          [info.weight_shape[:1]] if q == "grad_norm" else
-                          [(s,) for s in info.weight_shape] if info.weight_factors else [info.weight_shape])
+                shapes = (
+                    [info.act_shape]
+                    if q in ("activation", "grad_activation")
+                    else [info.descriptor_shape]
+                    if q == "descriptor"
+                    else [info.weight_shape[:1]]
+                    if q == "grad_norm"
+                    else [(s,) for s in info.weight_shape]
+                    if info.weight_factors
+                    else [info.weight_shape]
+                )
                 for key, sh in zip(keys, shapes):
                     layout.create_array(root, key, (n, *sh), (1, *sh), dt, 0, sharded=True, compress=plan.compress)
                     if half:
-                        layout.create_array(root, layout.scale_key(key), (n,), (1,), "float32", 1, sharded=True,
-                                            compress=plan.compress)
+                        layout.create_array(
+                            root, layout.scale_key(key), (n,), (1,), "float32", 1, sharded=True, compress=plan.compress
+                        )
         plan.format_version = FORMAT_VERSION
         write_json_atomic(path / "plan.json", plan.to_dict())
         return cls(path, plan, None, "r+")
@@ -94,14 +105,18 @@ class Store:
             raise StoreError(f"{path} is a file, not a volviz store folder")
         plan_file, manifest_file = path / "plan.json", path / "manifest.json"
         if not plan_file.exists():
-            raise StoreError(f"{path} is not a volviz store (no plan.json); it may be empty or the "
-                             "capture was killed before it started")
+            raise StoreError(
+                f"{path} is not a volviz store (no plan.json); it may be empty or the "
+                "capture was killed before it started"
+            )
         manifest = read_json(manifest_file) if manifest_file.exists() else None
         raw = read_json(plan_file)
         version = int((manifest or raw).get("format_version", 1))
         if version > FORMAT_VERSION:
-            raise StoreError(f"{path} was written by a newer volviz (store format {version}, this "
-                             f"volviz reads up to {FORMAT_VERSION}); upgrade volviz to read it")
+            raise StoreError(
+                f"{path} was written by a newer volviz (store format {version}, this "
+                f"volviz reads up to {FORMAT_VERSION}); upgrade volviz to read it"
+            )
         if version not in READABLE_FORMATS:
             raise StoreError(f"{path} has store format {version}, which this volviz cannot read; capture again")
         if mode != "r" and not os.access(path, os.W_OK):
@@ -125,10 +140,15 @@ class Store:
 
     def batch_arrays(self, result, labels: np.ndarray, inputs: np.ndarray) -> dict[str, np.ndarray]:
         """One BatchResult as ``{array key: rows}``, cast for the store (for :class:`ShardWriter`)."""
-        out = {"probs": np.asarray(result.probs, np.float32), "pred": np.asarray(result.pred, np.int64),
-               "target": np.asarray(result.target, np.int64), "label": np.asarray(labels, np.int64),
-               "input": inputs.astype(np.float16)}
+        out = {
+            "probs": np.asarray(result.probs, np.float32),
+            "pred": np.asarray(result.pred, np.int64),
+            "target": np.asarray(result.target, np.int64),
+            "label": np.asarray(labels, np.int64),
+            "input": inputs.astype(np.float16),
+        }
         from volviz.capture.reduce import factor_norms, filter_norms, pool
+
         for name, a in result.act.items():
             info = self.layers[name]
             if info.activation:
@@ -179,8 +199,9 @@ class Store:
                     pass
             del self._root["done"]  # damaged shards would be read back by a write: make it anew
             self._arrays.pop("done", None)
-            arr = layout.create_array(self._root, "done", (self.n_images,), (1,), "bool", False, sharded=True,
-                                      compress=self.plan.compress)
+            arr = layout.create_array(
+                self._root, "done", (self.n_images,), (1,), "bool", False, sharded=True, compress=self.plan.compress
+            )
         done[np.asarray(rows, dtype=np.int64)] = False
         arr[:] = done
         self._done_cache = None
@@ -222,18 +243,23 @@ class Store:
             try:
                 self._done_cache = np.asarray(self._root["done"][:], dtype=bool)
             except ValueError as exc:
-                raise StoreError(f"the done flags of {self.path} are damaged ({str(exc)[:60]}); run "
-                                 f"`volviz capture --repair {self.path}`") from None
+                raise StoreError(
+                    f"the done flags of {self.path} are damaged ({str(exc)[:60]}); run "
+                    f"`volviz capture --repair {self.path}`"
+                ) from None
         return self._done_cache
 
     def model(self, *, trust_pickle: bool = False, trust_factory: bool = False):
         """The model this store was captured from, in eval mode. The store cannot switch on code
         execution by itself: the caller passes the user's flags for THIS command."""
         from volviz.sources.models import load_model
+
         spec = self.plan.model
         if spec.needs_code() and not trust_factory:
-            raise StoreError(f"the model of {self.path} is {spec.spec!r}, which loading would import and run; "
-                             "pass --trust-factory if you trust this store's model spec")
+            raise StoreError(
+                f"the model of {self.path} is {spec.spec!r}, which loading would import and run; "
+                "pass --trust-factory if you trust this store's model spec"
+            )
         loaded = load_model(spec.spec, spec.weights, trust_pickle=trust_pickle)
         loaded.module.eval()
         return loaded
@@ -268,8 +294,10 @@ class Store:
             raise StoreError(f"image index {int(bad[0])} out of range (store has {self.n_images} images)")
         undone = rows[~self.done[rows]]
         if len(undone):
-            raise StoreError(f"image {int(undone[0])} was not captured yet (interrupted capture); run "
-                             f"`volviz capture --resume --out {self.path}`")
+            raise StoreError(
+                f"image {int(undone[0])} was not captured yet (interrupted capture); run "
+                f"`volviz capture --resume --out {self.path}`"
+            )
 
     def _rows(self, key: str, rows: np.ndarray) -> np.ndarray:
         """Rows of one array as float32, float16 scale undone, every chunk checked."""
@@ -280,7 +308,7 @@ class Store:
                 if not layout.chunk_file(self.path, key, int(first * per), arr).exists():
                     raise StoreError(self._damage(key, int(rows[rows // per == first][0]), "is missing"))
         contiguous = len(rows) and rows[-1] - rows[0] + 1 == len(rows)
-        pick = (lambda a: a[rows[0]:rows[-1] + 1]) if contiguous else (lambda a: a.oindex[rows])
+        pick = (lambda a: a[rows[0] : rows[-1] + 1]) if contiguous else (lambda a: a.oindex[rows])
         try:
             out = np.asarray(pick(arr))
             if arr.dtype == np.float16 and key != "input":
@@ -294,8 +322,10 @@ class Store:
 
     def _damage(self, key: str, row: int | None, what: str) -> str:
         where = f"image {row} ({self.images[row].id})" if row is not None else "one of the images read"
-        return (f"the stored {key.split('/')[0]} of {'/'.join(key.split('/')[1:-1]) or key} for {where} {what}; "
-                f"run `volviz capture --repair {self.path}` to capture it again")
+        return (
+            f"the stored {key.split('/')[0]} of {'/'.join(key.split('/')[1:-1]) or key} for {where} {what}; "
+            f"run `volviz capture --repair {self.path}` to capture it again"
+        )
 
     def read_batch(self, quantity: str, layer: str, rows) -> np.ndarray:
         """Images ``rows`` of one quantity of one layer, ``(len(rows), *shape)`` float32."""
@@ -313,15 +343,21 @@ class Store:
     def _missing(self, quantity: str, layer: str) -> str:
         info = self.layers[layer]
         if quantity == "descriptor":
-            return (f"{self.path} has no descriptors of {layer!r}; capture them with `volviz capture --descriptors "
-                    f"{layer} ...` (or use its activations where they are stored)")
+            return (
+                f"{self.path} has no descriptors of {layer!r}; capture them with `volviz capture --descriptors "
+                f"{layer} ...` (or use its activations where they are stored)"
+            )
         if quantity == "grad_weight" and info.weight_shape and self.plan.gradients and not info.weight_grad:
-            return (f"{self.path} keeps only the filter norms of {layer!r}'s weight gradients (its per-image tensor "
-                    f"is over the capture's per-image budget); capture with `--weight-grads {layer}` to store it")
+            return (
+                f"{self.path} keeps only the filter norms of {layer!r}'s weight gradients (its per-image tensor "
+                f"is over the capture's per-image budget); capture with `--weight-grads {layer}` to store it"
+            )
         if quantity == "activation" and not info.activation:
             return f"{self.path} keeps only descriptors of {layer!r}, not its activations (a descriptor capture)"
-        return (f"{self.path} has no {quantity} for layer {layer!r} (captured without gradients, or the layer "
-                "has no weights)")
+        return (
+            f"{self.path} has no {quantity} for layer {layer!r} (captured without gradients, or the layer "
+            "has no weights)"
+        )
 
     def read(self, quantity: str, layer: str, i: int) -> np.ndarray:
         """One image's activation / gradient of one layer as float32."""
@@ -353,11 +389,12 @@ class Store:
         """Done images (or ``rows``) in batches of at most ``batch_size``: memory bounded by the batch."""
         rows = np.flatnonzero(self.done) if rows is None else np.asarray(rows, dtype=np.int64)
         for s in range(0, len(rows), max(1, int(batch_size))):
-            yield rows[s:s + batch_size]
+            yield rows[s : s + batch_size]
 
     def results(self, kind: str):
         """Derived results (preferred inputs, ...) kept beside the capture, one group per layer."""
         from volviz.store.results import Results
+
         return Results(self, kind)
 
     # used by volviz.store.verify and volviz.store.results only

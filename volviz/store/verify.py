@@ -5,6 +5,7 @@ A chunk is damaged when its file is missing or its crc32c checksum does not matc
 image it belongs to is no longer trusted. Repair forgets those images (their ``done`` flag) and
 resumes the capture, which recomputes exactly them.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,7 +25,7 @@ BLOCK = 256
 @dataclass
 class VerifyReport:
     store: Store
-    damaged: dict[int, list[str]] = field(default_factory=dict)   # image -> arrays
+    damaged: dict[int, list[str]] = field(default_factory=dict)  # image -> arrays
     checked_images: int = 0
     checked_arrays: int = 0
 
@@ -34,12 +35,15 @@ class VerifyReport:
 
     def text(self) -> str:
         if self.ok:
-            return (f"verify      OK: {self.checked_images} images x {self.checked_arrays} arrays, every chunk "
-                    "present and its checksum correct")
+            return (
+                f"verify      OK: {self.checked_images} images x {self.checked_arrays} arrays, every chunk "
+                "present and its checksum correct"
+            )
         lines = [f"verify      DAMAGED: {len(self.damaged)} images have missing or corrupted chunks"]
         for i, keys in list(self.damaged.items())[:10]:
-            lines.append(f"  image {i} ({self.store.images[i].id}): {', '.join(keys[:4])}"
-                         + (" ..." if len(keys) > 4 else ""))
+            lines.append(
+                f"  image {i} ({self.store.images[i].id}): {', '.join(keys[:4])}" + (" ..." if len(keys) > 4 else "")
+            )
         if len(self.damaged) > 10:
             lines.append(f"  ... and {len(self.damaged) - 10} more")
         lines.append(f"repair with: volviz capture --repair --out {self.store.path}")
@@ -52,7 +56,7 @@ def _bad_rows(store: Store, key: str, rows: np.ndarray) -> list[int]:
     present = np.setdiff1d(rows, missing)
     bad = list(missing)
     for s in range(0, len(present), BLOCK):
-        block = present[s:s + BLOCK]
+        block = present[s : s + BLOCK]
         try:
             arr.oindex[block]
         except ValueError:  # a checksum mismatch somewhere in the block: find which rows
@@ -67,8 +71,10 @@ def _bad_rows(store: Store, key: str, rows: np.ndarray) -> list[int]:
 def verify_store(store: Store, progress: bool = True) -> VerifyReport:
     """Read every chunk of every done image; memory is bounded by ``BLOCK`` chunks of one array."""
     if store.plan.format_version < 2:
-        raise StoreError(f"{store.path} was written before volviz kept checksums (store format "
-                         f"{store.plan.format_version}); capture it again to be able to verify it")
+        raise StoreError(
+            f"{store.path} was written before volviz kept checksums (store format "
+            f"{store.plan.format_version}); capture it again to be able to verify it"
+        )
     report = VerifyReport(store)
     try:
         done = store.done
@@ -89,10 +95,12 @@ def verify_store(store: Store, progress: bool = True) -> VerifyReport:
     return report
 
 
-def repair_store(path: str | os.PathLike, *, trust_pickle: bool = False, trust_factory: bool = False,
-                 progress: bool = True) -> Store:
+def repair_store(
+    path: str | os.PathLike, *, trust_pickle: bool = False, trust_factory: bool = False, progress: bool = True
+) -> Store:
     """Verify, forget the damaged images, and capture them again (the rest is kept as is)."""
     from volviz.store.capture import resume_capture
+
     store = Store.open(path, "r+")
     report = verify_store(store, progress)
     if report.ok and store.complete:

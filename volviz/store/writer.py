@@ -6,6 +6,7 @@ reached the disk (zarr writes each file atomically: a temporary file, then a ren
 capture loses at most the buffered shards, and ``--resume`` recomputes exactly those images.
 Memory: at most one open shard per array (``layout.SHARD_BYTES`` each) plus two batches queued.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,8 +24,8 @@ class ShardWriter:
         self._root = store._root
         self.pending = np.asarray(pending, dtype=np.int64)
         self._keys: list[str] | None = None
-        self._buf: dict[str, dict[int, dict[int, np.ndarray]]] = {}   # key -> shard -> row -> data
-        self._flushed: dict[int, int] = {}                              # row -> arrays on disk
+        self._buf: dict[str, dict[int, dict[int, np.ndarray]]] = {}  # key -> shard -> row -> data
+        self._flushed: dict[int, int] = {}  # row -> arrays on disk
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="volviz-writer")
         self._futures: list[Future] = []
         self._max = max_in_flight
@@ -68,7 +69,7 @@ class ShardWriter:
         idx, data = idx[order], np.stack([rows[int(i)] for i in idx[order]])
         arr = self.store._array(key)
         if idx[-1] - idx[0] + 1 == len(idx):
-            arr[int(idx[0]):int(idx[-1]) + 1] = data
+            arr[int(idx[0]) : int(idx[-1]) + 1] = data
         else:
             arr.oindex[idx] = data
         done = []

@@ -1,7 +1,6 @@
 """The view layer: numpy arrays in, pyvista scenes and 2-D images out (no trame)."""
 
 from . import _gl_order  # noqa: F401  (before anything makes a render context; see the module)
-
 from .colors import DEFAULT_CMAP, DIVERGING_CMAP, OPACITY_PRESETS, auto_clim, opacity_curve
 from .grid import near_square_grid, neuron_grid, save_png, tile_mosaic, to_rgb, vis_square
 from .render_probe import rendering_available

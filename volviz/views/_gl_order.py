@@ -5,6 +5,7 @@ made crashes the process (SIGSEGV) on Mesa/EGL machines; the other order works. 
 renders (CLI, app server, scene movies) imports ``volviz.views`` first, which imports this, so
 the order is right everywhere. Costs about 0.1 s, only where triton is installed.
 """
+
 import importlib.util
 
 if importlib.util.find_spec("triton") is not None:

@@ -17,6 +17,7 @@ output on the right); ``elevation`` lifts the camera above the ``z = 0`` plane.
 
 Pure numpy; :meth:`CameraPose.apply` sets any object with pyvista's camera attributes.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,12 +58,16 @@ class CameraPose:
 
     def same_as(self, other: "CameraPose", tol: float = 1e-9) -> bool:
         scale = max(1.0, float(np.linalg.norm(self.position - self.focal_point)))
-        return (np.allclose(self.position, other.position, atol=tol * scale)
-                and np.allclose(self.focal_point, other.focal_point, atol=tol * scale)
-                and np.allclose(self.up, other.up, atol=tol)
-                and abs(self.view_angle - other.view_angle) < 1e-9
-                and all(a == b or (a is not None and b is not None and abs(a - b) < 1e-9 * scale)
-                        for a, b in ((self.clip, other.clip), (self.clip_far, other.clip_far))))
+        return (
+            np.allclose(self.position, other.position, atol=tol * scale)
+            and np.allclose(self.focal_point, other.focal_point, atol=tol * scale)
+            and np.allclose(self.up, other.up, atol=tol)
+            and abs(self.view_angle - other.view_angle) < 1e-9
+            and all(
+                a == b or (a is not None and b is not None and abs(a - b) < 1e-9 * scale)
+                for a, b in ((self.clip, other.clip), (self.clip_far, other.clip_far))
+            )
+        )
 
     def apply(self, camera, renderer=None) -> None:
         """Set a pyvista / VTK-like camera (``position``, ``focal_point``, ``up``,
@@ -75,13 +80,24 @@ class CameraPose:
             renderer.ResetCameraClippingRange()
 
     def to_dict(self) -> dict:
-        return {"position": self.position.tolist(), "focal_point": self.focal_point.tolist(),
-                "up": self.up.tolist(), "view_angle": self.view_angle, "clip": self.clip,
-                "clip_far": self.clip_far}
+        return {
+            "position": self.position.tolist(),
+            "focal_point": self.focal_point.tolist(),
+            "up": self.up.tolist(),
+            "view_angle": self.view_angle,
+            "clip": self.clip,
+            "clip_far": self.clip_far,
+        }
 
     def replace(self, **changes) -> "CameraPose":
-        d = {"position": self.position, "focal_point": self.focal_point, "up": self.up,
-             "view_angle": self.view_angle, "clip": self.clip, "clip_far": self.clip_far}
+        d = {
+            "position": self.position,
+            "focal_point": self.focal_point,
+            "up": self.up,
+            "view_angle": self.view_angle,
+            "clip": self.clip,
+            "clip_far": self.clip_far,
+        }
         d.update(changes)
         return CameraPose(**d)
 
@@ -102,8 +118,18 @@ def _frame(d: np.ndarray, up: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     return f, u, r
 
 
-def fit_box(lo, hi, azimuth: float, elevation: float, *, aspect: float = 4 / 3,
-            view_angle: float = 30.0, margin: float = 1.08, up=Z_UP, center=None) -> CameraPose:
+def fit_box(
+    lo,
+    hi,
+    azimuth: float,
+    elevation: float,
+    *,
+    aspect: float = 4 / 3,
+    view_angle: float = 30.0,
+    margin: float = 1.08,
+    up=Z_UP,
+    center=None,
+) -> CameraPose:
     """The pose that looks from (``azimuth``, ``elevation``) at the box ``lo..hi`` and just
     fits all 8 corners in a ``aspect`` (width / height) window, times ``margin``."""
     lo, hi = np.asarray(lo, float), np.asarray(hi, float)
@@ -119,17 +145,33 @@ def fit_box(lo, hi, azimuth: float, elevation: float, *, aspect: float = 4 / 3,
     return CameraPose(c + d * dist, c, u, view_angle)
 
 
-def overview_pose(layout: GraphLayout, *, azimuth: float = 62.0, elevation: float = 22.0,
-                  aspect: float = 4 / 3, zoom: float = 1.0, view_angle: float = 30.0) -> CameraPose:
+def overview_pose(
+    layout: GraphLayout,
+    *,
+    azimuth: float = 62.0,
+    elevation: float = 22.0,
+    aspect: float = 4 / 3,
+    zoom: float = 1.0,
+    view_angle: float = 30.0,
+) -> CameraPose:
     """The whole graph, seen obliquely from the input side (input left, output right)."""
     lo, hi = layout.bounds()
     pose = fit_box(lo, hi, azimuth, elevation, aspect=aspect, view_angle=view_angle)
     return _zoomed(pose, zoom).replace(clip=_no_clip(layout), clip_far=_no_clip_far(layout))
 
 
-def tiles_pose(tiles, *, aspect: float = 4 / 3, azimuth: float = 0.0, elevation: float = 0.0,
-               view_angle: float = 20.0, top: float = 0.0, bottom: float = 0.0, zoom: float = 1.0,
-               margin: float = 1.04) -> CameraPose:
+def tiles_pose(
+    tiles,
+    *,
+    aspect: float = 4 / 3,
+    azimuth: float = 0.0,
+    elevation: float = 0.0,
+    view_angle: float = 20.0,
+    top: float = 0.0,
+    bottom: float = 0.0,
+    zoom: float = 1.0,
+    margin: float = 1.04,
+) -> CameraPose:
     """Every tile of a :class:`~volviz.views.graph_layout.LayerTiles` in view (face on by default),
     with the fractions ``top`` / ``bottom`` of the window height left free for corner texts."""
     lo, hi = tiles.bounds()
@@ -141,9 +183,17 @@ def tiles_pose(tiles, *, aspect: float = 4 / 3, azimuth: float = 0.0, elevation:
     return _zoomed(pose, zoom)
 
 
-def layer_pose(layout: GraphLayout, layer: str, *, azimuth: float = 18.0, elevation: float = 10.0,
-               aspect: float = 4 / 3, zoom: float = 1.0, view_angle: float = 30.0,
-               isolate: bool = True) -> CameraPose:
+def layer_pose(
+    layout: GraphLayout,
+    layer: str,
+    *,
+    azimuth: float = 18.0,
+    elevation: float = 10.0,
+    aspect: float = 4 / 3,
+    zoom: float = 1.0,
+    view_angle: float = 30.0,
+    isolate: bool = True,
+) -> CameraPose:
     """One layer's plane, nearly face on (from the input side). The layers in front of it are
     always cut away (they would hide it); with ``isolate`` the layers behind it too, leaving the
     plane and its incoming edges."""
@@ -155,9 +205,18 @@ def layer_pose(layout: GraphLayout, layer: str, *, azimuth: float = 18.0, elevat
     return _zoomed(pose, zoom).replace(clip=_clip_before(layout, layer), clip_far=far)
 
 
-def unit_pose(layout: GraphLayout, layer: str, unit: int, *, azimuth: float = 12.0,
-              elevation: float = 6.0, aspect: float = 4 / 3, radius_cells: float = 2.0,
-              view_angle: float = 30.0, isolate: bool = True) -> CameraPose:
+def unit_pose(
+    layout: GraphLayout,
+    layer: str,
+    unit: int,
+    *,
+    azimuth: float = 12.0,
+    elevation: float = 6.0,
+    aspect: float = 4 / 3,
+    radius_cells: float = 2.0,
+    view_angle: float = 30.0,
+    isolate: bool = True,
+) -> CameraPose:
     """A close-up of one unit and its immediate neighbours."""
     if layer not in layout.planes:
         raise ValueError(f"no layer {layer!r} in the layout; layers: {', '.join(layout.planes)}")
@@ -196,8 +255,9 @@ def _zoomed(pose: CameraPose, zoom: float) -> CameraPose:
     return CameraPose(pose.focal_point + d / zoom, pose.focal_point, pose.up, pose.view_angle)
 
 
-def orbit_poses(start: CameraPose, center=None, degrees: float = 360.0, n: int | None = None,
-                axis=Z_UP) -> list[CameraPose]:
+def orbit_poses(
+    start: CameraPose, center=None, degrees: float = 360.0, n: int | None = None, axis=Z_UP
+) -> list[CameraPose]:
     """Poses turning ``start``'s camera by ``degrees`` about ``axis`` through ``center``
     (default: its focal point), first pose = ``start``; ``n`` poses (default one per 15°, +1:
     the spline through them stays within about 1 % of the circle)."""
@@ -208,8 +268,16 @@ def orbit_poses(start: CameraPose, center=None, degrees: float = 360.0, n: int |
     out = []
     for a in np.linspace(0.0, math.radians(degrees), n):
         rot = _rotation(axis, a)
-        out.append(CameraPose(c + rot @ (start.position - c), c + rot @ (start.focal_point - c),
-                              rot @ start.up, start.view_angle, start.clip, start.clip_far))
+        out.append(
+            CameraPose(
+                c + rot @ (start.position - c),
+                c + rot @ (start.focal_point - c),
+                rot @ start.up,
+                start.view_angle,
+                start.clip,
+                start.clip_far,
+            )
+        )
     return out
 
 
@@ -242,8 +310,9 @@ class CameraPath:
         for t, p in keys:
             if merged and t - merged[-1][0] < 1e-9:
                 if not p.same_as(merged[-1][1]):
-                    raise ValueError(f"two different camera poses at the same time {t:.3f} s "
-                                     "(give the move a duration > 0)")
+                    raise ValueError(
+                        f"two different camera poses at the same time {t:.3f} s (give the move a duration > 0)"
+                    )
                 continue
             merged.append((t, p))
         self.times = np.array([t for t, _ in merged])

@@ -83,8 +83,9 @@ def theme_for(data=None, *, signed: bool | None = None) -> Theme:
     return SIGNED_THEME if signed else UNSIGNED_THEME
 
 
-def colour_2d(img: np.ndarray, cmap=None, clim: tuple[float, float] | None = None,
-              nan_color=(255, 255, 255)) -> np.ndarray:
+def colour_2d(
+    img: np.ndarray, cmap=None, clim: tuple[float, float] | None = None, nan_color=(255, 255, 255)
+) -> np.ndarray:
     """A 2-D array (maps mosaic, neuron grid, heatmap) to ``uint8 (H, W, 3)`` in the theme: signed
     data on the diverging map with limits symmetric around zero, other data on the sequential
     map over min..max; ``cmap`` / ``clim`` override. Shared by the CLI and the app's 2-D panels."""

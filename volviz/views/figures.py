@@ -6,6 +6,7 @@ pictures are drawn here, so that ``analysis`` never needs matplotlib. ``write_*_
 report's files and its PNGs into one folder and return the names: what ``volviz prune`` /
 ``importance`` / ``groups`` and the app's Pruning tab leave behind. Agg backend, no display.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,14 +16,24 @@ import numpy as np
 
 from volviz.analysis.report_io import safe_name
 
-__all__ = ["importance_figure", "sweep_figure", "groups_figure", "saliency_figure", "gradient_mosaic",
-           "write_importance_report", "write_prune_report", "write_groups_report"]
+__all__ = [
+    "importance_figure",
+    "sweep_figure",
+    "groups_figure",
+    "saliency_figure",
+    "gradient_mosaic",
+    "write_importance_report",
+    "write_prune_report",
+    "write_groups_report",
+]
 
 
 def _pyplot():
     import matplotlib
+
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -34,8 +45,9 @@ def _save(fig, path) -> pathlib.Path:
 
 
 # ---- importance ---------------------------------------------------------------------------------
-def importance_figure(panels: list[tuple[str, np.ndarray]], path, layout: tuple[int, int], *,
-                      title: str = "", cmap: str = "inferno"):
+def importance_figure(
+    panels: list[tuple[str, np.ndarray]], path, layout: tuple[int, int], *, title: str = "", cmap: str = "inferno"
+):
     """One panel per (title, importance vector): the filters on a ``layout`` grid (rows x cols,
     filter j at (j // cols, j % cols)), one colour scale [0, max] shared by all panels."""
     plt = _pyplot()
@@ -48,8 +60,13 @@ def importance_figure(panels: list[tuple[str, np.ndarray]], path, layout: tuple[
     pc = min(k, 5)
     pr = math.ceil(k / pc)
     aspect = rows / cols
-    fig, axes = plt.subplots(pr, pc, figsize=(2.4 * pc + 1.0, (2.4 * max(aspect, 0.3) + 0.35) * pr + 0.5),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        pr,
+        pc,
+        figsize=(2.4 * pc + 1.0, (2.4 * max(aspect, 0.3) + 0.35) * pr + 0.5),
+        squeeze=False,
+        layout="constrained",
+    )
     cm = plt.get_cmap(cmap).with_extremes(bad="white")
     im = None
     for ax in axes.flat:
@@ -68,6 +85,7 @@ def write_importance_report(report, folder) -> list[str]:
     """An :class:`~volviz.analysis.importance_report.ImportanceReport`'s tables and summary, and
     one grid PNG per layer (``views.grid.near_square_grid`` of its filter count)."""
     from volviz.views.grid import near_square_grid
+
     res = report.result
     for layer in res.layers:
         report.grids.setdefault(layer, near_square_grid(res.per_image[layer].shape[1]))
@@ -76,8 +94,12 @@ def write_importance_report(report, folder) -> list[str]:
         n_f = res.per_image[layer].shape[1]
         rows, cols = report.grids[layer]
         name = f"importance_{safe_name(layer)}.png"
-        importance_figure(report.panels(layer), pathlib.Path(folder) / name, (rows, cols),
-                          title=f"{layer}: mean ||dS/dW_j|| ({n_f} filters as {rows} x {cols}, {res.source})")
+        importance_figure(
+            report.panels(layer),
+            pathlib.Path(folder) / name,
+            (rows, cols),
+            title=f"{layer}: mean ||dS/dW_j|| ({n_f} filters as {rows} x {cols}, {res.source})",
+        )
         names.append(name)
     return names
 
@@ -92,23 +114,47 @@ def sweep_figure(sweep, path, highlight: int | None = None):
     names = sweep.class_names or [str(c) for c in range(K)]
     cmap = plt.get_cmap("tab10" if K <= 10 else "tab20")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, xs, xl in ((axes[0], sweep.thresholds, "importance threshold (filters below it zeroed)"),
-                       (axes[1], sweep.fraction_removed, "fraction of filters removed")):
+    for ax, xs, xl in (
+        (axes[0], sweep.thresholds, "importance threshold (filters below it zeroed)"),
+        (axes[1], sweep.fraction_removed, "fraction of filters removed"),
+    ):
         for c in range(K):
             if not np.isfinite(sweep.error[:, c]).any():  # no image of the class
                 continue
             hl = c == highlight
-            ax.plot(xs, 100 * sweep.error[:, c], color="crimson" if hl else cmap(c % cmap.N),
-                    lw=2.4 if hl else 0.9, alpha=1 if hl else 0.7, drawstyle="steps-post",
-                    label=f"class {names[c]}" + (" (reference)" if hl else ""), zorder=3 if hl else 2)
+            ax.plot(
+                xs,
+                100 * sweep.error[:, c],
+                color="crimson" if hl else cmap(c % cmap.N),
+                lw=2.4 if hl else 0.9,
+                alpha=1 if hl else 0.7,
+                drawstyle="steps-post",
+                label=f"class {names[c]}" + (" (reference)" if hl else ""),
+                zorder=3 if hl else 2,
+            )
         ax.plot(xs, 100 * sweep.overall, color="black", lw=2.4, drawstyle="steps-post", label="overall", zorder=4)
         if sweep.overall_most_first is not None and ax is axes[1]:
-            ax.plot(xs, 100 * sweep.overall_most_first, color="black", lw=1.6, ls="--", drawstyle="steps-post",
-                    label="overall, most important\nremoved first (control)", zorder=4)
+            ax.plot(
+                xs,
+                100 * sweep.overall_most_first,
+                color="black",
+                lw=1.6,
+                ls="--",
+                drawstyle="steps-post",
+                label="overall, most important\nremoved first (control)",
+                zorder=4,
+            )
             if highlight is not None and sweep.error_most_first is not None:
-                ax.plot(xs, 100 * sweep.error_most_first[:, highlight], color="crimson", lw=1.6, ls="--",
-                        drawstyle="steps-post", label=f"class {names[highlight]}, most\nimportant first (control)",
-                        zorder=3)
+                ax.plot(
+                    xs,
+                    100 * sweep.error_most_first[:, highlight],
+                    color="crimson",
+                    lw=1.6,
+                    ls="--",
+                    drawstyle="steps-post",
+                    label=f"class {names[highlight]}, most\nimportant first (control)",
+                    zorder=3,
+                )
         ax.set_xlabel(xl)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("error rate (%)")
@@ -135,10 +181,11 @@ def gradient_mosaic(arr, quantity: str) -> np.ndarray:
     """One step's gradient as a 2-D picture of magnitudes: a weight gradient per filter (L2 over
     the input channels), a Linear layer's per output neuron; an activation gradient per map."""
     from volviz.views.grid import neuron_grid, vis_square
+
     a = np.asarray(arr, dtype=np.float64)
     if quantity == "grad_weight":
         if a.ndim >= 3:  # (C_out, C_in, kh, kw): per filter, the L2 over input channels
-            tiles = np.sqrt((a ** 2).sum(1))
+            tiles = np.sqrt((a**2).sum(1))
             if tiles.ndim == 2:
                 tiles = tiles[:, None, :]
             return vis_square(tiles, normalize=None)
@@ -150,11 +197,20 @@ def gradient_mosaic(arr, quantity: str) -> np.ndarray:
     return neuron_grid(np.abs(a).ravel())
 
 
-def groups_figure(groups, mosaics: list[np.ndarray], clim: float, path, *,
-                  title: str = "", norms: np.ndarray | None = None, cmap: str = "inferno"):
+def groups_figure(
+    groups,
+    mosaics: list[np.ndarray],
+    clim: float,
+    path,
+    *,
+    title: str = "",
+    norms: np.ndarray | None = None,
+    cmap: str = "inferno",
+):
     """The sequence as a strip of panels (one per time step), all on ONE colour scale [0, clim].
     ``mosaics``: one 2-D array per item (e.g. :func:`gradient_mosaic`; NaN = gap, drawn white)."""
     from volviz.errors import AnalysisError
+
     plt = _pyplot()
     n = len(mosaics)
     if n == 0:
@@ -162,8 +218,9 @@ def groups_figure(groups, mosaics: list[np.ndarray], clim: float, path, *,
     cols = min(n, 6)
     rows = math.ceil(n / cols)
     h, w = mosaics[0].shape[:2]
-    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols + 1.0, (2.4 * h / w + 0.75) * rows + 0.5),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.4 * cols + 1.0, (2.4 * h / w + 0.75) * rows + 0.5), squeeze=False, layout="constrained"
+    )
     cm = plt.get_cmap(cmap).with_extremes(bad="white")
     im = None
     for ax in axes.flat:
@@ -187,26 +244,39 @@ def write_groups_report(report, folder) -> list[str]:
     mosaics = [gradient_mosaic(a, gg.quantity) for a in gg.arrays]
     if mosaics:
         mclim = float(max(np.nanmax(m) for m in mosaics))
-        groups_figure(report.groups, mosaics, mclim, pathlib.Path(folder) / "groups.png", norms=gg.norms,
-                      title=f"{gg.layer} {gg.quantity} of {report.differentiated} "
-                            f"(per-filter magnitude, one scale [0, {mclim:.3g}])")
+        groups_figure(
+            report.groups,
+            mosaics,
+            mclim,
+            pathlib.Path(folder) / "groups.png",
+            norms=gg.norms,
+            title=f"{gg.layer} {gg.quantity} of {report.differentiated} "
+            f"(per-filter magnitude, one scale [0, {mclim:.3g}])",
+        )
         names.append("groups.png")
     return names
 
 
 # ---- saliency -----------------------------------------------------------------------------------
-def saliency_figure(image: np.ndarray, sal: np.ndarray, path, *, title: str = "", method: str = "saliency",
-                    cmap: str = "inferno"):
+def saliency_figure(
+    image: np.ndarray, sal: np.ndarray, path, *, title: str = "", method: str = "saliency", cmap: str = "inferno"
+):
     """PNG with three panels: the input, the map, the overlay."""
     from volviz.analysis.saliency import overlay
+
     plt = _pyplot()
     img = np.asarray(image, dtype=np.float64)
     if img.ndim == 3 and img.shape[0] in (1, 3):
         img = img.transpose(1, 2, 0)
     grey = img.ndim == 2 or img.shape[2] == 1
     fig, axes = plt.subplots(1, 3, figsize=(9, 3.4))
-    axes[0].imshow(img.squeeze() if grey else np.clip(img, 0, 1), cmap="gray" if grey else None,
-                   vmin=0, vmax=1, interpolation="nearest")
+    axes[0].imshow(
+        img.squeeze() if grey else np.clip(img, 0, 1),
+        cmap="gray" if grey else None,
+        vmin=0,
+        vmax=1,
+        interpolation="nearest",
+    )
     axes[0].set_title("input", fontsize=9)
     im = axes[1].imshow(sal, cmap=cmap, vmin=0, interpolation="nearest")
     axes[1].set_title(f"{method}: max_c |A_c|", fontsize=9)

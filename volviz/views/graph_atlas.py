@@ -1,6 +1,7 @@
 """Arrays behind the graph scenes: which edges to draw, thumbnails as uint8 tiles, texture atlases
 and quad meshes. Numpy (and pyvista meshes); no actors.
 """
+
 from __future__ import annotations
 
 import math
@@ -10,19 +11,31 @@ import pyvista as pv
 
 from .graph_layout import DEPTH_AXIS, U_AXIS, V_AXIS, GraphLayout
 
-__all__ = ["edge_arrays", "fit_tile", "thumbnails_to_uint8", "channel_tiles", "make_atlas", "quads", "layer_edges",
-           "layer_mosaic", "arc", "polylines"]
+__all__ = [
+    "edge_arrays",
+    "fit_tile",
+    "thumbnails_to_uint8",
+    "channel_tiles",
+    "make_atlas",
+    "quads",
+    "layer_edges",
+    "layer_mosaic",
+    "arc",
+    "polylines",
+]
 
 
-def edge_arrays(graph, layout: GraphLayout, edges_per_node: int | None = None,
-                max_edges: int | None = None):
+def edge_arrays(graph, layout: GraphLayout, edges_per_node: int | None = None, max_edges: int | None = None):
     """``(src_index, dst_index, t)`` of the edges to draw: global unit indices into
     ``layout.all_positions()`` and the weight scaled to ``0..1`` between the weakest and the
     strongest kept edge into the target's layer (weights of different layers differ in scale),
     sorted weak first."""
     off = layout.offsets()
-    rows = [(off[u[0]] + u[1], off[v[0]] + v[1], w, v[0]) for u, v, w in graph.edges(data="weight")
-            if u[0] in off and v[0] in off]
+    rows = [
+        (off[u[0]] + u[1], off[v[0]] + v[1], w, v[0])
+        for u, v, w in graph.edges(data="weight")
+        if u[0] in off and v[0] in off
+    ]
     if not rows:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
     src = np.fromiter((r[0] for r in rows), np.int64, len(rows))
@@ -43,7 +56,7 @@ def edge_arrays(graph, layout: GraphLayout, edges_per_node: int | None = None,
         src, dst, t = src[keep], dst[keep], t[keep]
     order = np.argsort(t, kind="stable")
     if max_edges is not None and len(order) > max_edges:
-        order = order[len(order) - max_edges:]  # the strongest (relative to their layer)
+        order = order[len(order) - max_edges :]  # the strongest (relative to their layer)
     return src[order], dst[order], t[order]
 
 
@@ -100,8 +113,9 @@ def channel_tiles(image: np.ndarray) -> np.ndarray:
     return np.round(out * 255).astype(np.uint8)
 
 
-def make_atlas(tiles: np.ndarray, px: int, grey: tuple[int, int, int] = (128, 128, 128),
-               max_px: int = 4096) -> tuple[np.ndarray, int, int, int]:
+def make_atlas(
+    tiles: np.ndarray, px: int, grey: tuple[int, int, int] = (128, 128, 128), max_px: int = 4096
+) -> tuple[np.ndarray, int, int, int]:
     """An atlas of ``n`` tiles (left half, near-square grid) and their grey copies (right half).
 
     Returns ``(atlas uint8 (rows*T, 2*cols*T, 3), rows, cols, T)``; tile ``j`` sits at grid
@@ -116,10 +130,10 @@ def make_atlas(tiles: np.ndarray, px: int, grey: tuple[int, int, int] = (128, 12
     for j in range(n):
         r, c = divmod(j, cols)
         tile = _fit_tile(tiles[j], t)
-        atlas[r * t:(r + 1) * t, c * t:(c + 1) * t] = tile
+        atlas[r * t : (r + 1) * t, c * t : (c + 1) * t] = tile
         lum = tile.astype(np.float32).mean(axis=2, keepdims=True)
         ghost = g + 0.18 * (lum - lum.mean())  # flat grey with a faint trace of the picture
-        atlas[r * t:(r + 1) * t, (cols + c) * t:(cols + c + 1) * t] = np.clip(ghost, 0, 255).astype(np.uint8)
+        atlas[r * t : (r + 1) * t, (cols + c) * t : (cols + c + 1) * t] = np.clip(ghost, 0, 255).astype(np.uint8)
     return atlas, rows, cols, t
 
 
@@ -131,8 +145,6 @@ def _quads(centers: np.ndarray, half: float | np.ndarray, shift: np.ndarray | No
     n = len(centers)
     faces = np.column_stack([np.full(n, 4), np.arange(4 * n).reshape(n, 4)]).ravel()
     return pv.PolyData(pts, faces=faces)
-
-
 
 
 # ------------------------------------------------------------------ the layer overview (graph_overview.py)
@@ -156,8 +168,15 @@ def layer_edges(graph, names: list[str]) -> list[tuple[int, int, float]]:
     return out
 
 
-def layer_mosaic(thumbs: np.ndarray | None, units, px: int, fires=None, missing=(74, 79, 90),
-                 grey=(128, 128, 128), gap_color=(22, 24, 30)) -> np.ndarray:
+def layer_mosaic(
+    thumbs: np.ndarray | None,
+    units,
+    px: int,
+    fires=None,
+    missing=(74, 79, 90),
+    grey=(128, 128, 128),
+    gap_color=(22, 24, 30),
+) -> np.ndarray:
     """``uint8 (px, px, 3)``: the thumbnails of ``units`` on a near-square grid with 1-pixel gaps;
     units not firing (``fires[j]`` False) grey; without thumbnails a slate square per unit."""
     units = list(units)
@@ -176,7 +195,7 @@ def layer_mosaic(thumbs: np.ndarray | None, units, px: int, fires=None, missing=
         if fires is not None and not fires[j]:
             lum = tile.astype(np.float32).mean(axis=2, keepdims=True)
             tile = np.clip(np.asarray(grey, np.float32) + 0.18 * (lum - lum.mean()), 0, 255).astype(np.uint8)
-        out[y:y + cell, x:x + cell] = tile
+        out[y : y + cell, x : x + cell] = tile
     return out
 
 
@@ -192,7 +211,7 @@ def arc(a: np.ndarray, b: np.ndarray, bulge: float, n: int = 16) -> np.ndarray:
         side = -side
     ctrl = (a + b) / 2 + side * bulge
     t = np.linspace(0, 1, n)[:, None]
-    return (1 - t) ** 2 * a + 2 * (1 - t) * t * ctrl + t ** 2 * b
+    return (1 - t) ** 2 * a + 2 * (1 - t) * t * ctrl + t**2 * b
 
 
 def polylines(polys: list[np.ndarray]) -> pv.PolyData | None:

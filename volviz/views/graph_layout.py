@@ -16,6 +16,7 @@ Geometry (world units, see ``docs/graph.md``):
 
 Pure numpy: no VTK, no networkx (it takes the layer dicts of ``G.graph["layers"]``).
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,17 @@ import numpy as np
 
 from .grid import near_square_grid
 
-__all__ = ["LayerPlane", "GraphLayout", "layered_layout", "unit_box", "LayerTiles", "layer_tiles", "U_AXIS", "V_AXIS",
-           "DEPTH_AXIS"]
+__all__ = [
+    "LayerPlane",
+    "GraphLayout",
+    "layered_layout",
+    "unit_box",
+    "LayerTiles",
+    "layer_tiles",
+    "U_AXIS",
+    "V_AXIS",
+    "DEPTH_AXIS",
+]
 
 DEPTH_AXIS = np.array([1.0, 0.0, 0.0])  # layers along +x
 U_AXIS = np.array([0.0, -1.0, 0.0])  # a plane's "right" seen from the input side
@@ -102,9 +112,15 @@ class GraphLayout:
         return (lo + hi) / 2
 
 
-def layered_layout(layers: list[dict], *, unit_spacing: float = 1.0, size_exponent: float = 0.5,
-                   layer_gap: float | None = None, gap_factor: float = 0.55,
-                   stack: str = "order") -> GraphLayout:
+def layered_layout(
+    layers: list[dict],
+    *,
+    unit_spacing: float = 1.0,
+    size_exponent: float = 0.5,
+    layer_gap: float | None = None,
+    gap_factor: float = 0.55,
+    stack: str = "order",
+) -> GraphLayout:
     """Place every layer's units on a plane, planes along ``+x``.
 
     Parameters
@@ -162,8 +178,17 @@ def layered_layout(layers: list[dict], *, unit_spacing: float = 1.0, size_expone
         u = (c - (cols - 1) / 2.0) * cell
         v = ((rows - 1) / 2.0 - r) * cell
         pos = center + u[:, None] * U_AXIS + v[:, None] * V_AXIS
-        planes[d["name"]] = LayerPlane(d["name"], d.get("kind", ""), n, rows, cols, float(cell),
-                                       np.asarray(center, float), pos.astype(np.float64), slots[i])
+        planes[d["name"]] = LayerPlane(
+            d["name"],
+            d.get("kind", ""),
+            n,
+            rows,
+            cols,
+            float(cell),
+            np.asarray(center, float),
+            pos.astype(np.float64),
+            slots[i],
+        )
     return GraphLayout(planes, float(gap))
 
 
@@ -205,8 +230,16 @@ class LayerTiles:
         return lo, hi
 
 
-def layer_tiles(layers: list[dict], *, aspect: float = 4 / 3, pitch_u: float = 1.0, pitch_v: float = 1.3,
-                min_side: float = 0.42, max_side: float = 0.72, cols: int | None = None) -> LayerTiles:
+def layer_tiles(
+    layers: list[dict],
+    *,
+    aspect: float = 4 / 3,
+    pitch_u: float = 1.0,
+    pitch_v: float = 1.3,
+    min_side: float = 0.42,
+    max_side: float = 0.72,
+    cols: int | None = None,
+) -> LayerTiles:
     """Lay ``layers`` (dicts with ``name``, ``n_units``, optionally ``kind``; forward order, e.g.
     ``G.graph["layers"]``) out as tiles that all fit one ``aspect`` view: ``cols`` (default chosen
     so the grid's width / height is about ``aspect``: 53 layers at 4:3 -> 9 x 6). Tile sides grow
@@ -227,5 +260,14 @@ def layer_tiles(layers: list[dict], *, aspect: float = 4 / 3, pitch_u: float = 1
         if r % 2:
             c = cols - 1 - c
         pos[i] = ((c - (cols - 1) / 2) * pitch_u) * U_AXIS + (((rows - 1) / 2 - r) * pitch_v) * V_AXIS
-    return LayerTiles([d["name"] for d in layers], [d.get("kind", "") for d in layers],
-                      [int(d["n_units"]) for d in layers], pos, sides, rows, cols, pitch_u, pitch_v)
+    return LayerTiles(
+        [d["name"] for d in layers],
+        [d.get("kind", "") for d in layers],
+        [int(d["n_units"]) for d in layers],
+        pos,
+        sides,
+        rows,
+        cols,
+        pitch_u,
+        pitch_v,
+    )

@@ -14,6 +14,7 @@ opens a layer: the unit scene, zoomed onto that layer's plane. The rest of the A
 ``set_label``, ``set_legend``, ``set_title``, ``screenshot``, ``close``), forwarded to both, so a
 caller that drives a ``GraphScene`` can drive this instead.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -47,9 +48,21 @@ class GraphLODScene:
     ``auto`` threshold) and ``overview_style`` (:class:`OverviewStyle`).
     """
 
-    def __init__(self, graph, layout: GraphLayout | None = None, thumbnails=None, *, input_image=None,
-                 style=None, title: str = "", window_size=(1024, 768), plotter: pv.Plotter | None = None,
-                 lod: str = "auto", max_units: int = LOD_UNITS, overview_style: OverviewStyle | None = None):
+    def __init__(
+        self,
+        graph,
+        layout: GraphLayout | None = None,
+        thumbnails=None,
+        *,
+        input_image=None,
+        style=None,
+        title: str = "",
+        window_size=(1024, 768),
+        plotter: pv.Plotter | None = None,
+        lod: str = "auto",
+        max_units: int = LOD_UNITS,
+        overview_style: OverviewStyle | None = None,
+    ):
         self.graph = graph
         self.lod = choose_lod(graph, lod, max_units)
         self._layout = layout
@@ -63,8 +76,14 @@ class GraphLODScene:
         self._state: dict = {"scales": {}, "values": {}, "unit_scale": None, "label": "", "legend": None}
         self.overview = None
         if self.lod == "layers":
-            self.overview = LayerOverviewScene(graph, self.thumbnails, input_image=input_image,
-                                               style=overview_style, title=self.title, plotter=self.plotter)
+            self.overview = LayerOverviewScene(
+                graph,
+                self.thumbnails,
+                input_image=input_image,
+                style=overview_style,
+                title=self.title,
+                plotter=self.plotter,
+            )
         self.units_scene = None
         self.mode = "layers" if self.overview is not None else "units"
         if self.overview is None:
@@ -81,8 +100,17 @@ class GraphLODScene:
     def _units(self):
         if self.units_scene is None:
             from .graph_scene import GraphScene
-            sc = GraphScene(self.graph, self.layout, self.thumbnails, input_image=self.input_image, style=self.style,
-                            title=self.title, window_size=self.window_size, plotter=self.plotter)
+
+            sc = GraphScene(
+                self.graph,
+                self.layout,
+                self.thumbnails,
+                input_image=self.input_image,
+                style=self.style,
+                title=self.title,
+                window_size=self.window_size,
+                plotter=self.plotter,
+            )
             sc.set_scales(self._state["scales"])
             sc.update_activations(self._state["values"])
             if self._state["unit_scale"] is not None:
@@ -125,6 +153,7 @@ class GraphLODScene:
 
     def view_unit(self, layer: str, unit: int, **kw):
         from .camera_path import unit_pose
+
         sc = self._units()
         self._show("units")
         pose = unit_pose(self.layout, layer, unit, aspect=self.aspect, **kw)

@@ -16,6 +16,7 @@ grid that fits the view (:func:`~volviz.views.graph_layout.layer_tiles`):
 Actors: one frame mesh, one textured tile mesh (one atlas), two edge meshes, one text actor per
 label, three corner texts. ``update_activations`` rewrites colours and the atlas in place.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,9 +39,9 @@ INPUT = "input"
 @dataclass
 class OverviewStyle:
     background: str = "#0d0f14"
-    tile_px: int = 96              # atlas pixels per tile
-    mosaic: int = 9                # units shown per tile (a near-square grid)
-    frame_pad: float = 0.045       # frame width around a tile (world units; pitch = 1)
+    tile_px: int = 96  # atlas pixels per tile
+    mosaic: int = 9  # units shown per tile (a near-square grid)
+    frame_pad: float = 0.045  # frame width around a tile (world units; pitch = 1)
     seq_color: tuple = (150, 160, 178)
     skip_color: tuple = (255, 159, 67)
     line_width: float = 2.0
@@ -65,9 +66,18 @@ class LayerOverviewScene:
     :class:`~volviz.views.graph_scene.GraphScene`.
     """
 
-    def __init__(self, graph, thumbnails=None, *, input_image=None, style: OverviewStyle | None = None,
-                 title: str = "", window_size=(1024, 768), plotter: pv.Plotter | None = None,
-                 tiles: LayerTiles | None = None):
+    def __init__(
+        self,
+        graph,
+        thumbnails=None,
+        *,
+        input_image=None,
+        style: OverviewStyle | None = None,
+        title: str = "",
+        window_size=(1024, 768),
+        plotter: pv.Plotter | None = None,
+        tiles: LayerTiles | None = None,
+    ):
         self.style = style or OverviewStyle()
         self.graph = graph
         self.layers = list(graph.graph["layers"])
@@ -89,8 +99,15 @@ class LayerOverviewScene:
         self.frame_mesh = quads(tl.positions + DEPTH_AXIS * 0.01, tl.sizes / 2 + st.frame_pad)
         self._frame_rgb = np.zeros((len(self.names), 3), np.uint8)
         self.frame_mesh.cell_data["rgb"] = self._frame_rgb
-        self.frame_actor = self.plotter.add_mesh(self.frame_mesh, scalars="rgb", rgb=True, lighting=False,
-                                                 show_scalar_bar=False, name=f"{uid}-frames", reset_camera=False)
+        self.frame_actor = self.plotter.add_mesh(
+            self.frame_mesh,
+            scalars="rgb",
+            rgb=True,
+            lighting=False,
+            show_scalar_bar=False,
+            name=f"{uid}-frames",
+            reset_camera=False,
+        )
         self.tile_mesh = quads(tl.positions, tl.sizes / 2)
         self._atlas_cols = max(1, math.ceil(math.sqrt(len(self.names))))
         self._set_tcoords()
@@ -108,25 +125,38 @@ class LayerOverviewScene:
         self.edge_actors = []
         if self.edges_mesh is not None:
             self.edges_mesh.cell_data["rgba"] = np.asarray(rgba, np.uint8)
-            self.edge_actors.append(self.plotter.add_mesh(
-                self.edges_mesh, scalars="rgba", rgba=True, line_width=st.line_width, lighting=False,
-                show_scalar_bar=False, name=f"{uid}-edges", reset_camera=False))
+            self.edge_actors.append(
+                self.plotter.add_mesh(
+                    self.edges_mesh,
+                    scalars="rgba",
+                    rgba=True,
+                    line_width=st.line_width,
+                    lighting=False,
+                    show_scalar_bar=False,
+                    name=f"{uid}-edges",
+                    reset_camera=False,
+                )
+            )
         # texts: labels under the tiles, title top left, caption top right, legend bottom left
         r = self.plotter.renderer
         text = pv.Color(st.text_color).float_rgb
-        self.label_blocks = [T.TextBlock(r, size=self._font(st.label_size), color=text, h="center", v="top")
-                             for _ in self.names]
+        self.label_blocks = [
+            T.TextBlock(r, size=self._font(st.label_size), color=text, h="center", v="top") for _ in self.names
+        ]
         self._label_text = [self._label(d) for d in self.layers]
         self.title_block = T.TextBlock(r, size=self._font(st.text_size), color=text, bold=True)
         self.caption_block = T.TextBlock(r, size=self._font(st.text_size - 1), color=text, h="right")
-        self.legend_block = T.TextBlock(r, size=self._font(st.text_size - 3),
-                                        color=pv.Color(st.muted_color).float_rgb, v="bottom")
+        self.legend_block = T.TextBlock(
+            r, size=self._font(st.text_size - 3), color=pv.Color(st.muted_color).float_rgb, v="bottom"
+        )
         self.title_text, self.label_text = str(title), ""
         n_skip = sum(1 for a, b, _ in self.edges if b != a + 1)
-        self.legend_text = ("one tile per layer, in forward order along the rows; tile: preferred inputs of the "
-                            "units that respond most; frame: share of the layer's units that fire\n"
-                            f"grey lines: layer -> next layer; orange arcs: {n_skip} skip / residual connections; "
-                            "open a layer (--layer NAME) to see its units")
+        self.legend_text = (
+            "one tile per layer, in forward order along the rows; tile: preferred inputs of the "
+            "units that respond most; frame: share of the layer's units that fire\n"
+            f"grey lines: layer -> next layer; orange arcs: {n_skip} skip / residual connections; "
+            "open a layer (--layer NAME) to see its units"
+        )
         self.shown_labels: list[str] = []
         self._visible = True
         self._placed_for = None
@@ -157,8 +187,15 @@ class LayerOverviewScene:
         eu, ev = 0.5 / (cols * self.style.tile_px), 0.5 / (rows * self.style.tile_px)
         u0, u1 = c / cols + eu, (c + 1) / cols - eu
         vt, vb = 1 - r / rows - ev, 1 - (r + 1) / rows + ev
-        tc = np.stack([np.column_stack([u0, vb]), np.column_stack([u1, vb]), np.column_stack([u1, vt]),
-                       np.column_stack([u0, vt])], axis=1).reshape(-1, 2)
+        tc = np.stack(
+            [
+                np.column_stack([u0, vb]),
+                np.column_stack([u1, vb]),
+                np.column_stack([u1, vt]),
+                np.column_stack([u0, vt]),
+            ],
+            axis=1,
+        ).reshape(-1, 2)
         self.tile_mesh.active_texture_coordinates = tc.astype(np.float32)
 
     def _tile(self, name: str) -> np.ndarray:
@@ -176,9 +213,9 @@ class LayerOverviewScene:
         if thumbs is not None:  # units with preferred inputs first (a --units run leaves the rest grey)
             if name not in self._has_thumb:
                 self._has_thumb[name] = ~(thumbs == 128).all(axis=(1, 2, 3))
-            units = np.lexsort((strength, ~self._has_thumb[name]))[:st.mosaic]
+            units = np.lexsort((strength, ~self._has_thumb[name]))[: st.mosaic]
         else:
-            units = np.argsort(strength, kind="stable")[:st.mosaic]
+            units = np.argsort(strength, kind="stable")[: st.mosaic]
         if name == INPUT:
             return layer_mosaic(channel_tiles(np.full((n, 4, 4), 0.6, np.float32)), range(n), st.tile_px)
         return layer_mosaic(thumbs, units, st.tile_px, fires, st.missing_color, st.grey)
@@ -189,12 +226,18 @@ class LayerOverviewScene:
         atlas = np.zeros((rows * px, cols * px, 3), np.uint8)
         for i, name in enumerate(self.names):
             r, c = divmod(i, cols)
-            atlas[r * px:(r + 1) * px, c * px:(c + 1) * px] = self._tile(name)
+            atlas[r * px : (r + 1) * px, c * px : (c + 1) * px] = self._tile(name)
         tex = pv.Texture(atlas)
         tex.interpolate = True
         if self.tile_actor is None:
-            self.tile_actor = self.plotter.add_mesh(self.tile_mesh, texture=tex, lighting=False, reset_camera=False,
-                                                    name=f"volviz-overview-{id(self):x}-tiles", show_scalar_bar=False)
+            self.tile_actor = self.plotter.add_mesh(
+                self.tile_mesh,
+                texture=tex,
+                lighting=False,
+                reset_camera=False,
+                name=f"volviz-overview-{id(self):x}-tiles",
+                show_scalar_bar=False,
+            )
         else:
             self.tile_actor.texture = tex
 
@@ -226,8 +269,11 @@ class LayerOverviewScene:
             fires = v > st.fire_threshold * (scale if scale > 0 else 1.0)
             self.values[name], self.firing[name] = v, fires
             frac = float(fires.mean())
-            self._frame_rgb[i] = st.grey if not fires.any() else \
-                np.round(np.asarray(cmap(0.25 + 0.75 * frac))[:3] * 255).astype(np.uint8)
+            self._frame_rgb[i] = (
+                st.grey
+                if not fires.any()
+                else np.round(np.asarray(cmap(0.25 + 0.75 * frac))[:3] * 255).astype(np.uint8)
+            )
         self.frame_mesh.cell_data["rgb"][:] = self._frame_rgb
         self.frame_mesh.GetCellData().GetArray("rgb").Modified()
         self._rebuild_atlas()
@@ -260,8 +306,16 @@ class LayerOverviewScene:
     def view_overview(self, azimuth: float = 0.0, elevation: float = 0.0, zoom: float = 1.0) -> CameraPose:
         """Every tile in view, face on (the corner texts' room kept free)."""
         top, bottom = self.reserved()
-        pose = tiles_pose(self.tiles, aspect=self.aspect, azimuth=azimuth, elevation=elevation,
-                          view_angle=self.style.view_angle, top=top, bottom=bottom, zoom=zoom)
+        pose = tiles_pose(
+            self.tiles,
+            aspect=self.aspect,
+            azimuth=azimuth,
+            elevation=elevation,
+            view_angle=self.style.view_angle,
+            top=top,
+            bottom=bottom,
+            zoom=zoom,
+        )
         self.set_pose(pose)
         return pose
 
@@ -271,8 +325,13 @@ class LayerOverviewScene:
 
     def _view_key(self):
         cam = self.plotter.camera
-        return (tuple(self.plotter.window_size), tuple(cam.position), tuple(cam.focal_point), tuple(cam.up),
-                float(cam.view_angle))
+        return (
+            tuple(self.plotter.window_size),
+            tuple(cam.position),
+            tuple(cam.focal_point),
+            tuple(cam.up),
+            float(cam.view_angle),
+        )
 
     def _before_render(self, *_):
         if self._visible and self._placed_for != self._view_key():
@@ -297,8 +356,13 @@ class LayerOverviewScene:
             xr, _ = self._project(c + U_AXIS * tl.pitch_u / 2)
             block.set(self._label_text[i], x, y - 3, 0.94 * abs(xr - xl), keep="end")
             box = block.box()
-            ok = (box.x0 >= 0 and box.x1 <= w and box.y0 >= 0 and box.y1 <= h
-                  and not any(T.overlaps(box, b) for b in placed))
+            ok = (
+                box.x0 >= 0
+                and box.x1 <= w
+                and box.y0 >= 0
+                and box.y1 <= h
+                and not any(T.overlaps(box, b) for b in placed)
+            )
             block.set_visible(ok and self._visible)
             if ok:
                 placed.append(box)
@@ -311,8 +375,9 @@ class LayerOverviewScene:
 
     def text_boxes(self) -> list[T.Box]:
         """Boxes of every text shown: labels and corner texts."""
-        return list(self.label_boxes().values()) + [b.box() for b in (self.title_block, self.caption_block,
-                                                                      self.legend_block) if b.text]
+        return list(self.label_boxes().values()) + [
+            b.box() for b in (self.title_block, self.caption_block, self.legend_block) if b.text
+        ]
 
     def set_visible(self, visible: bool) -> None:
         self._visible = bool(visible)
@@ -331,6 +396,7 @@ class LayerOverviewScene:
             from pathlib import Path
 
             import imageio.v3 as iio
+
             p = Path(path)
             p.parent.mkdir(parents=True, exist_ok=True)
             iio.imwrite(p, img, extension=p.suffix or ".png")

@@ -22,6 +22,7 @@ edges, labels), so that a close view of one layer is not hidden by the layers in
 
 Numpy in (graph as networkx, layout, thumbnails as uint8 arrays), images out; no torch.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -100,9 +101,18 @@ class GraphScene:
     >>> scene.screenshot("graph.png")                                       # doctest: +SKIP
     """
 
-    def __init__(self, graph, layout: GraphLayout, thumbnails: dict[str, np.ndarray] | None = None, *,
-                 input_image: np.ndarray | None = None, style: GraphStyle | None = None, title: str = "",
-                 window_size: tuple[int, int] = (1024, 768), plotter: pv.Plotter | None = None):
+    def __init__(
+        self,
+        graph,
+        layout: GraphLayout,
+        thumbnails: dict[str, np.ndarray] | None = None,
+        *,
+        input_image: np.ndarray | None = None,
+        style: GraphStyle | None = None,
+        title: str = "",
+        window_size: tuple[int, int] = (1024, 768),
+        plotter: pv.Plotter | None = None,
+    ):
         self.style = dataclasses.replace(style) if style is not None else GraphStyle()
         self.layout = layout
         self.graph = graph
@@ -136,18 +146,33 @@ class GraphScene:
         self._node_rgb = np.zeros((len(self.positions), 3), np.uint8)
         self.unit_scale = np.ones(len(self.positions), np.float32)
         self.nodes_mesh.cell_data["rgb"] = self._node_rgb
-        self.nodes_actor = plotter.add_mesh(self.nodes_mesh, scalars="rgb", rgb=True, lighting=False,
-                                            show_scalar_bar=False, name=f"{uid}-nodes", reset_camera=False)
+        self.nodes_actor = plotter.add_mesh(
+            self.nodes_mesh,
+            scalars="rgb",
+            rgb=True,
+            lighting=False,
+            show_scalar_bar=False,
+            name=f"{uid}-nodes",
+            reset_camera=False,
+        )
 
         # edges: one line mesh
-        self.edge_src, self.edge_dst, self.edge_t = edge_arrays(graph, layout, self.style.edges_per_node,
-                                                                  self.style.max_edges)
+        self.edge_src, self.edge_dst, self.edge_t = edge_arrays(
+            graph, layout, self.style.edges_per_node, self.style.max_edges
+        )
         self.edges_mesh = self._edge_mesh()
         self.edges_actor = None
         if self.edges_mesh is not None:
-            self.edges_actor = plotter.add_mesh(self.edges_mesh, scalars="rgba", rgba=True, lighting=False,
-                                                line_width=self.style.line_width, show_scalar_bar=False,
-                                                name=f"{uid}-edges", reset_camera=False)
+            self.edges_actor = plotter.add_mesh(
+                self.edges_mesh,
+                scalars="rgba",
+                rgba=True,
+                lighting=False,
+                line_width=self.style.line_width,
+                show_scalar_bar=False,
+                name=f"{uid}-edges",
+                reset_camera=False,
+            )
 
         # thumbnails: one atlas + quad mesh per layer
         self.thumb_actors: dict[str, object] = {}
@@ -176,19 +201,32 @@ class GraphScene:
                 side = 1.0 if i % 2 == 0 else -1.0  # alternate above / below: neighbours do not collide
                 pt = p.center + side * V_AXIS * (p.height / 2 + 0.6 * p.cell + 0.02 * layout.layer_gap)
                 self.label_actors[p.name] = plotter.add_point_labels(
-                    pt[None], [f"{p.name} ({p.n})"], font_size=font(self.style.label_size),
-                    text_color=self.style.text_color, shape=None, show_points=False, always_visible=True,
-                    bold=False, name=f"{uid}-layername:{p.name}", reset_camera=False)
+                    pt[None],
+                    [f"{p.name} ({p.n})"],
+                    font_size=font(self.style.label_size),
+                    text_color=self.style.text_color,
+                    shape=None,
+                    show_points=False,
+                    always_visible=True,
+                    bold=False,
+                    name=f"{uid}-layername:{p.name}",
+                    reset_camera=False,
+                )
         self.title_text, self.label_text = str(title), ""
-        self.title_actor = plotter.add_text(self.title_text, position="upper_left", font_size=font(11),
-                                            color=self.style.text_color, name=f"{uid}-title")
-        self.label_actor = plotter.add_text("", position="lower_right", font_size=font(10),
-                                            color=self.style.text_color, name=f"{uid}-caption")
+        self.title_actor = plotter.add_text(
+            self.title_text, position="upper_left", font_size=font(11), color=self.style.text_color, name=f"{uid}-title"
+        )
+        self.label_actor = plotter.add_text(
+            "", position="lower_right", font_size=font(10), color=self.style.text_color, name=f"{uid}-caption"
+        )
         k = graph.graph.get("k")
-        legend = (f"edges: weight after ReLU, cold -> hot (strongest {k} in per unit)\n"
-                  "nodes: response to the image, dark -> bright; grey: not firing")
-        self.legend_actor = plotter.add_text(legend, position="lower_left", font_size=font(8),
-                                             color="#9aa0a6", name=f"{uid}-legend")
+        legend = (
+            f"edges: weight after ReLU, cold -> hot (strongest {k} in per unit)\n"
+            "nodes: response to the image, dark -> bright; grey: not firing"
+        )
+        self.legend_actor = plotter.add_text(
+            legend, position="lower_left", font_size=font(8), color="#9aa0a6", name=f"{uid}-legend"
+        )
         self._clip_planes = None
         self.clip: tuple[float | None, float | None] = (None, None)
         self.update_activations({})
@@ -228,14 +266,27 @@ class GraphScene:
         eps_u, eps_v = 0.5 / width, 0.5 / height  # half a texel inside: no bleeding
         u0, u1 = c * t / width + eps_u, (c + 1) * t / width - eps_u
         v_top, v_bot = 1 - r * t / height - eps_v, 1 - (r + 1) * t / height + eps_v
-        tc = np.stack([np.column_stack([u0, v_bot]), np.column_stack([u1, v_bot]),
-                       np.column_stack([u1, v_top]), np.column_stack([u0, v_top])], axis=1).reshape(-1, 2)
+        tc = np.stack(
+            [
+                np.column_stack([u0, v_bot]),
+                np.column_stack([u1, v_bot]),
+                np.column_stack([u1, v_top]),
+                np.column_stack([u0, v_top]),
+            ],
+            axis=1,
+        ).reshape(-1, 2)
         mesh.active_texture_coordinates = tc.astype(np.float32)
         tex = pv.Texture(atlas)
         tex.interpolate = True
         tex.mipmap = True
-        actor = self.plotter.add_mesh(mesh, texture=tex, lighting=False, name=f"{self._uid}-thumbs-{name}",
-                                      reset_camera=False, show_scalar_bar=False)
+        actor = self.plotter.add_mesh(
+            mesh,
+            texture=tex,
+            lighting=False,
+            name=f"{self._uid}-thumbs-{name}",
+            reset_camera=False,
+            show_scalar_bar=False,
+        )
         self.thumb_meshes[name] = mesh
         self.thumb_actors[name] = actor
         for plane in getattr(self, "_clip_planes", None) or ():
@@ -294,7 +345,7 @@ class GraphScene:
 
     def _unit_factors(self, name: str) -> np.ndarray:
         o, n = self.offsets[name], self.layout.planes[name].n
-        return self.unit_scale[o:o + n]
+        return self.unit_scale[o : o + n]
 
     @staticmethod
     def _scale_mesh(mesh: pv.PolyData, base: np.ndarray, centres: np.ndarray, factors: np.ndarray) -> None:
@@ -314,7 +365,7 @@ class GraphScene:
             n = self.layout.planes[name].n
             if v.size != n:
                 raise ValueError(f"layer {name!r}: {v.size} sizes for {n} units")
-            f[self.offsets[name]:self.offsets[name] + n] = np.clip(v, 0.05, 1.0)
+            f[self.offsets[name] : self.offsets[name] + n] = np.clip(v, 0.05, 1.0)
         self.unit_scale = f
         self._scale_mesh(self.nodes_mesh, self._node_base, np.repeat(self.positions, 4, axis=0), f)
         for name, mesh in self.thumb_meshes.items():
@@ -406,8 +457,14 @@ class GraphScene:
     def set_visible(self, visible: bool) -> None:
         """Show or hide every actor of the scene (a level-of-detail switch in a shared plotter);
         hidden layer labels stay hidden by the clip window when shown again."""
-        for actor in [self.nodes_actor, self.edges_actor, *self.thumb_actors.values(), self.title_actor,
-                      self.label_actor, self.legend_actor]:
+        for actor in [
+            self.nodes_actor,
+            self.edges_actor,
+            *self.thumb_actors.values(),
+            self.title_actor,
+            self.label_actor,
+            self.legend_actor,
+        ]:
             if actor is not None:
                 actor.SetVisibility(bool(visible))
         if visible:
@@ -421,8 +478,15 @@ class GraphScene:
         if self._owns_plotter:
             self.plotter.close()
             return
-        for actor in [self.nodes_actor, self.edges_actor, *self.thumb_actors.values(),
-                      *self.label_actors.values(), self.title_actor, self.label_actor, self.legend_actor]:
+        for actor in [
+            self.nodes_actor,
+            self.edges_actor,
+            *self.thumb_actors.values(),
+            *self.label_actors.values(),
+            self.title_actor,
+            self.label_actor,
+            self.legend_actor,
+        ]:
             if actor is not None:
                 self.plotter.remove_actor(actor, render=False)
 

@@ -79,9 +79,7 @@ def tile_mosaic(
     if rows * cols < n:
         raise ValueError(f"a {rows} x {cols} grid cannot hold {n} tiles")
     extra = tiles.shape[3:]
-    out = np.full(
-        (rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap) + extra, fill, np.float32
-    )
+    out = np.full((rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap) + extra, fill, np.float32)
     for i in range(n):
         r, c = divmod(i, cols)
         y, x = r * (h + gap), c * (w + gap)
@@ -196,8 +194,7 @@ def to_rgb(
     return rgb
 
 
-def save_png(path: str | os.PathLike, rgb: np.ndarray, scale: int | None = None,
-             min_size: int = 512) -> Path:
+def save_png(path: str | os.PathLike, rgb: np.ndarray, scale: int | None = None, min_size: int = 512) -> Path:
     """Write ``uint8 (H, W[, 3])`` to a PNG, enlarged by an integer nearest-neighbour ``scale``.
 
     ``scale=None`` picks the smallest integer making the longer side ``>= min_size`` (small maps,

@@ -5,6 +5,7 @@ colour bar with the quantity's name and axis labels, in the colour theme of ``co
 Matplotlib (Agg) draws them: it lays out text, ticks and colour bars; numpy arrays in, a PNG out.
 Long titles are shortened with ``...`` to the figure's width (measured, not guessed).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,10 @@ BG, FG, MUTED = "#15171c", "#e8eaed", "#9aa0a6"
 
 def _plt():
     import matplotlib
+
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -56,8 +59,9 @@ def _figure(width_px: int, height_px: int, title: str, caption: str, top_px: int
     plt = _plt()
     dpi = 100
     fig = plt.figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi, facecolor=BG)
-    t = fig.text(10 / width_px, 1 - 10 / height_px, title, ha="left", va="top", color=FG, fontsize=13,
-                 fontweight="bold")
+    t = fig.text(
+        10 / width_px, 1 - 10 / height_px, title, ha="left", va="top", color=FG, fontsize=13, fontweight="bold"
+    )
     c = fig.text(10 / width_px, 1 - 34 / height_px, caption, ha="left", va="top", color=FG, fontsize=11)
     fig.canvas.draw()
     for txt in (t, c):
@@ -101,8 +105,18 @@ def _limits(data: np.ndarray, symmetric: bool):
     return (lo, hi) if hi > lo else (lo - 0.5, lo + 0.5)
 
 
-def grid_figure(path, image: np.ndarray, *, title: str, caption: str = "", bar_label: str = "value",
-                cmap=None, note: str = "", marks=None, width: int = 900) -> Path:
+def grid_figure(
+    path,
+    image: np.ndarray,
+    *,
+    title: str,
+    caption: str = "",
+    bar_label: str = "value",
+    cmap=None,
+    note: str = "",
+    marks=None,
+    width: int = 900,
+) -> Path:
     """A 2-D array (a ``vis_square`` mosaic, a neuron grid; NaN gaps drawn as the background) as
     a titled PNG with a colour bar. ``marks``: ``[(row, col, text)]`` cells outlined and
     numbered (the strongest neurons)."""
@@ -129,8 +143,17 @@ def grid_figure(path, image: np.ndarray, *, title: str, caption: str = "", bar_l
     return _save(fig, path)
 
 
-def neuron_figure(path, vec: np.ndarray, *, title: str, caption: str = "", bar_label: str = "activation",
-                  names=None, top: int = 5, cmap=None) -> Path:
+def neuron_figure(
+    path,
+    vec: np.ndarray,
+    *,
+    title: str,
+    caption: str = "",
+    bar_label: str = "activation",
+    names=None,
+    top: int = 5,
+    cmap=None,
+) -> Path:
     """A linear layer's vector as a near-square grid of neurons, the ``top`` strongest outlined
     and numbered, named in the note below (class names for the output layer)."""
     from .grid import near_square_grid, neuron_grid
@@ -140,11 +163,13 @@ def neuron_figure(path, vec: np.ndarray, *, title: str, caption: str = "", bar_l
     grid = neuron_grid(v, cols=cols)
     best = np.argsort(-np.nan_to_num(v, nan=-np.inf), kind="stable")[:top]
     marks = [(int(j) // cols, int(j) % cols, str(k + 1)) for k, j in enumerate(best)]
-    name = (lambda j: f"{names[j]} (#{j})" if names is not None and j < len(names) else f"#{j}")
-    note = "strongest: " + ",  ".join(f"{k + 1} {name(int(j))} {v[j]:.3g}" for k, j in enumerate(best)) + \
-        f"   ({v.size} neurons row-major on {rows} x {cols})"
-    return grid_figure(path, grid, title=title, caption=caption, bar_label=bar_label, cmap=cmap, note=note,
-                       marks=marks)
+    name = lambda j: f"{names[j]} (#{j})" if names is not None and j < len(names) else f"#{j}"
+    note = (
+        "strongest: "
+        + ",  ".join(f"{k + 1} {name(int(j))} {v[j]:.3g}" for k, j in enumerate(best))
+        + f"   ({v.size} neurons row-major on {rows} x {cols})"
+    )
+    return grid_figure(path, grid, title=title, caption=caption, bar_label=bar_label, cmap=cmap, note=note, marks=marks)
 
 
 def weight_rows(grad: np.ndarray, max_rows: int = 16) -> tuple[np.ndarray, np.ndarray, int]:
@@ -152,7 +177,7 @@ def weight_rows(grad: np.ndarray, max_rows: int = 16) -> tuple[np.ndarray, np.nd
     gradient, by norm (largest first), at most ``max_rows``. Returns ``(rows, norms, n_nonzero)``;
     with no non-zero row, the first row."""
     g = np.nan_to_num(np.asarray(grad, np.float64))
-    norms = np.sqrt((g ** 2).sum(axis=1))
+    norms = np.sqrt((g**2).sum(axis=1))
     nz = np.flatnonzero(norms > 0)
     if not nz.size:
         return np.array([0]), norms[:1], 0
@@ -172,8 +197,17 @@ def _pool_columns(a: np.ndarray, max_cols: int) -> tuple[np.ndarray, int]:
     return np.take_along_axis(g, pick, axis=2)[..., 0], f
 
 
-def weight_rows_figure(path, grad: np.ndarray, *, title: str, caption: str = "", names=None,
-                       max_rows: int = 16, bar_label: str = "dS/dW", cmap=None) -> Path:
+def weight_rows_figure(
+    path,
+    grad: np.ndarray,
+    *,
+    title: str,
+    caption: str = "",
+    names=None,
+    max_rows: int = 16,
+    bar_label: str = "dS/dW",
+    cmap=None,
+) -> Path:
     """A linear layer's weight gradient ``(N_out, N_in)`` as a heatmap: one row per output that
     matters (:func:`weight_rows`), labelled with its class name, the inputs along x."""
     g = np.asarray(grad, np.float32)
@@ -188,19 +222,29 @@ def weight_rows_figure(path, grad: np.ndarray, *, title: str, caption: str = "",
     fig = _figure(width, height, title, caption)
     left = 330
     ax = fig.add_axes([left / width, 84 / height, (width - left - 120) / width, plot_h / height])
-    im = ax.imshow(data, cmap=get_cmap(cmap or th.cmap), vmin=lo, vmax=hi, interpolation="nearest",
-                   aspect="auto", extent=(-0.5, g.shape[1] - 0.5, len(rows) - 0.5, -0.5))
+    im = ax.imshow(
+        data,
+        cmap=get_cmap(cmap or th.cmap),
+        vmin=lo,
+        vmax=hi,
+        interpolation="nearest",
+        aspect="auto",
+        extent=(-0.5, g.shape[1] - 0.5, len(rows) - 0.5, -0.5),
+    )
     _style_axes(ax)
-    label = (lambda j: f"#{j} {_short(names[j], 32)}" if names is not None and j < len(names) else f"output #{j}")
+    label = lambda j: f"#{j} {_short(names[j], 32)}" if names is not None and j < len(names) else f"output #{j}"
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([f"{label(int(j))}  |g| {n:.2g}" for j, n in zip(rows, norms)])
-    ax.set_xlabel(f"input feature (0..{g.shape[1] - 1})" + (f", {pooled} per column (largest |value|)"
-                                                            if pooled > 1 else ""))
+    ax.set_xlabel(
+        f"input feature (0..{g.shape[1] - 1})" + (f", {pooled} per column (largest |value|)" if pooled > 1 else "")
+    )
     _colourbar(fig, im, ax, bar_label)
     if n_nonzero <= len(rows):
         what = f"{n_nonzero} of {g.shape[0]} rows are non-zero" + (
             ": the gradient of one class score reaches only its own row (dS_c/dW_k = 0 for k != c)"
-            if n_nonzero == 1 else "; all shown")
+            if n_nonzero == 1
+            else "; all shown"
+        )
     else:
         what = f"{n_nonzero} of {g.shape[0]} rows are non-zero; the {len(rows)} largest by norm shown"
     t = fig.text(10 / width, 12 / height, what, ha="left", va="bottom", color=MUTED, fontsize=9)
@@ -209,4 +253,4 @@ def weight_rows_figure(path, grad: np.ndarray, *, title: str, caption: str = "",
 
 
 def _short(s: str, n: int) -> str:
-    return s if len(s) <= n else s[:n - 3].rstrip() + "..."
+    return s if len(s) <= n else s[: n - 3].rstrip() + "..."

@@ -32,8 +32,7 @@ def rendering_available(timeout: float = 120.0) -> tuple[bool, str]:
     env = dict(os.environ)
     env.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
     try:
-        r = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
-                           timeout=timeout, env=env)
+        r = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return False, f"off-screen rendering probe timed out after {timeout} s"
     if r.returncode == 0 and r.stdout.startswith("ok"):

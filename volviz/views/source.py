@@ -5,6 +5,7 @@ the same choice. Orders are either fitted per image (``fit="image"``: the order 
 image) or once over the image set (``fit="set"``: fitted on up to ``max_fit_images`` images, then
 fixed, so the stack does not reshuffle while the time slider moves); set orders are cached.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,13 +21,13 @@ FITS = ("image", "set")
 
 @dataclass
 class LayerVolume:
-    volume: np.ndarray          # (C, H, W) in natural channel order, ready for LayerVolumeScene
-    order: np.ndarray           # permutation: position p shows channel order[p]
-    boundaries: np.ndarray      # positions where a new cluster starts
+    volume: np.ndarray  # (C, H, W) in natural channel order, ready for LayerVolumeScene
+    order: np.ndarray  # permutation: position p shows channel order[p]
+    boundaries: np.ndarray  # positions where a new cluster starts
     quantity: str
     layer: str
     image: int
-    kind: str                   # "maps" (conv), "neurons" (1-D layer as a grid), "weights"
+    kind: str  # "maps" (conv), "neurons" (1-D layer as a grid), "weights"
 
 
 def to_volume(array: np.ndarray, quantity: str) -> tuple[np.ndarray, str]:
@@ -36,6 +37,7 @@ def to_volume(array: np.ndarray, quantity: str) -> tuple[np.ndarray, str]:
         return weight_volume(array), "weights"
     if array.ndim == 1:
         from volviz.views.grid import neuron_grid
+
         return neuron_grid(array, fill=0.0)[None].astype(np.float32), "neurons"
     if array.ndim == 2:  # conv1d maps (C, L)
         return array[:, None, :].astype(np.float32), "maps"
@@ -80,15 +82,20 @@ class LayerVolumeSource:
             self._set_orders[key] = self._orderer(order, stack.shape[1], **kw).fit(stack, stacked=True)
         return self._set_orders[key]
 
-    def get(self, layer: str, quantity: str = "activation", image: int = 0, order: str = "natural",
-            fit: str = "image", **kw) -> LayerVolume:
+    def get(
+        self, layer: str, quantity: str = "activation", image: int = 0, order: str = "natural", fit: str = "image", **kw
+    ) -> LayerVolume:
         order = order.lower().replace("_", "-")
         self.check(layer, quantity, order, fit)
         vol, kind = to_volume(self.store.read(quantity, layer, image), quantity)
         if kind == "neurons" or order == "natural":
             n = vol.shape[0]
             return LayerVolume(vol, np.arange(n), np.array([], int), quantity, layer, image, kind)
-        orderer = self.set_order(layer, quantity, order, **kw) if fit == "set" else \
-            self._orderer(order, vol.shape[0], **kw).fit(vol, stacked=False)
-        return LayerVolume(vol, np.asarray(orderer.order_), np.asarray(orderer.boundaries_, int),
-                           quantity, layer, image, kind)
+        orderer = (
+            self.set_order(layer, quantity, order, **kw)
+            if fit == "set"
+            else self._orderer(order, vol.shape[0], **kw).fit(vol, stacked=False)
+        )
+        return LayerVolume(
+            vol, np.asarray(orderer.order_), np.asarray(orderer.boundaries_, int), quantity, layer, image, kind
+        )

@@ -6,6 +6,7 @@ metrics, valid before the first render), so a text that is too wide is shortened
 (``...`` where it was cut) instead of running into its neighbour, and a label that would still
 collide with one already placed is hidden. Pure layout: the scenes decide what to write where.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,8 +36,9 @@ class Box:
         return self.y1 - self.y0
 
 
-def make_text(renderer, *, size: int, color=(1.0, 1.0, 1.0), h: str = "left", v: str = "top",
-              bold: bool = False) -> vtkTextActor:
+def make_text(
+    renderer, *, size: int, color=(1.0, 1.0, 1.0), h: str = "left", v: str = "top", bold: bool = False
+) -> vtkTextActor:
     """An empty one-line text actor in display coordinates, added to ``renderer``."""
     actor = vtkTextActor()
     actor.GetPositionCoordinate().SetCoordinateSystemToDisplay()
@@ -44,10 +46,14 @@ def make_text(renderer, *, size: int, color=(1.0, 1.0, 1.0), h: str = "left", v:
     tp.SetFontSize(int(size))
     tp.SetColor(*color)
     tp.SetBold(bool(bold))
-    {"left": tp.SetJustificationToLeft, "center": tp.SetJustificationToCentered,
-     "right": tp.SetJustificationToRight}[h]()
-    {"top": tp.SetVerticalJustificationToTop, "center": tp.SetVerticalJustificationToCentered,
-     "bottom": tp.SetVerticalJustificationToBottom}[v]()
+    {"left": tp.SetJustificationToLeft, "center": tp.SetJustificationToCentered, "right": tp.SetJustificationToRight}[
+        h
+    ]()
+    {
+        "top": tp.SetVerticalJustificationToTop,
+        "center": tp.SetVerticalJustificationToCentered,
+        "bottom": tp.SetVerticalJustificationToBottom,
+    }[v]()
     actor.SetPickable(False)
     renderer.AddViewProp(actor)
     return actor
@@ -72,10 +78,10 @@ def _cut(line: str, n: int, keep: str) -> str:
     if keep == "end":  # keep the most specific end of a dotted name: ...17.conv.1.0
         tail = line[-n:]
         if n < len(line) and line[-n - 1] != "." and "." in tail[:-1]:
-            tail = tail[tail.index(".") + 1:]  # cut at a dot, not inside a word
+            tail = tail[tail.index(".") + 1 :]  # cut at a dot, not inside a word
         return ELLIPSIS + tail.lstrip()
     a = (n + 1) // 2
-    return line[:a] + ELLIPSIS + line[len(line) - (n - a):]
+    return line[:a] + ELLIPSIS + line[len(line) - (n - a) :]
 
 
 def fit_line(actor: vtkTextActor, renderer, line: str, max_px: float, keep: str = "start") -> str:
@@ -102,8 +108,17 @@ class TextBlock:
     alignment of every line at ``x``; ``v``: ``"top"`` (the first line's top at ``y``, the others
     below) or ``"bottom"`` (the last line's bottom at ``y``)."""
 
-    def __init__(self, renderer, *, size: int, color=(1.0, 1.0, 1.0), h: str = "left", v: str = "top",
-                 bold: bool = False, line_gap: float = 1.28):
+    def __init__(
+        self,
+        renderer,
+        *,
+        size: int,
+        color=(1.0, 1.0, 1.0),
+        h: str = "left",
+        v: str = "top",
+        bold: bool = False,
+        line_gap: float = 1.28,
+    ):
         self.renderer, self.size, self.color, self.h, self.v, self.bold = renderer, int(size), color, h, v, bold
         self.line_px = max(1, round(self.size * line_gap))
         self.actors: list[vtkTextActor] = []
@@ -115,8 +130,9 @@ class TextBlock:
         self.text = str(text)
         lines = self.text.split("\n") if self.text else []
         while len(self.actors) < len(lines):
-            self.actors.append(make_text(self.renderer, size=self.size, color=self.color, h=self.h,
-                                         v="top", bold=self.bold))
+            self.actors.append(
+                make_text(self.renderer, size=self.size, color=self.color, h=self.h, v="top", bold=self.bold)
+            )
         top = y if self.v == "top" else y + len(lines) * self.line_px
         shown = []
         for i, actor in enumerate(self.actors):
@@ -125,8 +141,11 @@ class TextBlock:
                 actor.SetVisibility(False)
                 continue
             actor.SetPosition(float(x), float(top - i * self.line_px))
-            shown.append(fit_line(actor, self.renderer, lines[i], max_px, keep) if max_px is not None
-                         else (actor.SetInput(lines[i]) or lines[i]))
+            shown.append(
+                fit_line(actor, self.renderer, lines[i], max_px, keep)
+                if max_px is not None
+                else (actor.SetInput(lines[i]) or lines[i])
+            )
             actor.SetVisibility(self.visible)
         self.shown = "\n".join(shown)
         return self.shown
@@ -136,8 +155,9 @@ class TextBlock:
         boxes = [measure(a, self.renderer) for a in self.actors if a.GetInput()]
         if not boxes:
             return Box(0, 0, 0, 0)
-        return Box(min(b.x0 for b in boxes), max(b.x1 for b in boxes), min(b.y0 for b in boxes),
-                   max(b.y1 for b in boxes))
+        return Box(
+            min(b.x0 for b in boxes), max(b.x1 for b in boxes), min(b.y0 for b in boxes), max(b.y1 for b in boxes)
+        )
 
     def set_visible(self, visible: bool) -> None:
         self.visible = bool(visible)
@@ -161,8 +181,16 @@ class CornerTexts:
     every line shortened with ``...`` to the window's width. Re-laid out before a render when the
     window size changed (the app's view can be resized), through the renderer's ``StartEvent``."""
 
-    def __init__(self, renderer, render_window_size, *, size: int, color=(1.0, 1.0, 1.0),
-                 note_color=(0.6, 0.63, 0.65), warning_color=(1.0, 0.62, 0.26)):
+    def __init__(
+        self,
+        renderer,
+        render_window_size,
+        *,
+        size: int,
+        color=(1.0, 1.0, 1.0),
+        note_color=(0.6, 0.63, 0.65),
+        warning_color=(1.0, 0.62, 0.26),
+    ):
         self.renderer = renderer
         self._size_of = render_window_size  # () -> (width, height)
         small = max(9, size - 3)
@@ -211,8 +239,16 @@ class CornerTexts:
 
     def boxes(self) -> dict[str, Box]:
         """Boxes of the texts shown (for tests)."""
-        return {k: b.box() for k, b in (("title", self.title), ("note", self.note), ("caption", self.caption),
-                                         ("warning", self.warning)) if b.shown and b.visible}
+        return {
+            k: b.box()
+            for k, b in (
+                ("title", self.title),
+                ("note", self.note),
+                ("caption", self.caption),
+                ("warning", self.warning),
+            )
+            if b.shown and b.visible
+        }
 
     def remove(self) -> None:
         self.renderer.RemoveObserver(self._tag)

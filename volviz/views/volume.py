@@ -112,29 +112,54 @@ class LayerVolumeScene:
 
         self._slices_mesh = self._build_slices()
         self.slices_actor = plotter.add_mesh(
-            self._slices_mesh, scalars=_SCALARS, cmap=self._lut, show_scalar_bar=False,
-            name=f"{uid}-slices", lighting=False, reset_camera=False,
+            self._slices_mesh,
+            scalars=_SCALARS,
+            cmap=self._lut,
+            show_scalar_bar=False,
+            name=f"{uid}-slices",
+            lighting=False,
+            reset_camera=False,
         )
         self._outline_mesh = self.grid.outline()
         self.outline_actor = plotter.add_mesh(
-            self._outline_mesh, color="#9aa0a6", line_width=1, name=f"{uid}-outline",
+            self._outline_mesh,
+            color="#9aa0a6",
+            line_width=1,
+            name=f"{uid}-outline",
             reset_camera=False,
         )
         self._sep_mesh = self._build_separators()
         self.separators_actor = plotter.add_mesh(
-            self._sep_mesh, scalars="rgba", rgba=True, name=f"{uid}-separators",
-            lighting=False, line_width=2, reset_camera=False, show_scalar_bar=False,
+            self._sep_mesh,
+            scalars="rgba",
+            rgba=True,
+            name=f"{uid}-separators",
+            lighting=False,
+            line_width=2,
+            reset_camera=False,
+            show_scalar_bar=False,
         )
         fs = max(12, round(plotter.window_size[1] / 30))  # px; fixed, unlike corner annotations
         self._bar_key = f"{uid}-bar"  # pyvista keys scalar bars by title: a unique one, then
         self.scalar_bar = plotter.add_scalar_bar(  # the shown title is set by _apply_style
-            title=self._bar_key, mapper=self.slices_actor.mapper, vertical=True,
-            position_x=0.86, position_y=0.15, width=0.05, height=0.6, n_labels=5,
-            color=self.style.text_color, title_font_size=fs, label_font_size=fs - 2, fmt="%.3g",
+            title=self._bar_key,
+            mapper=self.slices_actor.mapper,
+            vertical=True,
+            position_x=0.86,
+            position_y=0.15,
+            width=0.05,
+            height=0.6,
+            n_labels=5,
+            color=self.style.text_color,
+            title_font_size=fs,
+            label_font_size=fs - 2,
+            fmt="%.3g",
         )
         # title top left, caption bottom left (never overlapping, shortened to the window)
         self.texts = text_layout.CornerTexts(
-            plotter.renderer, lambda: plotter.window_size, size=fs,
+            plotter.renderer,
+            lambda: plotter.window_size,
+            size=fs,
             color=pv.Color(self.style.text_color).float_rgb,
         )
         self.title_text, self.label_text, self.warning_text, self.note_text = str(title), "", "", ""
@@ -201,9 +226,7 @@ class LayerVolumeScene:
         cam = self.plotter.camera
         center = np.array(self.grid.center)
         az, el = math.radians(azimuth), math.radians(elevation)
-        direction = np.array(
-            [math.sin(az) * math.cos(el), -math.cos(az) * math.cos(el), math.sin(el)]
-        )
+        direction = np.array([math.sin(az) * math.cos(el), -math.cos(az) * math.cos(el), math.sin(el)])
         cam.focal_point = tuple(center)
         cam.position = tuple(center + direction * self.grid.length * 2.0)
         cam.up = (0.0, 0.0, 1.0)
@@ -233,8 +256,7 @@ class LayerVolumeScene:
         if self._owns_plotter:
             self.plotter.close()
             return
-        for actor in (self.volume_actor, self.slices_actor, self.outline_actor,
-                      self.separators_actor):
+        for actor in (self.volume_actor, self.slices_actor, self.outline_actor, self.separators_actor):
             self.plotter.remove_actor(actor, render=False)
         self.texts.remove()
         self.plotter.remove_scalar_bar(self._bar_key, render=False)
@@ -289,8 +311,9 @@ class LayerVolumeScene:
         parts = [getattr(self, "note_text", "")]
         if self.bin > 1:
             c = self.shape[0]
-            parts.append(f"{c} maps as {-(-c // self.bin)} slabs of {self.bin} (largest magnitude per slab, "
-                         "against aliasing)")
+            parts.append(
+                f"{c} maps as {-(-c // self.bin)} slabs of {self.bin} (largest magnitude per slab, against aliasing)"
+            )
         return ";  ".join(p for p in parts if p)
 
     def _fill_value(self) -> float:
@@ -353,9 +376,12 @@ class LayerVolumeScene:
         prop.interpolation_type = st.interpolation
         prop.shade = False
         # opacity per unit length: a ray through the whole stack crosses ~24 "units" at density 1
-        size = max(self.grid.bounds[1] - self.grid.bounds[0],
-                   self.grid.bounds[3] - self.grid.bounds[2],
-                   self.grid.bounds[5] - self.grid.bounds[4], 1.0)
+        size = max(
+            self.grid.bounds[1] - self.grid.bounds[0],
+            self.grid.bounds[3] - self.grid.bounds[2],
+            self.grid.bounds[5] - self.grid.bounds[4],
+            1.0,
+        )
         prop.opacity_unit_distance = size / (24.0 * max(st.density, 1e-6))
         # the lookup table (opaque) drives the slices and the scalar bar
         self._lut.apply_cmap(st.resolved_cmap(), n)
@@ -410,5 +436,6 @@ class LayerVolumeScene:
 
     def _build_separators(self) -> pv.PolyData:
         """All cluster separators as one mesh (see :func:`~volviz.views.volume_geometry.separators_mesh`)."""
-        return separators_mesh(self.grid, self.boundaries / self.bin, self.style.separator_color,
-                               self.style.separator_opacity)
+        return separators_mesh(
+            self.grid, self.boundaries / self.bin, self.style.separator_color, self.style.separator_opacity
+        )

@@ -12,8 +12,16 @@ import numpy as np
 
 from .grid import near_square_grid, tile_mosaic
 
-__all__ = ["activation_volume", "array_volume", "as_volume", "bin_stack", "check_order", "stack_bin", "weight_volume",
-           "MAX_SAMPLES"]
+__all__ = [
+    "activation_volume",
+    "array_volume",
+    "as_volume",
+    "bin_stack",
+    "check_order",
+    "stack_bin",
+    "weight_volume",
+    "MAX_SAMPLES",
+]
 
 
 def check_order(order, n: int) -> np.ndarray:
@@ -22,9 +30,7 @@ def check_order(order, n: int) -> np.ndarray:
         return np.arange(n)
     o = np.asarray(order)
     if o.ndim != 1 or o.size != n or not np.issubdtype(o.dtype, np.integer):
-        raise ValueError(
-            f"order must be a permutation of range({n}), got shape {o.shape}, dtype {o.dtype}"
-        )
+        raise ValueError(f"order must be a permutation of range({n}), got shape {o.shape}, dtype {o.dtype}")
     if not np.array_equal(np.sort(o), np.arange(n)):
         raise ValueError(f"order must be a permutation of range({n})")
     return o.astype(np.intp)
@@ -69,9 +75,7 @@ def weight_volume(w: np.ndarray, gap_value: float = 0.0) -> np.ndarray:
     if a.ndim == 4:
         c_out, c_in, kh, kw = a.shape
         rows, cols = near_square_grid(c_in)
-        out = np.full(
-            (c_out, rows * kh + rows - 1, cols * kw + cols - 1), gap_value, np.float32
-        )
+        out = np.full((c_out, rows * kh + rows - 1, cols * kw + cols - 1), gap_value, np.float32)
         for o in range(c_out):
             out[o] = tile_mosaic(a[o], rows, cols, gap=1, fill=gap_value)
         return out
@@ -82,8 +86,7 @@ def weight_volume(w: np.ndarray, gap_value: float = 0.0) -> np.ndarray:
         out[:, :n_in] = a
         return out.reshape(n_out, rows, cols)
     raise ValueError(
-        f"weight_volume expects (C_out, C_in, kH, kW), (C_out, C_in, k) or (N_out, N_in), "
-        f"got shape {a.shape}"
+        f"weight_volume expects (C_out, C_in, kH, kW), (C_out, C_in, k) or (N_out, N_in), got shape {a.shape}"
     )
 
 
@@ -141,6 +144,7 @@ def array_volume(array: np.ndarray, quantity: str) -> tuple[np.ndarray, str]:
         return weight_volume(a), "weights"
     if a.ndim == 1:
         from .grid import neuron_grid
+
         return neuron_grid(a, fill=0.0)[None].astype(np.float32), "neurons"
     if a.ndim == 2:
         return a[:, None, :].astype(np.float32), "maps"

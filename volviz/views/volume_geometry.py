@@ -28,11 +28,7 @@ def slices_mesh(grid: pv.ImageData, dims: tuple[int, int, int], positions) -> pv
         voi = [0, dims[0] - 1, 0, dims[1] - 1, 0, dims[2] - 1]
         voi[2 * axis] = voi[2 * axis + 1] = idx
         sub = grid.extract_subset(voi, rebase_coordinates=False)
-        pieces.append(
-            sub.extract_surface(
-                pass_pointid=False, pass_cellid=False, algorithm="dataset_surface"
-            )
-        )
+        pieces.append(sub.extract_surface(pass_pointid=False, pass_cellid=False, algorithm="dataset_surface"))
     if pieces:
         out = pieces[0].append_polydata(*pieces[1:]) if len(pieces) > 1 else pieces[0]
     if out.n_points == 0:  # keep a valid (empty) scalar array for the mapper
@@ -55,8 +51,7 @@ def separators_mesh(grid: pv.ImageData, boundaries: np.ndarray, color, opacity: 
     pts, faces, lines = [], [], []
     for k, b in enumerate(boundaries):
         z = (float(b) - 0.5) * dz
-        pts += [(x0 - m, y0 - m, z), (x1 + m, y0 - m, z), (x1 + m, y1 + m, z),
-                (x0 - m, y1 + m, z)]
+        pts += [(x0 - m, y0 - m, z), (x1 + m, y0 - m, z), (x1 + m, y1 + m, z), (x0 - m, y1 + m, z)]
         i = 4 * k
         faces += [4, i, i + 1, i + 2, i + 3]
         lines += [5, i, i + 1, i + 2, i + 3, i]

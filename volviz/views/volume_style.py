@@ -18,8 +18,7 @@ from vtkmodules.vtkRenderingCore import vtkColorTransferFunction
 
 from .colors import DEFAULT_CMAP, DIVERGING_CMAP, get_cmap, opacity_curve, sample_cmap
 
-__all__ = ["VolumeStyle", "check_style", "make_mapper", "nan_fill_value", "set_sample_distance",
-           "transfer_functions"]
+__all__ = ["VolumeStyle", "check_style", "make_mapper", "nan_fill_value", "set_sample_distance", "transfer_functions"]
 
 #: name of the one point-data array of a scene's ImageData
 SCALARS = "values"
@@ -74,6 +73,7 @@ class VolumeStyle:
             return self.cmap
         return DIVERGING_CMAP if self.opacity == "diverging" else DEFAULT_CMAP
 
+
 MAPPERS = {
     "fixed_point": pv.FixedPointVolumeRayCastMapper,
     "gpu": pv.GPUVolumeRayCastMapper,
@@ -87,9 +87,7 @@ def check_style(style: VolumeStyle) -> None:
     opacity_curve(style.opacity, 2)
     get_cmap(style.resolved_cmap())
     if style.interpolation not in ("nearest", "linear"):
-        raise ValueError(
-            f"interpolation must be 'nearest' or 'linear', not {style.interpolation!r}"
-        )
+        raise ValueError(f"interpolation must be 'nearest' or 'linear', not {style.interpolation!r}")
     if style.z_spacing is not None and not style.z_spacing > 0:
         raise ValueError(f"z_spacing must be > 0, got {style.z_spacing}")
     if len(style.slice_positions) != 3:

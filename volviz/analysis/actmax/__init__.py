@@ -22,6 +22,7 @@ imports views. One concept per module, in the shape of lucent's optvis:
 Readers (for the graph's thumbnails and the app): :func:`load_preferred`, :func:`best_preferred`,
 :func:`thumbnails`, :func:`preferred_info`, :func:`preferred_layers`. See docs/preferred-inputs.md.
 """
+
 from volviz.analysis.actmax.optimize import BatchResult, Config, Problem, optimize_batch, optimize_units
 from volviz.analysis.actmax.results import (
     PreferredError,
@@ -37,7 +38,23 @@ from volviz.analysis.actmax.run import PreferredSettings, run_preferred
 from volviz.analysis.actmax.search import SearchResult, random_search
 from volviz.analysis.actmax.units import parse_units
 
-__all__ = ["BatchResult", "Config", "Problem", "optimize_batch", "optimize_units", "PreferredError",
-           "PreferredInfo", "best_preferred", "load_preferred", "preferred_info", "preferred_layers",
-           "thumbnails", "as_model_input", "PreferredSettings", "run_preferred", "SearchResult", "random_search",
-           "parse_units"]
+__all__ = [
+    "BatchResult",
+    "Config",
+    "Problem",
+    "optimize_batch",
+    "optimize_units",
+    "PreferredError",
+    "PreferredInfo",
+    "best_preferred",
+    "load_preferred",
+    "preferred_info",
+    "preferred_layers",
+    "thumbnails",
+    "as_model_input",
+    "PreferredSettings",
+    "run_preferred",
+    "SearchResult",
+    "random_search",
+    "parse_units",
+]

@@ -6,6 +6,7 @@ Normalization ``per_unit`` stretches each image's min..max (over its shown chann
 hue is kept) to 0..1; a constant image keeps its pixel values. ``none`` shows pixel values as they
 are (clipped to 0..1).
 """
+
 from __future__ import annotations
 
 import numpy as np

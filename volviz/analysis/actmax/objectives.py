@@ -14,6 +14,7 @@ Unit kinds (GUIDE section 3; seed 002 sections 3.2-3.3):
 output and raises :class:`_Stop`, so nothing after the layer is computed (the cost of a unit of
 ``conv1`` is the cost of ``conv1``). The hook is removed in ``finally`` after every call.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,12 +23,9 @@ from torch import nn
 
 from volviz.errors import ObjectiveError  # noqa: F401  (re-exported)
 
-__all__ = ["OBJECTIVE_KINDS", "ObjectiveError", "LayerOutput", "unit_values", "unit_count",
-           "l1_penalty", "tv_penalty"]
+__all__ = ["OBJECTIVE_KINDS", "ObjectiveError", "LayerOutput", "unit_values", "unit_count", "l1_penalty", "tv_penalty"]
 
 OBJECTIVE_KINDS = ("channel", "centre", "neuron", "class")
-
-
 
 
 class _Stop(Exception):
@@ -60,9 +58,9 @@ class LayerOutput:
         m = self.module
         conv_ok = unit_only is True or unit_only == "all"
         self.unit_only = bool(unit_only) and (
-            isinstance(m, nn.Linear) or
-            (conv_ok and isinstance(m, nn.Conv2d) and m.padding_mode == "zeros"
-             and not isinstance(m.padding, str)))
+            isinstance(m, nn.Linear)
+            or (conv_ok and isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str))
+        )
 
     def _run_to(self, x: torch.Tensor, pre: bool) -> torch.Tensor:
         box: dict[str, torch.Tensor] = {}
@@ -88,6 +86,7 @@ class LayerOutput:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.layer is None:
             from volviz.capture.engine import model_logits
+
             return model_logits(self.model(x))
         return self._run_to(x, pre=False)
 
@@ -113,8 +112,9 @@ class LayerOutput:
             chans = first[:, None] + torch.arange(c_in, device=inp.device)[None, :]
             inp = inp[torch.arange(inp.shape[0], device=inp.device)[:, None], chans]
         b, c, h, wd = inp.shape
-        y = F.conv2d(inp.reshape(1, b * c, h, wd), w, None if bias is None else bias, m.stride, m.padding,
-                     m.dilation, groups=b)
+        y = F.conv2d(
+            inp.reshape(1, b * c, h, wd), w, None if bias is None else bias, m.stride, m.padding, m.dilation, groups=b
+        )
         return y.reshape(b, *y.shape[2:])
 
 
@@ -128,11 +128,15 @@ def check_kind(kind: str, out_shape: tuple[int, ...]) -> None:
     if kind not in OBJECTIVE_KINDS:
         raise ObjectiveError(f"unknown objective {kind!r}; valid: {', '.join(OBJECTIVE_KINDS)}")
     if kind in ("channel", "centre") and len(out_shape) != 3:
-        raise ObjectiveError(f"objective {kind!r} needs a layer with spatial output (C, H, W); this "
-                             f"layer's output is {tuple(out_shape)}: use 'neuron'")
+        raise ObjectiveError(
+            f"objective {kind!r} needs a layer with spatial output (C, H, W); this "
+            f"layer's output is {tuple(out_shape)}: use 'neuron'"
+        )
     if kind in ("neuron", "class") and len(out_shape) != 1:
-        raise ObjectiveError(f"objective {kind!r} needs a layer with flat output (N,); this "
-                             f"layer's output is {tuple(out_shape)}: use 'channel' or 'centre'")
+        raise ObjectiveError(
+            f"objective {kind!r} needs a layer with flat output (N,); this "
+            f"layer's output is {tuple(out_shape)}: use 'channel' or 'centre'"
+        )
 
 
 def reduce_unit(out: torch.Tensor, kind: str) -> torch.Tensor:

@@ -19,6 +19,7 @@ floating-point summation order. ``scale_b`` (the unit's top activation on real i
 Nothing here loops over units: the only per-element Python code draws the start noise and the
 jitter table once, before the first step.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -132,8 +133,10 @@ class Problem:
         c, h, w = self.input_shape
         size = (h, w) if self.image_size is None else tuple(int(v) for v in self.image_size)
         if len(size) != 2 or not (1 <= size[0] <= h and 1 <= size[1] <= w):
-            raise ValueError(f"image_size must be (h, w) with 1 <= h <= {h} and 1 <= w <= {w} (the model "
-                             f"input), got {self.image_size}")
+            raise ValueError(
+                f"image_size must be (h, w) with 1 <= h <= {h} and 1 <= w <= {w} (the model "
+                f"input), got {self.image_size}"
+            )
         self.image_size = size
 
     @property
@@ -210,9 +213,9 @@ class Problem:
 
 @dataclass
 class BatchResult:
-    images: np.ndarray            # (B, C, H, W) float32 pixel images
-    activation: np.ndarray        # (B,) objective of the final image (no jitter)
-    activation_init: np.ndarray   # (B,) objective of the start image
+    images: np.ndarray  # (B, C, H, W) float32 pixel images
+    activation: np.ndarray  # (B,) objective of the final image (no jitter)
+    activation_init: np.ndarray  # (B,) objective of the start image
     trace: np.ndarray | None = None  # (steps, B) objective during the run (jittered), if asked
 
 
@@ -227,9 +230,20 @@ def _as_configs(configs, n: int) -> list[Config]:
     return configs
 
 
-def optimize_batch(problem: Problem, units, seeds, configs: Config | list[Config], steps: int, *,
-                   scale=None, base: torch.Tensor | np.ndarray | None = None, init_std: float = 0.1,
-                   init_blur: float = 1.0, trace: bool = False, callback=None) -> BatchResult:
+def optimize_batch(
+    problem: Problem,
+    units,
+    seeds,
+    configs: Config | list[Config],
+    steps: int,
+    *,
+    scale=None,
+    base: torch.Tensor | np.ndarray | None = None,
+    init_std: float = 0.1,
+    init_blur: float = 1.0,
+    trace: bool = False,
+    callback=None,
+) -> BatchResult:
     """Optimize ``B = len(units)`` images at once, image b for unit ``units[b]`` from seed ``seeds[b]``.
 
     ``scale``: ``(B,)`` divisor of each unit's activation (default 1). ``base``: ``(B, C, H, W)``
@@ -247,8 +261,10 @@ def optimize_batch(problem: Problem, units, seeds, configs: Config | list[Config
     cfgs = _as_configs(configs, b)
     n_units = problem.out_shape()[0]
     if b and (units.min() < 0 or units.max() >= n_units):
-        raise ObjectiveError(f"unit {units.max() if units.max() >= n_units else units.min()} out of range: "
-                             f"layer {problem.layer} has {n_units} units")
+        raise ObjectiveError(
+            f"unit {units.max() if units.max() >= n_units else units.min()} out of range: "
+            f"layer {problem.layer} has {n_units} units"
+        )
     dev = problem.device
     c, h, w = problem.opt_shape
     f32 = dict(dtype=torch.float32, device=dev)
@@ -263,15 +279,25 @@ def optimize_batch(problem: Problem, units, seeds, configs: Config | list[Config
     start = (centre.expand(b, c, h, w) if base is None else base) + noise.to(dev)
     start = torch.maximum(torch.minimum(start, problem._vec(problem.hi)), problem._vec(problem.lo))
 
-    param = make_param(cfgs[0].param, start, centre=problem.centre, lo=problem.lo, hi=problem.hi,
-                       clip=cfgs[0].clip, colour=problem.colour)
+    param = make_param(
+        cfgs[0].param,
+        start,
+        centre=problem.centre,
+        lo=problem.lo,
+        hi=problem.hi,
+        clip=cfgs[0].clip,
+        colour=problem.colour,
+    )
     col = lambda name: torch.tensor([getattr(k, name) for k in cfgs], **f32)  # noqa: E731
     lr, l2, l1w, tvw, sigma = col("lr"), col("l2_decay"), col("l1"), col("tv"), col("blur_sigma")
     every = np.array([k.blur_every for k in cfgs], dtype=np.int64)
     max_sigma = float(max(k.blur_sigma for k in cfgs))
     any_l2, any_l1, any_tv = bool((l2 > 0).any()), bool((l1w > 0).any()), bool((tvw > 0).any())
-    inv_scale = (torch.ones(b, **f32) if scale is None else
-                 1.0 / torch.as_tensor(np.asarray(scale, dtype=np.float32), device=dev).clamp_min(1e-12))
+    inv_scale = (
+        torch.ones(b, **f32)
+        if scale is None
+        else 1.0 / torch.as_tensor(np.asarray(scale, dtype=np.float32), device=dev).clamp_min(1e-12)
+    )
     units_t = torch.as_tensor(units, device=dev)
 
     with torch.no_grad():
@@ -303,8 +329,7 @@ def optimize_batch(problem: Problem, units, seeds, configs: Config | list[Config
             param.decay(l2)
         blur_now = (every > 0) & ((t + 1) % np.maximum(every, 1) == 0)
         if blur_now.any() and max_sigma > 0:
-            param.blur(torch.where(torch.as_tensor(blur_now, device=dev), sigma, torch.zeros_like(sigma)),
-                       max_sigma)
+            param.blur(torch.where(torch.as_tensor(blur_now, device=dev), sigma, torch.zeros_like(sigma)), max_sigma)
         param.clip()
         if callback is not None:
             callback(t)
@@ -312,12 +337,17 @@ def optimize_batch(problem: Problem, units, seeds, configs: Config | list[Config
     with torch.no_grad():
         final = param.image().detach()
         a1 = problem.values(final, units_t)
-    return BatchResult(final.float().cpu().numpy(), a1.float().cpu().numpy(), a0.float().cpu().numpy(),
-                       torch.stack(history).float().cpu().numpy() if trace and history else None)
+    return BatchResult(
+        final.float().cpu().numpy(),
+        a1.float().cpu().numpy(),
+        a0.float().cpu().numpy(),
+        torch.stack(history).float().cpu().numpy() if trace and history else None,
+    )
 
 
-def optimize_units(problem: Problem, units, seeds, config: Config, steps: int, *, batch_size: int = 512,
-                   scale=None, base=None, **kw):
+def optimize_units(
+    problem: Problem, units, seeds, config: Config, steps: int, *, batch_size: int = 512, scale=None, base=None, **kw
+):
     """Every unit in ``units`` with every seed in ``seeds``, ``batch_size`` elements per run.
 
     Yields ``(first, last, BatchResult)`` per run, where the result holds units

@@ -18,6 +18,7 @@ store's ``input`` array holds exactly these). The optimizer normalizes with the 
 Both can start from any pixel image (noise or a mean image): :class:`FourierImage` inverts its own
 mapping at construction.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,7 @@ __all__ = ["PARAM_KINDS", "ImageParam", "PixelImage", "FourierImage", "colour_ma
 PARAM_KINDS = ("pixel", "fourier")
 
 # lucid's colour correlation of ImageNet (square root of the RGB covariance, via SVD)
-_IMAGENET_SQRT_COV = np.array([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]],
-                              dtype=np.float64)
+_IMAGENET_SQRT_COV = np.array([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=np.float64)
 
 
 def colour_matrix(channels: int, cov: np.ndarray | None = None) -> np.ndarray:
@@ -114,8 +114,7 @@ def _radial_freqs(h: int, w: int) -> np.ndarray:
 
 
 class FourierImage(ImageParam):
-    def __init__(self, init: torch.Tensor, centre, colour: np.ndarray | None = None,
-                 decay_power: float = 1.0):
+    def __init__(self, init: torch.Tensor, centre, colour: np.ndarray | None = None, decay_power: float = 1.0):
         b, c, h, w = init.shape
         dev = init.device
         self.shape = (h, w)
@@ -126,9 +125,9 @@ class FourierImage(ImageParam):
         weight[:, 0] = 1.0
         if w % 2 == 0:
             weight[:, -1] = 1.0
-        scale = scale / math.sqrt((weight * scale ** 2).sum() / (h * w))
+        scale = scale / math.sqrt((weight * scale**2).sum() / (h * w))
         self.scale = torch.tensor(scale, dtype=torch.float32, device=dev)[None, None]
-        self.freq2 = torch.tensor(f ** 2, dtype=torch.float32, device=dev)[None, None]
+        self.freq2 = torch.tensor(f**2, dtype=torch.float32, device=dev)[None, None]
         col = colour_matrix(c) if colour is None else np.asarray(colour, dtype=np.float32)
         self.colour = torch.tensor(col, device=dev)
         self.colour_inv = torch.tensor(np.linalg.pinv(col.astype(np.float64)).astype(np.float32), device=dev)
@@ -155,12 +154,13 @@ class FourierImage(ImageParam):
     @torch.no_grad()
     def blur(self, sigma: torch.Tensor, max_sigma: float) -> None:
         # the Gaussian's transfer function exp(-2 pi^2 sigma^2 f^2) (a circular blur)
-        g = torch.exp(-2 * math.pi ** 2 * sigma.view(-1, 1, 1, 1) ** 2 * self.freq2)
+        g = torch.exp(-2 * math.pi**2 * sigma.view(-1, 1, 1, 1) ** 2 * self.freq2)
         self.spectrum.mul_(g[..., None])
 
 
-def make_param(kind: str, init: torch.Tensor, *, centre, lo=0.0, hi=1.0, clip: bool = True,
-               colour: np.ndarray | None = None) -> ImageParam:
+def make_param(
+    kind: str, init: torch.Tensor, *, centre, lo=0.0, hi=1.0, clip: bool = True, colour: np.ndarray | None = None
+) -> ImageParam:
     """``kind``: ``pixel`` or ``fourier``; ``init``: ``(B, C, H, W)`` start images in pixel space."""
     if kind == "pixel":
         return PixelImage(init, centre, lo, hi, clip)

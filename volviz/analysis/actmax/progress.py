@@ -1,6 +1,7 @@
 """What a run will cost and how far it is: the projected time printed before a run (from one timed
 step per layer), and a progress bar over units that also moves inside a batch.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,24 +21,34 @@ def project(plans, settings, shape, report) -> float:
     for plan in plans:
         k = max(1, min(batch // settings.seeds, len(plan.pending))) if len(plan.pending) else 1
         units = np.repeat(plan.pending[:k] if len(plan.pending) else plan.units[:1], settings.seeds)
-        step = time_first_step(plan.problem, units, np.tile(np.arange(settings.seeds), len(units) // settings.seeds),
-                               settings.base_config())
+        step = time_first_step(
+            plan.problem,
+            units,
+            np.tile(np.arange(settings.seeds), len(units) // settings.seeds),
+            settings.base_config(),
+        )
         per_elem = step / len(units)
         elems = len(plan.pending) * settings.seeds * settings.steps
         search = 0
         if plan.group is None and settings.search > 0:
-            search = settings.search * min(settings.search_units, len(plan.units)) * \
-                (settings.search_steps or settings.steps)
+            search = (
+                settings.search
+                * min(settings.search_units, len(plan.units))
+                * (settings.search_steps or settings.steps)
+            )
         secs = per_elem * (elems + search)
         total += secs
-        extra = f" + search {settings.search} x {min(settings.search_units, len(plan.units))} units" \
-            if search else ""
+        extra = f" + search {settings.search} x {min(settings.search_units, len(plan.units))} units" if search else ""
         seeds = f"{settings.seeds} seed{'s' if settings.seeds != 1 else ''}"
-        lines.append(f"  {plan.layer}: {len(plan.pending)} units x {seeds} x {settings.steps} "
-                     f"steps{extra}: ~{format_seconds(secs)}  (first step: {step:.2f} s for {len(units)} "
-                     f"images at {shape[1]} x {shape[2]}, {1000 * per_elem:.1f} ms per image and step)")
-    report(f"projected time ~{format_seconds(total)} ({settings.device}, {torch.get_num_threads()} "
-           f"thread{'s' if torch.get_num_threads() > 1 else ''}):\n" + "\n".join(lines))
+        lines.append(
+            f"  {plan.layer}: {len(plan.pending)} units x {seeds} x {settings.steps} "
+            f"steps{extra}: ~{format_seconds(secs)}  (first step: {step:.2f} s for {len(units)} "
+            f"images at {shape[1]} x {shape[2]}, {1000 * per_elem:.1f} ms per image and step)"
+        )
+    report(
+        f"projected time ~{format_seconds(total)} ({settings.device}, {torch.get_num_threads()} "
+        f"thread{'s' if torch.get_num_threads() > 1 else ''}):\n" + "\n".join(lines)
+    )
     return total
 
 
@@ -65,6 +76,7 @@ class UnitBar:
         def on_step(t: int) -> None:
             self.frac = n_units * (t + 1) / max(steps, 1)
             self._to(int(self.base + self.frac + 1e-9))
+
         return on_step
 
     def finish_batch(self) -> None:
@@ -80,6 +92,7 @@ class UnitBar:
             count[0] += 1
             if count[0] % 4 == 0 or count[0] == total_steps:
                 self.bar.set_postfix_str(f"search {count[0]}/{total_steps} steps", refresh=True)
+
         return on_step
 
     def close(self) -> None:

@@ -3,6 +3,7 @@ covariance (the Fourier colour matrix, the centre of decay), each unit's activat
 top and mean, the unit of ``z``), class means and top-9 means (``--init mean``), and which layer
 produces the class scores.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,8 +23,10 @@ TOP_K_MEAN = 9  # init=mean for a non-class unit: mean of its top-9 real images
 def _done_indices(store: Store) -> np.ndarray:
     idx = np.flatnonzero(store.done)
     if not len(idx):
-        raise R.PreferredError(f"{store.path} holds no captured images; preferred inputs are compared "
-                               "with the store's real images, so capture some first")
+        raise R.PreferredError(
+            f"{store.path} holds no captured images; preferred inputs are compared "
+            "with the store's real images, so capture some first"
+        )
     return idx
 
 
@@ -34,11 +37,11 @@ def _iter_inputs(store: Store, idx: np.ndarray, batch: int = 256):
 
 @dataclass
 class RealStats:
-    centre: np.ndarray        # (C,) mean pixel
-    cov: np.ndarray           # (C, C) channel covariance (per pixel)
-    lo: np.ndarray            # (C,)
+    centre: np.ndarray  # (C,) mean pixel
+    cov: np.ndarray  # (C, C) channel covariance (per pixel)
+    lo: np.ndarray  # (C,)
     hi: np.ndarray
-    class_means: dict         # class index -> (C, H, W)
+    class_means: dict  # class index -> (C, H, W)
 
 
 def real_statistics(store: Store) -> RealStats:
@@ -61,15 +64,14 @@ def real_statistics(store: Store) -> RealStats:
         n += flat.shape[1]
         lo = flat.min(1) if lo is None else np.minimum(lo, flat.min(1))
         hi = flat.max(1) if hi is None else np.maximum(hi, flat.max(1))
-        for k in np.unique(cls[pos:pos + len(sel)]):
-            m = cls[pos:pos + len(sel)] == k
+        for k in np.unique(cls[pos : pos + len(sel)]):
+            m = cls[pos : pos + len(sel)] == k
             sums[int(k)] = sums.get(int(k), 0) + x[m].sum(0)
             counts[int(k)] = counts.get(int(k), 0) + int(m.sum())
         pos += len(sel)
     mean = s1 / n
     cov = s2 / n - np.outer(mean, mean)
-    return RealStats(mean.astype(np.float32), cov, lo, hi,
-                     {k: (sums[k] / counts[k]).astype(np.float32) for k in sums})
+    return RealStats(mean.astype(np.float32), cov, lo, hi, {k: (sums[k] / counts[k]).astype(np.float32) for k in sums})
 
 
 def real_values(problem: Problem, store: Store, batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -87,9 +89,12 @@ def real_values(problem: Problem, store: Store, batch: int | None = None) -> tup
 def logits_layer(model: torch.nn.Module, input_shape, device: str = "cpu") -> str | None:
     """The module whose output IS the model's output (the class scores), if there is one."""
     from volviz.capture.layers import named_leaf_modules
+
     seen: dict[str, torch.Tensor] = {}
-    hooks = [m.register_forward_hook(lambda mod, a, o, n=n: seen.__setitem__(n, o))
-             for n, m in named_leaf_modules(model).items()]
+    hooks = [
+        m.register_forward_hook(lambda mod, a, o, n=n: seen.__setitem__(n, o))
+        for n, m in named_leaf_modules(model).items()
+    ]
     try:
         with torch.no_grad():
             out = model(torch.zeros(1, *input_shape, device=device))
@@ -102,8 +107,9 @@ def logits_layer(model: torch.nn.Module, input_shape, device: str = "cpu") -> st
     return None
 
 
-def _base_images(problem: Problem, stats: RealStats, values: np.ndarray, idx: np.ndarray,
-                 store: Store, units=None) -> np.ndarray:
+def _base_images(
+    problem: Problem, stats: RealStats, values: np.ndarray, idx: np.ndarray, store: Store, units=None
+) -> np.ndarray:
     """init=mean: class units start from their class's mean image, other units from the mean of
     their top-9 real images; ``(len(units), C, H, W)`` (default every unit)."""
     units = np.arange(values.shape[1]) if units is None else np.asarray(units, dtype=np.int64)

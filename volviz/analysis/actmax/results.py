@@ -30,6 +30,7 @@ Reader API (all take a :class:`~volviz.store.store.Store` or a path)::
   preferred_info(store, layer)       -> PreferredInfo (activations, references, settings, search)
   thumbnails(store, layer, size=64)  -> uint8 (U, size, size, 3), for the network graph's atlas
 """
+
 from __future__ import annotations
 
 import os
@@ -40,16 +41,30 @@ import numpy as np
 from volviz.errors import PreferredError  # noqa: F401  (re-exported)
 from volviz.store.store import Store
 
-__all__ = ["GROUP", "FORMAT", "PreferredError", "PreferredInfo", "preferred_layers", "preferred_info",
-           "load_preferred", "best_preferred", "thumbnails", "as_model_input", "layer_state", "prepare_layer",
-           "units_done", "pending_units", "write_units", "chunk_units_for", "finalize_layer"]
+__all__ = [
+    "GROUP",
+    "FORMAT",
+    "PreferredError",
+    "PreferredInfo",
+    "preferred_layers",
+    "preferred_info",
+    "load_preferred",
+    "best_preferred",
+    "thumbnails",
+    "as_model_input",
+    "layer_state",
+    "prepare_layer",
+    "units_done",
+    "pending_units",
+    "write_units",
+    "chunk_units_for",
+    "finalize_layer",
+]
 
 GROUP = "preferred"
 FORMAT = 2  # 2: done per unit (1: per chunk of units); both are read
 #: images chunk of about this many bytes (uncompressed): a few units of 224 x 224 x 3 x seeds
 CHUNK_BYTES = 8 << 20
-
-
 
 
 def _store(store, mode: str = "r") -> Store:
@@ -67,40 +82,86 @@ def layer_state(store, layer: str) -> dict | None:
 
 
 # ---- writing (run.py) ------------------------------------------------------------------------
-def prepare_layer(store: Store, layer: str, *, meta: dict, n_units: int, n_seeds: int,
-                  image_shape: tuple[int, int, int], chunk_units: int, real_top: np.ndarray,
-                  real_top_image: np.ndarray, real_mean: np.ndarray, scale: np.ndarray, search=None,
-                  config: dict) -> object:
+def prepare_layer(
+    store: Store,
+    layer: str,
+    *,
+    meta: dict,
+    n_units: int,
+    n_seeds: int,
+    image_shape: tuple[int, int, int],
+    chunk_units: int,
+    real_top: np.ndarray,
+    real_top_image: np.ndarray,
+    real_mean: np.ndarray,
+    scale: np.ndarray,
+    search=None,
+    config: dict,
+) -> object:
     """(Re)create ``preferred/<layer>`` with empty result arrays; ``prepared`` is set last."""
     g = store.results(GROUP).create(layer)
     chunk_units = max(1, min(int(chunk_units), int(n_units)))
-    g.attrs.update(dict(meta, format=FORMAT, layer=layer, n_units=int(n_units), n_seeds=int(n_seeds),
-                        image_shape=list(image_shape), chunk_units=chunk_units, prepared=False,
-                        complete=False, units_done=0))
-    g.create_array("images", shape=(n_units, n_seeds, *image_shape), chunks=(chunk_units, n_seeds, *image_shape),
-                   dtype="float16", fill_value=np.nan)
+    g.attrs.update(
+        dict(
+            meta,
+            format=FORMAT,
+            layer=layer,
+            n_units=int(n_units),
+            n_seeds=int(n_seeds),
+            image_shape=list(image_shape),
+            chunk_units=chunk_units,
+            prepared=False,
+            complete=False,
+            units_done=0,
+        )
+    )
+    g.create_array(
+        "images",
+        shape=(n_units, n_seeds, *image_shape),
+        chunks=(chunk_units, n_seeds, *image_shape),
+        dtype="float16",
+        fill_value=np.nan,
+    )
     for name in ("activation", "activation_init"):
-        g.create_array(name, shape=(n_units, n_seeds), chunks=(chunk_units, n_seeds), dtype="float32",
-                       fill_value=np.nan)
+        g.create_array(
+            name, shape=(n_units, n_seeds), chunks=(chunk_units, n_seeds), dtype="float32", fill_value=np.nan
+        )
     g.create_array("done", shape=(n_units,), chunks=(chunk_units,), dtype="bool", fill_value=False)
-    for name, arr, dt in (("real_top", real_top, "float32"), ("real_top_image", real_top_image, "int64"),
-                          ("real_mean", real_mean, "float32"), ("scale", scale, "float32")):
+    for name, arr, dt in (
+        ("real_top", real_top, "float32"),
+        ("real_top_image", real_top_image, "int64"),
+        ("real_mean", real_mean, "float32"),
+        ("scale", scale, "float32"),
+    ):
         a = g.create_array(name, shape=(n_units,), chunks=(n_units,), dtype=dt, fill_value=0)
         a[:] = np.asarray(arr).astype(dt)
     if search is not None:
         s = g.create_group("search")
         for name in ("score", "z", "hf", "beats_real"):
-            a = s.create_array(name, shape=(len(search.configs),), chunks=(len(search.configs),),
-                               dtype="float64", fill_value=np.nan)
+            a = s.create_array(
+                name, shape=(len(search.configs),), chunks=(len(search.configs),), dtype="float64", fill_value=np.nan
+            )
             a[:] = getattr(search, name)
-        a = s.create_array("units", shape=(len(search.units),), chunks=(len(search.units),), dtype="int64",
-                           fill_value=0)
+        a = s.create_array(
+            "units", shape=(len(search.units),), chunks=(len(search.units),), dtype="int64", fill_value=0
+        )
         a[:] = search.units
-        a = s.create_array("unit_scores", shape=search.unit_scores.shape, chunks=search.unit_scores.shape,
-                           dtype="float64", fill_value=np.nan)
+        a = s.create_array(
+            "unit_scores",
+            shape=search.unit_scores.shape,
+            chunks=search.unit_scores.shape,
+            dtype="float64",
+            fill_value=np.nan,
+        )
         a[:] = search.unit_scores
-        s.attrs.update({"configs": [c.to_dict() for c in search.configs], "best": search.best,
-                        "steps": search.steps, "hf_weight": search.hf_weight})
+        s.attrs.update(
+            {
+                "configs": [c.to_dict() for c in search.configs],
+                "best": search.best,
+                "steps": search.steps,
+                "hf_weight": search.hf_weight,
+            }
+        )
     g.attrs.update({"config": config, "prepared": True})
     return g
 
@@ -137,8 +198,9 @@ def write_units(g, units, images: np.ndarray, activation: np.ndarray, activation
     """Arrays of ``units`` (sorted, ``images (k, S, C, H, W)``), then their done flags."""
     units = np.asarray(units, dtype=np.int64)
     if int(g.attrs.get("format", 1)) < 2:
-        raise PreferredError(f"preferred/{g.attrs.get('layer')} was written by an older volviz; pass "
-                             "--overwrite to recompute it")
+        raise PreferredError(
+            f"preferred/{g.attrs.get('layer')} was written by an older volviz; pass --overwrite to recompute it"
+        )
     for u0, u1, a, b in _runs(units):
         g["images"][u0:u1] = images[a:b].astype(np.float16)
         g["activation"][u0:u1] = activation[a:b].astype(np.float32)
@@ -159,17 +221,17 @@ class PreferredInfo:
     n_units: int
     seeds: list[int]
     image_shape: tuple[int, int, int]
-    activation: np.ndarray        # (U, S)
-    activation_init: np.ndarray   # (U, S)
-    real_top: np.ndarray          # (U,)
-    real_top_image: np.ndarray    # (U,)
-    real_mean: np.ndarray         # (U,)
-    scale: np.ndarray             # (U,) real_top - real_mean
+    activation: np.ndarray  # (U, S)
+    activation_init: np.ndarray  # (U, S)
+    real_top: np.ndarray  # (U,)
+    real_top_image: np.ndarray  # (U,)
+    real_mean: np.ndarray  # (U,)
+    scale: np.ndarray  # (U,) real_top - real_mean
     config: dict
     settings: dict
     complete: bool
     summary: dict = field(default_factory=dict)
-    search: dict | None = None    # {configs, best, steps, hf_weight, score, z, hf, beats_real, units, unit_scores}
+    search: dict | None = None  # {configs, best, steps, hf_weight, score, z, hf, beats_real, units, unit_scores}
     done: np.ndarray | None = None  # (U,) bool: units with results (all of them unless --units chose some)
     input_shape: tuple[int, int, int] | None = None  # the model's input (image_shape may be smaller)
 
@@ -195,20 +257,26 @@ def _checked(store: Store, layer: str, partial: bool):
     g = _group(store, layer)
     if g is None or not g.attrs.get("prepared", False):
         have = preferred_layers(store, complete_only=False)
-        raise PreferredError(f"no preferred inputs for layer {layer!r} in {store.path}; run `volviz "
-                             f"optimize {store.path} --layers {layer}`"
-                             + (f" (layers with results: {', '.join(have)})" if have else ""))
+        raise PreferredError(
+            f"no preferred inputs for layer {layer!r} in {store.path}; run `volviz "
+            f"optimize {store.path} --layers {layer}`" + (f" (layers with results: {', '.join(have)})" if have else "")
+        )
     if not partial and not g.attrs.get("complete", False):
-        raise PreferredError(f"preferred inputs of layer {layer!r} are incomplete (interrupted run); "
-                             f"resume with `volviz optimize {store.path} --layers {layer}`")
+        raise PreferredError(
+            f"preferred inputs of layer {layer!r} are incomplete (interrupted run); "
+            f"resume with `volviz optimize {store.path} --layers {layer}`"
+        )
     return g
 
 
 def preferred_layers(store, complete_only: bool = True) -> list[str]:
     """Layers with preferred inputs (complete ones only, by default), in the model's layer order."""
     st = _store(store)
-    names = [n for n, g in st.results(GROUP).layers().items()
-             if g.attrs.get("prepared", False) and (g.attrs.get("complete", False) or not complete_only)]
+    names = [
+        n
+        for n, g in st.results(GROUP).layers().items()
+        if g.attrs.get("prepared", False) and (g.attrs.get("complete", False) or not complete_only)
+    ]
     order = {n: i for i, n in enumerate(st.layers)}
     return sorted(names, key=lambda n: (order.get(n, len(order)), n))
 
@@ -220,17 +288,33 @@ def preferred_info(store, layer: str, partial: bool = False) -> PreferredInfo:
     search = None
     if "search" in g:
         s = g["search"]
-        search = dict(s.attrs.asdict(), **{k: np.asarray(s[k][:]) for k in ("score", "z", "hf", "beats_real",
-                                                                             "units", "unit_scores") if k in s})
+        search = dict(
+            s.attrs.asdict(),
+            **{k: np.asarray(s[k][:]) for k in ("score", "z", "hf", "beats_real", "units", "unit_scores") if k in s},
+        )
     done = units_done(g)
     act, act0 = np.asarray(g["activation"][:]), np.asarray(g["activation_init"][:])
     act[~done], act0[~done] = np.nan, np.nan
-    return PreferredInfo(layer, at["objective"], at["n_units"], list(at["seeds"]), tuple(at["image_shape"]),
-                         act, act0, np.asarray(g["real_top"][:]), np.asarray(g["real_top_image"][:]),
-                         np.asarray(g["real_mean"][:]), np.asarray(g["scale"][:]), at.get("config", {}),
-                         at.get("settings", {}),
-                         bool(at.get("complete", False)), at.get("summary", {}), search, done,
-                         tuple(at.get("input_shape") or at["image_shape"]))
+    return PreferredInfo(
+        layer,
+        at["objective"],
+        at["n_units"],
+        list(at["seeds"]),
+        tuple(at["image_shape"]),
+        act,
+        act0,
+        np.asarray(g["real_top"][:]),
+        np.asarray(g["real_top_image"][:]),
+        np.asarray(g["real_mean"][:]),
+        np.asarray(g["scale"][:]),
+        at.get("config", {}),
+        at.get("settings", {}),
+        bool(at.get("complete", False)),
+        at.get("summary", {}),
+        search,
+        done,
+        tuple(at.get("input_shape") or at["image_shape"]),
+    )
 
 
 def load_preferred(store, layer: str, partial: bool = False, units=None) -> np.ndarray:
@@ -283,8 +367,9 @@ def as_model_input(images: np.ndarray, input_shape, max_px: int | None = None) -
     return y.numpy().reshape(*lead, a.shape[-3], h, w)
 
 
-def thumbnails(store, layer: str, size: int | None = 64, normalize: str = "per_unit",
-               channels=None, partial: bool = False) -> np.ndarray:
+def thumbnails(
+    store, layer: str, size: int | None = 64, normalize: str = "per_unit", channels=None, partial: bool = False
+) -> np.ndarray:
     """uint8 ``(units, h, w, 3)`` of :func:`best_preferred`, per-unit normalized (see display.py),
     enlarged by nearest neighbour to at least ``size`` pixels (an integer factor; None = as is).
     Images optimized below the model's input size are first shown as the model saw them

@@ -8,6 +8,7 @@ the first chunk not done; since every element's random numbers depend only on it
 the resumed result equals an uninterrupted one. A layer already complete with the same settings is
 skipped.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,7 @@ from volviz.store.store import Store
 
 log = logging.getLogger("volviz.actmax")
 
-__all__ = ["PreferredSettings", "run_preferred", "default_layers", "real_statistics", "build_problem",
-           "prepare_model"]
+__all__ = ["PreferredSettings", "run_preferred", "default_layers", "real_statistics", "build_problem", "prepare_model"]
 
 CONV_OBJECTIVES = ("channel", "centre")
 INITS = ("noise", "mean")
@@ -52,20 +52,20 @@ class PreferredSettings:
     """What ``volviz optimize`` computes. ``signature()`` (all but the last three fields) must match
     for a resume; batch size, device and precision may change between runs."""
 
-    conv_objective: str = "channel"   # channel | centre (flat layers: neuron, or class for the logits)
+    conv_objective: str = "channel"  # channel | centre (flat layers: neuron, or class for the logits)
     seeds: int = 3
     steps: int = 256
-    search: int = 16                  # random-search candidates per layer; 0 = use `config`
+    search: int = 16  # random-search candidates per layer; 0 = use `config`
     search_units: int = 8
-    search_steps: int | None = None   # default: steps
+    search_steps: int | None = None  # default: steps
     hf_weight: float = 1.0
-    param: str = "auto"               # auto (the search tries both) | pixel | fourier
+    param: str = "auto"  # auto (the search tries both) | pixel | fourier
     config: dict = field(default_factory=dict)  # fixed setting / the search's candidate 0
-    init: str = "noise"               # noise (blurred Gaussian) | mean (class mean / top-9 mean)
+    init: str = "noise"  # noise (blurred Gaussian) | mean (class mean / top-9 mean)
     init_std: float = 0.1
     init_blur: float = 1.0
     size: tuple[int, int] | None = None  # optimize at (h, w) below the model input, upsampled for it
-    batch_size: int = 0               # elements per batched run; 0: automatic (speed.auto_batch)
+    batch_size: int = 0  # elements per batched run; 0: automatic (speed.auto_batch)
     device: str = "cpu"
     precision: str = "fp32"
 
@@ -110,6 +110,7 @@ class PreferredSettings:
         """Elements per batched run: ``batch_size``, or automatic for the model's input size (the
         forward pass runs at the input size even when ``size`` is smaller)."""
         from volviz.analysis.actmax.speed import auto_batch
+
         return self.batch_size or auto_batch(input_shape, self.device)
 
 
@@ -140,8 +141,9 @@ def default_layers(store: Store) -> list[str]:
     return [info.name for info in store.plan.layers if info.kind in ("conv", "linear")]
 
 
-def build_problem(model, layer: str, settings: PreferredSettings, store: Store, stats: RealStats,
-                  logits: str | None) -> Problem:
+def build_problem(
+    model, layer: str, settings: PreferredSettings, store: Store, stats: RealStats, logits: str | None
+) -> Problem:
     """The optimization problem of one layer: unit kind, pixel range, colour matrix, the size the
     images are optimized at; batch norms upstream of the layer are folded (``speed.py``)."""
     shape, mean, std = _input_spec(store)
@@ -149,20 +151,40 @@ def build_problem(model, layer: str, settings: PreferredSettings, store: Store, 
     out = probe.out_shape()
     kind = settings.conv_objective if len(out) == 3 else ("class" if layer == logits else "neuron")
     if len(out) not in (1, 3):
-        raise R.PreferredError(f"layer {layer} has output shape {out}; preferred inputs need (C, H, W) "
-                               "or (N,) outputs")
+        raise R.PreferredError(f"layer {layer} has output shape {out}; preferred inputs need (C, H, W) or (N,) outputs")
     if settings.size is not None and (settings.size[0] > shape[1] or settings.size[1] > shape[2]):
-        raise R.PreferredError(f"--size {settings.size[0]} {settings.size[1]} is larger than the model input "
-                               f"{shape[1]} x {shape[2]}; images are optimized at or below the input size")
+        raise R.PreferredError(
+            f"--size {settings.size[0]} {settings.size[1]} is larger than the model input "
+            f"{shape[1]} x {shape[2]}; images are optimized at or below the input size"
+        )
     folded, _ = fold_batchnorm(model, keep={layer})
     colour = colour_matrix(shape[0], stats.cov) if shape[0] > 1 else None
-    return Problem(folded, layer, kind, shape, mean, std, centre=tuple(stats.centre.tolist()),
-                   lo=tuple(np.minimum(stats.lo, 0.0).tolist()), hi=tuple(np.maximum(stats.hi, 1.0).tolist()),
-                   colour=colour, device=settings.device, precision=settings.precision, image_size=settings.size)
+    return Problem(
+        folded,
+        layer,
+        kind,
+        shape,
+        mean,
+        std,
+        centre=tuple(stats.centre.tolist()),
+        lo=tuple(np.minimum(stats.lo, 0.0).tolist()),
+        hi=tuple(np.maximum(stats.hi, 1.0).tolist()),
+        colour=colour,
+        device=settings.device,
+        precision=settings.precision,
+        image_size=settings.size,
+    )
 
 
-def _summary(info_act: np.ndarray, act_init: np.ndarray, top: np.ndarray, mean: np.ndarray,
-             scale: np.ndarray, images_best: np.ndarray, seconds: float) -> dict:
+def _summary(
+    info_act: np.ndarray,
+    act_init: np.ndarray,
+    top: np.ndarray,
+    mean: np.ndarray,
+    scale: np.ndarray,
+    images_best: np.ndarray,
+    seconds: float,
+) -> dict:
     """Fidelity over the units with results (arrays already restricted to them)."""
     best = np.nanmax(info_act, 1)
     return {
@@ -183,27 +205,34 @@ def _summary(info_act: np.ndarray, act_init: np.ndarray, top: np.ndarray, mean: 
 class _Plan:
     layer: str
     problem: Problem
-    units: np.ndarray            # the units asked for
-    pending: np.ndarray          # of those, the ones without results yet
-    group: object | None         # the existing preferred/<layer> group (same settings) or None
+    units: np.ndarray  # the units asked for
+    pending: np.ndarray  # of those, the ones without results yet
+    group: object | None  # the existing preferred/<layer> group (same settings) or None
 
 
 def _same(stored: dict | None, sig: dict) -> list[str]:
     """Names of the settings that differ (keys an older volviz did not write count as defaults)."""
     stored = dict(stored or {})
     defaults = PreferredSettings().signature()
-    return sorted(k for k in set(sig) | set(stored)
-                  if stored.get(k, defaults.get(k)) != sig.get(k, defaults.get(k)))
+    return sorted(k for k in set(sig) | set(stored) if stored.get(k, defaults.get(k)) != sig.get(k, defaults.get(k)))
 
 
 def _unit_spec(units, layer: str):
     return units.get(layer) if isinstance(units, dict) else units
 
 
-def run_preferred(store: Store | str | os.PathLike, layers: list[str] | None = None,
-                  settings: PreferredSettings | None = None, *, overwrite: bool = False,
-                  progress: bool = True, model: torch.nn.Module | None = None,
-                  trust: dict | None = None, units=None, report=None) -> dict[str, dict]:
+def run_preferred(
+    store: Store | str | os.PathLike,
+    layers: list[str] | None = None,
+    settings: PreferredSettings | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    model: torch.nn.Module | None = None,
+    trust: dict | None = None,
+    units=None,
+    report=None,
+) -> dict[str, dict]:
     """Compute and store preferred inputs of ``layers`` (default: :func:`default_layers`).
 
     ``units``: which units (a spec for :func:`~volviz.analysis.actmax.units.parse_units`: ``"0:64"``,
@@ -220,6 +249,7 @@ def run_preferred(store: Store | str | os.PathLike, layers: list[str] | None = N
         layers = default_layers(st)
     else:
         from volviz.capture.layers import select_layers
+
         layers = select_layers(model, layers)
     if report is None and progress:
         report = tqdm.write
@@ -237,11 +267,16 @@ def run_preferred(store: Store | str | os.PathLike, layers: list[str] | None = N
             if diff:
                 raise R.PreferredError(
                     f"layer {layer} already has preferred inputs made with other settings ({', '.join(diff)} "
-                    f"differ); pass --overwrite to replace them")
+                    f"differ); pass --overwrite to replace them"
+                )
             g = R._group(st, layer)
         if g is not None:  # units asked for that have no results yet (none: the layer is skipped)
-            sel = parse_units(_unit_spec(units, layer), int(state["n_units"]), layer=layer,
-                              class_names=st.class_names if state.get("objective") == "class" else None)
+            sel = parse_units(
+                _unit_spec(units, layer),
+                int(state["n_units"]),
+                layer=layer,
+                class_names=st.class_names if state.get("objective") == "class" else None,
+            )
             pending = R.pending_units(g, sel)
             if not len(pending) and state.get("complete"):
                 out[layer] = dict(state.get("summary", {}), skipped=True)
@@ -250,12 +285,17 @@ def run_preferred(store: Store | str | os.PathLike, layers: list[str] | None = N
             stats, logits = real_statistics(st), logits_layer(model, shape, settings.device)
         problem = build_problem(model, layer, settings, st, stats, logits)
         if g is None:
-            sel = parse_units(_unit_spec(units, layer), problem.out_shape()[0], layer=layer,
-                              class_names=st.class_names if problem.kind == "class" else None)
+            sel = parse_units(
+                _unit_spec(units, layer),
+                problem.out_shape()[0],
+                layer=layer,
+                class_names=st.class_names if problem.kind == "class" else None,
+            )
             pending = sel
         if g is not None and int(g.attrs.get("format", 1)) < 2:
-            raise R.PreferredError(f"layer {layer} holds an interrupted run of an older volviz; pass "
-                                   "--overwrite to recompute it")
+            raise R.PreferredError(
+                f"layer {layer} holds an interrupted run of an older volviz; pass --overwrite to recompute it"
+            )
         plans.append(_Plan(layer, problem, sel, pending, g))
     if report is not None and plans:
         project(plans, settings, shape, report)
@@ -268,8 +308,9 @@ def run_preferred(store: Store | str | os.PathLike, layers: list[str] | None = N
     return {n: out[n] for n in layers}
 
 
-def _run_layer(st: Store, plan: _Plan, settings: PreferredSettings, stats: RealStats, seeds: list[int],
-               bar, shape, overwrite: bool) -> dict:
+def _run_layer(
+    st: Store, plan: _Plan, settings: PreferredSettings, stats: RealStats, seeds: list[int], bar, shape, overwrite: bool
+) -> dict:
     t0 = time.perf_counter()
     layer, problem = plan.layer, plan.problem
     n_units = problem.out_shape()[0]
@@ -285,24 +326,48 @@ def _run_layer(st: Store, plan: _Plan, settings: PreferredSettings, stats: RealS
     if settings.init == "mean":
         values, idx = real_values(problem, st)
     for first in range(0, len(plan.pending), per_run):
-        chunk = plan.pending[first:first + per_run]
+        chunk = plan.pending[first : first + per_run]
         units = np.repeat(chunk, len(seeds))
-        base = None if values is None else np.repeat(_base_images(problem, stats, values, idx, st, chunk),
-                                                     len(seeds), axis=0)
-        res = optimize_batch(problem, units, np.tile(seeds, len(chunk)), cfg, settings.steps,
-                             scale=scale[units], base=base, init_std=settings.init_std,
-                             init_blur=settings.init_blur, callback=bar.stepper(len(chunk), settings.steps))
+        base = (
+            None
+            if values is None
+            else np.repeat(_base_images(problem, stats, values, idx, st, chunk), len(seeds), axis=0)
+        )
+        res = optimize_batch(
+            problem,
+            units,
+            np.tile(seeds, len(chunk)),
+            cfg,
+            settings.steps,
+            scale=scale[units],
+            base=base,
+            init_std=settings.init_std,
+            init_blur=settings.init_blur,
+            callback=bar.stepper(len(chunk), settings.steps),
+        )
         s = len(seeds)
-        R.write_units(g, chunk, res.images.reshape(len(chunk), s, *res.images.shape[1:]),
-                      res.activation.reshape(-1, s), res.activation_init.reshape(-1, s))
+        R.write_units(
+            g,
+            chunk,
+            res.images.reshape(len(chunk), s, *res.images.shape[1:]),
+            res.activation.reshape(-1, s),
+            res.activation_init.reshape(-1, s),
+        )
         bar.finish_batch()
     done = R.units_done(g)
     act = np.asarray(g["activation"][:])[done]
     act0 = np.asarray(g["activation_init"][:])[done]
     imgs = np.asarray(g["images"].get_orthogonal_selection((np.flatnonzero(done),)), dtype=np.float32)
     best = imgs[np.arange(len(imgs)), np.nanargmax(act, 1)]
-    summary = _summary(act, act0, np.asarray(g["real_top"][:])[done], np.asarray(g["real_mean"][:])[done],
-                       scale[done], best, time.perf_counter() - t0)
+    summary = _summary(
+        act,
+        act0,
+        np.asarray(g["real_top"][:])[done],
+        np.asarray(g["real_mean"][:])[done],
+        scale[done],
+        best,
+        time.perf_counter() - t0,
+    )
     summary["objective"] = problem.kind
     if done.sum() < n_units:
         summary["of_units"] = int(n_units)
@@ -310,8 +375,17 @@ def _run_layer(st: Store, plan: _Plan, settings: PreferredSettings, stats: RealS
     return summary
 
 
-def _prepare(st: Store, layer: str, problem: Problem, n_units: int, settings: PreferredSettings,
-             stats: RealStats, seeds: list[int], bar, selected: np.ndarray) -> object:
+def _prepare(
+    st: Store,
+    layer: str,
+    problem: Problem,
+    n_units: int,
+    settings: PreferredSettings,
+    stats: RealStats,
+    seeds: list[int],
+    bar,
+    selected: np.ndarray,
+) -> object:
     values, idx = real_values(problem, st)
     top, mean = values.max(0), values.mean(0)
     spread = top - mean
@@ -329,22 +403,50 @@ def _prepare(st: Store, layer: str, problem: Problem, n_units: int, settings: Pr
         sub = selected[search_units(len(selected), settings.search_units)]
         base = _base_images(problem, stats, values, idx, st, sub) if settings.init == "mean" else None
         steps = settings.search_steps or settings.steps
-        n_batches = sum(-(-(len(sub) * sum(c.param == k for c in configs)) // batch)
-                        for k in {c.param for c in configs})
-        search = random_search(problem, sub, configs, steps,
-                               offset=mean[sub], scale=scale[sub], top=top[sub], hf_weight=settings.hf_weight,
-                               batch_size=batch, base=base, init_std=settings.init_std,
-                               init_blur=settings.init_blur, callback=bar.search_steps(n_batches * steps))
+        n_batches = sum(
+            -(-(len(sub) * sum(c.param == k for c in configs)) // batch) for k in {c.param for c in configs}
+        )
+        search = random_search(
+            problem,
+            sub,
+            configs,
+            steps,
+            offset=mean[sub],
+            scale=scale[sub],
+            top=top[sub],
+            hf_weight=settings.hf_weight,
+            batch_size=batch,
+            base=base,
+            init_std=settings.init_std,
+            init_blur=settings.init_blur,
+            callback=bar.search_steps(n_batches * steps),
+        )
         cfg = search.best_config
         log.info("layer %s search:\n%s", layer, search.table())
         bar.bar.set_postfix_str("")
         bar.set_description(f"optimize {layer}")
     chunk = R.chunk_units_for(len(seeds), problem.opt_shape, max(1, batch // len(seeds)))
-    meta = {"objective": problem.kind, "seeds": seeds, "steps": settings.steps,
-            "settings": settings.signature(), "model": st.plan.model.spec,
-            "input_shape": list(problem.input_shape),
-            "search_units": None if search is None else search.units.tolist()}
-    return R.prepare_layer(st, layer, meta=meta, n_units=n_units, n_seeds=len(seeds),
-                           image_shape=problem.opt_shape, chunk_units=chunk, real_top=top,
-                           real_top_image=top_image, real_mean=mean, scale=scale, search=search,
-                           config=cfg.to_dict())
+    meta = {
+        "objective": problem.kind,
+        "seeds": seeds,
+        "steps": settings.steps,
+        "settings": settings.signature(),
+        "model": st.plan.model.spec,
+        "input_shape": list(problem.input_shape),
+        "search_units": None if search is None else search.units.tolist(),
+    }
+    return R.prepare_layer(
+        st,
+        layer,
+        meta=meta,
+        n_units=n_units,
+        n_seeds=len(seeds),
+        image_shape=problem.opt_shape,
+        chunk_units=chunk,
+        real_top=top,
+        real_top_image=top_image,
+        real_mean=mean,
+        scale=scale,
+        search=search,
+        config=cfg.to_dict(),
+    )

@@ -23,6 +23,7 @@ so a candidate replaces the default only when it beats it *significantly*: its m
 difference over the evaluated units exceeds twice that difference's standard error. Among those,
 the highest score wins; when none qualifies, the default is kept (and the table says so).
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,15 @@ import numpy as np
 from volviz.analysis.actmax.optimize import Config, Problem, optimize_batch
 from volviz.analysis.actmax.param import PARAM_KINDS
 
-__all__ = ["SearchResult", "high_frequency_fraction", "slog", "score_images", "sample_configs", "random_search",
-           "search_units"]
+__all__ = [
+    "SearchResult",
+    "high_frequency_fraction",
+    "slog",
+    "score_images",
+    "sample_configs",
+    "random_search",
+    "search_units",
+]
 
 
 def high_frequency_fraction(images: np.ndarray, cutoff: float = 0.25) -> np.ndarray:
@@ -60,12 +68,14 @@ def slog(z):
     return np.sign(z) * np.log1p(np.abs(z))
 
 
-def score_images(activation: np.ndarray, offset: np.ndarray, scale: np.ndarray, images: np.ndarray,
-                 hf_weight: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def score_images(
+    activation: np.ndarray, offset: np.ndarray, scale: np.ndarray, images: np.ndarray, hf_weight: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-element ``(score, z, hf)``: ``z = (activation - offset) / scale`` (offset = the real
     images' mean, scale = top - mean) and ``score = slog(z) - hf_weight * hf``."""
-    z = (np.asarray(activation, dtype=np.float64) - np.asarray(offset, dtype=np.float64)) / \
-        np.asarray(scale, dtype=np.float64)
+    z = (np.asarray(activation, dtype=np.float64) - np.asarray(offset, dtype=np.float64)) / np.asarray(
+        scale, dtype=np.float64
+    )
     hf = high_frequency_fraction(images)
     return slog(z) - hf_weight * hf, z, hf
 
@@ -74,8 +84,9 @@ def _loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
-def sample_configs(n: int, rng: np.random.Generator, image_size: tuple[int, int],
-                   params=PARAM_KINDS, base: Config | None = None) -> list[Config]:
+def sample_configs(
+    n: int, rng: np.random.Generator, image_size: tuple[int, int], params=PARAM_KINDS, base: Config | None = None
+) -> list[Config]:
     """``n`` settings: ``base`` (default :class:`Config`) first, then draws from the prior.
 
     Prior (independent): param uniform over ``params``; lr log-uniform [0.01, 0.3]; l2_decay 0 with
@@ -90,17 +101,19 @@ def sample_configs(n: int, rng: np.random.Generator, image_size: tuple[int, int]
     jmax = max(1, round(min(image_size) / 16))
     out = [base]
     while len(out) < n:
-        out.append(Config(
-            param=str(params[rng.integers(len(params))]),
-            lr=_loguniform(rng, 0.01, 0.3),
-            l2_decay=0.0 if rng.random() < 1 / 3 else _loguniform(rng, 1e-4, 3e-2),
-            l1=0.0 if rng.random() < 1 / 2 else _loguniform(rng, 1e-3, 1.0),
-            tv=0.0 if rng.random() < 1 / 3 else _loguniform(rng, 1e-3, 1.0),
-            blur_every=int(rng.choice([0, 2, 4, 8, 16])),
-            blur_sigma=_loguniform(rng, 0.3, 1.5),
-            jitter=int(rng.integers(0, jmax + 1)),
-            clip=base.clip,
-        ))
+        out.append(
+            Config(
+                param=str(params[rng.integers(len(params))]),
+                lr=_loguniform(rng, 0.01, 0.3),
+                l2_decay=0.0 if rng.random() < 1 / 3 else _loguniform(rng, 1e-4, 3e-2),
+                l1=0.0 if rng.random() < 1 / 2 else _loguniform(rng, 1e-3, 1.0),
+                tv=0.0 if rng.random() < 1 / 3 else _loguniform(rng, 1e-3, 1.0),
+                blur_every=int(rng.choice([0, 2, 4, 8, 16])),
+                blur_sigma=_loguniform(rng, 0.3, 1.5),
+                jitter=int(rng.integers(0, jmax + 1)),
+                clip=base.clip,
+            )
+        )
     return out[:n]
 
 
@@ -114,11 +127,11 @@ def search_units(n_units: int, k: int) -> np.ndarray:
 @dataclass
 class SearchResult:
     configs: list[Config]
-    score: np.ndarray      # (N,) mean score over the evaluated units
-    z: np.ndarray          # (N,) mean normalized activation (1 = the top real image)
-    hf: np.ndarray         # (N,) mean high-frequency fraction
+    score: np.ndarray  # (N,) mean score over the evaluated units
+    z: np.ndarray  # (N,) mean normalized activation (1 = the top real image)
+    hf: np.ndarray  # (N,) mean high-frequency fraction
     beats_real: np.ndarray  # (N,) fraction of evaluated units whose image beat every real image
-    units: np.ndarray      # the evaluated units
+    units: np.ndarray  # the evaluated units
     steps: int
     hf_weight: float
     unit_scores: np.ndarray | None = None  # (N, k) score per candidate and evaluated unit
@@ -150,16 +163,30 @@ class SearchResult:
         for i in order:
             c = self.configs[i]
             mark = "*" if i == self.best else ("+" if sig[i] else " ")
-            rows.append(f"{mark}{i:>2} {self.score[i]:7.3f} {self.z[i]:7.2f} {self.hf[i]:5.2f} "
-                        f"{self.beats_real[i]:5.2f}  {c.param} lr={c.lr:.3g} l2={c.l2_decay:.2g} "
-                        f"l1={c.l1:.2g} tv={c.tv:.2g} blur={c.blur_sigma:.2g}/{c.blur_every} jit={c.jitter}")
+            rows.append(
+                f"{mark}{i:>2} {self.score[i]:7.3f} {self.z[i]:7.2f} {self.hf[i]:5.2f} "
+                f"{self.beats_real[i]:5.2f}  {c.param} lr={c.lr:.3g} l2={c.l2_decay:.2g} "
+                f"l1={c.l1:.2g} tv={c.tv:.2g} blur={c.blur_sigma:.2g}/{c.blur_every} jit={c.jitter}"
+            )
         rows.append("* chosen (+ significantly better than the default #0; without one, #0 is kept)")
         return "\n".join(rows)
 
 
-def random_search(problem: Problem, units, configs: list[Config], steps: int, *, offset, scale,
-                  top=None, hf_weight: float = 1.0, seed: int = 0, batch_size: int = 512, base=None,
-                  **kw) -> SearchResult:
+def random_search(
+    problem: Problem,
+    units,
+    configs: list[Config],
+    steps: int,
+    *,
+    offset,
+    scale,
+    top=None,
+    hf_weight: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 512,
+    base=None,
+    **kw,
+) -> SearchResult:
     """Evaluate every config on every unit in ``units`` (seed ``seed``), batched.
 
     ``offset``/``scale``/``top``/``base``: per evaluated unit: the real images' mean activation,
@@ -177,14 +204,20 @@ def random_search(problem: Problem, units, configs: list[Config], steps: int, *,
         idx = [i for i, c in enumerate(configs) if c.param == kind]
         pairs = [(i, j) for i in idx for j in range(k)]
         for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start:start + batch_size]
+            chunk = pairs[start : start + batch_size]
             ci = np.array([p[0] for p in chunk])
             uj = np.array([p[1] for p in chunk])
-            res = optimize_batch(problem, units[uj], np.full(len(chunk), seed), [configs[i] for i in ci],
-                                 steps, scale=scale[uj],
-                                 base=None if base is None else np.asarray(base)[uj], **kw)
+            res = optimize_batch(
+                problem,
+                units[uj],
+                np.full(len(chunk), seed),
+                [configs[i] for i in ci],
+                steps,
+                scale=scale[uj],
+                base=None if base is None else np.asarray(base)[uj],
+                **kw,
+            )
             s, zz, h = score_images(res.activation, offset[uj], scale[uj], res.images, hf_weight)
             score[ci, uj], z[ci, uj], hf[ci, uj] = s, zz, h
             beats[ci, uj] = res.activation > top[uj]
-    return SearchResult(configs, score.mean(1), z.mean(1), hf.mean(1), beats.mean(1), units, steps,
-                        hf_weight, score)
+    return SearchResult(configs, score.mean(1), z.mean(1), hf.mean(1), beats.mean(1), units, steps, hf_weight, score)

@@ -11,6 +11,7 @@
 * :func:`time_first_step` times one optimization step on a small batch, the base of the
   projected time ``volviz optimize`` prints before it starts.
 """
+
 from __future__ import annotations
 
 import copy
@@ -46,9 +47,14 @@ def _pairs(model: nn.Module) -> list[tuple[str, str]]:
         if node.op != "call_module" or not isinstance(mods.get(node.target), nn.BatchNorm2d):
             continue
         src = node.args[0] if node.args else None
-        if (isinstance(src, torch.fx.Node) and src.op == "call_module"
-                and isinstance(mods.get(src.target), nn.Conv2d) and len(src.users) == 1
-                and calls[src.target] == 1 and calls[node.target] == 1):
+        if (
+            isinstance(src, torch.fx.Node)
+            and src.op == "call_module"
+            and isinstance(mods.get(src.target), nn.Conv2d)
+            and len(src.users) == 1
+            and calls[src.target] == 1
+            and calls[node.target] == 1
+        ):
             out.append((src.target, node.target))
     return out
 
@@ -62,8 +68,11 @@ def fold_batchnorm(model: nn.Module, keep=()) -> tuple[nn.Module, int]:
         return model, 0
     keep = set(keep)
     mods = dict(model.named_modules())
-    pairs = [(c, b) for c, b in _pairs(model) if c not in keep and b not in keep
-             and mods[b].track_running_stats and mods[b].running_mean is not None]
+    pairs = [
+        (c, b)
+        for c, b in _pairs(model)
+        if c not in keep and b not in keep and mods[b].track_running_stats and mods[b].running_mean is not None
+    ]
     if not pairs:
         return model, 0
     folded = copy.deepcopy(model)
@@ -71,8 +80,11 @@ def fold_batchnorm(model: nn.Module, keep=()) -> tuple[nn.Module, int]:
     with torch.no_grad():
         for conv_name, bn_name in pairs:
             conv, bn = fm[conv_name], fm[bn_name]
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else \
-                1.0 / torch.sqrt(bn.running_var + bn.eps)
+            scale = (
+                bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                if bn.affine
+                else 1.0 / torch.sqrt(bn.running_var + bn.eps)
+            )
             shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
             w = conv.weight * scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype)
             b0 = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
@@ -100,8 +112,7 @@ def time_first_step(problem, units, seeds, config, *, scale=None) -> float:
 
     marks: list[float] = []
     t0 = time.perf_counter()
-    optimize_batch(problem, units, seeds, config, 2, scale=scale,
-                   callback=lambda t: marks.append(time.perf_counter()))
+    optimize_batch(problem, units, seeds, config, 2, scale=scale, callback=lambda t: marks.append(time.perf_counter()))
     if len(marks) < 2:
         return max(marks[0] - t0, 1e-9) if marks else 0.0
     return max(marks[1] - marks[0], 1e-9)

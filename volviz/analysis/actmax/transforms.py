@@ -11,6 +11,7 @@ regularization settings at once. Nothing here loops over batch elements.
 * :func:`element_rngs`: one numpy generator per (seed, unit) so that every random number an
   element sees depends only on its own seed and unit, never on which batch it runs in.
 """
+
 from __future__ import annotations
 
 import math
@@ -87,8 +88,9 @@ def gaussian_blur(x: torch.Tensor, sigma, max_sigma: float | None = None) -> tor
     return y.reshape(b, c, h, w)
 
 
-def blurred_noise(rngs: list[np.random.Generator], shape: tuple[int, int, int], std: float = 0.1,
-                  sigma: float = 1.0) -> torch.Tensor:
+def blurred_noise(
+    rngs: list[np.random.Generator], shape: tuple[int, int, int], std: float = 0.1, sigma: float = 1.0
+) -> torch.Tensor:
     """``(B, C, H, W)`` Gaussian noise from each element's generator, blurred with ``sigma``
     pixels, then rescaled so that every element has standard deviation ``std`` again (the blur
     alone would shrink it by a size-dependent factor)."""

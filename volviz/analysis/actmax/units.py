@@ -14,6 +14,7 @@ The result is sorted and without repeats. Anything that selects no unit, an inde
 or an unknown name raises :class:`~volviz.errors.PreferredError` naming the layer (the CLI prints
 it as one line).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -86,7 +87,8 @@ def parse_units(spec, n_units: int, *, layer: str = "", class_names: list[str] |
         if not class_names:
             raise PreferredError(
                 f"--units {piece!r} is not an index or a range, and{where or ' this layer'} has no class "
-                "names (names select class units of the model's output layer)")
+                "names (names select class units of the model's output layer)"
+            )
         hits = _names(piece, class_names)
         if not hits:
             close = difflib.get_close_matches(piece, class_names, n=3, cutoff=0.6)
