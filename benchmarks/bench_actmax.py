@@ -30,6 +30,8 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run)
+
 from volviz.analysis.actmax.optimize import Config, Problem, optimize_batch  # noqa: E402
 from volviz.analysis.actmax.run import prepare_model  # noqa: E402
 
@@ -92,16 +94,6 @@ def load(model_name: str, size: int | None, device: str):
     c, h, w = loaded.input_size
     shape = (c, size, size) if size else (c, h, w)
     return prepare_model(loaded.module, device), shape, loaded.mean, loaded.std, note
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def kind_of(problem_out_shape) -> str:

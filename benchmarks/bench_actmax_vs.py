@@ -38,6 +38,8 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run)
+
 from volviz.analysis.actmax.optimize import Config, Problem, optimize_batch  # noqa: E402
 from volviz.analysis.actmax.run import prepare_model  # noqa: E402
 from volviz.analysis.actmax.speed import auto_batch, fold_batchnorm  # noqa: E402
@@ -242,7 +244,7 @@ def main(argv=None) -> int:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
-        "cpu": _cpu(),
+        "cpu": cpu_name(),
         "lucent": _lucent_version() if lu else None,
         "real_images": int(len(real)),
     }
@@ -268,16 +270,6 @@ def main(argv=None) -> int:
     out.write_text(json.dumps({"part": a.part, "env": env, "rows": rows}, indent=1))
     print(f"wrote {out}")
     return 0
-
-
-def _cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _lucent_version() -> str | None:

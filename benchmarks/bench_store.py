@@ -29,6 +29,7 @@ import time
 
 import numpy as np
 import torch
+from machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -105,7 +106,7 @@ def main() -> int:
             layout.MAX_SHARD_ROWS = keep
         res = {
             "machine": platform.processor() or platform.machine(),
-            "cpu": _cpu(),
+            "cpu": cpu_name(),
             "load_avg": os.getloadavg(),
             "threads": a.threads,
             "images": a.images,
@@ -129,16 +130,6 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
-
-
-def _cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":
