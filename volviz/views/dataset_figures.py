@@ -136,12 +136,19 @@ def embedding_figure(
     dims = coords.shape[1]
     fig = plt.figure(figsize=(9, 8))
     ax = fig.add_subplot(111, projection="3d" if dims == 3 else None)
-    pts = coords.T if dims == 3 else coords.T[:2]
-    ax.scatter(*pts, c=cols, s=14 if dims == 3 else 16, linewidths=0)
+    # the points that matter are drawn last, on top: misclassified ones, the least confident ones
+    order = (
+        np.argsort(values, kind="stable")
+        if kind == "wrong"
+        else (np.argsort(-values, kind="stable") if kind == "prob" else np.arange(len(coords)))
+    )
+    size = np.where(values[order], 40, 14) if kind == "wrong" else np.full(len(order), 14 if dims == 3 else 16)
+    ax.scatter(*coords[order].T[:dims], c=cols[order], s=size, linewidths=0)
     if dims == 2 and pixels is not None and len(coords):
         from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
-        pick = _spread(coords, thumbs)
+        # misclassified: show those images; otherwise images spread over the map
+        pick = np.flatnonzero(values)[:thumbs] if kind == "wrong" else _spread(coords, thumbs)
         ims = pixels(table["rows"][pick]) if callable(pixels) else np.asarray(pixels)[pick]
         zoom = 0.75 * 28 / max(ims.shape[-2:])  # about 30 px on the figure, whatever the image size
         for j, i in enumerate(pick):
