@@ -158,3 +158,12 @@ def test_train_demo_one_epoch_writes_everything(tmp_path):
     pngs = sorted((tmp_path / "digits" / "test").glob("*/*.png"))
     assert len(pngs) == 200
     assert {p.parent.name for p in pngs} == set(DEMO_INFO["digits"].class_names)
+
+
+def test_export_digits_writes_the_held_out_split(tmp_path):
+    from volviz.cli import main
+
+    assert main(["export-digits", str(tmp_path / "d"), "--per-class", "2"]) == 0
+    files = sorted(p.relative_to(tmp_path / "d").parts[0] for p in (tmp_path / "d").rglob("*.png"))
+    assert len(files) == 20 and sorted(set(files)) == [str(k) for k in range(10)]
+    assert main(["export-digits", str(tmp_path / "d")]) == 2  # not empty: refused, nothing overwritten

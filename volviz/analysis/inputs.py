@@ -118,7 +118,9 @@ def export_digits_test(out, per_class: int = 100, seed: int | None = None) -> in
     if seed is None:
         metrics = demo.demo_metrics_path("digits")
         seed = json.loads(metrics.read_text()).get("seed", 0) if metrics.exists() else 0
-    split = demo.digits_split(int(seed))
+    from volviz.sources.demo_data import digits_split
+
+    split = digits_split(int(seed))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=".digits-", dir=out.parent))
     try:
