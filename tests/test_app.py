@@ -1,5 +1,6 @@
 """The explorer app driven in-process, as trame drives it: ``state.ready()``, set state keys,
 ``state.flush()`` (change handlers run synchronously), then look at the VTK scene."""
+
 from __future__ import annotations
 
 import asyncio
@@ -50,8 +51,9 @@ def make_app(tmp_path, can_render):
         # the tiny stores are captured from `helpers:tiny_cnn`: like `volviz serve --trust-factory`
         kw.setdefault("trust", {"trust_factory": True})
         server = get_server(f"test-{uuid.uuid4().hex[:8]}", client_type="vue3")
-        app = Explorer([str(p) for p in paths], server=server, record_dir=tmp_path / "rec",
-                       window_size=(320, 240), **kw)
+        app = Explorer(
+            [str(p) for p in paths], server=server, record_dir=tmp_path / "rec", window_size=(320, 240), **kw
+        )
         app.state.ready()
         apps.append(app)
         return app
@@ -59,6 +61,11 @@ def make_app(tmp_path, can_render):
     yield make
     for app in apps:
         app.close()
+
+
+def _store_id(app, path) -> str:
+    """The store picker's id of the store at ``path`` (the page never sees paths)."""
+    return app.catalog.store_id(path)
 
 
 def _set(app, **changes):
@@ -93,8 +100,7 @@ def test_slider_updates_scalars_in_place_reading_one_chunk(make_app, stores):
     reads = []  # store reads in the foreground (the prefetcher reads in its own thread)
     real_read = pane.store.read
     main_thread = threading.current_thread()
-    pane.store.read = lambda *a: (threading.current_thread() is main_thread and reads.append(a)) \
-        or real_read(*a)
+    pane.store.read = lambda *a: (threading.current_thread() is main_thread and reads.append(a)) or real_read(*a)
     app.volume.prefetcher.wait()
     app.volume.cache.clear()  # nothing prefetched yet: the step itself must read its chunk
 
@@ -128,6 +134,7 @@ def test_layer_quantity_and_order_change_the_scene(make_app, stores):
 
     _set(app, **{S.V_ORDER: "pca", S.V_FIT: "image"})
     from volviz.views.source import LayerVolumeSource
+
     expect = LayerVolumeSource(store).get("conv3", "activation", 0, "pca", "image")
     np.testing.assert_array_equal(pane.scene.order, expect.order)
     assert "pca (per image)" in pane.scene.title_text
@@ -201,13 +208,16 @@ def test_neuron_panels_and_sorted_neurons(make_app, stores):
 
 def test_sorted_neurons_on_a_chain_and_on_a_missing_path():
     import torch
+
     model = torch.nn.Sequential()
     model.add_module("a", torch.nn.Linear(5, 4))
     model.add_module("b", torch.nn.Linear(4, 3))
     model.add_module("c", torch.nn.Linear(3, 2))
     from volviz.store.store import LayerInfo
-    layers = {n: LayerInfo(n, "linear", "Linear", (m.out_features,), tuple(m.weight.shape))
-              for n, m in model.named_children()}
+
+    layers = {
+        n: LayerInfo(n, "linear", "Linear", (m.out_features,), tuple(m.weight.shape)) for n, m in model.named_children()
+    }
     w, note = class_weights(model, layers, "a", 2)
     np.testing.assert_allclose(w, (model.c.weight @ model.b.weight).detach().numpy(), rtol=1e-5)
     assert "linear approximation" in note
@@ -252,11 +262,24 @@ def test_recording_goes_on_when_the_browser_leaves_and_can_be_cancelled(make_app
     asyncio.run(run(cancel=False))
     assert "writing goes on" in caplog.text
     assert app.state[S.R_STATUS].startswith("wrote") and not app.state[S.R_BUSY]
-    assert len(iio.imread(app.state[S.R_FILE], index=None)) == 5
+    assert len(iio.imread(app.recorder.last_file, index=None)) == 5
     before = sorted(app.record_dir.iterdir())
     asyncio.run(run(cancel=True))
     assert app.state[S.R_STATUS] == "recording stopped: recording cancelled"
     assert sorted(app.record_dir.iterdir()) == before, "a cancelled recording left a file"
+
+
+def test_a_recording_is_bounded_in_frames_and_length(make_app, stores):
+    from volviz.app.rules import MAX_RECORD_FRAMES
+
+    app = make_app([stores[0]])
+    before = sorted(app.record_dir.iterdir())
+    _set(app, **{S.R_MODE: "rotate", S.R_FRAMES: 100_000})  # in-process: no client guard in the way
+    app.recorder.start()
+    assert f"at most {MAX_RECORD_FRAMES} frames" in app.state[S.R_STATUS] and not app.recorder.job.running
+    with pytest.raises(ValueError, match="at most"):
+        app.recorder.record("rotate")
+    assert sorted(app.record_dir.iterdir()) == before
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "newer", "nothing-captured"])
@@ -271,16 +294,21 @@ def test_bad_stores_are_shown_in_the_page_and_the_app_goes_on(make_app, stores, 
             (bad / "manifest.json").write_text(json.dumps(dict(m, format_version=99)))
         else:
             import zarr
+
             zarr.open_group(str(bad), mode="r+")["done"][:] = False
-    app = make_app([bad])
+    app = make_app([bad], roots=[stores[0].parent])  # the good stores are offered by --root
     err = app.state["p0_error"]
-    expect = {"missing": "no store at", "empty": "not a volviz store", "newer": "newer volviz",
-              "nothing-captured": "holds no captured image yet"}[case]
-    assert expect in err and str(bad) in err
+    expect = {
+        "missing": "no store at",
+        "empty": "not a volviz store",
+        "newer": "newer volviz",
+        "nothing-captured": "holds no captured image yet",
+    }[case]
+    assert expect in err and bad.name in err and str(bad) not in err  # named, never its server path
     assert app.panes[0].scene is None and app.state[S.APP_READY]
     _set(app, **{S.T_INDEX: 3, S.V_ORDER: "pca"})  # nothing to show: no crash
     # pick a good store: the error goes, the volume comes
-    _set(app, p0_store=str(stores[0]))
+    _set(app, p0_store=_store_id(app, stores[0]))
     assert app.state["p0_error"] == "" and app.panes[0].scene is not None
     assert app.panes[0].layer == "conv1"
 
@@ -308,8 +336,8 @@ def test_two_stores_side_by_side_move_together(make_app, stores):
     assert not np.array_equal(va, a.scene._values) and not np.array_equal(vb, b.scene._values)
     _set(app, p1_layer="conv2")  # each pane has its own layer
     assert a.layer == "conv1" and b.layer == "conv2"
-    picker = [it["value"] for it in app.state[S.APP_STORES]]
-    assert str(stores[0].resolve()) in picker and str(stores[1].resolve()) in picker
+    picker = {it["title"]: it["value"] for it in app.state[S.APP_STORES]}  # names and ids, no paths
+    assert set(picker) == {stores[0].name, stores[1].name} and [a.store_id, b.store_id] == list(picker.values())
 
 
 def test_coalescer_draws_only_the_latest_position():
@@ -334,6 +362,7 @@ def test_background_job_reports_progress_stops_and_delivers_on_the_main_loop():
     import time
 
     from volviz.app.jobs import BackgroundJob
+
     state = get_server(f"job-{uuid.uuid4().hex[:8]}", client_type="vue3").state
     state.update({"busy": False, "progress": 0, "status": ""})
     state.ready()
@@ -347,8 +376,11 @@ def test_background_job_reports_progress_stops_and_delivers_on_the_main_loop():
         return threading.current_thread() is not main_thread
 
     async def run(stop: bool):
-        assert job.start(work, done=lambda r: seen.append((r, threading.current_thread() is main_thread)),
-                         describe=lambda k, n: f"{k}/{n}")
+        assert job.start(
+            work,
+            done=lambda r: seen.append((r, threading.current_thread() is main_thread)),
+            describe=lambda k, n: f"{k}/{n}",
+        )
         assert state["busy"] and not job.start(work, done=seen.append)  # one run at a time
         if stop:
             await asyncio.sleep(0.03)
@@ -379,6 +411,7 @@ def test_serve_command_line(capsys):
     assert "--host" in out and "--port" in out and "side by side" in out
     assert "--trust-pickle" in out and "--trust-factory" in out and "--allow-outside" in out
     from volviz.app.server import is_loopback
+
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
 
@@ -386,11 +419,13 @@ def test_serve_command_line(capsys):
 # ----------------------------------------------------------------------------- issues 4 and 5 in the app
 def _png(url: str) -> np.ndarray:
     import base64
+
     return iio.imread(base64.b64decode(url.split(",", 1)[1]), extension=".png")
 
 
 def test_importance_panel_matches_importance_from_store(make_app, stores, monkeypatch):
     import volviz.analysis.importance as imp
+
     app = make_app([stores[0]])
     pane, st = app.panes[0], app.state
     calls = []
@@ -424,6 +459,7 @@ def test_saliency_switch_overlays_the_map_of_the_predicted_class(make_app, store
     import torch
 
     from volviz.analysis.saliency import overlay
+
     app = make_app([stores[0]])
     pane, st = app.panes[0], app.state
     _set(app, **{S.T_INDEX: 2})
@@ -447,14 +483,35 @@ def test_saliency_switch_overlays_the_map_of_the_predicted_class(make_app, store
 
 def test_preferred_inputs_panel(make_app, stores, tmp_path):
     from volviz.analysis.actmax.results import thumbnails
+
     s = tmp_path / "s"
     shutil.copytree(stores[0], s)
     app = make_app([s])
     pane, st = app.panes[0], app.state
     _set(app, **{S.PANEL_TAB: "preferred"})
-    assert st["p0_panel"] == "" and f"volviz optimize {s}" in st["p0_panel_note"]
-    assert main(["optimize", "--trust-factory", str(s), "--layers", "conv1", "--seeds", "1", "--steps", "6",
-                 "--search", "0", "--quiet", "--threads", "1"]) == 0
+    assert st["p0_panel"] == "" and f"volviz optimize {s.name}" in st["p0_panel_note"]  # by name, not path
+    assert str(s) not in st["p0_panel_note"]
+    assert (
+        main(
+            [
+                "optimize",
+                "--trust-factory",
+                str(s),
+                "--layers",
+                "conv1",
+                "--seeds",
+                "1",
+                "--steps",
+                "6",
+                "--search",
+                "0",
+                "--quiet",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     _set(app, **{S.PANEL_TAB: "maps"})
     _set(app, **{S.PANEL_TAB: "preferred"})  # the results appear without restarting the app
     tiles = thumbnails(pane.store, "conv1", size=None)
@@ -468,6 +525,7 @@ def test_graph_tab_follows_the_slider_in_place(make_app, stores):
     from volviz.analysis.importance import importance_from_store
     from volviz.analysis.network_graph import unit_responses
     from volviz.app.graph_tab import importance_sizes
+
     app = make_app([stores[0]])
     pane, st, tab = app.panes[0], app.state, app.tabs["graph"]
     _set(app, **{S.T_INDEX: 1})
@@ -497,7 +555,7 @@ def test_graph_tab_follows_the_slider_in_place(make_app, stores):
     for k in tab.units:
         np.testing.assert_allclose(sc.values[k], want[k], rtol=1e-6)
     off = sc.offsets["conv1"]
-    np.testing.assert_allclose(sc.unit_scale[off:off + 4], importance_sizes(want)["conv1"], rtol=1e-6)
+    np.testing.assert_allclose(sc.unit_scale[off : off + 4], importance_sizes(want)["conv1"], rtol=1e-6)
     assert sc.nodes_mesh is nodes and not np.allclose(np.array(nodes.points), pts)
     _set(app, **{S.G_SIZE: False, S.G_COLOR: "response"})
     np.testing.assert_allclose(np.array(nodes.points), pts)
@@ -515,6 +573,7 @@ def test_class_groups_order_plays_the_groups_with_one_colour_scale(make_app, sto
     from volviz.analysis.class_groups import class_groups_from_store, group_gradients
     from volviz.app.analysis_panels import model_input
     from volviz.views.volume import weight_volume
+
     app = make_app([stores[0]])
     pane, st = app.panes[0], app.state
     _set(app, **{S.T_SORT: S.GROUPS, S.T_GROUP_CLASS: 0, S.T_GROUP_N: 1})
@@ -538,47 +597,68 @@ def test_class_groups_order_plays_the_groups_with_one_colour_scale(make_app, sto
         np.testing.assert_allclose(pane.scene.displayed, weight_volume(gg.arrays[pos]), rtol=1e-5, atol=1e-7)
         assert pane.scene.clim == pytest.approx((-gg.clim, gg.clim), rel=1e-5)
         if groups.items[pos].class_index == 0:  # the store's own gradient is the reference one here
-            np.testing.assert_allclose(pane.store.read("grad_weight", "conv1", i), gg.arrays[pos],
-                                       rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(pane.store.read("grad_weight", "conv1", i), gg.arrays[pos], rtol=1e-4, atol=1e-6)
     # another reference: another sequence; back to the captured order: the stored gradients again
     _set(app, **{S.T_GROUP_CLASS: 2})
     assert list(pane.sequence) == [i for i, _ in class_groups_from_store(pane.store, 2, per_group=1).sequence()]
     _set(app, **{S.T_SORT: "captured"})
     assert pane.play is None and st["p0_group"] == "" and list(pane.sequence) == list(range(9))
-    np.testing.assert_allclose(pane.scene.displayed,
-                               weight_volume(pane.store.read("grad_weight", "conv1", pane.image)), rtol=1e-6)
+    np.testing.assert_allclose(
+        pane.scene.displayed, weight_volume(pane.store.read("grad_weight", "conv1", pane.image)), rtol=1e-6
+    )
 
 
 def test_pruning_tab_computes_and_shows_a_result_folder(make_app, stores, tmp_path):
     from volviz.analysis.importance import importance_from_store, inputs_from_store
     from volviz.analysis.pruning import least_most_table, table_markdown
     from volviz.app.prune_tab import markdown_table
+
     app = make_app([stores[0]])
     st, store = app.state, app.panes[0].store
-    assert st[S.PR_LAYER] == "conv1" and [it["value"] for it in st[S.PR_LAYERS]] == \
-        ["conv1", "conv2", "conv3", "fc1", "fc2"]
+    assert st[S.PR_LAYER] == "conv1" and [it["value"] for it in st[S.PR_LAYERS]] == [
+        "conv1",
+        "conv2",
+        "conv3",
+        "fc1",
+        "fc2",
+    ]
     _set(app, **{S.PR_LAYER: "conv2", S.PR_K: 1, S.PR_STEPS: 3})
     app.tabs["prune"].start()  # no server loop: at once
-    folder = pathlib.Path(st[S.PR_SHOWN])
-    assert folder.parent == app.tabs["prune"].out_dir and st[S.PR_STATUS] == f"showing {folder}"
+    folder = app.tabs["prune"].shown_folder
+    assert folder.parent == app.tabs["prune"].out_dir and st[S.PR_STATUS] == f"showing {folder.name}"
+    assert st[S.PR_SHOWN] == folder.name and st[S.PR_FOLDERS][0] == {"title": folder.name, "value": st[S.PR_FOLDER]}
     assert {p.name for p in folder.iterdir()} == {"table.csv", "table.md", "sweep_conv2.csv", "sweep_conv2.png"}
     rel = importance_from_store(store, ["conv2"], progress=False).class_relevance("conv2")[0]
-    rows = least_most_table(store.model(trust_factory=True).module, inputs_from_store(store)[0], {"conv2": rel},
-                            [0, 1, 2], k=1, class_names=store.class_names, progress=False)
+    rows = least_most_table(
+        store.model(trust_factory=True).module,
+        inputs_from_store(store)[0],
+        {"conv2": rel},
+        [0, 1, 2],
+        k=1,
+        class_names=store.class_names,
+        progress=False,
+    )
     head, want = markdown_table(table_markdown(rows))[1:]
     assert st[S.PR_HEAD] == head and st[S.PR_ROWS] == want
     assert len(st[S.PR_IMAGES]) == 1 and st[S.PR_IMAGES][0]["src"].startswith("data:image/png;base64,")
     # a folder written by `volviz prune --out` shows the same way
     out = tmp_path / "cli"
-    assert main(["prune", "--trust-factory", str(stores[0]), "--out", str(out), "--layers", "conv1",
-                 "--steps", "3"]) == 0
-    _set(app, **{S.PR_DIR: str(out)})
-    app.tabs["prune"].load_from_state()
-    assert st[S.PR_SHOWN] == str(out) and len(st[S.PR_ROWS]) == 3 and st[S.PR_HEAD][0] == "class"
+    assert (
+        main(["prune", "--trust-factory", str(stores[0]), "--out", str(out), "--layers", "conv1", "--steps", "3"]) == 0
+    )
+    # (listed when the app starts: the server's own folders, chosen by id)
+    listed = make_app([stores[0]], prune_dir=tmp_path)
+    st = listed.state
+    ids = {it["title"]: it["value"] for it in st[S.PR_FOLDERS]}
+    assert {"cli", "rec"} <= set(ids)  # the folders of prune_dir (rec: the recordings, not a result)
+    _set(listed, **{S.PR_FOLDER: ids["cli"]})
+    listed.tabs["prune"].load_from_state()
+    assert st[S.PR_SHOWN] == "cli" and len(st[S.PR_ROWS]) == 3 and st[S.PR_HEAD][0] == "class"
     assert "Error rate" in st[S.PR_TEXT] and st[S.PR_IMAGES][0]["title"] == "sweep of conv1"
-    _set(app, **{S.PR_DIR: str(tmp_path)})
-    app.tabs["prune"].load_from_state()
-    assert "not a `volviz prune --out` folder" in st[S.PR_STATUS] and st[S.PR_SHOWN] == str(out)
+    _set(listed, **{S.PR_FOLDER: ids["rec"]})
+    listed.tabs["prune"].load_from_state()
+    assert "not a `volviz prune --out` folder" in st[S.PR_STATUS] and st[S.PR_SHOWN] == "cli"
+    assert str(tmp_path) not in st[S.PR_STATUS]
 
 
 def test_scene_preview_scrubs_camera_and_images(make_app, stores, tmp_path):
@@ -604,9 +684,10 @@ duration = 2.0
     app = make_app([stores[0]], scene_dirs=[scenes], allow_outside=True)  # the store lies outside scenes/
     st, tab = app.state, app.tabs["scene"]
     assert [it["title"] for it in st[S.SC_FILES]] == ["scenes/broken.toml", "scenes/tiny.toml"]
-    _set(app, **{S.APP_TAB: "scene", S.SC_FILE: str((scenes / "broken.toml").resolve())})
+    scene_id = {it["title"]: it["value"] for it in st[S.SC_FILES]}  # ids, never paths
+    _set(app, **{S.APP_TAB: "scene", S.SC_FILE: scene_id["scenes/broken.toml"]})
     assert "needs at least one [[keyframes]]" in st[S.SC_STATUS] and tab.prepared is None
-    _set(app, **{S.SC_FILE: str((scenes / "tiny.toml").resolve())})  # no server loop: at once
+    _set(app, **{S.SC_FILE: scene_id["scenes/tiny.toml"]})  # no server loop: at once
     p = tab.prepared
     assert p is not None and st[S.SC_DURATION] == pytest.approx(4.5) and "9 images" in st[S.SC_STATUS]
     gs, cam = p.graph_scene, tab.plotter.camera
@@ -622,6 +703,7 @@ duration = 2.0
 # ----------------------------------------------------------------------------- trust: a store is data
 def _digits_images(root: pathlib.Path, classes=3, per_class=2) -> pathlib.Path:
     from volviz.sources.demo import demo_images_dir
+
     for cls in sorted(demo_images_dir("digits").iterdir())[:classes]:
         (root / cls.name).mkdir(parents=True)
         for f in sorted(cls.glob("*.png"))[:per_class]:
@@ -633,11 +715,27 @@ def test_a_trust_pickle_store_opens_and_its_model_features_work(make_app, tmp_pa
     import torch
 
     from volviz.sources.demo import load_demo_model
+
     full = tmp_path / "full-model.pt"
     torch.save(load_demo_model("digits"), full)  # a pickled nn.Module, not a state_dict
     s = tmp_path / "pickled"
-    assert main(["capture", "--out", str(s), "--model", "digits", "--weights", str(full), "--trust-pickle",
-                 "--images", str(_digits_images(tmp_path / "imgs"))]) == 0
+    assert (
+        main(
+            [
+                "capture",
+                "--out",
+                str(s),
+                "--model",
+                "digits",
+                "--weights",
+                str(full),
+                "--trust-pickle",
+                "--images",
+                str(_digits_images(tmp_path / "imgs")),
+            ]
+        )
+        == 0
+    )
     app = make_app([s], trust={"trust_pickle": True})  # volviz serve --trust-pickle
     st, pane = app.state, app.panes[0]
     assert not st["p0_error"] and pane.layer == "conv1" and pane.scene.screenshot().std() > 5
@@ -684,8 +782,25 @@ def net():
     monkeypatch.syspath_prepend(str(tmp_path))
     s = tmp_path / "factory-store"
     imgs = write_image_folder(tmp_path / "imgs", n_per_class=2)
-    assert main(["capture", "--out", str(s), "--images", str(imgs), "--model", "marker_model:net", "--size",
-                 "12", "12", "--channels", "1"]) == 0
+    assert (
+        main(
+            [
+                "capture",
+                "--out",
+                str(s),
+                "--images",
+                str(imgs),
+                "--model",
+                "marker_model:net",
+                "--size",
+                "12",
+                "12",
+                "--channels",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert marker.exists()  # the capture's own command line named the factory: it ran
     marker.unlink()
     sys.modules.pop("marker_model", None)
@@ -707,7 +822,7 @@ def net():
     _set(app, **{S.APP_TAB: "prune"})
     app.tabs["prune"].start()
     assert "--trust-factory" in st[S.PR_STATUS]
-    _set(app, **{S.APP_TAB: "scene", S.SC_FILE: str((scenes / "outside.toml").resolve())})
+    _set(app, **{S.APP_TAB: "scene", S.SC_FILE: st[S.SC_FILES][0]["value"]})
     assert "leaves the scene's folder" in st[S.SC_STATUS]
     assert not marker.exists(), "the store's model factory was imported without --trust-factory"
 

@@ -5,6 +5,7 @@ Screenshots go to the ``out_dir`` folder (``VOLVIZ_TEST_OUT=folder`` keeps them;
 images in ``docs/img/app/`` come from here). The store is the embedded digits LeNet on 40 test
 digits (4 per class) when its weights are in ``data/``, else the tiny test CNN.
 """
+
 from __future__ import annotations
 
 import io
@@ -13,6 +14,7 @@ import os
 import pathlib
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -28,12 +30,75 @@ from volviz.cli import main
 pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--model", "helpers:tiny_cnn", "--size", "12", "12", "--channels", "1"]
 BACKGROUND = np.array([0x15, 0x17, 0x1C])  # VolumeStyle.background
 TRUST = ["--trust-factory"]  # the tiny stores' model is `helpers:tiny_cnn`: the command line must allow it
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+PROXY_PORT = _free_port()  # a relay in front of the server (a network that drops): allowed by --allow-origin
+
+
+class Proxy:
+    """A TCP relay 127.0.0.1:PROXY_PORT -> the server; ``cut()`` drops every connection through
+    it, as a flaky network would (new connections still go through)."""
+
+    def __init__(self, target: int, port: int = PROXY_PORT):
+        self.target, self.pairs, self.accepted = target, [], 0
+        self.listener = socket.create_server(("127.0.0.1", port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                down, _ = self.listener.accept()
+            except OSError:
+                return
+            up = socket.create_connection(("127.0.0.1", self.target))
+            self.accepted += 1
+            self.pairs.append((down, up))
+            for a, b in ((down, up), (up, down)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a, b):
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self):
+        pairs, self.pairs = self.pairs, []
+        for pair in pairs:
+            for s in pair:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self):
+        self.listener.close()
+        self.cut()
 
 
 def _need_chromium():
@@ -62,8 +127,25 @@ def stores(tmp_path_factory):
         main_args = ["capture", "--out", str(root / "digits"), "--images", str(imgs), *TINY]
     assert main(main_args) == 0
     # preferred inputs (issue 4) for the graph's thumbnails and the Preferred panel: a quick run
-    assert main(["optimize", str(root / "digits"), "--seeds", "1", "--steps", "24", "--search", "0",
-                 "--quiet", "--threads", "1", *TRUST]) == 0
+    assert (
+        main(
+            [
+                "optimize",
+                str(root / "digits"),
+                "--seeds",
+                "1",
+                "--steps",
+                "24",
+                "--search",
+                "0",
+                "--quiet",
+                "--threads",
+                "1",
+                *TRUST,
+            ]
+        )
+        == 0
+    )
     imgs = write_image_folder(root / "tiny-imgs", n_per_class=4, seed=1)
     assert main(["capture", "--out", str(root / "tiny"), "--images", str(imgs), *TINY]) == 0
     newer = root / "from-a-newer-volviz"  # offered by the store picker (it sits next to the others)
@@ -71,21 +153,48 @@ def stores(tmp_path_factory):
     m = json.loads((newer / "manifest.json").read_text())
     (newer / "manifest.json").write_text(json.dumps(dict(m, format_version=99)))
     from volviz.store.store import Store
+
     first = Store.open(root / "digits")
-    return {"digits": root / "digits", "tiny": root / "tiny", "newer": newer, "root": root,
-            "n": first.n_images, "k": first.column("probs").shape[1]}
+    return {
+        "digits": root / "digits",
+        "tiny": root / "tiny",
+        "newer": newer,
+        "root": root,
+        "n": first.n_images,
+        "k": first.column("probs").shape[1],
+    }
 
 
 class Server:
-    """``volviz serve`` in a subprocess on a free port; its URL is read from what it prints."""
+    """``volviz serve`` in a subprocess on a free port; its URL (with the launch token) is read from
+    what it prints. ``url``: a new session's page; ``base``: the server without the token."""
 
-    def __init__(self, stores: list[pathlib.Path], record_dir: pathlib.Path):
-        env = dict(os.environ, VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow",
-                   PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    def __init__(self, stores: list[pathlib.Path], record_dir: pathlib.Path, *args):
+        env = dict(
+            os.environ,
+            VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow",
+            PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        )
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "volviz", "serve", *map(str, stores), "--port", "0",
-             "--record-dir", str(record_dir), *TRUST],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=record_dir.parent)
+            [
+                sys.executable,
+                "-m",
+                "volviz",
+                "serve",
+                *map(str, stores),
+                "--port",
+                "0",
+                "--record-dir",
+                str(record_dir),
+                *TRUST,
+                *map(str, args),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=record_dir.parent,
+        )
         self.lines: list[str] = []
         self.url = None
         threading.Thread(target=self._read, daemon=True).start()
@@ -99,8 +208,9 @@ class Server:
     def _read(self):
         for line in self.proc.stdout:
             self.lines.append(line)
-            m = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
+            m = re.search(r"(http://127\.0\.0\.1:(\d+)/\?token=([\w-]+))", line)
             if m:
+                self.base, self.port, self.token = f"http://127.0.0.1:{m.group(2)}", int(m.group(2)), m.group(3)
                 self.url = m.group(1)
 
     @property
@@ -120,6 +230,7 @@ class Server:
 def browser():
     _need_chromium()
     from playwright.sync_api import sync_playwright
+
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield b
@@ -128,7 +239,15 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(stores, browser, can_render):
-    s = Server([stores["digits"]], stores["root"] / "rec")
+    # --root: the store picker also offers the other stores of the folder (the newer one among them)
+    s = Server(
+        [stores["digits"]],
+        stores["root"] / "rec",
+        "--root",
+        stores["root"],
+        "--allow-origin",
+        f"127.0.0.1:{PROXY_PORT}",
+    )
     yield s
     s.stop()
 
@@ -136,10 +255,11 @@ def server(stores, browser, can_render):
 @pytest.fixture(scope="module")
 def page(server, browser):
     """One page kept open across the tests (the state is the server's anyway)."""
-    pg = browser.new_page(viewport={"width": 1400, "height": 900})
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900})  # one browser: more tabs may join
+    pg = ctx.new_page()
     _open(pg, server.url)
     yield pg
-    pg.close()
+    ctx.close()
 
 
 # ----------------------------------------------------------------------------- page helpers
@@ -159,7 +279,7 @@ def _volume_visible(img: np.ndarray) -> bool:
     """Pixels unlike the background in the middle of the view (where the volume is; the texts
     and the colour bar lie at the edges)."""
     h, w = img.shape[:2]
-    mid = img[h // 5: 4 * h // 5, w // 5: 4 * w // 5].astype(int)
+    mid = img[h // 5 : 4 * h // 5, w // 5 : 4 * w // 5].astype(int)
     differs = np.abs(mid - BACKGROUND).max(axis=2) > 40
     return differs.mean() > 0.05 and mid.std() > 10
 
@@ -182,8 +302,7 @@ def _wait_view(pg, i, ok, message, timeout=30.0) -> np.ndarray:
 def _shown(pg, i, text, timeout=30_000):
     """Wait until the server says view ``i`` shows ``text`` (its data-shown marker)."""
     how = "endsWith" if text.startswith("image ") else "includes"
-    pg.wait_for_function(f"(document.querySelector('#view-{i}').dataset.shown || '').{how}({text!r})",
-                         timeout=timeout)
+    pg.wait_for_function(f"(document.querySelector('#view-{i}').dataset.shown || '').{how}({text!r})", timeout=timeout)
 
 
 def _settled(pg, i, before, message, timeout=30.0) -> np.ndarray:
@@ -316,15 +435,19 @@ def test_switch_layer_and_order(page, out_dir):
     page.locator("#slices-switch").uncheck()
     _settled(page, 0, sliced, "slice planes did not go")
     # the 2-D panels follow: the sorted-neuron view of fc1
-    page.locator("#panel-tabs-0 .v-tab", has_text="Sorted").click()
-    page.wait_for_function("document.querySelector('#pane-0').innerText.includes('sorted by weight to class')",
-                           timeout=30_000)
+    page.locator("#panel-tabs-0 .panel-tab", has_text="Sorted").click()
+    page.wait_for_function(
+        "document.querySelector('#pane-0').innerText.includes('sorted by weight to class')", timeout=30_000
+    )
     _save(page, out_dir, "sorted-neurons.png")
-    page.locator("#panel-tabs-0 .v-tab", has_text="Maps").click()
+    page.locator("#panel-tabs-0 .panel-tab", has_text="Maps").click()
 
 
 def test_two_browsers_share_the_slider(page, browser):
-    other = browser.new_page(viewport={"width": 1200, "height": 800})
+    """Two tabs of one session (the page's address, ``?session=...``, opened twice) see and move
+    the same slider; ``--shared`` makes every tab one session this way."""
+    other = page.context.new_page()  # a second tab of the same browser (its token cookie)
+    other.set_viewport_size({"width": 1200, "height": 800})
     try:
         _open(other, page.url)
         assert other.inner_text("#time-label") == page.inner_text("#time-label")
@@ -337,9 +460,55 @@ def test_two_browsers_share_the_slider(page, browser):
         other.close()
 
 
+def test_two_browsers_have_their_own_sessions(page, browser, server, stores):
+    """A tab opened from the printed URL is a session of its own: its slider is not the page's."""
+    other = browser.new_page(viewport={"width": 1200, "height": 800})
+    try:
+        _open(other, server.url)
+        mine = page.inner_text("#time-label")
+        assert other.inner_text("#time-label").replace(" ", "") == f"1/{stores['n']}"
+        thumb = _slider_thumb(other)
+        thumb.focus()
+        for _ in range(2):
+            thumb.press("ArrowRight")
+        other.wait_for_function("document.querySelector('#time-label').innerText.replace(/ /g, '').startsWith('3/')")
+        _shown(other, 0, "image 2")
+        time.sleep(1.0)
+        assert page.inner_text("#time-label") == mine, "one session's slider moved another's"
+        assert other.inner_text("#app-session") == "your own session"
+    finally:
+        other.close()
+
+
+def test_a_dropped_page_reconnects_by_itself(server, browser, stores):
+    proxy = Proxy(server.port)
+    pg = browser.new_page(viewport={"width": 1280, "height": 720})
+    try:
+        _open(pg, f"http://127.0.0.1:{PROXY_PORT}/?token={server.token}")
+        thumb = _slider_thumb(pg)
+        thumb.focus()
+        thumb.press("ArrowRight")
+        _shown(pg, 0, "image 1")
+        before = proxy.accepted
+        proxy.cut()  # the network drops: the websocket is gone
+        pg.wait_for_selector("#volviz-ready", state="detached", timeout=15_000)
+        pg.wait_for_selector("#volviz-ready", state="attached", timeout=30_000)  # back by itself
+        assert proxy.accepted > before
+        assert pg.inner_text("#time-label").replace(" ", "") == f"2/{stores['n']}", "not its own session again"
+        _wait_view(pg, 0, _volume_visible, "the volume did not come back after reconnecting")
+        thumb = _slider_thumb(pg)
+        thumb.focus()
+        thumb.press("ArrowRight")
+        _shown(pg, 0, "image 2")
+    finally:
+        pg.close()
+        proxy.close()
+
+
 def test_record_survives_the_browser_leaving(page, browser, server, stores):
-    rec = browser.new_page(viewport={"width": 1400, "height": 900})
-    _open(rec, server.url)
+    rec = page.context.new_page()
+    rec.set_viewport_size({"width": 1400, "height": 900})
+    _open(rec, page.url)  # a second tab of the page's session: the recording is the session's
     count = min(16, stores["n"])
     rec.fill("#record-count", str(count))
     rec.click("#record-btn")
@@ -348,7 +517,7 @@ def test_record_survives_the_browser_leaving(page, browser, server, stores):
     page.wait_for_selector("#record-download", timeout=90_000)
     href = page.get_attribute("#record-download", "href")
     assert href.startswith("recordings/") and href.endswith(".mp4")
-    resp = page.request.get(server.url + href)
+    resp = page.request.get(server.base + "/" + href)
     assert resp.ok
     frames = iio.imread(resp.body(), index=None, extension=".mp4")
     assert frames.shape[0] == count and frames.shape[1:] == (608, 800, 3)
@@ -376,16 +545,15 @@ def _graph_visible(img: np.ndarray) -> bool:
     (not the blank view of a page still waiting for its first image)."""
     h, w = img.shape[:2]
     far = np.abs(img.astype(int) - np.array([0x0D, 0x0F, 0x14])).max(axis=2) > 40
-    return far.mean() < 0.5 and far[h // 6: 5 * h // 6, w // 6: 5 * w // 6].mean() > 0.02
+    return far.mean() < 0.5 and far[h // 6 : 5 * h // 6, w // 6 : 5 * w // 6].mean() > 0.02
 
 
 def test_analysis_panels_graph_and_pruning_tabs(page, stores, out_dir):
     """Issues 5 and 4 in the page: the importance and preferred-input panels, the saliency
     switch, the Graph tab following the time slider, the Pruning tab computing its table."""
     pane = page.locator("#pane-0")
-    page.locator("#panel-tabs-0 .v-tab", has_text="Importance").click()
-    page.wait_for_function("document.querySelector('#pane-0').innerText.includes('dS/dW_j|| of its')",
-                           timeout=30_000)
+    page.locator("#panel-tabs-0 .panel-tab", has_text="Importance").click()
+    page.wait_for_function("document.querySelector('#pane-0').innerText.includes('dS/dW_j|| of its')", timeout=30_000)
     plain = page.get_attribute("#input-image-0", "src")
     page.locator("#saliency-switch-0").check()
     page.wait_for_selector("#sal-note-0", timeout=20_000)
@@ -394,15 +562,13 @@ def test_analysis_panels_graph_and_pruning_tabs(page, stores, out_dir):
     _save(page, out_dir, "importance-saliency.png", height=1060)
     page.locator("#saliency-switch-0").uncheck()
     page.wait_for_selector("#sal-note-0", state="detached", timeout=20_000)
-    page.locator("#panel-tabs-0 .v-tab", has_text="Preferred").click()
-    page.wait_for_function("document.querySelector('#pane-0').innerText.includes('of its 20 units')",
-                           timeout=30_000)
+    page.locator("#panel-tabs-0 .panel-tab", has_text="Preferred").click()
+    page.wait_for_function("document.querySelector('#pane-0').innerText.includes('of its 20 units')", timeout=30_000)
     assert pane.locator("#panel-image-0").get_attribute("src").startswith("data:image/png")
     _pick(page, "layer-select-0", "conv2")  # the panel follows the layer
-    page.wait_for_function("document.querySelector('#pane-0').innerText.includes('of its 50 units')",
-                           timeout=30_000)
+    page.wait_for_function("document.querySelector('#pane-0').innerText.includes('of its 50 units')", timeout=30_000)
     _save(page, out_dir, "preferred.png", height=960)
-    page.locator("#panel-tabs-0 .v-tab", has_text="Maps").click()
+    page.locator("#panel-tabs-0 .panel-tab", has_text="Maps").click()
     _pick(page, "layer-select-0", "conv1")
     _shown(page, 0, "conv1 · activation")
 
@@ -419,8 +585,9 @@ def test_analysis_panels_graph_and_pruning_tabs(page, stores, out_dir):
     page.wait_for_function(f"document.querySelector('#graph-view').dataset.shown !== {shown!r}", timeout=20_000)
     assert _graph_visible(_settled(page, "graph", before, "the graph did not follow the slider"))
     _pick(page, "graph-color", "importance, class-averaged")
-    page.wait_for_function("document.querySelector('#graph-view').dataset.shown.includes('importance-class')",
-                           timeout=20_000)
+    page.wait_for_function(
+        "document.querySelector('#graph-view').dataset.shown.includes('importance-class')", timeout=20_000
+    )
     page.locator("#graph-size").check()
     page.wait_for_function("document.querySelector('#graph-view').dataset.shown.includes('sized')", timeout=20_000)
     _settled(page, "graph", before, "importance did not redraw the graph")
@@ -460,3 +627,64 @@ def test_two_stores_side_by_side(stores, browser, can_render, out_dir):
     finally:
         pg.close()
         srv.stop()
+
+
+NOTHING_CUT = """() => {
+  const bad = [], W = window.innerWidth, H = window.innerHeight;
+  if (document.documentElement.scrollWidth > W + 1) bad.push('the page is wider than the window');
+  const sel = '.v-tab, .panel-tab, .v-select__selection-text, .v-btn__content, .v-field-label, .v-chip__content, '
+    + '.v-toolbar-title, .v-toolbar-title__placeholder, .v-label';
+  for (const el of document.querySelectorAll(sel)) {
+    if (el.offsetParent === null || !el.innerText.trim()) continue;  // hidden, or an icon
+    if (el.scrollWidth > el.clientWidth + 1) bad.push('cut: ' + el.innerText.trim().slice(0, 40));
+    const r = el.getBoundingClientRect();
+    if (r.right > W + 1) bad.push('off the window: ' + el.innerText.trim().slice(0, 40));
+  }
+  const foot = document.querySelector('.v-footer'), bottom = foot ? foot.getBoundingClientRect().top : H;
+  for (const id of ['view-0', 'graph-view', 'scene-view']) {
+    const v = document.getElementById(id);
+    if (v && v.getBoundingClientRect().bottom > bottom + 1) bad.push(id + ' runs under the footer');
+  }
+  return bad;
+}"""
+
+
+@pytest.mark.parametrize("size", [(1280, 720), (1920, 1080)], ids=["1280x720", "1920x1080"])
+def test_every_tab_fits_the_window(server, browser, out_dir, size):
+    """Each main tab at 1280 x 720 and 1920 x 1080: no label, select or button cut, no view under
+    the footer, no sideways scrolling (the screenshots in docs/img/app/tab-*.png come from here)."""
+    w, h = size
+    ctx = browser.new_context(viewport={"width": w, "height": h})
+    pg = ctx.new_page()
+    try:
+        _open(pg, server.url)
+        pg.fill("#record-count", "2")  # with the Download button in the app bar: its widest
+        pg.click("#record-btn")
+        pg.wait_for_selector("#record-download", timeout=60_000)
+        _stable(pg, 0)
+        problems = {}
+        for tab in ("volume", "graph", "scene", "prune"):
+            if tab != "volume":
+                _tab(pg, tab)
+            if tab == "graph":
+                _wait_view(pg, "graph", _graph_visible, "the graph never appeared", timeout=60)
+            elif tab == "scene":
+                pg.wait_for_selector("#scene-hint", timeout=20_000)  # the empty preview says what to do
+                assert "Choose a scene file" in pg.inner_text("#scene-hint")
+            elif tab == "prune":
+                pg.click("#prune-compute")
+                pg.wait_for_selector(".prune-plot", timeout=60_000)
+                pg.wait_for_selector("#prune-compute:not([disabled])", timeout=20_000)
+            time.sleep(0.5)
+            problems[tab] = pg.evaluate(NOTHING_CUT)
+            pg.screenshot(path=str(out_dir / f"tab-{tab}-{w}x{h}.png"))
+        _tab(pg, "volume")
+        pg.locator("#panel-tabs-0 .panel-tab", has_text="Preferred").click()
+        pg.wait_for_function(
+            "document.querySelector('#pane-0').innerText.includes('preferred input of each')", timeout=30_000
+        )
+        problems["preferred"] = pg.evaluate(NOTHING_CUT)
+        pg.screenshot(path=str(out_dir / f"tab-preferred-{w}x{h}.png"))
+        assert not any(problems.values()), problems
+    finally:
+        ctx.close()

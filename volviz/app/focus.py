@@ -3,6 +3,7 @@ select (``x_pane``; pane 0 with one store) through a narrow interface: its store
 caption, chosen class and model. A tab never reaches into the panes, so a pane can change its
 insides without touching the tabs.
 """
+
 from __future__ import annotations
 
 from volviz.app import state as S
@@ -68,8 +69,10 @@ class Focus:
     def refresh_items(self) -> None:
         """Items of the analysis tabs' store select (one per pane)."""
         st = self.state
-        st[S.X_PANES] = [{"title": st[S.pane_key(p.index, "title")] or f"pane {p.index + 1}", "value": p.index}
-                         for p in self._app.panes]
+        st[S.X_PANES] = [
+            {"title": st[S.pane_key(p.index, "title")] or f"pane {p.index + 1}", "value": p.index}
+            for p in self._app.panes
+        ]
 
     def store_opened(self, pane) -> None:
         self.refresh_items()

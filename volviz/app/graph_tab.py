@@ -9,6 +9,7 @@ While the tab is hidden nothing is computed or rendered; the graph catches up wh
 Node colour: the unit's response to the image (seed 000), or a filter's importance (seed 004:
 class-averaged for the pane's chosen class, or of the current image); node size: importance.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,11 +21,13 @@ from volviz.app.wiring import bind, change, controller
 
 log = logging.getLogger("volviz.app")
 
-WINDOW = (800, 520)          # small: the software renderer draws every edge
-SCALE_SAMPLES = 12           # images sampled for each layer's response scale
-OVERVIEW_ZOOM = 1.1          # the whole graph fills the (small) view
-LEGEND_RESPONSE = ("edges: weight after ReLU, cold -> hot (strongest 4 in per unit)\n"
-                   "nodes: response to the image, dark -> bright; grey: not firing")
+WINDOW = (800, 520)  # small: the software renderer draws every edge
+SCALE_SAMPLES = 12  # images sampled for each layer's response scale
+OVERVIEW_ZOOM = 1.1  # the whole graph fills the (small) view
+LEGEND_RESPONSE = (
+    "edges: weight after ReLU, cold -> hot (strongest 4 in per unit)\n"
+    "nodes: response to the image, dark -> bright; grey: not firing"
+)
 
 
 def importance_sizes(values: dict[str, np.ndarray], smallest: float = 0.3) -> dict[str, np.ndarray]:
@@ -43,11 +46,12 @@ class GraphTab:
 
     def __init__(self, ctx):
         import pyvista as pv
-        self.focus, self.state = ctx.focus, ctx.state
+
+        self.focus, self.state, self.redact = ctx.focus, ctx.state, ctx.redact
         self.plotter = pv.Plotter(off_screen=True, window_size=list(WINDOW))
         self.plotter.set_background("#0d0f14")  # GraphStyle's, also before anything is shown
-        self.view = None             # the VtkRemoteView (set by the layout)
-        self.scene = None            # GraphScene
+        self.view = None  # the VtkRemoteView (set by the layout)
+        self.scene = None  # GraphScene
         self.path: str | None = None  # store the scene was built for
         self.units: list[str] = []
         self.thumb_layers: list[str] = []
@@ -55,6 +59,8 @@ class GraphTab:
         self.image: int | None = None
         self.dirty = True
         self.failed: str | None = None  # store whose graph could not be built
+        self._wanted: str | None = None
+        self.job = ctx.job("graph", status=None)
         bind(self, ctx.server)
 
     # ------------------------------------------------------------------ helpers
@@ -67,6 +73,7 @@ class GraphTab:
         (``importance-class``) or the current image's (``importance-image``)."""
         from volviz.analysis.importance import EmptyClassError
         from volviz.app.analysis_panels import importance_values
+
         f = self.focus
         store, cls = f.store, f.chosen_class()
         out = {}
@@ -84,38 +91,101 @@ class GraphTab:
         return out
 
     # ------------------------------------------------------------------ building
-    def _build(self) -> None:
+    def _gather(self, store, model_fn) -> dict:
+        """The slow, VTK-free half of a build (trace the model, lay it out, read thumbnails and
+        the response scales): a background job under the server."""
         from volviz.analysis.network_graph import build_network_graph, unit_responses
         from volviz.scene import load_thumbnails
         from volviz.views.graph_layout import layered_layout
+
+        G = build_network_graph(model_fn(), tuple(int(s) for s in store.input_shape), k=8)
+        layout = layered_layout(G.graph["layers"])
+        units = [d["name"] for d in G.graph["layers"] if d["kind"] != "input" and d["name"] in store.layers]
+        thumbs = load_thumbnails(store, units, None, progress=False)
+        done = np.flatnonzero(store.done)
+        pick = done[np.linspace(0, len(done) - 1, min(len(done), SCALE_SAMPLES)).astype(int)]
+        resp = [unit_responses(store, int(i), units) for i in pick]
+        scales = {n: float(max(r[n].max() for r in resp)) for n in units}
+        return {"G": G, "layout": layout, "units": units, "thumbs": thumbs, "scales": scales}
+
+    def _build(self, data: dict | None = None) -> None:
         from volviz.views.graph_scene import GraphScene, GraphStyle
 
         f = self.focus
         store = f.store
-        G = build_network_graph(f.model(), tuple(int(s) for s in store.input_shape), k=8)
-        layout = layered_layout(G.graph["layers"])
-        self.units = [d["name"] for d in G.graph["layers"] if d["kind"] != "input" and d["name"] in store.layers]
-        thumbs = load_thumbnails(store, self.units, None, progress=False)
-        self.thumb_layers = list(thumbs)
+        d = data if data is not None else self._gather(store, f.model)
+        G, layout, thumbs = d["G"], d["layout"], d["thumbs"]
+        self.units, self.thumb_layers, self.response_scales = d["units"], list(thumbs), d["scales"]
         if self.scene is not None:
             self.scene.close()
         title = f"{store.plan.model.spec}: {G.number_of_nodes()} units, {G.number_of_edges()} edges (k=8)"
-        self.scene = GraphScene(G, layout, thumbs, input_image=store.read_input(f.image),
-                                style=GraphStyle(edges_per_node=4, max_edges=3000, label_size=20),
-                                title=title, window_size=WINDOW, plotter=self.plotter)
-        done = np.flatnonzero(store.done)
-        pick = done[np.linspace(0, len(done) - 1, min(len(done), SCALE_SAMPLES)).astype(int)]
-        resp = [unit_responses(store, int(i), self.units) for i in pick]
-        self.response_scales = {n: float(max(r[n].max() for r in resp)) for n in self.units}
+        self.scene = GraphScene(
+            G,
+            layout,
+            thumbs,
+            input_image=store.read_input(f.image),
+            style=GraphStyle(edges_per_node=4, max_edges=3000, label_size=20),
+            title=title,
+            window_size=WINDOW,
+            plotter=self.plotter,
+        )
         self.path, self.image, self.dirty = f.path, None, True
-        self.state[S.G_LAYERS] = [{"title": "overview", "value": ""}] + \
-            [{"title": n, "value": n} for n in layout.planes]
+        self.state[S.G_LAYERS] = [{"title": "overview", "value": ""}] + [
+            {"title": n, "value": n} for n in layout.planes
+        ]
         if self.state[S.G_FOCUS] not in layout.planes:
             self.state[S.G_FOCUS] = ""
         self._apply_focus()
         missing = [n for n in self.units if n not in thumbs]
-        self._thumb_note = ("thumbnails: preferred inputs of " + (", ".join(self.thumb_layers) or "no layer")
-                            + (f"; slate tiles: `volviz optimize {store.path}` computes them" if missing else ""))
+        self._thumb_note = (
+            "thumbnails: preferred inputs of "
+            + (", ".join(self.thumb_layers) or "no layer")
+            + (f"; slate tiles: `volviz optimize {store.path}` computes them" if missing else "")
+        )
+
+    def _build_later(self) -> bool:
+        """Under the server: gather the graph in a background job, then build and show it; False
+        without an event loop (build at once)."""
+        import asyncio
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        f = self.focus
+        path, store = f.path, f.store
+        if self.job.running:
+            self._wanted = path
+            return True
+        self._wanted = path
+        self.state[S.G_NOTE] = self.redact(
+            f"building the graph of {path}: tracing the model, reading the responses ..."
+        )
+
+        def done(data):
+            if f.path != path:  # another store meanwhile: build that one
+                self.sync(force=True)
+                return
+            try:
+                self._build(data)
+                self._colour()
+                self.dirty = False
+            except Exception as exc:  # noqa: BLE001
+                self._failed(exc, path)
+                return
+            self.push()
+
+        self.job.start(
+            lambda report: self._gather(store, f.model),
+            done=done,
+            failed=lambda exc: (self._failed(exc, path), self.state[S.G_NOTE])[1],
+        )
+        return True
+
+    def _failed(self, exc, path) -> None:
+        log.warning("graph: %s", exc)
+        self.state[S.G_NOTE] = self.redact(f"graph: {exc}")
+        self.failed = path
 
     def _apply_focus(self) -> None:
         layer = self.state[S.G_FOCUS]
@@ -127,6 +197,7 @@ class GraphTab:
     # ------------------------------------------------------------------ drawing
     def _colour(self) -> None:
         from volviz.analysis.network_graph import unit_responses
+
         f, sc, mode = self.focus, self.scene, self.state[S.G_COLOR]
         image = f.image
         notes = [self._thumb_note]
@@ -138,10 +209,15 @@ class GraphTab:
             imp = self.importance(mode)
             sc.set_scales({k: float(v.max()) for k, v in imp.items()})
             sc.update_activations(imp)
-            what = (f"class-averaged for class {f.class_name(f.chosen_class())}"
-                    if mode == "importance-class" else "of this image")
-            sc.set_legend("edges: weight after ReLU, cold -> hot\n"
-                          f"nodes: filter importance (norm of dS/dW_j), {what}; grey: below 5% of the layer's max")
+            what = (
+                f"class-averaged for class {f.class_name(f.chosen_class())}"
+                if mode == "importance-class"
+                else "of this image"
+            )
+            sc.set_legend(
+                "edges: weight after ReLU, cold -> hot\n"
+                f"nodes: filter importance (norm of dS/dW_j), {what}; grey: below 5% of the layer's max"
+            )
             notes.append(f"node colour: importance {what} (class: the pane's class select, default predicted)")
         if self.state[S.G_SIZE]:
             sizes = self.importance("importance-image" if mode == "importance-image" else "importance-class")
@@ -152,14 +228,16 @@ class GraphTab:
         sc.set_input_image(f.store.read_input(image))
         sc.set_label(f.caption(image))
         self.image = image
-        self.state[S.G_NOTE] = " · ".join(notes)
+        self.state[S.G_NOTE] = self.redact(" · ".join(notes))
         self._mark_shown()
 
     def _mark_shown(self) -> None:
         """``g_shown`` names what the view shows (the page marks the view with it)."""
         st = self.state
-        st[S.G_SHOWN] = (f"{self.path} · {st[S.G_COLOR]}{' · sized' if st[S.G_SIZE] else ''}"
-                         f" · {st[S.G_FOCUS] or 'overview'} · image {self.image}")
+        st[S.G_SHOWN] = (
+            f"{self.redact(self.path)} · {st[S.G_COLOR]}{' · sized' if st[S.G_SIZE] else ''}"
+            f" · {st[S.G_FOCUS] or 'overview'} · image {self.image}"
+        )
 
     def sync(self, force: bool = False) -> None:
         """Show the pane's current image; only while the tab is shown (else: catch up later)."""
@@ -172,16 +250,20 @@ class GraphTab:
             return
         if not force and self.failed == f.path:
             return  # the build failed for this store: not again on every slider step
+        if (self.scene is None or self.path != f.path) and self.job.running:
+            return  # being built: it shows the pane's image when done
         try:
             if self.scene is None or self.path != f.path:
                 self.failed = None
+                if self._build_later():
+                    return
                 self._build()
             if force or self.dirty or f.image != self.image:
                 self._colour()
                 self.dirty = False
         except Exception as exc:  # noqa: BLE001 - model refused or missing, untraceable model, no gradients
             log.warning("graph: %s", exc)
-            self.state[S.G_NOTE] = f"graph: {exc}"
+            self.state[S.G_NOTE] = self.redact(f"graph: {exc}")
             if self.scene is None or self.path != f.path:
                 self.failed = f.path
             return

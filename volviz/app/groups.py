@@ -9,6 +9,7 @@ gradients of the sequence's images are computed from the model
 (:func:`~volviz.analysis.class_groups.group_gradients`, a few images: milliseconds) and served
 through :class:`OverrideStore` in place of the stored ones. No trame, no VTK.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -43,9 +44,9 @@ class GroupPlay:
     """One pane's class-groups sequence and what its gradients come from."""
 
     groups: ClassGroups
-    sequence: np.ndarray                  # store indices, in playing order
-    labels: list[str]                     # group label per step
-    computed: dict = field(default_factory=dict)   # (layer, quantity) -> GroupGradients
+    sequence: np.ndarray  # store indices, in playing order
+    labels: list[str]  # group label per step
+    computed: dict = field(default_factory=dict)  # (layer, quantity) -> GroupGradients
 
     @property
     def reference(self) -> int:
@@ -62,11 +63,16 @@ class GroupPlay:
 
     def note(self) -> str:
         g = self.groups
-        where = ("gradients of neuron {0} computed from the model (the store holds each image's own class)"
-                 if self.from_model else "gradients of neuron {0} from the store").format(g.name(g.reference))
+        where = (
+            "gradients of neuron {0} computed from the model (the store holds each image's own class)"
+            if self.from_model
+            else "gradients of neuron {0} from the store"
+        ).format(g.name(g.reference))
         missing = f"; missing: {'; '.join(g.missing)}" if g.missing else ""
-        return (f"reference {g.name(g.reference)} · most similar {g.name(g.similar)} · most dissimilar "
-                f"{g.name(g.dissimilar)} (by {g.by}) · {where} · one colour scale{missing}")
+        return (
+            f"reference {g.name(g.reference)} · most similar {g.name(g.similar)} · most dissimilar "
+            f"{g.name(g.dissimilar)} (by {g.by}) · {where} · one colour scale{missing}"
+        )
 
     def overrides(self, model_fn, store, layer: str, quantity: str) -> dict:
         """``{(quantity, layer, image): array}`` of the reference neuron's gradients, computed
@@ -81,6 +87,7 @@ class GroupPlay:
             import torch
 
             from volviz.app.analysis_panels import model_input
+
             x = torch.cat([model_input(store, int(i))[0] for i in self.sequence])
             self.computed[key] = group_gradients(model_fn(), x, self.reference, layer, quantity=quantity)
         gg = self.computed[key]

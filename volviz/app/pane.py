@@ -7,6 +7,7 @@ The scene itself is drawn by :class:`~volviz.app.volume_view.VolumeView`; the st
 loaded here, once, with the trust flags of the ``volviz serve`` command line (a store alone can
 never make the app unpickle or import code).
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,8 +37,7 @@ def discover_stores(paths: list[str], extra_dirs: tuple[str, ...] = ("stores",))
     seen: dict[str, str] = {}
     for p in paths:
         seen.setdefault(str(pathlib.Path(p).resolve()), pathlib.Path(p).name or str(p))
-    folders = {pathlib.Path(p).resolve().parent for p in paths} | \
-        {pathlib.Path(d).resolve() for d in extra_dirs}
+    folders = {pathlib.Path(p).resolve().parent for p in paths} | {pathlib.Path(d).resolve() for d in extra_dirs}
     for folder in sorted(folders):
         try:
             children = sorted(folder.iterdir())
@@ -54,8 +54,8 @@ class Pane:
 
     def __init__(self, app, index: int, plotter):
         self.app, self.state, self.index, self.plotter = app, app.state, index, plotter
-        self.view = None                 # the VtkRemoteView (set by the layout)
-        self.scene = None                # LayerVolumeScene
+        self.view = None  # the VtkRemoteView (set by the layout)
+        self.scene = None  # LayerVolumeScene
         self._forget(None)
         self.state.update({pk(index, f): copy.deepcopy(v) for f, v in S.PANE_DEFAULTS.items()})
         bind(self, app.server)
@@ -63,34 +63,44 @@ class Pane:
     def _forget(self, path: str | None) -> None:
         """Everything that belongs to the store shown (cleared when another one opens)."""
         self.path, self.store, self.source = path, None, None
-        self.shown = None                # LayerVolume drawn now
+        self.store_id = None
+        self.want = None  # (layer, quantity) of a rebuild under way
+        self.shown = None  # LayerVolume drawn now
         self.layer = self.quantity = self.image = None
         self.sequence = np.zeros(0, np.intp)
         self.clims: dict[tuple, tuple[float, float]] = {}
         self.columns: dict[str, np.ndarray] = {}
         self._model, self._model_error = None, None
-        self.memo: dict = {}             # importance, preferred inputs (see remember)
-        self.play = None                 # GroupPlay while the image order is "class groups"
-        self.variant = None              # what the volumes come from beyond the store (cache keys)
+        self.memo: dict = {}  # importance, preferred inputs (see remember)
+        self.play = None  # GroupPlay while the image order is "class groups"
+        self.variant = None  # what the volumes come from beyond the store (cache keys)
         self.panel_data: dict | None = None  # the numbers of the 2-D panel shown (tests read them)
 
     # ------------------------------------------------------------------ the store
-    def open(self, path: str) -> bool:
-        """Show store ``path`` (first conv layer, current slider position); False (and the
-        message in the pane) when it cannot be opened."""
+    def open(self, store_id: str) -> bool:
+        """Show the catalog's store ``store_id`` (first conv layer, current slider position); False
+        (and the message in the pane) when it cannot be opened."""
         st, i = self.state, self.index
+        choice = self.app.catalog.store(store_id)
+        if choice is None:  # never a path: only what the server listed
+            self.error(f"no store {str(store_id)[:40]!r} is offered by this server")
+            return False
+        path = str(choice.path)
         self.close_scene()
         self._forget(path)
+        self.store_id = choice.id
         for f in ("layers", "fc_layers", "classes", "probs"):
             st[pk(i, f)] = []
         for f in ("caption", "input", "panel", "panel_note", "title", "group", "group_note", "sal_note"):
             st[pk(i, f)] = ""
-        st[pk(i, "title")] = pathlib.Path(path).name
+        st[pk(i, "title")] = choice.title
         try:
             store = Store.open(path)
             if not store.done.any():
-                raise StoreError(f"{path} holds no captured image yet; run `volviz capture --resume "
-                                 f"--out {path}` (or wait for the running capture)")
+                raise StoreError(
+                    f"{path} holds no captured image yet; run `volviz capture --resume "
+                    f"--out {path}` (or wait for the running capture)"
+                )
         except Exception as exc:  # noqa: BLE001 - missing, empty, newer, corrupt: all shown
             self.error(f"cannot open store {path}: {exc}")
             self.app.time.refresh()
@@ -100,14 +110,19 @@ class Pane:
         self.columns = {c: store.column(c) for c in ("probs", "label", "pred")}
         self.set_sequence(st[S.T_SORT])
         layers = store.layers
-        st[pk(i, "title")] = f"{pathlib.Path(path).name} · {store.plan.model.spec} · {int(store.done.sum())} images"
-        st[pk(i, "layers")] = [{"title": f"{n}  ({info.kind} {'x'.join(map(str, info.act_shape))})", "value": n}
-                               for n, info in layers.items()]
+        spec = store.plan.model.spec
+        shown_spec = pathlib.Path(spec).name if ("/" in spec or "\\" in spec) else spec
+        st[pk(i, "title")] = f"{choice.title} · {shown_spec} · {int(store.done.sum())} images"
+        st[pk(i, "layers")] = [
+            {"title": f"{n}  ({info.kind} {'x'.join(map(str, info.act_shape))})", "value": n}
+            for n, info in layers.items()
+        ]
         linear = [n for n, info in layers.items() if len(info.act_shape) == 1]
         st[pk(i, "fc_layers")] = [{"title": n, "value": n} for n in linear]
         names = self.class_names()
-        st[pk(i, "classes")] = [{"title": "predicted class", "value": -1}] + \
-            [{"title": f"class {nm}", "value": k} for k, nm in enumerate(names)]
+        st[pk(i, "classes")] = [{"title": "predicted class", "value": -1}] + [
+            {"title": f"class {nm}", "value": k} for k, nm in enumerate(names)
+        ]
         st[pk(i, "sort_class")] = -1
         # neuron panels: the linear layer feeding the class layer (seed 003's fc layer)
         st[pk(i, "fc_layer")] = linear[-2] if len(linear) > 1 else (linear[0] if linear else None)
@@ -136,11 +151,15 @@ class Pane:
                 st[pk(i, "group_note")] = self.play.note()
             except Exception as exc:  # noqa: BLE001 - no such class, nothing to compare with
                 log.warning("pane %d: class groups: %s", i, exc)
-                st[pk(i, "group_note")] = f"class groups: {exc}; playing the images as captured"
-        self.sequence = self.play.sequence if self.play is not None else \
-            store_sequence(self.store, by if by != S.GROUPS else "captured")
+                st[pk(i, "group_note")] = self.app.redact(f"class groups: {exc}; playing the images as captured")
+        self.sequence = (
+            self.play.sequence
+            if self.play is not None
+            else store_sequence(self.store, by if by != S.GROUPS else "captured")
+        )
         if self.source is None or old != self.variant:
             from volviz.views.source import LayerVolumeSource
+
             self.source = LayerVolumeSource(OverrideStore(self.store) if self.play is not None else self.store)
             return True
         return False
@@ -155,8 +174,7 @@ class Pane:
                 self._model = self.store.model(**self.app.trust).module
             except Exception as exc:  # noqa: BLE001 - refused (trust), weights gone, import error
                 how = " (start `volviz serve` with that flag)" if "--trust-" in str(exc) else ""
-                self._model_error = ModelLoadError(f"cannot load the model {self.store.plan.model.spec!r}: "
-                                                   f"{exc}{how}")
+                self._model_error = ModelLoadError(f"cannot load the model {self.store.plan.model.spec!r}: {exc}{how}")
                 log.warning("pane %d: %s", self.index, self._model_error)
                 raise self._model_error from None
         return self._model
@@ -193,13 +211,14 @@ class Pane:
 
     # ------------------------------------------------------------------ messages
     def error(self, exc: BaseException | str) -> None:
+        """Show what went wrong in the pane (without server paths) and log it (with them)."""
         msg = str(exc)
         if isinstance(exc, BaseException) and not isinstance(exc, (VolvizError, ValueError, KeyError, OSError)):
             log.exception("pane %d: %s", self.index, msg)
             msg = f"{type(exc).__name__}: {msg}"
         else:
             log.warning("pane %d: %s", self.index, msg)
-        self.state[pk(self.index, "error")] = msg
+        self.state[pk(self.index, "error")] = self.app.redact(msg)
 
     def clear_error(self) -> None:
         self.state[pk(self.index, "error")] = ""
@@ -207,14 +226,19 @@ class Pane:
     # ------------------------------------------------------------------ handlers
     @change(pane("store"))
     def _on_store(self, **_) -> None:
-        path = self.state[pk(self.index, "store")]
-        if path and path != self.path:
-            self.open(path)
+        sid = self.state[pk(self.index, "store")]
+        if sid and sid != self.store_id:
+            self.open(sid)
 
     @change(pane("layer"))
     def _on_layer(self, **_) -> None:
         layer = self.state[pk(self.index, "layer")]
-        if self.store is None or not layer or (layer == self.layer and self.scene is not None):
+        shown = self.app.volume.target(self)[0]
+        if (
+            self.store is None
+            or not layer
+            or (layer == shown and (self.scene is not None or self.app.volume.preparing(self)))
+        ):
             return
         self.app.volume.rebuild(self, layer, self.state[S.V_QUANTITY])
 
@@ -238,7 +262,8 @@ class Pane:
         group = self.group_label(i)
         st[pk(self.index, "caption")] = (
             f"{self.position_of(i) + 1}/{len(self.sequence)} · {group + ' · ' if group else ''}image {i} "
-            f"({self.store.images[i].id}) · true {true} · predicted {self.class_name(pred)} ({probs[i, pred]:.2f})")
+            f"({self.store.images[i].id}) · true {true} · predicted {self.class_name(pred)} ({probs[i, pred]:.2f})"
+        )
         st[pk(self.index, "group")] = group
         st[pk(self.index, "correct")] = None if lab < 0 else bool(lab == pred)
         st[pk(self.index, "probs")] = prob_rows(probs[i], lab, pred, self.store.class_names)
@@ -256,15 +281,20 @@ class Pane:
         method = st[S.SAL_METHOD] or "saliency"
         try:
             from volviz.app.analysis_panels import saliency_overlay
-            rgb = self.app.volume.cache.get_or_load(("saliency", self.path, int(i), method),
-                                                    lambda: saliency_overlay(self.model(), self.store, i, method)[0])
+
+            rgb = self.app.volume.cache.get_or_load(
+                ("saliency", self.path, int(i), method),
+                lambda: saliency_overlay(self.model(), self.store, i, method)[0],
+            )
         except Exception as exc:  # noqa: BLE001 - model refused or missing, not differentiable
             log.warning("saliency: %s", exc)
-            st[note] = f"saliency unavailable: {exc}"
+            st[note] = self.app.redact(f"saliency unavailable: {exc}")
             return png_data_url(plain)
         how = SALIENCY_METHODS[method].short if method in SALIENCY_METHODS else method
-        st[note] = (f"saliency map ({how}): max over channels of |dS/dI| for the predicted class "
-                    f"{self.class_name(int(self.columns['pred'][i]))}; bright = large")
+        st[note] = (
+            f"saliency map ({how}): max over channels of |dS/dI| for the predicted class "
+            f"{self.class_name(int(self.columns['pred'][i]))}; bright = large"
+        )
         return png_data_url(rgb)
 
     def update_panel(self) -> None:
@@ -279,10 +309,17 @@ class Pane:
         else:
             sort_class = st[pk(self.index, "sort_class")]
             ctx = PanelContext(
-                store=self.store, image=self.image, layer=self.layer, quantity=self.quantity,
-                volume=self.shown, fc_layer=st[pk(self.index, "fc_layer")],
+                store=self.store,
+                image=self.image,
+                layer=self.layer,
+                quantity=self.quantity,
+                volume=self.shown,
+                fc_layer=st[pk(self.index, "fc_layer")],
                 sort_class=-1 if sort_class is None else int(sort_class),
-                read=functools.partial(self.app.volume.read, self), model=self.model, memo=self.remember)
+                read=functools.partial(self.app.volume.read, self),
+                model=self.model,
+                memo=self.remember,
+            )
             try:
                 out = panel.render(ctx)
             except Exception as exc:  # noqa: BLE001
@@ -290,7 +327,8 @@ class Pane:
                 out = PanelImage(None, f"{panel.title}: {exc}")
         self.panel_data = out.data
         st[pk(self.index, "panel")] = png_data_url(out.rgb) if out.rgb is not None else ""
-        st[pk(self.index, "panel_note")] = out.note
+        st[pk(self.index, "panel_note")] = self.app.redact(out.note)
+        st[pk(self.index, "panel_for")] = tab
 
     # ------------------------------------------------------------------ teardown
     def close_scene(self) -> None:

@@ -6,6 +6,7 @@ Panels are a registry: ``register_panel("key", "Title", fn)`` adds a tab to the 
 ``fn(ctx: PanelContext) -> PanelImage``. The importance and preferred-input panels plug in this
 way (:mod:`volviz.app.analysis_panels`) without touching the layout.
 """
+
 from __future__ import annotations
 
 import base64
@@ -17,15 +18,25 @@ import numpy as np
 
 from volviz.views.grid import near_square_grid, neuron_grid, to_rgb, vis_square
 
-__all__ = ["PANELS", "PanelContext", "PanelImage", "class_weights", "input_rgb", "png_data_url",
-           "prob_rows", "register_panel", "relu_follows", "sorted_neurons"]
+__all__ = [
+    "PANELS",
+    "PanelContext",
+    "PanelImage",
+    "class_weights",
+    "input_rgb",
+    "png_data_url",
+    "prob_rows",
+    "register_panel",
+    "relu_follows",
+    "sorted_neurons",
+]
 
 
 @dataclass
 class PanelImage:
-    rgb: np.ndarray | None      # uint8 (H, W, 3); None: nothing to show (see note)
+    rgb: np.ndarray | None  # uint8 (H, W, 3); None: nothing to show (see note)
     note: str = ""
-    data: dict | None = None    # the numbers drawn (the app keeps them: tests compare them)
+    data: dict | None = None  # the numbers drawn (the app keeps them: tests compare them)
 
 
 def _no_memo(key, compute):
@@ -35,15 +46,16 @@ def _no_memo(key, compute):
 @dataclass
 class PanelContext:
     """What a panel may look at for the current image of one pane."""
-    store: object                         # volviz.store.store.Store
-    image: int                            # store index of the current image
-    layer: str                            # layer shown in 3-D
+
+    store: object  # volviz.store.store.Store
+    image: int  # store index of the current image
+    layer: str  # layer shown in 3-D
     quantity: str
-    volume: object                        # the LayerVolume shown in 3-D (natural order + order)
-    fc_layer: str | None                  # linear layer chosen for the neuron panels
-    sort_class: int                       # -1: the predicted class of the image
-    read: Callable[[str, str, int], np.ndarray]   # cached store read (quantity, layer, image)
-    model: Callable[[], object]           # lazily loaded nn.Module (raises with a clear message)
+    volume: object  # the LayerVolume shown in 3-D (natural order + order)
+    fc_layer: str | None  # linear layer chosen for the neuron panels
+    sort_class: int  # -1: the predicted class of the image
+    read: Callable[[str, str, int], np.ndarray]  # cached store read (quantity, layer, image)
+    model: Callable[[], object]  # lazily loaded nn.Module (raises with a clear message)
     memo: Callable[[object, Callable[[], object]], object] = _no_memo  # memo(key, compute): per store
 
 
@@ -95,8 +107,7 @@ def input_rgb(x: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def prob_rows(probs: np.ndarray, label: int, pred: int, names: list[str] | None,
-              top: int = 10) -> list[dict]:
+def prob_rows(probs: np.ndarray, label: int, pred: int, names: list[str] | None, top: int = 10) -> list[dict]:
     """Rows of the class-probability bar chart: the ``top`` most probable classes, plus the true
     class when it is not among them, in class order; ``p`` in percent."""
     probs = np.asarray(probs, np.float64)
@@ -104,9 +115,11 @@ def prob_rows(probs: np.ndarray, label: int, pred: int, names: list[str] | None,
     keep = set(np.argsort(-probs, kind="stable")[:top].tolist()) if k > top else set(range(k))
     if 0 <= label < k:
         keep.add(int(label))
-    name = (lambda c: names[c] if names and c < len(names) else str(c))
-    return [{"name": name(c), "p": round(float(probs[c]) * 100, 1), "true": c == label,
-             "pred": c == pred} for c in sorted(keep)]
+    name = lambda c: names[c] if names and c < len(names) else str(c)
+    return [
+        {"name": name(c), "p": round(float(probs[c]) * 100, 1), "true": c == label, "pred": c == pred}
+        for c in sorted(keep)
+    ]
 
 
 def _signed(a: np.ndarray) -> bool:
@@ -133,8 +146,7 @@ def maps_panel(ctx: PanelContext, cmap: str | None = None) -> PanelImage:
         signed = _signed(maps)  # gradients, pre-ReLU maps: keep zero at the middle colour
         img = vis_square(maps, normalize=None if signed else "global")
         what = {"maps": "feature maps", "weights": "filters' weight gradients"}[lv.kind]
-        note = f"{ctx.layer}: {maps.shape[0]} {what} ({maps.shape[1]}x{maps.shape[2]}), " \
-               f"order as in 3-D, row-major"
+        note = f"{ctx.layer}: {maps.shape[0]} {what} ({maps.shape[1]}x{maps.shape[2]}), order as in 3-D, row-major"
     return PanelImage(_colour(img, cmap), note)
 
 
@@ -145,9 +157,11 @@ def neurons_panel(ctx: PanelContext, cmap: str | None = None) -> PanelImage:
     vec = ctx.read("activation", ctx.fc_layer, ctx.image).ravel()
     grid = neuron_grid(vec)
     top = int(np.argmax(vec))
-    return PanelImage(_colour(grid, cmap or "viridis"),
-                      f"{ctx.fc_layer}: {vec.size} neurons, row-major on {grid.shape[0]}x{grid.shape[1]}; "
-                      f"strongest #{top} ({vec[top]:.3g})")
+    return PanelImage(
+        _colour(grid, cmap or "viridis"),
+        f"{ctx.fc_layer}: {vec.size} neurons, row-major on {grid.shape[0]}x{grid.shape[1]}; "
+        f"strongest #{top} ({vec[top]:.3g})",
+    )
 
 
 def class_weights(model, layers: dict, layer: str, n_outputs: int) -> tuple[np.ndarray, str]:
@@ -168,7 +182,7 @@ def class_weights(model, layers: dict, layer: str, n_outputs: int) -> tuple[np.n
     w = None
     hops = []
     size = n
-    for name in names[names.index(layer) + 1:]:
+    for name in names[names.index(layer) + 1 :]:
         m = modules.get(name)
         if m is None or layers[name].kind != "linear" or not isinstance(getattr(m, "weight", None), torch.Tensor):
             continue
@@ -179,11 +193,12 @@ def class_weights(model, layers: dict, layer: str, n_outputs: int) -> tuple[np.n
         hops.append(name)
         size = wm.shape[0]
         if size == n_outputs:
-            note = "" if len(hops) == 1 else \
-                f" (through {' -> '.join(hops)}, ReLUs ignored: a linear approximation)"
+            note = "" if len(hops) == 1 else f" (through {' -> '.join(hops)}, ReLUs ignored: a linear approximation)"
             return w, note
-    raise ValueError(f"no chain of linear layers leads from {layer!r} to the {n_outputs} class "
-                     "scores; pick the linear layer just before the output")
+    raise ValueError(
+        f"no chain of linear layers leads from {layer!r} to the {n_outputs} class "
+        "scores; pick the linear layer just before the output"
+    )
 
 
 def relu_follows(model, layer: str) -> bool:
@@ -206,8 +221,9 @@ def relu_follows(model, layer: str) -> bool:
     return False
 
 
-def sorted_neurons(act: np.ndarray, weights_c: np.ndarray, cols: int | None = None,
-                   gap: int = 1, avg_width: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sorted_neurons(
+    act: np.ndarray, weights_c: np.ndarray, cols: int | None = None, gap: int = 1, avg_width: int = 3
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Seed 003 §4.2: neurons sorted by their weight to one class (largest first), laid out
     row-major, with each row's mean activation.
 
@@ -222,7 +238,7 @@ def sorted_neurons(act: np.ndarray, weights_c: np.ndarray, cols: int | None = No
     means = np.nanmean(grid, axis=1)
     img = np.full((grid.shape[0], grid.shape[1] + gap + avg_width), np.nan, np.float32)
     img[:, : grid.shape[1]] = grid
-    img[:, grid.shape[1] + gap:] = means[:, None]
+    img[:, grid.shape[1] + gap :] = means[:, None]
     return img, order, means
 
 
@@ -251,9 +267,12 @@ def sorted_panel(ctx: PanelContext, cmap: str | None = None) -> PanelImage:
     # the row averages get their own colour range, so their trend shows (seed 003 fig. 22)
     rgb[:, -n_avg:] = to_rgb(img[:, -n_avg:], cmap or "viridis", clim=_robust(means, 100))
     fin = means[np.isfinite(means)]
-    return PanelImage(rgb, f"{ctx.fc_layer}{' after ReLU' if relu else ''}, sorted by weight to class "
-                           f"{cname}{how}: top rows = largest weights; right = row averages, own colour "
-                           f"scale ({fin[0]:.3g} top row, {fin[-1]:.3g} bottom row)")
+    return PanelImage(
+        rgb,
+        f"{ctx.fc_layer}{' after ReLU' if relu else ''}, sorted by weight to class "
+        f"{cname}{how}: top rows = largest weights; right = row averages, own colour "
+        f"scale ({fin[0]:.3g} top row, {fin[-1]:.3g} bottom row)",
+    )
 
 
 def _robust(a: np.ndarray, pct: float = 99.0) -> tuple[float, float] | None:

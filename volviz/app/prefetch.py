@@ -5,6 +5,7 @@ Nothing here knows trame or VTK: values are whatever a loader returns (the app c
 :class:`~volviz.views.source.LayerVolume` objects: one store chunk, plus its filter order when
 orders are fitted per image).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -114,8 +115,9 @@ class Prefetcher:
         gen = self._generation
         for f in self._pending:
             f.cancel()
-        self._pending = [self._pool.submit(self._load, gen, key, loader)
-                         for key, loader in jobs if key not in self.cache]
+        self._pending = [
+            self._pool.submit(self._load, gen, key, loader) for key, loader in jobs if key not in self.cache
+        ]
 
     def _load(self, gen: int, key, loader) -> None:
         if gen != self._generation or key in self.cache:
@@ -148,11 +150,15 @@ class Coalescer:
     one drain task runs: it waits ``delay`` seconds so that slider messages queued behind a slow
     render arrive first, then applies the latest value; positions overtaken meanwhile are never
     drawn (``skipped`` counts them). Without a running loop (in-process tests, scripts) the value
-    is applied at once.
+    is applied at once. ``prepare(value)``, when given, runs in a worker thread before each
+    ``apply`` under the loop (reading what the step needs, so the loop only draws).
     """
 
-    def __init__(self, apply: Callable[[object], None], delay: float = 0.005):
+    def __init__(
+        self, apply: Callable[[object], None], delay: float = 0.005, prepare: Callable[[object], None] | None = None
+    ):
         self._apply = apply
+        self._prepare = prepare
         self.delay = delay
         self._pending = _MISSING
         self._task: asyncio.Task | None = None
@@ -183,6 +189,11 @@ class Coalescer:
         while self._pending is not _MISSING:
             await asyncio.sleep(self.delay)
             value, self._pending = self._pending, _MISSING
+            if self._prepare is not None:
+                try:
+                    await asyncio.get_running_loop().run_in_executor(None, self._prepare, value)
+                except Exception:  # noqa: BLE001 - the step itself reports what failed
+                    log.debug("preparing slider position %r failed", value, exc_info=True)
             try:
                 self._run(value)
             except Exception:  # noqa: BLE001 - never kill the drain loop

@@ -4,9 +4,12 @@ slider position on, or one turn around the volume.
 The frames are rendered in separate off-screen scenes in the server's main thread (where VTK
 lives) and handed through a :class:`FrameQueue` to :func:`volviz.record.write_movie` in a worker
 thread (a :class:`~volviz.app.jobs.BackgroundJob`), so the page stays usable. Recording is a
-job of the server, not of a browser: a tab closed mid-way does not stop it (the log says so) and
-the next visit offers the file.
+job of the session, not of a browser's connection: a tab closed mid-way does not stop it (the log
+says so) and the next visit of that tab offers the file. Each session has its own recordings: its
+download links (made by the server) serve only the files it wrote, and no other session can
+cancel them. A recording is at most ``MAX_RECORD_FRAMES`` frames and ``MAX_RECORD_SECONDS``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,13 +23,14 @@ import numpy as np
 
 from volviz.app import state as S
 from volviz.app.jobs import BackgroundJob, JobCancelled
+from volviz.app.rules import MAX_RECORD_FRAMES, MAX_RECORD_SECONDS
 from volviz.app.wiring import bind, controller
 
 log = logging.getLogger("volviz.app")
 
 __all__ = ["FrameQueue", "RecordingCancelled", "Recorder", "composite", "movie_path", "RECORD_SIZE"]
 
-RECORD_SIZE = (800, 608)          # multiples of 16: no padding in the MP4
+RECORD_SIZE = (800, 608)  # multiples of 16: no padding in the MP4
 RecordingCancelled = JobCancelled  # the user pressed stop: the partial movie is deleted
 
 _END = object()
@@ -104,15 +108,19 @@ class Recorder:
     def __init__(self, app):
         self.app, self.state = app, app.state
         self.record_dir = app.record_dir
-        self.job = BackgroundJob(self.state, "recording", busy=S.R_BUSY, progress=S.R_PROGRESS,
-                                 status=S.R_STATUS, poll=0.01)
+        self.job = BackgroundJob(
+            self.state, "recording", busy=S.R_BUSY, progress=S.R_PROGRESS, status=S.R_STATUS, poll=0.01
+        )
         self._left_logged = False
+        self.files: set[str] = set()  # names of the movies this session wrote (downloads)
+        self.last_file: pathlib.Path | None = None
         bind(self, app.server)
 
     def plan(self, mode: str):
         """(frames iterator, total, path) for the current view of every pane."""
         from volviz.record import orbit_frames
         from volviz.views.volume import LayerVolumeScene
+
         panes = [p for p in self.app.panes if p.scene is not None]
         if not panes:
             raise RuntimeError("nothing to record: no store is shown")
@@ -120,23 +128,38 @@ class Recorder:
             raise ValueError(f"unknown recording mode {mode!r}; use images or rotate")
         st = self.state
         tmax = int(st[S.T_MAX])
+        fps = float(st[S.R_FPS] or 8)
+        asked = int(st[S.R_MAX_IMAGES] or 1) if mode == "images" else int(st[S.R_FRAMES] or 2)
+        if asked > MAX_RECORD_FRAMES or asked / fps > MAX_RECORD_SECONDS:
+            raise ValueError(
+                f"{asked} frames asked; a recording is at most {MAX_RECORD_FRAMES} frames and "
+                f"{MAX_RECORD_SECONDS:.0f} s ({min(MAX_RECORD_FRAMES, int(MAX_RECORD_SECONDS * fps))} "
+                f"frames at {fps:g} frames/s)"
+            )
         if mode == "images":
-            total = max(1, min(int(st[S.R_MAX_IMAGES] or 1), tmax + 1))
+            total = max(1, min(asked, tmax + 1))
             start = int(st[S.T_INDEX])
             positions = [(start + k) % (tmax + 1) for k in range(total)]
         else:
-            total = max(2, int(st[S.R_FRAMES] or 2))
+            total = max(2, asked)
         first = panes[0]
-        path = movie_path(self.record_dir, pathlib.Path(first.path).name, first.layer, first.quantity,
-                          st[S.V_ORDER], mode)
+        path = movie_path(
+            self.record_dir, pathlib.Path(first.path).name, first.layer, first.quantity, st[S.V_ORDER], mode
+        )
         load = self.app.volume.load
 
         def frames():
             scenes = []
             try:
                 for p in panes:
-                    sc = LayerVolumeScene(p.shown.volume, p.shown.order, p.shown.boundaries, p.scene.style,
-                                          p.scene.title_text, window_size=RECORD_SIZE)
+                    sc = LayerVolumeScene(
+                        p.shown.volume,
+                        p.shown.order,
+                        p.shown.boundaries,
+                        p.scene.style,
+                        p.scene.title_text,
+                        window_size=RECORD_SIZE,
+                    )
                     sc.set_label(p.scene.label_text)
                     cam, live = sc.plotter.camera, p.plotter.camera
                     cam.position, cam.focal_point, cam.up = live.position, live.focal_point, live.up
@@ -167,6 +190,7 @@ class Recorder:
     def record(self, mode: str | None = None) -> pathlib.Path:
         """Write a movie of the current view now (blocking). Returns the MP4's path."""
         from volviz.record import write_movie
+
         frames, total, path = self.plan(mode or self.state[S.R_MODE])
         done = write_movie(path, frames, fps=float(self.state[S.R_FPS]), total=total, progress=False)
         self._finished(done)
@@ -174,16 +198,18 @@ class Recorder:
 
     def _finished(self, path: pathlib.Path) -> None:
         st = self.state
-        st[S.R_FILE] = str(path)
-        st[S.R_URL] = f"recordings/{path.name}"
+        self.files.add(path.name)
+        self.last_file = path
+        st[S.R_URL] = f"{self.app.record_url}{path.name}"
         st[S.R_PROGRESS] = 100
-        st[S.R_STATUS] = f"wrote {path}"
+        st[S.R_STATUS] = f"wrote {path.name}"
         log.info("recording written: %s", path)
 
     @controller("record")
     def start(self) -> None:
         """The record button: a background job (progress in the page); at once without a loop."""
         from volviz.record import write_movie
+
         st = self.state
         if self.job.running:
             st[S.R_STATUS] = "a recording is already running"
@@ -192,7 +218,7 @@ class Recorder:
         try:
             frames, total, path = self.plan(mode)
         except Exception as exc:  # noqa: BLE001
-            st[S.R_STATUS] = f"cannot record: {exc}"
+            st[S.R_STATUS] = self.app.redact(f"cannot record: {exc}")
             return
         fps, q = float(st[S.R_FPS]), FrameQueue()
         self._left_logged = False
@@ -212,12 +238,17 @@ class Recorder:
         def failed(exc: BaseException) -> str:
             if isinstance(exc, JobCancelled):
                 return f"recording stopped: {exc}"
-            return f"recording failed: {exc}"
+            return self.app.redact(f"recording failed: {exc}")
 
-        self.job.start(lambda report: write_movie(path, q, fps=fps, total=total, progress=False),
-                       now=lambda report: write_movie(path, frames, fps=fps, total=total, progress=False),
-                       feed=feed, abort=q.fail, done=self._finished, failed=failed,
-                       describe=lambda k, n: f"recording {mode}: {k}/{n} frames")
+        self.job.start(
+            lambda report: write_movie(path, q, fps=fps, total=total, progress=False),
+            now=lambda report: write_movie(path, frames, fps=fps, total=total, progress=False),
+            feed=feed,
+            abort=q.fail,
+            done=self._finished,
+            failed=failed,
+            describe=lambda k, n: f"recording {mode}: {k}/{n} frames",
+        )
 
     @controller("cancel_record")
     def cancel(self) -> None:
@@ -228,9 +259,11 @@ class Recorder:
         if self.job.running:
             if not self._left_logged:
                 self._left_logged = True
-                log.warning("a browser left while a movie is being written; writing goes on, the "
-                            "file will be offered for download on the next visit (folder %s)",
-                            self.record_dir)
+                log.warning(
+                    "a browser left while a movie is being written; writing goes on, the "
+                    "file will be offered for download on the next visit (folder %s)",
+                    self.record_dir,
+                )
         else:
             log.info("a browser left (%d connected)", len(getattr(self.app, "clients", ())))
 

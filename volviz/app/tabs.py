@@ -10,6 +10,7 @@
 * A 2-D panel (a tab beside every pane's 3-D view) is ``register_panel(key, title, fn)`` in one of
   :data:`PANEL_MODULES` (see :mod:`volviz.app.panels`).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -30,13 +31,19 @@ class TabContext:
     """What a main tab may use of the app."""
 
     server: object
-    focus: object                   # volviz.app.focus.Focus: the analysed pane's store, image, model
-    trust: dict                     # the command line's --trust-pickle / --trust-factory
+    focus: object  # volviz.app.focus.Focus: the analysed pane's store, image, model
+    trust: dict  # the command line's --trust-pickle / --trust-factory
     n_panes: int
-    prune_dir: pathlib.Path         # where the Pruning tab writes its result folders
+    prune_dir: pathlib.Path  # where the Pruning tab writes its result folders
     scene_dirs: list | None = None
-    allow_outside: bool = False     # scene files may name a store outside their folder
+    allow_outside: bool = False  # scene files may name a store outside their folder
+    catalog: object = None  # volviz.app.catalog.Catalog: what a browser may choose (ids)
+    notify: Callable[[str], None] | None = None  # one line in the page's footer
     jobs: list = field(default_factory=list)
+
+    def redact(self, text) -> str:
+        """``text`` as the page may show it (no absolute server paths)."""
+        return self.catalog.redact(text) if self.catalog is not None else str(text)
 
     @property
     def state(self):
@@ -57,31 +64,36 @@ class TabContext:
 class TabSpec:
     key: str
     title: str
-    make: Callable[[TabContext], object] | None    # None: the Volume tab (the panes themselves)
+    make: Callable[[TabContext], object] | None  # None: the Volume tab (the panes themselves)
     layout: Callable[[object, TabContext], None] | None
-    help: str = ""                                  # the drawer while the tab is shown
-    time_bar: bool = False                          # the time slider shows on this tab
+    help: str = ""  # the drawer while the tab is shown
+    time_bar: bool = False  # the time slider shows on this tab
 
 
 def _graph(ctx):
     from volviz.app.graph_tab import GraphTab
+
     return GraphTab(ctx)
 
 
 def _scene(ctx):
     from volviz.app.scene_tab import SceneTab
+
     return SceneTab(ctx)
 
 
 def _prune(ctx):
     from volviz.app.prune_tab import PruneTab
+
     return PruneTab(ctx)
 
 
 def _layout(name: str):
     def layout(tab, ctx):
         from volviz.app import ui_tabs
+
         return getattr(ui_tabs, name)(tab, ctx)
+
     return layout
 
 
@@ -89,17 +101,39 @@ def main_tabs() -> list[TabSpec]:
     """The app bar's tabs, in order (the page opens on the first)."""
     return [
         TabSpec("volume", "Volume", None, None, time_bar=True),
-        TabSpec("graph", "Graph", _graph, _layout("graph_tab"), time_bar=True, help=(
-            "The store's network: a plane per layer, a node per unit with its preferred input "
-            "(volviz optimize), edges from the weights. The time slider, the image order and the "
-            "pane's class (Importance tab) apply here too.")),
-        TabSpec("scene", "Scene preview", _scene, _layout("scene_tab"), help=(
-            "A scenes/*.toml movie as volviz movie renders it: the slider is the movie's time. Scenes "
-            "name their own store (captured first when missing).")),
-        TabSpec("prune", "Pruning", _prune, _layout("prune_tab"), help=(
-            "Seed 004's analysis: filters ranked by importance (the norm of the class score's gradient "
-            "w.r.t. their weights), removed least / most important first. Results are folders like "
-            "those of volviz prune --out, under out/prune.")),
+        TabSpec(
+            "graph",
+            "Graph",
+            _graph,
+            _layout("graph_tab"),
+            time_bar=True,
+            help=(
+                "The store's network: a plane per layer, a node per unit with its preferred input "
+                "(volviz optimize), edges from the weights. The time slider, the image order and the "
+                "pane's class (Importance tab) apply here too."
+            ),
+        ),
+        TabSpec(
+            "scene",
+            "Scene preview",
+            _scene,
+            _layout("scene_tab"),
+            help=(
+                "A scenes/*.toml movie as volviz movie renders it: the slider is the movie's time. Scenes "
+                "name their own store (captured first when missing)."
+            ),
+        ),
+        TabSpec(
+            "prune",
+            "Pruning",
+            _prune,
+            _layout("prune_tab"),
+            help=(
+                "Seed 004's analysis: filters ranked by importance (the norm of the class score's gradient "
+                "w.r.t. their weights), removed least / most important first. Results are folders like "
+                "those of volviz prune --out, under out/prune."
+            ),
+        ),
     ]
 
 

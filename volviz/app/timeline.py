@@ -6,6 +6,7 @@ only the latest is drawn, so positions overtaken while a frame renders never pil
 slider moves or plays the volumes are ray-cast coarser, and drawn again at full quality a moment
 after the last step. Playback waits for each frame, so no image is skipped while playing.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,7 +26,7 @@ __all__ = ["Timeline"]
 class Timeline:
     def __init__(self, app):
         self.app, self.state = app, app.state
-        self.coalescer = Coalescer(self._show_guarded)
+        self.coalescer = Coalescer(self._show_guarded, prepare=self._prepare)
         self.fast_steps = True  # coarser renders while the slider moves (VolumeView.set_step_quality)
         self._play_task = None
         self._refine_handle = None
@@ -44,6 +45,9 @@ class Timeline:
     @change(S.T_INDEX)
     def _on_index(self, **_) -> None:
         self.coalescer.request(int(self.state[S.T_INDEX]))
+
+    def _prepare(self, position) -> None:
+        self.app.volume.preload(int(position))
 
     def _show_guarded(self, position) -> None:
         try:
@@ -85,8 +89,8 @@ class Timeline:
         self.refresh()
         self.state[S.T_INDEX] = 0  # its handler finds everything drawn
         for pane in self.app.panes:
-            if changed.get(pane.index) and pane.scene is not None:
-                self.app.volume.rebuild(pane, pane.layer, pane.quantity)  # other volumes, one colour scale
+            if changed.get(pane.index) and (pane.scene is not None or self.app.volume.preparing(pane)):
+                self.app.volume.rebuild(pane, *self.app.volume.target(pane))  # other volumes, one colour scale
         self.app.volume.show_position(0)
 
     # ------------------------------------------------------------------ step and play
@@ -118,6 +122,7 @@ class Timeline:
     @change(S.T_PLAYING)
     def _on_playing(self, **_) -> None:
         if not self.state[S.T_PLAYING]:
+            self.state[S.T_ACTUAL] = ""
             return
         try:
             loop = asyncio.get_running_loop()
@@ -127,7 +132,9 @@ class Timeline:
             self._play_task = loop.create_task(self._play())
 
     async def _play(self) -> None:
-        """Advance one image per 1/speed s; waits for each frame, so no image is skipped."""
+        """Advance one image per 1/speed s; waits for each frame, so no image is skipped. The
+        rate reached is shown next to the one asked for (``t_actual``) when it falls short."""
+        starts: list[float] = []
         while self.state[S.T_PLAYING]:
             t0 = time.perf_counter()
             with self.state:
@@ -135,8 +142,21 @@ class Timeline:
             await asyncio.sleep(0)
             while self.coalescer.busy:
                 await asyncio.sleep(0.005)
-            period = 1.0 / max(float(self.state[S.T_SPEED] or 1), 0.1)
-            await asyncio.sleep(max(0.0, period - (time.perf_counter() - t0)))
+            speed = max(float(self.state[S.T_SPEED] or 1), 0.1)
+            await asyncio.sleep(max(0.0, 1.0 / speed - (time.perf_counter() - t0)))
+            starts = [*starts[-7:], t0]
+            if len(starts) >= 3:
+                rate = (len(starts) - 1) / (starts[-1] - starts[0])
+                text = (
+                    f"reaching {rate:.1f} images/s (the server cannot draw {speed:g}/s)"
+                    if rate < 0.85 * speed
+                    else f"{rate:.1f} images/s"
+                )
+                if text != self.state[S.T_ACTUAL] and self.state[S.T_PLAYING]:
+                    with self.state:
+                        self.state[S.T_ACTUAL] = text
+        with self.state:
+            self.state[S.T_ACTUAL] = ""
 
     def close(self) -> None:
         self.state[S.T_PLAYING] = False

@@ -7,6 +7,7 @@ per pane, one per tab): the handler sits next to what it changes, and no list of
 be kept in step with the methods by hand. A key may be a callable of the object, for the
 per-pane keys (:func:`pane`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -20,18 +21,22 @@ _CHANGE, _CTRL = "_volviz_change", "_volviz_ctrl"
 
 def change(*keys: str | Callable[[object], str]):
     """Run the method when any of ``keys`` changes (after ``state.flush()`` or a client update)."""
+
     def mark(fn):
         fn.__dict__.setdefault(_CHANGE, []).extend(keys)
         return fn
+
     return mark
 
 
 def controller(name: str, *, add: bool = False):
     """Make the method ``ctrl.<name>`` (``add=True``: one more listener of a trame event such as
     ``on_client_exited``)."""
+
     def mark(fn):
         fn.__dict__.setdefault(_CTRL, []).append((name, add))
         return fn
+
     return mark
 
 
@@ -44,8 +49,8 @@ def bind(obj, server) -> None:
     """Register the marked methods of ``obj`` with ``server``'s state and controller."""
     state, ctrl = server.state, server.controller
     seen: set[str] = set()
-    for klass in type(obj).__mro__:          # a subclass's method wins over its base's
-        for name, fn in vars(klass).items():
+    for klass in type(obj).__mro__:  # a subclass's method wins over its base's
+        for name, fn in list(vars(klass).items()):
             if name in seen:
                 continue
             seen.add(name)
@@ -57,3 +62,5 @@ def bind(obj, server) -> None:
                 state.change(*[k(obj) if callable(k) else k for k in keys])(method)
             for cname, add in ctrls or ():
                 (ctrl.add if add else ctrl.set)(cname)(method)
+                if not add:  # also callable by its name (``trame.trigger("record")``: scripts, tests)
+                    ctrl.trigger(cname)(method)
