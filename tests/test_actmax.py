@@ -1,5 +1,5 @@
 """Preferred inputs: batched == one unit at a time, activations rise, store round trip and resume,
-grey / RGB / N-channel inputs, the colour-chip finding of seed 000, fidelity against real images."""
+grey / RGB / N-channel inputs, the colour-chip finding of [PreferredInputs2016], fidelity against real images."""
 
 import numpy as np
 import pytest
@@ -113,7 +113,7 @@ def test_computing_only_the_target_unit_equals_the_whole_layer(layer, kind):
 
 
 class RGBFirst3x3(nn.Module):
-    """RGB input, a 3x3 first conv (as VGG / seed 000's Model I), ReLU, conv, pool, linear."""
+    """RGB input, a 3x3 first conv (as VGG / [PreferredInputs2016]'s Model I), ReLU, conv, pool, linear."""
 
     def __init__(self):
         super().__init__()
@@ -128,7 +128,7 @@ class RGBFirst3x3(nn.Module):
 
 
 def test_first_layer_3x3_units_prefer_uniform_colour_chips():
-    """Seed 000: every conv1 unit of a 3x3 first layer prefers a pure colour chip. Planted
+    """[PreferredInputs2016]: every conv1 unit of a 3x3 first layer prefers a pure colour chip. Planted
     colour filters (red, green, blue, purple, yellow, cyan, each with a random spatial texture)
     and two fully random filters: the channel mean is linear in the pixels, so each channel goes to
     the end of its range given by the sign of that channel's kernel sum, the same at every pixel."""

@@ -466,7 +466,7 @@ def test_saliency_switch_overlays_the_map_of_the_predicted_class(make_app, store
     plain = _png(st["p0_input"])
     _set(app, **{S.SAL_ON: True})
     i = pane.image
-    # direct autograd on the model input, as in seeds 001 / 002: max over channels of |dS_pred / dI|
+    # direct autograd on the model input, as in [Hong-L4] / [Tang]: max over channels of |dS_pred / dI|
     x = torch.from_numpy(pane.store.read_input(i))[None].requires_grad_(True)  # mean 0 / std 1 here
     pred = int(pane.columns["pred"][i])
     pane.model()(x)[0, pred].backward()

@@ -30,7 +30,7 @@ class RGBNet(nn.Module):
             w = torch.zeros(4, 3, 3, 3)
             w[0, 0], w[0, 1], w[0, 2] = 1.0, -1.0, -1.0  # red: excited by R, inhibited by G and B
             w[1, 0], w[1, 1], w[1, 2] = -1.0, 0.8, -1.0  # green
-            w[2, 0], w[2, 1], w[2, 2] = 0.9, -1.0, 0.7  # purple: R and B (seed 000)
+            w[2, 0], w[2, 1], w[2, 2] = 0.9, -1.0, 0.7  # purple: R and B ([PreferredInputs2016])
             w[3] = torch.randn(3, 3, 3, generator=torch.Generator().manual_seed(1)) * 0.3
             self.conv1.weight.copy_(w)
             self.conv1.bias.zero_()
@@ -104,7 +104,7 @@ def _weight(G, u, v) -> float:
 
 # ------------------------------------------------------------------------------ graph
 def test_red_unit_has_its_strongest_edge_to_the_red_channel():
-    """Seed 000's sanity check: a unit that prefers pure red is wired most strongly to R."""
+    """[PreferredInputs2016]'s sanity check: a unit that prefers pure red is wired most strongly to R."""
     model = RGBNet().eval()
     # which uniform colour chip excites each conv1 unit most (the preferred input, by brute force)
     levels = torch.linspace(0, 1, 5)

@@ -295,7 +295,7 @@ def test_deep_small_maps_use_the_gram_path_and_agree_with_loop():
     reason="digits weights not trained",
 )
 def test_digits_dissimilar_class_gradients_are_smaller_for_the_probability():
-    """Seed 004 figs 4-5 on the shipped digits: the gradient of the reference class's probability is
+    """[Jain2016] figs 4-5 on the shipped digits: the gradient of the reference class's probability is
     orders of magnitude smaller for images of the most dissimilar class (for the score before softmax
     it is not: see docs/gradient-analysis.md)."""
     from volviz.sources import demo

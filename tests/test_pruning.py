@@ -183,7 +183,7 @@ def _digits_inputs():
     reason="digits weights not trained",
 )
 def test_digits_most_important_filters_matter_more():
-    """Seed 004's table on the shipped 200 digits: removing a class's most important conv2 filters
+    """[Jain2016]'s table on the shipped 200 digits: removing a class's most important conv2 filters
     costs that class far more probability than removing its least important ones."""
     from volviz.analysis.importance import importance_on_the_fly
 

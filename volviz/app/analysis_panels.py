@@ -1,6 +1,6 @@
 """Issue 5 and 4 in the explorer's 2-D panels: per-filter importance of the current layer (seed
 004 §3.2.3), the layer's preferred inputs (``volviz optimize``), and the saliency overlay on the
-input image (seeds 001 / 002). Pure numpy / PIL / torch -> small PNGs; no trame, no VTK.
+input image ([Hong-L4] / [Tang]). Pure numpy / PIL / torch -> small PNGs; no trame, no VTK.
 
 * **Importance** (tab): two bar charts over the layer's filters, from the store's weight
   gradients (:func:`~volviz.analysis.importance.importance_from_store`, computed once per store
@@ -171,7 +171,7 @@ def importance_panel(ctx: PanelContext) -> PanelImage:
     rgb = importance_chart(d["class_mean"], d["per_image"], class_title, image_title)
     top = np.argsort(-np.asarray(d["class_mean"] if d["class_mean"] is not None else d["per_image"]))[:3]
     note = (
-        f"{layer}: importance ||dS/dW_j|| of its {len(d['per_image'])} {what} (seed 004), in filter "
+        f"{layer}: importance ||dS/dW_j|| of its {len(d['per_image'])} {what} ([Jain2016]), in filter "
         f"order, each chart on its own scale; most important for class {cname}: "
         f"{', '.join(f'#{j}' for j in top)}. Class: the select above (default: the predicted class)."
         + (f" {d['why']}" if d["why"] else "")

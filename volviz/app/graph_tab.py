@@ -6,7 +6,7 @@ layered layout, preferred-input thumbnails where the store has them). A slider s
 the node colours and the input tiles (``update_activations``: arrays in place, nothing rebuilt).
 While the tab is hidden nothing is computed or rendered; the graph catches up when it shows.
 
-Node colour: the unit's response to the image (seed 000), or a filter's importance (seed 004:
+Node colour: the unit's response to the image ([PreferredInputs2016]), or a filter's importance ([Jain2016]:
 class-averaged for the pane's chosen class, or of the current image); node size: importance.
 """
 

@@ -124,7 +124,7 @@ class Pane:
             {"title": f"class {nm}", "value": k} for k, nm in enumerate(names)
         ]
         st[pk(i, "sort_class")] = -1
-        # neuron panels: the linear layer feeding the class layer (seed 003's fc layer)
+        # neuron panels: the linear layer feeding the class layer ([Tamari2017]'s fc layer)
         st[pk(i, "fc_layer")] = linear[-2] if len(linear) > 1 else (linear[0] if linear else None)
         convs = [n for n, info in layers.items() if info.kind == "conv"]
         layer = convs[0] if convs else next(iter(layers))

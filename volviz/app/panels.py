@@ -1,4 +1,4 @@
-"""The 2-D panels next to the 3-D view (seed 003): the current layer's maps as a grid, a linear
+"""The 2-D panels next to the 3-D view ([Tamari2017]): the current layer's maps as a grid, a linear
 layer's activations as a grid of neurons, the sorted-neuron view, the input image and the class
 probabilities. Pure numpy -> small PNGs (the browser scales them up with sharp pixels).
 
@@ -136,7 +136,7 @@ def _colour(img: np.ndarray, cmap: str | None) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ panels
 def maps_panel(ctx: PanelContext, cmap: str | None = None) -> PanelImage:
-    """The current 3-D layer as a 2-D grid, in the volume's filter order (seed 003 ``vis_square``)."""
+    """The current 3-D layer as a 2-D grid, in the volume's filter order ([Tamari2017] ``vis_square``)."""
     lv = ctx.volume
     maps = lv.volume[lv.order]
     if lv.kind == "neurons":
@@ -168,7 +168,7 @@ def class_weights(model, layers: dict, layer: str, n_outputs: int) -> tuple[np.n
     """Weights from each neuron of linear ``layer`` to each class score, ``(K, N)``.
 
     The next captured linear layer whose input size is N takes the neurons; when it is the class
-    layer (K outputs) its weight matrix is the answer (seed 003 §4.2). Deeper chains
+    layer (K outputs) its weight matrix is the answer ([Tamari2017] §4.2). Deeper chains
     (fc6 -> fc7 -> fc8) are multiplied through, ignoring the ReLUs between them, and the note says
     so. Raises ``ValueError`` when no path to the class layer exists.
     """
@@ -204,7 +204,7 @@ def class_weights(model, layers: dict, layer: str, n_outputs: int) -> tuple[np.n
 def relu_follows(model, layer: str) -> bool:
     """True when a ``ReLU`` module comes after ``layer`` before the next weighted module (in
     registration order, e.g. LeNet's ``fc1 -> relu1 -> fc2``): the next layer then sees the
-    rectified activations, as Caffe's in-place ReLU shows them (seed 003)."""
+    rectified activations, as Caffe's in-place ReLU shows them ([Tamari2017])."""
     import torch
 
     seen = False
@@ -224,7 +224,7 @@ def relu_follows(model, layer: str) -> bool:
 def sorted_neurons(
     act: np.ndarray, weights_c: np.ndarray, cols: int | None = None, gap: int = 1, avg_width: int = 3
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Seed 003 §4.2: neurons sorted by their weight to one class (largest first), laid out
+    """[Tamari2017] §4.2: neurons sorted by their weight to one class (largest first), laid out
     row-major, with each row's mean activation.
 
     Returns ``(image, order, row_means)``: ``image`` is the ``rows x cols`` grid, a ``gap`` of
@@ -264,7 +264,7 @@ def sorted_panel(ctx: PanelContext, cmap: str | None = None) -> PanelImage:
     n_avg = 3
     grid = img[:, : -(n_avg + 1)]
     rgb = to_rgb(img, cmap or "viridis", clim=_robust(grid))
-    # the row averages get their own colour range, so their trend shows (seed 003 fig. 22)
+    # the row averages get their own colour range, so their trend shows ([Tamari2017] fig. 22)
     rgb[:, -n_avg:] = to_rgb(img[:, -n_avg:], cmap or "viridis", clim=_robust(means, 100))
     fin = means[np.isfinite(means)]
     return PanelImage(

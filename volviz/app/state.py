@@ -172,7 +172,7 @@ FIT_ITEMS = [
     {"title": "fixed over the image set", "value": "set"},
     {"title": "per image", "value": "image"},
 ]
-GROUPS = "groups"  # the class-groups image order (seed 004 §3.2.2), see volviz.app.groups
+GROUPS = "groups"  # the class-groups image order ([Jain2016] §3.2.2), see volviz.app.groups
 SORT_ITEMS = [
     {"title": "as captured", "value": "captured"},
     {"title": "by class probability", "value": "probability"},

@@ -129,7 +129,7 @@ def main_tabs() -> list[TabSpec]:
             _prune,
             _layout("prune_tab"),
             help=(
-                "Seed 004's analysis: filters ranked by importance (the norm of the class score's gradient "
+                "[Jain2016]'s analysis: filters ranked by importance (the norm of the class score's gradient "
                 "w.r.t. their weights), removed least / most important first. Results are folders like "
                 "those of volviz prune --out, under out/prune."
             ),

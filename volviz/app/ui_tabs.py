@@ -176,7 +176,7 @@ def prune_tab(tab, ctx) -> None:
     with v3.VCard(classes="pa-2", variant="outlined", id="prune-pane"):
         html.Div(
             "Remove the least / most important filters of a layer (zeroed in a copy of the model) and "
-            "sweep a threshold on importance: the error rate of every class (seed 004). Evaluated on the "
+            "sweep a threshold on importance: the error rate of every class ([Jain2016]). Evaluated on the "
             "store's images.",
             classes="text-caption text-grey mb-2",
         )

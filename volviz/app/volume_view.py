@@ -246,7 +246,7 @@ class VolumeView:
 
         key = (pane.variant, layer, quantity)
         if key not in pane.clims and pane.play is not None:
-            # class groups: ONE scale over the whole sequence (seed 004: magnitudes compare);
+            # class groups: ONE scale over the whole sequence ([Jain2016]: magnitudes compare);
             # gradients: the largest |value| of the sequence, symmetric
             vols = [to_volume(pane.source.store.read(quantity, layer, int(k)), quantity)[0] for k in pane.sequence]
             grad = quantity != "activation"

@@ -50,7 +50,7 @@ def register(sub) -> None:
         "--mode",
         choices=["relu", "abs"],
         default="relu",
-        help="edge strength from positive weights only (relu, seed 000) or |W| (abs)",
+        help="edge strength from positive weights only (relu, [PreferredInputs2016]) or |W| (abs)",
     )
     p.add_argument("--edges-per-node", type=int, help="draw only this many of each unit's edges")
     p.add_argument("--layer", help="zoom into this layer")

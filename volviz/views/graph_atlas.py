@@ -98,7 +98,7 @@ def thumbnails_to_uint8(images: np.ndarray) -> np.ndarray:
 
 def channel_tiles(image: np.ndarray) -> np.ndarray:
     """The current input image as one tile per channel: ``(C, H, W)`` in ``[0, 1]`` ->
-    ``uint8 (C, H, W, 3)``; with 3 channels, channel c tinted red / green / blue (seed 000's
+    ``uint8 (C, H, W, 3)``; with 3 channels, channel c tinted red / green / blue ([PreferredInputs2016]'s
     input layer), otherwise grey."""
     x = np.clip(np.nan_to_num(np.asarray(image, np.float32)), 0, 1)
     if x.ndim == 2:

@@ -12,7 +12,7 @@ Actors (built once; :meth:`GraphScene.update_activations` only rewrites arrays):
   frame; for layers without thumbnails it is the node itself.
 * ``thumb_actors[layer]``: one textured quad mesh per layer whose texture is an atlas of the
   layer's preferred-input thumbnails, next to a grey copy of them; a unit that does not fire
-  switches its texture coordinates to the grey copy (seed 000: grey thumbnails for units that
+  switches its texture coordinates to the grey copy ([PreferredInputs2016]: grey thumbnails for units that
   do not fire). The input layer shows the current image, one tinted tile per channel.
 * ``label_actors[layer]``: the layer's name above its plane; corner texts for title, caption
   and legend.

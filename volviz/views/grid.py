@@ -118,7 +118,7 @@ def vis_square(
 ) -> np.ndarray:
     """A layer's maps ``(C, H, W)`` (or RGB filters ``(C, H, W, 3)``) as one near-square image.
 
-    Seed 003's / Caffe's ``vis_square``: normalize, then tile row-major on
+    [Tamari2017]'s / Caffe's ``vis_square``: normalize, then tile row-major on
     :func:`near_square_grid` ``(C)`` with ``padding`` pixels between tiles (no outer border, unlike
     Caffe). ``normalize="global"`` maps the min..max of all maps to 0..1 (maps stay comparable),
     ``"per_map"`` each map separately (shows the pattern of weak maps), ``None`` keeps values.

@@ -1,12 +1,12 @@
 """What is maximized: one unit per batch element, and the penalties subtracted from it.
 
-Unit kinds (GUIDE section 3; seed 002 sections 3.2-3.3):
+Unit kinds ([Tang] sections 3.2-3.3):
 
 ========== =========================================================================
-``channel`` a conv channel's mean activation over all positions (seed 002 section 3.2)
+``channel`` a conv channel's mean activation over all positions ([Tang] section 3.2)
 ``centre``  a conv channel's activation at the centre position (one neuron, one receptive field)
 ``neuron``  one output of a linear layer
-``class``   a class score before the softmax (seed 002 section 3.3), i.e. ``neuron`` on the
+``class``   a class score before the softmax ([Tang] section 3.3), i.e. ``neuron`` on the
             layer that produces the model's logits
 ========== =========================================================================
 

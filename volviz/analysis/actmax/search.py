@@ -1,4 +1,4 @@
-"""Random search of the regularization per layer (Bergstra & Bengio 2012, as in seed 000).
+"""Random search of the regularization per layer (Bergstra & Bengio 2012, as in [PreferredInputs2016]).
 
 The score of a setting, for a layer (documented in ``docs/preferred-inputs.md``)::
 
