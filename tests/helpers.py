@@ -67,3 +67,13 @@ def write_image_folder(
             img[..., : size[1] // (k + 2)] = 255  # class-dependent stripe
             iio.imwrite(d / f"{c}_{i}.png", img)
     return root
+
+
+def capture_tiny_store(root: pathlib.Path, n_per_class: int = 2) -> pathlib.Path:
+    """``volviz capture`` of the tiny CNN on a 3-class image folder, through the CLI: root/s."""
+    from volviz.cli import main
+
+    imgs = write_image_folder(root / "imgs", n_per_class=n_per_class)
+    argv = ["capture", "--out", str(root / "s"), "--images", str(imgs), "--model", "helpers:tiny_cnn"]
+    assert main([*argv, "--size", "12", "12", "--channels", "1"]) == 0
+    return root / "s"

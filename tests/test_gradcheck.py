@@ -4,7 +4,7 @@ pass or the stored gradient is wrong, leave every weight exactly as it was."""
 import numpy as np
 import pytest
 import torch
-from helpers import write_image_folder
+from helpers import capture_tiny_store
 from torch import nn
 
 from volviz.analysis.gradcheck import EPS64, check_gradients, fd_step
@@ -116,27 +116,7 @@ def test_bad_input():
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("gc")
-    imgs = write_image_folder(root / "imgs", n_per_class=2)
-    assert (
-        main(
-            [
-                "capture",
-                "--out",
-                str(root / "s"),
-                "--images",
-                str(imgs),
-                "--model",
-                "helpers:tiny_cnn",
-                "--size",
-                "12",
-                "12",
-                "--channels",
-                "1",
-            ]
-        )
-        == 0
-    )
-    return root / "s"
+    return capture_tiny_store(root, n_per_class=2)
 
 
 def test_cli_check_gradients_exit_status(tiny_store, tmp_path, capsys):

@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_cnn, write_image_folder
+from helpers import capture_tiny_store, tiny_cnn
 
 from volviz.analysis.inputs import InputSet
 from volviz.analysis.pruning import (
@@ -117,27 +117,7 @@ def test_threshold_sweep_order_and_range():
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("prune")
-    imgs = write_image_folder(root / "imgs", n_per_class=4)
-    assert (
-        main(
-            [
-                "capture",
-                "--out",
-                str(root / "s"),
-                "--images",
-                str(imgs),
-                "--model",
-                "helpers:tiny_cnn",
-                "--size",
-                "12",
-                "12",
-                "--channels",
-                "1",
-            ]
-        )
-        == 0
-    )
-    return root / "s"
+    return capture_tiny_store(root, n_per_class=4)
 
 
 def test_cli_prune_writes_table_and_sweep(tiny_store, tmp_path):

@@ -6,7 +6,7 @@ matter), the render probe asked once."""
 import imageio.v3 as iio
 import numpy as np
 import pytest
-from helpers import write_image_folder
+from helpers import capture_tiny_store
 
 from volviz.views.colors import DEFAULT_CMAP, DIVERGING_CMAP, colour_2d, is_signed, theme_for
 from volviz.views.volume_data import bin_stack, stack_bin
@@ -79,30 +79,9 @@ def test_weight_rows_are_the_non_zero_rows_by_norm():
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from volviz.cli import main
 
     root = tmp_path_factory.mktemp("render")
-    imgs = write_image_folder(root / "imgs", n_per_class=2)
-    assert (
-        main(
-            [
-                "capture",
-                "--out",
-                str(root / "s"),
-                "--images",
-                str(imgs),
-                "--model",
-                "helpers:tiny_cnn",
-                "--size",
-                "12",
-                "12",
-                "--channels",
-                "1",
-            ]
-        )
-        == 0
-    )
-    return root / "s"
+    return capture_tiny_store(root, n_per_class=2)
 
 
 def test_render_figures_have_titles_colour_bars_and_class_rows(store, tmp_path, can_render):
