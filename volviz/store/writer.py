@@ -1,10 +1,11 @@
-"""Write a capture at compute speed: batches are buffered per array until a shard file's images are
-all captured, then the shard is written once, on a writer thread, while the next batches compute.
+"""Write a capture at compute speed: each array's rows are copied once into the buffer of the shard
+file they belong to; when a shard's images are all captured it is written once, on a writer thread,
+while the next batches compute.
 
 Crash safety is unchanged: an image's ``done`` flag is written only after every array holding it
 reached the disk (zarr writes each file atomically: a temporary file, then a rename), so a killed
 capture loses at most the buffered shards, and ``--resume`` recomputes exactly those images.
-Memory: at most one open shard per array (``layout.SHARD_BYTES`` each) plus two batches queued.
+Memory: at most one open shard per array (``layout.SHARD_BYTES`` each) plus the shards in flight.
 """
 
 from __future__ import annotations
@@ -16,21 +17,40 @@ import numpy as np
 from volviz.store import layout
 
 
+class ShardBuffer:
+    """The rows of one shard file of one array that this run captures, in place."""
+
+    def __init__(self, first: int, per: int, row_shape: tuple, dtype):
+        self.first = first
+        self.data = np.empty((per, *row_shape), dtype=dtype)
+        self.filled = np.zeros(per, dtype=bool)
+
+    def put(self, row: int, rows: np.ndarray) -> None:
+        lo = row - self.first
+        self.data[lo : lo + len(rows)] = rows
+        self.filled[lo : lo + len(rows)] = True
+
+    @property
+    def count(self) -> int:
+        return int(self.filled.sum())
+
+    def rows(self) -> np.ndarray:
+        return self.first + np.flatnonzero(self.filled)
+
+
 class ShardWriter:
     """Buffers rows per array key and flushes whole shards; ``close()`` flushes the rest."""
 
     def __init__(self, store, pending: np.ndarray, max_in_flight: int = 2):
         self.store = store
-        self._root = store._root
         self.pending = np.asarray(pending, dtype=np.int64)
         self._keys: list[str] | None = None
-        self._buf: dict[str, dict[int, dict[int, np.ndarray]]] = {}  # key -> shard -> row -> data
+        self._open: dict[str, dict[int, ShardBuffer]] = {}  # key -> shard index -> buffer
         self._flushed: dict[int, int] = {}  # row -> arrays on disk
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="volviz-writer")
         self._futures: list[Future] = []
         self._max = max_in_flight
-        # rows of each shard that this run will write, per rows-per-shard value
-        self._want: dict[int, dict[int, int]] = {}
+        self._want: dict[int, dict[int, int]] = {}  # rows per shard -> shard -> rows this run writes
 
     def _expected(self, per: int, shard: int) -> int:
         counts = self._want.get(per)
@@ -40,38 +60,42 @@ class ShardWriter:
         return counts.get(shard, 0)
 
     def add(self, start: int, arrays: dict[str, np.ndarray]) -> None:
-        """Rows ``start..start+n`` of every per-image array (already cast for the store)."""
+        """Rows ``start..start+n`` of every per-image array (already cast for the store). The rows are
+        copied: capture reuses its gradient buffers batch after batch."""
         if self._keys is None:
             self._keys = list(arrays)
-        n = len(next(iter(arrays.values())))
         for key, data in arrays.items():
-            data = np.array(data, copy=True)  # capture reuses its gradient buffers batch after batch
-            per = layout.rows_per_file(self.store._array(key))
-            by_shard = self._buf.setdefault(key, {})
-            for j in range(n):
-                row = start + j
-                by_shard.setdefault(row // per, {})[row] = data[j]
-            for shard in sorted({(start + j) // per for j in range(n)}):
-                if len(by_shard[shard]) == self._expected(per, shard):
-                    self._submit(key, by_shard.pop(shard))
+            arr = self.store._array(key)
+            per = layout.rows_per_file(arr)
+            shards = self._open.setdefault(key, {})
+            row, stop = start, start + len(data)
+            while row < stop:
+                shard = row // per
+                end = min(stop, (shard + 1) * per)
+                buf = shards.get(shard)
+                if buf is None:
+                    buf = shards[shard] = ShardBuffer(shard * per, per, arr.shape[1:], arr.dtype)
+                buf.put(row, data[row - start : end - start])
+                if buf.count == self._expected(per, shard):
+                    self._submit(key, shards.pop(shard))
+                row = end
         self._check_errors()
 
-    def _submit(self, key: str, rows: dict[int, np.ndarray]) -> None:
+    def _submit(self, key: str, buf: ShardBuffer) -> None:
         while len([f for f in self._futures if not f.done()]) >= self._max * max(1, len(self._keys or [1])):
             self._futures[0].result()
             self._futures = [f for f in self._futures if not f.done()]
-        self._futures.append(self._pool.submit(self._write, key, rows))
+        self._futures.append(self._pool.submit(self._write, key, buf))
 
-    def _write(self, key: str, rows: dict[int, np.ndarray]) -> None:
+    def _write(self, key: str, buf: ShardBuffer) -> None:
         """On the writer thread: one shard of one array, then the done flags it completes."""
-        idx = np.fromiter(rows, dtype=np.int64, count=len(rows))
-        order = np.argsort(idx)
-        idx, data = idx[order], np.stack([rows[int(i)] for i in idx[order]])
+        idx = buf.rows()
         arr = self.store._array(key)
         if idx[-1] - idx[0] + 1 == len(idx):
-            arr[int(idx[0]) : int(idx[-1]) + 1] = data
+            lo = int(idx[0]) - buf.first
+            arr[int(idx[0]) : int(idx[-1]) + 1] = buf.data[lo : lo + len(idx)]
         else:
-            arr.oindex[idx] = data
+            arr.oindex[idx] = buf.data[idx - buf.first]
         done = []
         for i in idx.tolist():
             self._flushed[i] = self._flushed.get(i, 0) + 1
@@ -79,8 +103,7 @@ class ShardWriter:
                 done.append(i)
                 del self._flushed[i]
         if done:
-            d = np.asarray(sorted(done), dtype=np.int64)
-            self.store._array("done").oindex[d] = True
+            self.store._array("done").oindex[np.asarray(sorted(done), dtype=np.int64)] = True
 
     def _check_errors(self) -> None:
         for f in [f for f in self._futures if f.done()]:
@@ -92,10 +115,10 @@ class ShardWriter:
         error elsewhere, ``raise_errors=False`` keeps that error the one reported."""
         try:
             if flush:
-                for key, by_shard in self._buf.items():
-                    for shard in sorted(by_shard):
-                        self._submit(key, by_shard[shard])
-                self._buf.clear()
+                for key, shards in self._open.items():
+                    for shard in sorted(shards):
+                        self._submit(key, shards[shard])
+                self._open.clear()
             for f in self._futures:
                 try:
                     f.result()
