@@ -1,0 +1,104 @@
+"""The sharded store against the layout it replaced, and a capture that loses a worker.
+
+* A sharded store read back one image at a time equals a store of one file per image per array
+  (the layout before sharding): same bytes, image by image.
+* A Dask worker process killed in the middle of its range (``os._exit``, as the OOM killer or a
+  lost node would) is replaced, its task re-run, and the store ends with the same bytes as a
+  one-process capture.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+import pytest
+from helpers import TinyCNN, write_image_folder
+from test_distributed import arrays_digest
+
+from volviz.store import layout
+from volviz.store.capture import CaptureSettings, run_capture
+from volviz.store.layout import QUANTITIES
+
+SETTINGS = dict(size=(12, 12), channels=1, batch_size=4)
+DIE_ENV = "VOLVIZ_TEST_DIE_ONCE"  # a file: the first worker to rename it dies, once
+
+
+class DyingCNN(TinyCNN):
+    """TinyCNN (same weights) whose forward pass kills its Dask worker process, once, on that
+    worker's second batch: a worker lost mid-way through a range."""
+
+    calls = 0
+
+    def forward(self, x):
+        marker = os.environ.get(DIE_ENV)
+        if marker and _in_dask_worker():
+            DyingCNN.calls += 1
+            if DyingCNN.calls == 2:
+                try:
+                    os.rename(marker, marker + ".used")  # atomic: exactly one process wins
+                except FileNotFoundError:
+                    pass
+                else:
+                    os._exit(1)
+        return super().forward(x)
+
+
+def _in_dask_worker() -> bool:
+    try:
+        from distributed import get_worker
+
+        get_worker()
+        return True
+    except (ImportError, ValueError):
+        return False
+
+
+def dying_cnn():
+    import torch
+
+    torch.manual_seed(0)
+    return DyingCNN()
+
+
+def test_sharded_store_reads_image_by_image_like_one_file_per_image(tmp_path, monkeypatch):
+    images = write_image_folder(tmp_path / "imgs", n_per_class=4)
+    s = dict(model="helpers:tiny_cnn", **SETTINGS)
+    sharded = run_capture(tmp_path / "sharded", CaptureSettings(images=[str(images)], **s), progress=False)
+    monkeypatch.setattr(layout, "MAX_SHARD_ROWS", 1)
+    flat = run_capture(tmp_path / "flat", CaptureSettings(images=[str(images)], **s), progress=False)
+    monkeypatch.undo()
+    assert max(layout.rows_per_file(sharded._array(k)) for k in sharded._array_keys()) > 1
+    assert all(layout.rows_per_file(flat._array(k)) == 1 for k in flat._array_keys())
+    compared = 0
+    for i in np.random.default_rng(0).permutation(sharded.n_images):
+        for name in sharded.layers:
+            for q in QUANTITIES:
+                if sharded.has(q, name) and q != "grad_weight":
+                    np.testing.assert_array_equal(sharded.read(q, name, i), flat.read(q, name, i))
+                    compared += 1
+        np.testing.assert_array_equal(sharded.read_inputs([i]), flat.read_inputs([i]))
+    assert compared > 3 * sharded.n_images
+    for col in ("probs", "pred", "label", "target"):
+        np.testing.assert_array_equal(sharded.column(col), flat.column(col))
+
+
+def test_a_worker_killed_mid_way_is_replaced_and_the_bytes_are_the_same(tmp_path, monkeypatch):
+    pytest.importorskip("distributed")
+    images = write_image_folder(tmp_path / "imgs", n_per_class=12)  # 36 images: 3 ranges of 16 / 16 / 4
+    one = run_capture(
+        tmp_path / "one", CaptureSettings(images=[str(images)], model="helpers:tiny_cnn", **SETTINGS), progress=False
+    )
+    marker = pathlib.Path(tmp_path / "die")
+    marker.write_text("")
+    monkeypatch.setenv(DIE_ENV, str(marker))
+    two = run_capture(
+        tmp_path / "two",
+        CaptureSettings(images=[str(images)], model="test_store_shards:dying_cnn", **SETTINGS),
+        progress=False,
+        workers=2,
+    )
+    assert not marker.exists() and pathlib.Path(str(marker) + ".used").exists()  # a worker did die
+    assert two.complete and two.done.all()
+    assert arrays_digest(two) == arrays_digest(one)
