@@ -137,6 +137,7 @@ class Explorer:
             allow_outside=allow_outside,
             catalog=catalog,
             notify=self.notify,
+            recorder=self.recorder,
         )
         self.tabs = {spec.key: spec.make(self.context) for spec in self.tab_specs if spec.make is not None}
         self.rules = client_rules(n, [spec.key for spec in self.tab_specs], list(PANELS))

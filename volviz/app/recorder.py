@@ -193,10 +193,12 @@ class Recorder:
 
         frames, total, path = self.plan(mode or self.state[S.R_MODE])
         done = write_movie(path, frames, fps=float(self.state[S.R_FPS]), total=total, progress=False)
-        self._finished(done)
+        self.add_file(done)
         return done
 
-    def _finished(self, path: pathlib.Path) -> None:
+    def add_file(self, path: pathlib.Path) -> None:
+        """A finished recording (this tab's or another tab's, e.g. the dashboard movie) becomes a
+        download of this session's page."""
         st = self.state
         self.files.add(path.name)
         self.last_file = path
@@ -245,7 +247,7 @@ class Recorder:
             now=lambda report: write_movie(path, frames, fps=fps, total=total, progress=False),
             feed=feed,
             abort=q.fail,
-            done=self._finished,
+            done=self.add_file,
             failed=failed,
             describe=lambda k, n: f"recording {mode}: {k}/{n} frames",
         )
