@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from volviz.analysis.reorder import ORDER_NAMES, REORDERINGS
+from volviz.analysis.reorder import ORDER_NAMES, REORDERINGS, SliceOrder
 from volviz.store.store import QUANTITIES, Store, StoreError
 from volviz.views.volume_data import weight_volume
 
@@ -65,9 +65,11 @@ class LayerVolumeSource:
 
     def _orderer(self, order: str, n_channels: int, **kw):
         """The registry's estimator with its defaults for this layer (``n_clusters``: the
-        clusters, 0 / None automatic; ``n_outer`` / ``n_inner`` where the order takes them)."""
+        clusters, 0 / None automatic; ``n_outer`` / ``n_inner`` where the order takes them;
+        ``index``: the slice orders' row)."""
         r = REORDERINGS[order]
-        params = {k: v for k, v in kw.items() if k in r.defaults(n_channels)}
+        takes = set(r.defaults(n_channels)) | ({"index"} if r.cls is SliceOrder else set())
+        params = {k: v for k, v in kw.items() if k in takes}
         return r.build(n_channels, clusters=kw.get("n_clusters"), random_state=self.random_state, **params)
 
     def set_order(self, layer: str, quantity: str, order: str, **kw):
