@@ -35,6 +35,10 @@ class Focus:
         """Store index of the image the pane shows now (follows the time slider)."""
         return self._pane.image
 
+    def position_of(self, image: int) -> int:
+        """The time slider's position of store image ``image`` in the pane's image order."""
+        return self._pane.position_of(int(image))
+
     def model(self):
         """The store's ``nn.Module``, loaded once with the command line's trust flags (raises a
         one-line ``ModelLoadError`` saying why it cannot be loaded)."""

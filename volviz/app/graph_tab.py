@@ -1,8 +1,11 @@
-"""The explorer's Graph tab: the network of the current store as a node-edge graph
-(:class:`~volviz.views.graph_scene.GraphScene`, issue 4) that follows the explorer's time slider.
+"""The explorer's Graph tab: the network of the current store as a node-edge graph that follows
+the explorer's time slider, with a level of detail (:class:`~volviz.views.graph_lod.GraphLODScene`):
+a big network's overview (over 3,000 units: a torchvision model) is one tile per layer, and a
+layer chosen in the camera select opens as its units (:class:`~volviz.views.graph_scene.GraphScene`).
 
 Built once per store when the tab is first shown (graph from the dataflow of the store's model,
-layered layout, preferred-input thumbnails where the store has them). A slider step only rewrites
+layered layout, unit thumbnails: preferred inputs where the store has them, or each unit's top
+dataset example, dead units grey: the thumbnails switch). A slider step only rewrites
 the node colours and the input tiles (``update_activations``: arrays in place, nothing rebuilt).
 While the tab is hidden nothing is computed or rendered; the graph catches up when it shows.
 
@@ -24,6 +27,7 @@ log = logging.getLogger("volviz.app")
 WINDOW = (800, 520)  # small: the software renderer draws every edge
 SCALE_SAMPLES = 12  # images sampled for each layer's response scale
 OVERVIEW_ZOOM = 1.1  # the whole graph fills the (small) view
+MAX_TOP_UNITS = 2048  # top-example thumbnails for this many units in all (a crop per unit: model gradients)
 LEGEND_RESPONSE = (
     "edges: weight after ReLU, cold -> hot (strongest 4 in per unit)\n"
     "nodes: response to the image, dark -> bright; grey: not firing"
@@ -55,6 +59,7 @@ class GraphTab:
         self.path: str | None = None  # store the scene was built for
         self.units: list[str] = []
         self.thumb_layers: list[str] = []
+        self.kind = "preferred"  # thumbnails of the built scene: preferred | top
         self.response_scales: dict[str, float] = {}
         self.image: int | None = None
         self.dirty = True
@@ -91,7 +96,7 @@ class GraphTab:
         return out
 
     # ------------------------------------------------------------------ building
-    def _gather(self, store, model_fn) -> dict:
+    def _gather(self, store, model_fn, thumbs_kind: str = "preferred", memo=None) -> dict:
         """The slow, VTK-free half of a build (trace the model, lay it out, read thumbnails and
         the response scales): a background job under the server."""
         from volviz.analysis.network_graph import build_network_graph, unit_responses
@@ -101,25 +106,46 @@ class GraphTab:
         G = build_network_graph(model_fn(), tuple(int(s) for s in store.input_shape), k=8)
         layout = layered_layout(G.graph["layers"])
         units = [d["name"] for d in G.graph["layers"] if d["kind"] != "input" and d["name"] in store.layers]
-        thumbs = load_thumbnails(store, units, None, progress=False)
+        if thumbs_kind == "top":
+            thumbs = self._top_thumbnails(store, units, model_fn, memo)
+        else:
+            thumbs = load_thumbnails(store, units, None, progress=False)
         done = np.flatnonzero(store.done)
         pick = done[np.linspace(0, len(done) - 1, min(len(done), SCALE_SAMPLES)).astype(int)]
         resp = [unit_responses(store, int(i), units) for i in pick]
         scales = {n: float(max(r[n].max() for r in resp)) for n in units}
-        return {"G": G, "layout": layout, "units": units, "thumbs": thumbs, "scales": scales}
+        return {"G": G, "layout": layout, "units": units, "thumbs": thumbs, "scales": scales, "kind": thumbs_kind}
+
+    @staticmethod
+    def _top_thumbnails(store, units, model_fn, memo) -> dict[str, np.ndarray]:
+        """Each unit's best dataset example (dead units grey), layer by layer while the layers'
+        units add up to at most :data:`MAX_TOP_UNITS` (one streamed top-1 pass and one crop per
+        unit each); layers without stored activations, and those beyond, keep slate tiles."""
+        from volviz.app.dataset_panels import top_thumbnails
+
+        out, budget = {}, MAX_TOP_UNITS
+        for name in units:
+            n = int(store.layers[name].act_shape[0])
+            if store.has("activation", name) and n <= budget:
+                out[name] = top_thumbnails(store, name, model_fn, memo)
+                budget -= n
+        return out
 
     def _build(self, data: dict | None = None) -> None:
+        from volviz.views.graph_lod import GraphLODScene, choose_lod
         from volviz.views.graph_scene import GraphScene, GraphStyle
 
         f = self.focus
         store = f.store
-        d = data if data is not None else self._gather(store, f.model)
+        d = data if data is not None else self._gather(store, f.model, self.state[S.G_THUMBS], f.memo)
         G, layout, thumbs = d["G"], d["layout"], d["thumbs"]
         self.units, self.thumb_layers, self.response_scales = d["units"], list(thumbs), d["scales"]
         if self.scene is not None:
             self.scene.close()
         title = f"{store.plan.model.spec}: {G.number_of_nodes()} units, {G.number_of_edges()} edges (k=8)"
-        self.scene = GraphScene(
+        # a big network: layer tiles for the overview, units when a layer is opened; else units
+        scene_class = GraphLODScene if choose_lod(G) == "layers" else GraphScene
+        self.scene = scene_class(
             G,
             layout,
             thumbs,
@@ -136,12 +162,22 @@ class GraphTab:
         if self.state[S.G_FOCUS] not in layout.planes:
             self.state[S.G_FOCUS] = ""
         self._apply_focus()
+        self.kind = d.get("kind", "preferred")
         missing = [n for n in self.units if n not in thumbs]
-        self._thumb_note = (
-            "thumbnails: preferred inputs of "
-            + (", ".join(self.thumb_layers) or "no layer")
-            + (f"; slate tiles: `volviz optimize {store.path}` computes them" if missing else "")
-        )
+        if self.kind == "top":
+            self._thumb_note = (
+                "thumbnails: each unit's top dataset example (grey: dead on the dataset) of "
+                + (", ".join(self.thumb_layers) or "no layer")
+                + (f"; slate tiles: no activations kept, or past the first {MAX_TOP_UNITS} units" if missing else "")
+            )
+        else:
+            self._thumb_note = (
+                "thumbnails: preferred inputs of "
+                + (", ".join(self.thumb_layers) or "no layer")
+                + (f"; slate tiles: `volviz optimize {store.path}` computes them" if missing else "")
+            )
+        if getattr(self.scene, "lod", "units") == "layers":
+            self._thumb_note += " · overview: one tile per layer; choose a layer (camera) to see its units"
 
     def _build_later(self) -> bool:
         """Under the server: gather the graph in a background job, then build and show it; False
@@ -175,8 +211,9 @@ class GraphTab:
                 return
             self.push()
 
+        kind = self.state[S.G_THUMBS]
         self.job.start(
-            lambda report: self._gather(store, f.model),
+            lambda report: self._gather(store, f.model, kind, f.memo),
             done=done,
             failed=lambda exc: (self._failed(exc, path), self.state[S.G_NOTE])[1],
         )
@@ -250,10 +287,10 @@ class GraphTab:
             return
         if not force and self.failed == f.path:
             return  # the build failed for this store: not again on every slider step
-        if (self.scene is None or self.path != f.path) and self.job.running:
+        if (self.scene is None or self.path != f.path or self.kind != self.state[S.G_THUMBS]) and self.job.running:
             return  # being built: it shows the pane's image when done
         try:
-            if self.scene is None or self.path != f.path:
+            if self.scene is None or self.path != f.path or self.kind != self.state[S.G_THUMBS]:
                 self.failed = None
                 if self._build_later():
                     return
@@ -282,6 +319,12 @@ class GraphTab:
 
     @change(S.G_COLOR, S.G_SIZE)
     def _on_look(self, **_) -> None:
+        self.sync(force=True)
+
+    @change(S.G_THUMBS)
+    def _on_thumbs(self, **_) -> None:
+        """Preferred inputs or top dataset examples: the scene is rebuilt with the other tiles."""
+        self.failed = None
         self.sync(force=True)
 
     @change(S.G_FOCUS)

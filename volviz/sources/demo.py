@@ -40,6 +40,7 @@ __all__ = [
     "build_demo_model",
     "demo_weights_path",
     "demo_images_dir",
+    "demo_capture_dir",
     "demo_metrics_path",
     "load_demo_model",
 ]
@@ -177,6 +178,14 @@ def demo_weights_path(name: str) -> Path:
 def demo_images_dir(name: str) -> Path:
     """``<repo>/data/<name>/test``: held-out test images, one subfolder per class, grey PNGs."""
     return DATA_DIR / check_name(name) / "test"
+
+
+def demo_capture_dir(name: str) -> Path:
+    """What a capture of demo model ``name`` reads by default: ``<repo>/data/<name>/heldout``, its
+    whole held-out test split (digits: the 1,000 test digits, 100 per class), when shipped; else
+    the exported test images (faces: all 100 of its test images are exported)."""
+    heldout = DATA_DIR / check_name(name) / "heldout"
+    return heldout if heldout.is_dir() else demo_images_dir(name)
 
 
 def demo_metrics_path(name: str) -> Path:

@@ -222,15 +222,26 @@ def faces_split(seed: int, n_test_per_class: int = 50, n_photo_crops: int = 3000
 
 def write_test_images(name: str, split: DemoSplit, info: DemoInfo, test_dir: Path) -> int:
     """Write the exported test images as ``<test_dir>/<class>/<name>_<idx>.png`` (grey,
-    uint8: exactly the values the model was tested on); returns how many."""
+    uint8: exactly the values the model was tested on) and, when only some are exported, the whole
+    test split beside them in ``heldout/`` (what a capture reads by default:
+    :func:`~volviz.sources.demo.demo_capture_dir`); returns how many were exported."""
+    _write_pngs(name, split, info, test_dir, split.export)
+    heldout = test_dir.parent / "heldout"
+    if len(split.export) < len(split.x_test):  # the whole test split too: the default capture set
+        _write_pngs(name, split, info, heldout, np.arange(len(split.x_test)))
+    elif heldout.exists():
+        shutil.rmtree(heldout)
+    return len(split.export)
+
+
+def _write_pngs(name: str, split: DemoSplit, info: DemoInfo, folder: Path, which) -> None:
     from PIL import Image
 
-    if test_dir.exists():
-        shutil.rmtree(test_dir)
+    if folder.exists():
+        shutil.rmtree(folder)
     for cls in info.class_names:
-        (test_dir / cls).mkdir(parents=True, exist_ok=True)
-    for k in split.export:
+        (folder / cls).mkdir(parents=True, exist_ok=True)
+    for k in which:
         img = np.rint(split.x_test[k, 0].numpy() * 255.0).astype(np.uint8)
         cls = info.class_names[int(split.y_test[k])]
-        Image.fromarray(img).save(test_dir / cls / f"{name}_{int(split.test_ids[k]):04d}.png")
-    return len(split.export)
+        Image.fromarray(img).save(folder / cls / f"{name}_{int(split.test_ids[k]):04d}.png")
