@@ -12,8 +12,10 @@ class), one run, the methods interleaved repeat after repeat:
   loop     one forward + backward per image, on the first --loop-images images, extrapolated
 plus a plain forward against capture_batch(gradients=False) (activations only). Ratios to the
 floor in process CPU time and in wall time, best of --repeat; the machine (lscpu model name) and
-the load average before and after. Memory: the plan's predicted peak (volviz.capture.memory)
-against the peak measured with torch's profiler, steady state.
+the load average before and after (the run, and each model). Fairness: opacus' per-image
+gradients are compared with volviz's after the timing (the same layers, the same values).
+Memory: the plan's predicted peak (volviz.capture.memory) against the peak measured with torch's
+profiler, steady state.
 
     python benchmarks/bench_capture.py --threads 1                  # every model, CPU, ~10 min
     python benchmarks/bench_capture.py --models resnet18 mobilenet_v2 --size 224 --device cuda
@@ -121,7 +123,7 @@ def bench_model(name: str, batch: int, size: int, device, repeat: int, loop_imag
     def opacus():
         gsm.zero_grad(set_to_none=True)
         gsm(x).gather(1, t.view(-1, 1)).sum().backward()
-        return [p.grad_sample for p in om.parameters() if p.requires_grad]
+        return {k: p.grad_sample for k, p in om.named_parameters() if p.requires_grad}
 
     def plain_forward():
         with torch.no_grad():
@@ -156,6 +158,7 @@ def bench_model(name: str, batch: int, size: int, device, repeat: int, loop_imag
             if r:
                 best[k] = [min(best[k][0], c * scale.get(k, 1)), min(best[k][1], w * scale.get(k, 1))]
     model.zero_grad(set_to_none=True)
+    agreement = None if "opacus" in errors else opacus_agreement(opacus(), fns["volviz"](), layers, batch)
 
     row = {
         "model": name,
@@ -166,6 +169,7 @@ def bench_model(name: str, batch: int, size: int, device, repeat: int, loop_imag
         "loop_images": len(sub),
         "params": sum(p.numel() for k, p in model.named_parameters() if k in weighted),
         "errors": errors,
+        "opacus_vs_volviz_max_rel_diff": agreement,  # the same layers, the same quantity
     }
     for k in fns:
         row[f"{k}_cpu_s"], row[f"{k}_wall_s"] = best[k] if k not in errors else (None, None)
@@ -185,14 +189,37 @@ def bench_model(name: str, batch: int, size: int, device, repeat: int, loop_imag
     return row
 
 
+def opacus_agreement(grad_samples: dict, res, layers: list[str], batch: int) -> float:
+    """Fairness check: opacus computed per-image gradients of exactly the layers volviz did, and the
+    same ones; the largest difference relative to each layer's largest value (float32 kernels on
+    different operand orders: about 1e-6; 1 where one of them is zero and the other is not)."""
+    worst = 0.0
+    for n in layers:
+        g = grad_samples.get(f"{n}.weight")
+        if g is None or g.shape[0] != batch:
+            raise ValueError(f"opacus has no per-image gradient for {n}: not the same layers")
+        if n in res.grad_weight_factors:
+            u, v = res.grad_weight_factors[n]
+            mine = torch.einsum("no,ni->noi", torch.from_numpy(u), torch.from_numpy(v))
+        else:
+            mine = torch.from_numpy(res.grad_weight[n])
+        ref = g.detach().reshape(mine.shape)
+        scale = torch.maximum(mine.abs().max(), ref.abs().max()).clamp_min(1e-30)
+        worst = max(worst, float((mine - ref).abs().max() / scale))
+    return worst
+
+
 def table(rows: list[dict]) -> str:
     f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     lines = [
         "| model | batch | input | floor s (cpu) | volviz / floor cpu (wall) | fresh / floor | opacus / floor "
-        "| vmap / floor | loop / floor | opacus / volviz | acts / forward | memory predicted / measured |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| vmap / floor | loop / floor | opacus / volviz | opacus vs volviz | acts / forward "
+        "| memory predicted / measured | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        d = r.get("opacus_vs_volviz_max_rel_diff")
+        agree = "-" if d is None else f"{d:.0e}" if d < 1e-3 else f"**differs: {d:.2g}**"
         mem = "-"
         if r.get("memory_measured"):
             ratio = f(r["memory_predicted_over_measured"])
@@ -201,8 +228,8 @@ def table(rows: list[dict]) -> str:
             f"| {r['model']} | {r['batch']} | {'x'.join(map(str, r['input']))} | {r['floor_cpu_s']:.3f} | "
             f"**{f(r['volviz_over_floor_cpu'])}** ({f(r['volviz_over_floor_wall'])}) | "
             f"{f(r['fresh_over_floor_cpu'])} | {f(r['opacus_over_floor_cpu'])} | {f(r['vmap_over_floor_cpu'])} | "
-            f"{f(r['loop_over_floor_cpu'])} | **{f(r['opacus_over_volviz_cpu'])}** | "
-            f"{f(r['acts_over_forward_cpu'])} | {mem} |"
+            f"{f(r['loop_over_floor_cpu'])} | **{f(r['opacus_over_volviz_cpu'])}** | {agree} | "
+            f"{f(r['acts_over_forward_cpu'])} | {mem} | {r['load_average_start']:.1f}-{r['load_average_end']:.1f} |"
         )
     return "\n".join(lines)
 
@@ -237,11 +264,13 @@ def main() -> None:
     t0 = time.perf_counter()
     for m in a.models:
         batch = a.batch * 8 if m == "lenet" else a.batch
+        load = os.getloadavg()[0]  # other jobs on the machine: the 1-minute load as this model starts
         rows.append(
             bench_model(
                 m, batch, a.size, device, a.repeat, a.loop_images * (4 if m == "lenet" else 1), m in a.conv_only
             )
         )
+        rows[-1].update(load_average_start=load, load_average_end=os.getloadavg()[0])
         info.update(load_average_end=os.getloadavg(), seconds=round(time.perf_counter() - t0, 1))
         out.write_text(json.dumps({**info, "rows": rows}, indent=1))  # keep what is done
         print(json.dumps(rows[-1]), flush=True)

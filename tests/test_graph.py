@@ -93,6 +93,39 @@ class Permute(nn.Module):
         return self.fc(self.a(x).permute(0, 2, 3, 1)).mean()
 
 
+class PixelShuffle(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 4, 1)
+        self.b = nn.Conv2d(1, 2, 1)
+
+    def forward(self, x):
+        return self.b(F.pixel_shuffle(self.a(x), 2))
+
+
+class Shuffle(nn.Module):
+    """conv a (6 ch) -> chunk in two along channels -> one half through b -> cat -> channel
+    shuffle (view, transpose, view) -> conv c; then channels-last: permute, per-position Linear,
+    permute back, conv d; then flatten of a channels-last map into fc."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 6, 1)
+        self.b = nn.Conv2d(3, 3, 1)
+        self.c = nn.Conv2d(6, 4, 1)
+        self.lin = nn.Linear(4, 5)
+        self.d = nn.Conv2d(5, 2, 1)
+        self.fc = nn.Linear(2 * 4 * 4, 3)
+
+    def forward(self, x):
+        x1, x2 = self.a(x).chunk(2, dim=1)
+        y = torch.cat([x1, self.b(x2)], 1)
+        n, ch, h, w = y.shape
+        y = y.view(n, 2, ch // 2, h, w).transpose(1, 2).contiguous().view(n, ch, h, w)
+        z = self.lin(self.c(y).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.fc(self.d(z).permute(0, 2, 3, 1).flatten(1))
+
+
 def _relu_norm(w: torch.Tensor) -> float:
     return float(w.detach().clamp_min(0).pow(2).sum().sqrt())
 
@@ -194,8 +227,35 @@ def test_k_threshold_concat_and_unsupported_ops():
     flow = trace_dataflow(Concat().eval(), (1, 4, 4))  # units: input 0, a 1-2, b 3-5
     assert [layer.name for layer in flow.layers] == ["input", "a", "b", "c"]
     assert flow.layers[3].in_sources == [(1,), (2,), (3,), (4,), (5,)]  # cat: a0 a1 b0 b1 b2
-    with pytest.raises(GraphBuildError, match="permute"):
-        build_network_graph(Permute().eval(), (1, 4, 4))
+    assert trace_dataflow(Permute().eval(), (1, 4, 4)).layers[2].in_sources == [(1,), (2,)]  # per position
+    with pytest.raises(GraphBuildError, match="pixel_shuffle"):
+        build_network_graph(PixelShuffle().eval(), (1, 4, 4))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "dispatch"])
+def test_chunk_channel_shuffle_channels_last_and_flatten_are_followed(tracer):
+    """A channel shuffle is a permutation of channels, a permute to channels-last and back the
+    identity on them, a Linear on channels-last maps a per-position layer (units: input 0, a 1-6,
+    b 7-9, c 10-13, lin 14-18, d 19-20)."""
+    model = Shuffle().eval()
+    flow = trace_dataflow(model, (1, 4, 4), tracer=tracer)
+    layers = {layer.name: layer for layer in flow.layers}
+    assert list(layers) == ["input", "a", "b", "c", "lin", "d", "fc"]
+    assert layers["b"].in_sources == [(4,), (5,), (6,)]  # the second half of a's channels
+    # cat: a0 a1 a2 b0 b1 b2; shuffle with 2 groups of 3 interleaves them: a0 b0 a1 b1 a2 b2
+    assert layers["c"].in_sources == [(1,), (7,), (2,), (8,), (3,), (9,)]
+    assert layers["lin"].in_sources == [(10,), (11,), (12,), (13,)]
+    np.testing.assert_allclose(layers["lin"].strength, model.lin.weight.detach().clamp_min(0).numpy())
+    assert layers["d"].in_sources == [(14,), (15,), (16,), (17,), (18,)]
+    # fc reads (h, w, channel)-ordered features: d0, d1, d0, d1, ... one feature each
+    assert layers["fc"].in_sources == [(19,), (20,)] * 16
+    shuffled = nn.Sequential(nn.Conv2d(1, 6, 1), nn.ChannelShuffle(3), nn.Conv2d(6, 2, 1)).eval()
+    c = trace_dataflow(shuffled, (1, 4, 4), tracer=tracer).layers[2]  # 3 groups of 2: 0 2 4 1 3 5
+    assert c.in_sources == [(1,), (3,), (5,), (2,), (4,), (6,)]
+    G = build_network_graph(model, (1, 4, 4), k=None, tracer=tracer)
+    fcw = model.fc.weight.detach()
+    for c in range(2):  # the strength of d[c] -> fc[n]: the norm over d[c]'s 16 strided features
+        assert _weight(G, ("d", c), ("fc", 0)) == pytest.approx(_relu_norm(fcw[0, c::2]), rel=1e-5)
 
 
 @pytest.mark.slow

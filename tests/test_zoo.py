@@ -2,9 +2,10 @@
 
 Per family: the captured activations equal torchvision's create_feature_extractor, the per-image
 weight gradients of every conv, linear and norm layer equal a per-image backward loop (float64),
-the network graph builds, and a layer volume renders. About 40 s on one thread for the ten
-families; r3d_18 (Conv3d, 5-15 s) is marked slow. `make test` (CI) runs every test, slow ones
-included: about 55 s in all.
+the network graph builds, and a layer volume renders; on ShuffleNet (channel shuffle, chunk) and
+ConvNeXt (channels-last blocks) the graph's channel maps equal autograd's dependencies. About
+45 s on one thread for the ten families; r3d_18 (Conv3d, 5-15 s) is marked slow. `make test`
+(CI) runs every test, slow ones included: about 60 s in all.
 """
 
 from __future__ import annotations
@@ -118,26 +119,84 @@ def assert_renders(volume: np.ndarray) -> None:
     assert (np.abs(img.astype(int) - bg).max(axis=2) <= 12).mean() < 0.97, "render is (almost) all background"
 
 
-GRAPH_GAPS = {  # ops the graph builder cannot follow yet (volviz.analysis.network_graph)
-    "convnext_tiny": "permute (channels-last blocks)",
-    "shufflenet_v2_x0_5": "transpose (channel shuffle)",
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(raises=Exception, strict=True, reason=GRAPH_GAPS[n]))
-        if n in GRAPH_GAPS
-        else n
-        for n in FAMILIES
-    ],
-)
+@pytest.mark.parametrize("name", list(FAMILIES))
 def test_zoo_graph_builds(name):
     from volviz.analysis.network_graph import build_network_graph
 
     G = build_network_graph(build(name), (3, 64, 64), k=4)
     assert G.number_of_edges() > 0 and len(G.graph["layers"]) > 5
+
+
+def per_channel_norms(m: nn.Module) -> nn.Module:
+    """LayerNorm normalizes over channels, so every output channel depends on every input one;
+    the graph passes norms through channel by channel. For an autograd reference of the channel
+    maps, make LayerNorms (plain and ConvNeXt's permuting LayerNorm2d) per-channel affine, and
+    ReLUs leaky (a unit dead on every test image would hide a true source)."""
+    for mod in list(m.modules()):
+        for cname, child in mod.named_children():
+            if isinstance(child, nn.ReLU):
+                setattr(mod, cname, nn.LeakyReLU(0.1))
+        if type(mod).__name__ == "LayerNorm2d":
+            mod.forward = lambda x, mod=mod: (x.permute(0, 2, 3, 1) * mod.weight + mod.bias).permute(0, 3, 1, 2)
+        elif isinstance(mod, nn.LayerNorm):
+            mod.forward = lambda x, mod=mod: x * mod.weight + mod.bias
+    return m
+
+
+@pytest.mark.parametrize("tracer", ["fx", "dispatch"])
+@pytest.mark.parametrize("name", ["shufflenet_v2_x0_5", "convnext_tiny"])
+def test_graph_channel_maps_equal_autograd_dependencies(name, tracer):
+    """Channel shuffles, chunks and ConvNeXt's channels-last blocks: the units the traced graph
+    says feed an input channel of a layer are exactly the units whose outputs that channel's
+    values depend on (autograd, with every unit layer's output cut into a leaf so that only direct
+    sources count); a few channels of every layer."""
+    from volviz.analysis.dataflow_trace import trace_dataflow
+
+    m = per_channel_norms(build(name))
+    flow = trace_dataflow(m, (3, 64, 64), tracer=tracer)
+    modules = dict(m.named_modules())
+    leaves, inputs, handles = {}, {}, []
+
+    def cut(layer):
+        def pre(mod, args):
+            inputs[layer] = args[0]
+
+        def post(mod, args, out):
+            leaves[layer] = out.detach().requires_grad_()
+            return leaves[layer]
+
+        return pre, post
+
+    for layer in flow.layers[1:]:
+        pre, post = cut(layer.name)
+        handles += [modules[layer.name].register_forward_pre_hook(pre), modules[layer.name].register_forward_hook(post)]
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    try:
+        m(x)
+    finally:
+        for h in handles:
+            h.remove()
+    leaves["input"] = x
+    rng = np.random.default_rng(0)
+    checked = 0
+    for i, layer in enumerate(flow.layers[1:], 1):
+        X = inputs[layer.name]
+        last = layer.kind == "linear" and X.dim() > 2  # a Linear on channels-last maps
+        earlier = flow.layers[:i]
+        for c in rng.choice(len(layer.in_sources), size=min(3, len(layer.in_sources)), replace=False):
+            sel = X[..., c] if last else X[:, c]
+            grads = torch.autograd.grad(
+                sel.sum(), [leaves[e.name] for e in earlier], allow_unused=True, retain_graph=True
+            )
+            want = set()
+            for e, g in zip(earlier, grads):
+                if g is not None:
+                    axis = -1 if (e.kind == "linear" and g.dim() > 2) else 1
+                    dims = [d for d in range(g.dim()) if d != axis % g.dim()]
+                    want |= {e.first_id + int(j) for j in torch.nonzero(g.abs().sum(dims) > 0).flatten()}
+            assert set(layer.in_sources[c]) == want, (layer.name, int(c))
+            checked += 1
+    assert checked > 100
 
 
 @pytest.mark.slow

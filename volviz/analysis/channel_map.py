@@ -5,9 +5,14 @@ each op here; :class:`ChannelTracker` keeps, per tensor, which units feed each o
 (or each slice of its flattened features), so that a conv / linear layer knows the units behind
 every one of its input channels, and turns the layer's weights into connection strengths.
 Element-wise ops, pooling, batch norm and dropout pass channels through, a residual ``add`` (or
-``mul``) merges them, ``cat`` along channels concatenates them, and ``flatten`` / ``view`` keep
-track of which flat features belong to which channel; anything else raises
-:class:`~volviz.errors.GraphBuildError`.
+``mul``) merges them, ``cat`` along channels concatenates them, ``chunk`` / ``split`` and slices
+along channels split them, and ``flatten`` / ``view`` keep track of which flat features belong to
+which channel. A permute or transpose is followed for what it does to channels: one that reorders
+the channel dims among themselves (ShuffleNet's channel shuffle, a view to (N, g, C/g, H, W),
+transpose(1, 2), view back) permutes the channels; one that moves the channel axis (ConvNeXt's
+channels-last blocks, (N, C, H, W) -> (N, H, W, C) and back) leaves them as they are and is
+remembered until it is undone, with a Linear on the channels-last tensor a per-position layer
+(a 1x1 conv). Anything else raises :class:`~volviz.errors.GraphBuildError` naming the op.
 
 Split from the graph builder so that each reads in one sitting: this module knows nothing of
 tracing or networkx.
@@ -38,6 +43,9 @@ class _Value:
 
     src: list[tuple[int, ...]]
     bounds: np.ndarray
+    # None, or a permute moved the channel axis: the traced tensor is the channels-first value
+    # above permuted by ``axes`` (its dim j is that value's dim axes[j])
+    axes: tuple[int, ...] | None = None
 
     @property
     def numel(self) -> int:
@@ -50,7 +58,7 @@ class _Value:
 
     def is_channel_form(self, shape: tuple[int, ...]) -> bool:
         """Does dim 1 of ``shape`` index exactly these channels (equal-sized, in order)?"""
-        if len(shape) < 2 or shape[1] != len(self.src):
+        if self.axes is not None or len(shape) < 2 or shape[1] != len(self.src):
             return False
         per = math.prod(shape[2:]) if len(shape) > 2 else 1
         return self.numel == per * len(self.src) and bool(
@@ -73,7 +81,7 @@ def _merge(values: list[_Value]) -> _Value:
         src = list(first.src)
         for v in values[1:]:
             src = [_union(a, b) for a, b in zip(src, v.src)]
-        return _Value(src, first.bounds.copy())
+        return _Value(src, first.bounds.copy(), first.axes)
     bounds = np.unique(np.concatenate([v.bounds for v in values]))
     src = []
     for start in bounds[:-1]:
@@ -82,6 +90,51 @@ def _merge(values: list[_Value]) -> _Value:
             s = _union(s, v.src[int(np.searchsorted(v.bounds, start, side="right")) - 1])
         src.append(s)
     return _Value(src, bounds)
+
+
+def _slice(v: _Value, lo: int, hi: int) -> _Value:
+    """The channel map of the flat elements ``lo:hi`` (a slice or split along dim 1)."""
+    i0 = int(np.searchsorted(v.bounds, lo, side="right")) - 1
+    i1 = int(np.searchsorted(v.bounds, hi, side="left"))
+    return _Value(v.src[i0:i1], np.clip(v.bounds[i0 : i1 + 1], lo, hi) - lo)
+
+
+def _channel_dims(v: _Value, shape: tuple[int, ...]) -> list[int]:
+    """Every ``m`` such that dims 1..m of ``shape`` index the channels of ``v`` (C-order) and
+    the dims after them lie within one channel."""
+    c, out = len(v.src), []
+    if v.axes is not None or v.numel != math.prod(shape[1:]):
+        return out
+    for m in range(1, len(shape)):
+        per = math.prod(shape[m + 1 :])
+        if math.prod(shape[1 : m + 1]) == c and np.array_equal(v.bounds, np.arange(c + 1) * per):
+            out.append(m)
+    return out
+
+
+# a channels-last value is spelled out element by element when it is reshaped: up to this many
+MAX_FLAT_ELEMENTS = 1 << 22
+
+
+def _flatten_axes(v: _Value, shape: tuple[int, ...], what: str) -> _Value:
+    """A value with a moved channel axis as a plain flat map of the tensor of ``shape`` as laid
+    out (C-order), so that a reshape, flatten or split of it can be followed."""
+    if v.axes is None:
+        return v
+    n = math.prod(shape[1:])
+    if n > MAX_FLAT_ELEMENTS:
+        raise GraphBuildError(
+            f"cannot follow channels through {what!r}: it reshapes a {list(shape)} tensor whose channel "
+            f"axis was moved by a permute/transpose (more than {MAX_FLAT_ELEMENTS} elements to follow)"
+        )
+    canon = [0] * len(shape)
+    for j, a in enumerate(v.axes):
+        canon[a] = shape[j]
+    c = len(v.src)
+    ch = np.broadcast_to(np.arange(c).reshape((c,) + (1,) * (len(shape) - 2)), canon[1:])
+    flat = ch.transpose([a - 1 for a in v.axes[1:]]).ravel()
+    starts = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
+    return _Value([v.src[i] for i in flat[starts]], np.r_[starts, flat.size].astype(np.int64))
 
 
 def _regroup(v: _Value, n: int, what: str) -> list[tuple[int, ...]]:
@@ -104,6 +157,11 @@ def _regroup(v: _Value, n: int, what: str) -> list[tuple[int, ...]]:
 
 
 # ------------------------------------------------------------------------------ tracker
+def layer_src(layer: "UnitLayer") -> list[tuple[int, ...]]:
+    """One channel per unit of ``layer``, each fed by that unit."""
+    return [(layer.first_id + j,) for j in range(layer.n_units)]
+
+
 @dataclass
 class UnitLayer:
     """One layer of units in the traced dataflow.
@@ -151,7 +209,7 @@ class ChannelTracker:
         return layer
 
     def _layer_value(self, layer: UnitLayer, shape) -> _Value:
-        src = [(layer.first_id + j,) for j in range(layer.n_units)]
+        src = layer_src(layer)
         if len(shape) >= 2 and shape[1] == layer.n_units:
             return _Value.channels(src, shape)
         # linear on (B, ..., D): a feature per position; the units repeat along leading dims
@@ -184,12 +242,19 @@ class ChannelTracker:
         n_out = int(out_shape[1]) if kind != "linear" else int(w.shape[0])
         layer = self._new_layer(name, kind, module_type, n_out, out_shape[1:])
         v = self.values.get(key_in)
-        if kind == "linear":
-            self._linear_strength(layer, w, v, in_shape)
+        out = None
+        if kind == "linear" and v is not None and v.axes is not None and v.axes[-1] == 1 and w.shape[1] == len(v.src):
+            # a Linear on channels-last maps (ConvNeXt's blocks): per position, a 1x1 conv
+            layer.in_sources = list(v.src)
+            layer.strength = self._thresh(w).numpy().astype(np.float32, copy=False)
+            out = _Value.channels(layer_src(layer), (1, layer.n_units, v.numel // len(v.src)))
+            out.axes = v.axes
+        elif kind == "linear":
+            self._linear_strength(layer, w, v if v is None else _flatten_axes(v, in_shape, name), in_shape)
         else:
-            self._conv_strength(layer, w, v, in_shape, transposed)
+            self._conv_strength(layer, w, v if v is None else _flatten_axes(v, in_shape, name), in_shape, transposed)
         layer.feeds_from = {self._layer_name_of(u) for s in layer.in_sources for u in s}
-        self.values[key_out] = self._layer_value(layer, out_shape)
+        self.values[key_out] = out if out is not None else self._layer_value(layer, out_shape)
 
     def _layer_name_of(self, uid: int) -> str:
         for layer in reversed(self.layers):
@@ -264,6 +329,10 @@ class ChannelTracker:
 
     def _map_to(self, v: _Value, in_shape, out_shape, name: str) -> _Value:
         in_shape, out_shape = tuple(in_shape), tuple(out_shape)
+        if v.axes is not None:
+            if in_shape == out_shape:
+                return v  # element-wise on the permuted tensor (GELU, LayerNorm over channels-last)
+            v = _flatten_axes(v, in_shape, name)
         n_in, n_out = math.prod(in_shape[1:]), math.prod(out_shape[1:])
         if n_in == n_out and v.numel == n_in:
             return v  # element-wise, or a flat-order preserving reshape (flatten, view)
@@ -278,6 +347,8 @@ class ChannelTracker:
         if len(out_shape) < 2:
             return
         mapped = [self._map_to(self.values[k], s, out_shape, name) for k, s in zip(keys_in, in_shapes)]
+        if len({m.axes for m in mapped}) > 1:  # a channels-last and a channels-first operand
+            mapped = [_flatten_axes(m, out_shape, name) for m in mapped]
         self.values[key_out] = mapped[0] if len(mapped) == 1 else _merge(mapped)
 
     def cat(self, name: str, keys_in: list, in_shapes: list, dim: int, key_out, out_shape) -> None:
@@ -292,6 +363,7 @@ class ChannelTracker:
                 v = self.values.get(k) if k is not None else None
                 if v is None:
                     v = _Value([()], np.array([0, n], np.int64))
+                v = _flatten_axes(v, s, name)
                 src.extend(v.src)
                 bounds.append(v.bounds[1:] + offset)
                 offset += n
@@ -312,3 +384,63 @@ class ChannelTracker:
             src = v.src[idx[1]]
             self.values[key_out] = _Value.channels(src, out_shape)
             return
+        rest_full = all(isinstance(i, slice) and i == slice(None) for i in idx[2:])
+        if isinstance(idx[1], (int, slice)) and rest_full and isinstance(idx[0], slice) and idx[0] == slice(None):
+            rng = range(in_shape[1])[idx[1]] if isinstance(idx[1], slice) else [range(in_shape[1])[idx[1]]]
+            if len(rng) and (len(rng) == 1 or rng.step == 1):  # one contiguous run of flat elements
+                per = math.prod(in_shape[2:])
+                v = _flatten_axes(v, in_shape, "getitem")
+                self.values[key_out] = _slice(v, rng[0] * per, (rng[-1] + 1) * per)
+                return
+        raise GraphBuildError(f"cannot follow channels through indexing {index!r} of a {list(in_shape)} tensor")
+
+    # ---- ops that reorder or split channels
+    def permute(self, name: str, key_in, in_shape, perm, key_out, out_shape) -> None:
+        """``perm``: the new dim j is the old dim perm[j] (torch.permute's ``dims``)."""
+        v, nd = self.values[key_in], len(in_shape)
+        perm = tuple(int(p) % nd for p in perm)
+        if perm[0] != 0:
+            raise GraphBuildError(f"cannot follow channels through {name!r}: it moves the batch axis ({perm})")
+        if v.axes is not None:  # a second permute: compose; back to channels on dim 1 ends it
+            axes = tuple(v.axes[p] for p in perm)
+            self.values[key_out] = _Value(v.src, v.bounds, None if axes[1] == 1 else axes)
+            return
+        dims = _channel_dims(v, tuple(in_shape))
+        for m in dims:
+            inner = perm[1 : m + 1]
+            if sorted(inner) == list(range(1, m + 1)):  # the channel dims reordered among themselves
+                order = np.arange(len(v.src)).reshape(in_shape[1 : m + 1]).transpose([p - 1 for p in inner])
+                self.values[key_out] = _Value([v.src[i] for i in order.ravel()], v.bounds.copy())
+                return
+        if 1 in dims:  # the channel axis moves (channels-last): remember where it went
+            self.values[key_out] = _Value(v.src, v.bounds.copy(), perm)
+            return
+        raise GraphBuildError(
+            f"cannot follow channels through {name!r} {perm} of a {list(in_shape)} tensor whose channels "
+            "do not lie along its leading dims"
+        )
+
+    def channel_shuffle(self, name: str, key_in, in_shape, groups: int, key_out, out_shape) -> None:
+        """nn.ChannelShuffle / F.channel_shuffle: view (N, g, C/g, ...), transpose(1, 2), view back."""
+        v, c = self.values[key_in], int(in_shape[1])
+        if v.axes is not None or c % int(groups):
+            raise GraphBuildError(f"cannot follow channels through {name!r} of a {list(in_shape)} tensor")
+        view = (in_shape[0], int(groups), c // int(groups), *in_shape[2:])
+        self.values[key_out] = v
+        self.permute(name, key_out, view, (0, 2, 1, *range(3, len(view))), key_out, out_shape)
+
+    def split(self, name: str, key_in, in_shape, dim: int, out_shapes: list, keys_out: list) -> None:
+        """chunk / split / unbind along ``dim``: along channels each piece gets its channels."""
+        v, nd = self.values[key_in], len(in_shape)
+        dim %= nd
+        if dim == 0:
+            raise GraphBuildError(f"{name!r} along the batch axis is not supported")
+        if dim == 1:
+            v, lo = _flatten_axes(v, tuple(in_shape), name), 0
+            for k, s in zip(keys_out, out_shapes):
+                n = math.prod(s[1:])
+                self.values[k] = _slice(v, lo, lo + n)
+                lo += n
+            return
+        for k, s in zip(keys_out, out_shapes):
+            self.values[k] = self._map_to(v, in_shape, s, name)

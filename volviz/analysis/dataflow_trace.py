@@ -4,8 +4,10 @@ The dataflow is traced, not guessed from module order: ``torch.fx`` (symbolic tr
 propagation) first, and when fx cannot trace the model (data-dependent control flow...), a
 function-level hook that records every torch call of one real forward pass
 (``TorchFunctionMode``, the "dispatch" tracer). Either tracer reports the ops it sees to a
-:class:`~volviz.analysis.channel_map.ChannelTracker`; ops that scramble channels (permute,
-channel shuffle, matmul...) raise :class:`GraphBuildError` naming the op.
+:class:`~volviz.analysis.channel_map.ChannelTracker`: permutes and transposes as the permutation
+of dims they are, chunks and splits as their pieces; ops that mix channels in ways a per-channel
+map cannot express (matmul, attention, pixel shuffle...) raise :class:`GraphBuildError` naming
+the op.
 
 :func:`trace_dataflow` returns the unit layers with their weight strengths;
 :mod:`volviz.analysis.network_graph` turns them into a graph.
@@ -35,57 +37,42 @@ _CONV = {"conv1d", "conv2d", "conv3d"}
 _CONV_T = {"conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
 _LINEAR = {"linear"}
 _CAT = {"cat", "concat", "concatenate"}
-_CONST = {
-    "zeros_like",
-    "ones_like",
-    "empty_like",
-    "full_like",
-    "rand_like",
-    "randn_like",
-    "new_zeros",
-    "new_ones",
-    "new_empty",
-    "new_full",
-    "new_tensor",
-}
+_CONST = set(
+    "zeros_like ones_like empty_like full_like rand_like randn_like new_zeros new_ones "
+    "new_empty new_full new_tensor".split()
+)
+# ops that reorder dims: followed as the permutation they are (ChannelTracker.permute)
+_PERMUTE = {"permute", "transpose", "t", "movedim", "moveaxis", "swapaxes", "swapdims"}
+# ops that cut a tensor into pieces along one dim (ChannelTracker.split)
+_SPLIT = {"split", "chunk", "unbind", "tensor_split", "split_with_sizes", "unsafe_split", "unsafe_chunk"}
 # ops that move, mix or select channels in ways a per-channel map cannot follow
-_UNSUPPORTED = {
-    "permute",
-    "transpose",
-    "t",
-    "movedim",
-    "moveaxis",
-    "swapaxes",
-    "swapdims",
-    "pixel_shuffle",
-    "pixel_unshuffle",
-    "channel_shuffle",
-    "native_channel_shuffle",
-    "matmul",
-    "bmm",
-    "mm",
-    "einsum",
-    "baddbmm",
-    "roll",
-    "flip",
-    "gather",
-    "index_select",
-    "split",
-    "chunk",
-    "unbind",
-    "narrow",
-    "select",
-    "stack",
-    "tensor_split",
-    "split_with_sizes",
-    "take",
-    "masked_select",
-    "bilinear",
-    "multi_head_attention_forward",
-    "scaled_dot_product_attention",
-}
+_UNSUPPORTED = set(
+    "pixel_shuffle pixel_unshuffle matmul bmm mm einsum baddbmm roll flip gather index_select "
+    "narrow select stack take masked_select bilinear multi_head_attention_forward "
+    "scaled_dot_product_attention".split()
+)
 # inert calls whose tensor result carries no data of the input (or is not data)
 _SKIP = {"size", "dim", "numel", "shape", "get", "__get__", "device", "dtype"}
+
+
+def _dim_order(op: str, rest: list, kwargs: dict, nd: int) -> tuple[int, ...]:
+    """The permutation of dims a permute-like call makes (new dim j = old dim perm[j]), found by
+    making the same call on a shape-only tensor whose dim sizes name the dims."""
+    kwargs = {k: v for k, v in kwargs.items() if k != "input"}
+    probe = torch.empty(tuple(range(2, nd + 2)), device="meta")
+    try:
+        out = getattr(probe, op)(*rest, **kwargs)
+    except Exception as exc:  # a dim computed from data, or an odd call
+        raise GraphBuildError(f"cannot follow channels through {op!r} with arguments {rest!r}: {exc}") from None
+    return tuple(int(s) - 2 for s in out.shape)
+
+
+def _split_dim(op: str, args: list, kwargs: dict) -> int:
+    """The dim a split-like call cuts along (torch's default 0 where none is given)."""
+    if "dim" in kwargs:
+        return int(kwargs["dim"])
+    pos = 1 if op == "unbind" else 2  # unbind(x, dim); chunk / split(x, n_or_sizes, dim)
+    return int(args[pos]) if len(args) > pos else 0
 
 
 def _norm_name(name: str) -> str:
@@ -160,6 +147,26 @@ def _trace_fx(model: nn.Module, x: torch.Tensor, tracker: ChannelTracker) -> Non
             continue
         flat = _flat_nodes(list(node.args) + list(node.kwargs.values()))
         traced = [a for a in flat if isinstance(a, Node) and tracker.has(a)]
+        getitem = _norm_name(getattr(node.target, "__name__", str(node.target))) == "getitem"
+        piece = node.args[1] if getitem and isinstance(node.args[1], int) else None
+        if piece is not None and tracker.has((node.args[0], piece)):
+            # a piece of a split (or of another op with several outputs)
+            tracker.values[node] = tracker.values[(node.args[0], piece)]
+            continue
+        if traced and isinstance(meta, (tuple, list)) and not hasattr(meta, "shape"):  # several outputs
+            name = _norm_name(getattr(node.target, "__name__", str(node.target)))
+            _pieces(
+                tracker,
+                name,
+                node.format_node(),
+                node.args,
+                node.kwargs,
+                traced[0],
+                _shape(traced[0].meta.get("tensor_meta")),
+                [_shape(m) for m in meta],
+                [(node, i) for i in range(len(meta))],
+            )
+            continue
         if not traced or out_shape is None:
             continue
         shapes = [_shape(a.meta.get("tensor_meta")) for a in traced]
@@ -215,9 +222,11 @@ def _module_op(tracker: ChannelTracker, name: str, mod: nn.Module, key_in, in_sh
         )
     elif isinstance(mod, nn.Linear):
         tracker.weighted("linear", name, "Linear", key_in, in_shape, key_out, out_shape, mod.weight)
+    elif isinstance(mod, nn.ChannelShuffle):
+        tracker.channel_shuffle(f"{name} (ChannelShuffle)", key_in, in_shape, mod.groups, key_out, out_shape)
     elif isinstance(
         mod,
-        (nn.ChannelShuffle, nn.PixelShuffle, nn.PixelUnshuffle, nn.MultiheadAttention, nn.Bilinear, nn.Unfold, nn.Fold),
+        (nn.PixelShuffle, nn.PixelUnshuffle, nn.MultiheadAttention, nn.Bilinear, nn.Unfold, nn.Fold),
     ):
         raise GraphBuildError(f"cannot follow channels through module {name!r} ({type(mod).__name__})")
     else:  # BatchNorm, ReLU, pooling, dropout, Flatten, Identity, ... map channels through
@@ -233,8 +242,16 @@ def _generic_op(
         raise GraphBuildError(
             f"cannot follow channels through {op!r} (in {where}); the network "
             "graph supports convs, linears, element-wise ops, pooling, norms, "
-            "residual adds, channel concatenation and flatten/view"
+            "residual adds, channel concatenation, splits, permutes and flatten/view"
         )
+    if op in ("channel_shuffle", "native_channel_shuffle"):
+        groups = args[1] if len(args) > 1 else kwargs["groups"]
+        tracker.channel_shuffle(op, traced[0], shapes[0], int(groups), key_out, out_shape)
+        return
+    if op in _PERMUTE:
+        perm = _dim_order(op, list(args[1:]), dict(kwargs), len(shapes[0]))
+        tracker.permute(op, traced[0], shapes[0], perm, key_out, out_shape)
+        return
     if op in _CAT:
         tensors = args[0] if args else kwargs.get("tensors")
         dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
@@ -246,6 +263,24 @@ def _generic_op(
         tracker.passthrough(op, traced[0], shapes[0], key_out, out_shape)
     else:
         tracker.elementwise(op, traced, shapes, key_out, out_shape)
+
+
+def _pieces(tracker: ChannelTracker, op: str, where: str, args, kwargs, key_in, in_shape, out_shapes, keys_out) -> None:
+    """The outputs of an op with several: the pieces of a split, else each output mapped as a
+    pass-through where it can be (max_pool's indices, ...), left untraced where not."""
+    if op in _SPLIT:
+        tracker.split(op, key_in, in_shape, _split_dim(op, list(args), dict(kwargs)), out_shapes, keys_out)
+        return
+    if op in _UNSUPPORTED:
+        raise GraphBuildError(f"cannot follow channels through {op!r} (in {where})")
+    if op in _SKIP:
+        return
+    for k, s in zip(keys_out, out_shapes):
+        if s is not None:
+            try:
+                tracker.passthrough(op, key_in, in_shape, k, s)
+            except GraphBuildError:
+                pass
 
 
 # ------------------------------------------------------------------------------ dispatch tracer
@@ -279,16 +314,20 @@ def _trace_dispatch(model: nn.Module, x: torch.Tensor, tracker: ChannelTracker) 
                 flat = _flat_nodes(list(args) + list(kwargs.values()))
                 traced = [t for t in flat if key(t) is not None]
                 name = _norm_name(getattr(func, "__name__", str(func)))
-                if traced and name in _UNSUPPORTED:
-                    raise GraphBuildError(f"cannot follow channels through {name!r}")
-                if traced and name not in _SKIP:
-                    for o in out:  # e.g. max_pool with indices: map what can be mapped
-                        if isinstance(o, torch.Tensor):
-                            try:
-                                tracker.passthrough(name, id(traced[0]), shape(traced[0]), id(o), shape(o))
-                                alive.append(o)
-                            except GraphBuildError:
-                                pass
+                if traced:
+                    outs = [o for o in out if isinstance(o, torch.Tensor)]
+                    alive.extend(outs)
+                    _pieces(
+                        tracker,
+                        name,
+                        name,
+                        args,
+                        kwargs,
+                        id(traced[0]),
+                        shape(traced[0]),
+                        [shape(o) for o in outs],
+                        [id(o) for o in outs],
+                    )
             return out
 
         def _record(self, func, args, kwargs, out, traced):

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from volviz.capture.memory import retain_freed_memory
 from volviz.capture.persample import func_per_sample_grads, has_fast_path, hook_per_sample_grad, linear_factors
 from volviz.capture.tap import LayerTap
 
@@ -145,6 +146,7 @@ def capture_batch(
             "capture needs model.eval(): in training mode dropout and batch norm mix "
             "images, and per-image gradients would be wrong"
         )
+    retain_freed_memory()  # batch after batch the same blocks: no page faults to get them back
     modules = dict(model.named_modules())
     weighted = [
         n

