@@ -15,7 +15,6 @@ import pathlib
 from dataclasses import dataclass, field
 
 import torch
-from tqdm import tqdm
 
 from volviz.capture.engine import model_logits
 from volviz.capture.layers import layer_kind, select_layers, type_name
@@ -25,6 +24,7 @@ from volviz.errors import CaptureError, StoreError
 from volviz.sources.images import ImageRecord, discover_images, read_image
 from volviz.sources.models import LoadedModel, load_model
 from volviz.sources.preprocess import Preprocess
+from volviz.store.decoded import DecodedImages, check_images
 from volviz.store.execute import capture_module, execute
 from volviz.store.plan import LayerInfo, ModelSpec, Plan, check_fingerprints, fingerprints
 from volviz.store.store import Store
@@ -131,39 +131,6 @@ def probe_layers(model: torch.nn.Module, layers: list[str], x: torch.Tensor) -> 
     return out
 
 
-def _valid_records(
-    records: list[ImageRecord], prep: Preprocess, progress: bool, limit: int | None = None
-) -> tuple[list, list]:
-    """Records whose pixels decode (a video: its last frame decodes); the others, with reasons.
-    With ``limit`` (``--max-images``), checking stops once that many records are good."""
-    last_frame: dict[str, ImageRecord] = {}
-    for r in records:
-        if r.frame is not None and (r.path not in last_frame or r.frame > last_frame[r.path].frame):
-            last_frame[r.path] = r
-    ok, skipped, verdict = [], [], {}
-    total = len(records) if limit is None else min(limit, len(records))
-    bar = tqdm(total=total, desc="checking images", disable=not progress or total < 200, unit="img")
-    for r in records:
-        if limit is not None and len(ok) >= limit:
-            break
-        probe = last_frame[r.path] if r.frame is not None else r  # a video: checked once, by its last frame
-        key = (probe.path, probe.frame)
-        if key not in verdict:
-            try:
-                prep(read_image(probe))
-                verdict[key] = None
-            except Exception as exc:  # unreadable / not an image / truncated video / impossible channels
-                reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-                log.warning("skipping %s: %s", r.path, reason)
-                skipped.append({"path": r.path, "reason": reason})
-                verdict[key] = reason
-        if verdict[key] is None:
-            ok.append(r)
-            bar.update(1)
-    bar.close()
-    return ok, skipped
-
-
 def _absolute(spec: str) -> str:
     """A file spec (TorchScript) as an absolute path, so a resume from another folder finds it."""
     return str(pathlib.Path(spec).absolute()) if ":" not in spec and pathlib.Path(spec).exists() else spec
@@ -247,8 +214,11 @@ def check_store_size(plan: Plan, out: pathlib.Path, budget: int | None) -> int:
     return total
 
 
-def plan_capture(s: CaptureSettings, progress: bool = True) -> tuple[Plan, LoadedModel, Preprocess]:
-    """Load, discover and check everything; nothing is written."""
+def plan_capture(
+    s: CaptureSettings, progress: bool = True, keep: DecodedImages | None = None
+) -> tuple[Plan, LoadedModel, Preprocess]:
+    """Load, discover and check everything; nothing is written. ``keep``: where the decoded images
+    are kept for the capture."""
     from volviz.sources import demo
 
     validate_settings(s)
@@ -265,7 +235,7 @@ def plan_capture(s: CaptureSettings, progress: bool = True) -> tuple[Plan, Loade
     if s.descriptors:
         extra = select_layers(loaded.module, s.descriptors, None)
         layers = extra if s.descriptors_only else list(dict.fromkeys(layers + extra))
-    paths = s.images or ([str(demo.demo_images_dir(s.model))] if s.model in demo.DEMO_NAMES else [])
+    paths = s.images or ([str(demo.demo_capture_dir(s.model))] if s.model in demo.DEMO_NAMES else [])
     if not paths:
         raise CaptureError("no images given: pass --images FOLDER|FILE|VIDEO ...")
     imageset = discover_images(
@@ -276,7 +246,7 @@ def plan_capture(s: CaptureSettings, progress: bool = True) -> tuple[Plan, Loade
         layout=s.layout,
     )
     prep = build_preprocess(loaded, s)
-    records, skipped = _valid_records(imageset.records, prep, progress, s.max_images)
+    records, skipped = check_images(imageset.records, prep, progress, s.max_images, keep)
     skipped = list(getattr(imageset, "skipped", [])) + skipped
     if s.max_images:
         records = records[: s.max_images]
@@ -362,12 +332,21 @@ def _check_one_batch(
     )
 
 
-def _run(store: Store, loaded, prep, progress: bool, workers: int | None, scheduler: str | None, trust: dict) -> Store:
+def _run(
+    store: Store,
+    loaded,
+    prep,
+    progress: bool,
+    workers: int | None,
+    scheduler: str | None,
+    trust: dict,
+    decoded: DecodedImages | None = None,
+) -> Store:
     if (workers and workers > 1) or scheduler:
         from volviz.store.distributed import capture_on_dask
 
         return capture_on_dask(store, workers=workers, scheduler=scheduler, trust=trust, progress=progress)
-    return execute(store, loaded, prep, progress)
+    return execute(store, loaded, prep, progress, decoded)
 
 
 def run_capture(
@@ -383,7 +362,9 @@ def run_capture(
     from volviz.store.folder import prepare_folder_check
 
     prepare_folder_check(pathlib.Path(out), overwrite)  # refuse early, before minutes of planning
-    plan, loaded, prep = plan_capture(s, progress)
+    distributed = bool((workers and workers > 1) or scheduler)
+    decoded = None if distributed else DecodedImages()  # workers decode their own images
+    plan, loaded, prep = plan_capture(s, progress, decoded)
     size = check_store_size(plan, pathlib.Path(out), s.store_budget)
     if progress:
         import sys
@@ -396,7 +377,7 @@ def run_capture(
     store = Store.create(out, plan, overwrite=overwrite)
     # workers load the model from the store: the user typed this spec, so it is trusted for them
     trust = {"trust_pickle": s.trust_pickle, "trust_factory": True}
-    return _run(store, loaded, prep, progress, workers, scheduler, trust)
+    return _run(store, loaded, prep, progress, workers, scheduler, trust, decoded)
 
 
 def resume_capture(

@@ -70,10 +70,11 @@ def unnormalize(x: torch.Tensor, prep) -> np.ndarray:
     return x.clamp(0, 1).numpy()
 
 
-def capture_rows(store: Store, module, prep, rows: np.ndarray, bar=None) -> dict[str, int]:
+def capture_rows(store: Store, module, prep, rows: np.ndarray, bar=None, decoded=None) -> dict[str, int]:
     """Capture image ``rows`` (the not-done ones among them) into ``store``; returns the NaN/Inf
     activation counts per layer. Batches never cross a range boundary, so a run split over
-    processes forms the same batches as one process and gives the same bytes."""
+    processes forms the same batches as one process and gives the same bytes. ``decoded``: the
+    planning pass's preprocessed images (:class:`~volviz.store.decoded.DecodedImages`)."""
     plan = store.plan
     records = plan.images
     layers = [info.name for info in plan.layers]
@@ -85,7 +86,7 @@ def capture_rows(store: Store, module, prep, rows: np.ndarray, bar=None) -> dict
     try:
         for start, stop in runs(pending, plan.batch_size):
             batch = records[start:stop]
-            x = torch.stack([prep(read_image(r)) for r in batch])
+            x = torch.stack([decoded.take(r, prep) if decoded is not None else prep(read_image(r)) for r in batch])
             labels = torch.tensor([r.label for r in batch])
             res = capture_module(
                 module,
@@ -140,14 +141,14 @@ def finalize(store: Store, nonfinite: dict[str, int], seconds: float) -> Store:
     return store
 
 
-def execute(store: Store, loaded, prep, progress: bool = True) -> Store:
+def execute(store: Store, loaded, prep, progress: bool = True, decoded=None) -> Store:
     """The whole capture in this process, holding the store's write lock."""
     with write_lock(store.path):
         t0 = time.perf_counter()
         n, left = store.n_images, int((~store.done).sum())
         bar = tqdm(total=n, initial=n - left, desc="capturing", unit="img", disable=not progress)
         try:
-            nonfinite = capture_rows(store, loaded.module, prep, np.arange(n), bar)
+            nonfinite = capture_rows(store, loaded.module, prep, np.arange(n), bar, decoded)
         finally:
             bar.close()
         return finalize(store, nonfinite, time.perf_counter() - t0)
