@@ -234,23 +234,40 @@ def pick_class_groups(
     return ClassGroups(reference, similar, dissimilar, by, sim, items, missing, class_names)
 
 
-def _store_descriptors(store, layer: str | None, rows: np.ndarray, batch_size: int = 128) -> tuple[np.ndarray, str]:
+def _activation_rows(rows, ref, layer: str, batch_size: int) -> np.ndarray:
+    """Flattened activations of store images ``rows`` (a Dask task, or all of them here)."""
+    from volviz.analysis.distributed_map import open_ref
+
+    store = open_ref(ref)
+    parts = [
+        store.read_batch("activation", layer, rows[s : s + batch_size]).reshape(len(rows[s : s + batch_size]), -1)
+        for s in range(0, len(rows), batch_size)
+    ]
+    return np.concatenate(parts)
+
+
+def _store_descriptors(
+    store, layer: str | None, rows: np.ndarray, batch_size: int = 128, dask=None
+) -> tuple[np.ndarray, str]:
+    from volviz.analysis.distributed_map import map_ranges, store_ref
+
     names = list(store.layers)
     if layer is None:
         layer = names[-2] if len(names) >= 2 else names[-1]
     if layer not in store.layers:
         raise AnalysisError(f"layer {layer!r} is not in this store; layers: {', '.join(names)}")
-    parts = [
-        store.read_batch("activation", layer, rows[s : s + batch_size]).reshape(len(rows[s : s + batch_size]), -1)
-        for s in range(0, len(rows), batch_size)
-    ]
-    return np.concatenate(parts), layer
+    merge = np.concatenate
+    desc = map_ranges(
+        _activation_rows, rows, merge, store_ref(store, dask), layer, batch_size, dask=dask, align=batch_size
+    )
+    return desc, layer
 
 
 def class_groups_from_store(
-    store, reference, *, by: str = "confusion", per_group: int = 1, descriptor_layer: str | None = None
+    store, reference, *, by: str = "confusion", per_group: int = 1, descriptor_layer: str | None = None, dask=None
 ) -> ClassGroups:
-    """:func:`pick_class_groups` on a store's captured images (indices are store indices)."""
+    """:func:`pick_class_groups` on a store's captured images (indices are store indices);
+    ``dask``: the descriptors of ``by="descriptor"`` read on Dask workers."""
     rows = np.flatnonzero(store.done)
     if len(rows) == 0:
         raise AnalysisError(f"{store.path} holds no captured image")
@@ -260,7 +277,7 @@ def class_groups_from_store(
     r = class_index(reference, store.class_names, K)
     sim = None
     if by == "descriptor":
-        desc, layer = _store_descriptors(store, descriptor_layer, rows)
+        desc, layer = _store_descriptors(store, descriptor_layer, rows, dask=dask)
         sim = descriptor_similarity(desc, labels, r, K)
         by = f"descriptor ({layer})"
     groups = pick_class_groups(
@@ -360,10 +377,11 @@ def magnitude_by_class(result, layer: str, reference: int) -> dict[int, dict[str
     return out
 
 
-def group_stats(store, model, groups: ClassGroups, layer: str, output: str = "score") -> dict:
+def group_stats(store, model, groups: ClassGroups, layer: str, output: str = "score", dask=None) -> dict:
     """Mean norm of the reference neuron's weight gradient over ALL store images of the
     reference, similar and dissimilar class (not only the few in the sequence): whether the
-    dissimilar class's gradients are smaller is a claim about classes, not about examples."""
+    dissimilar class's gradients are smaller is a claim about classes, not about examples.
+    ``dask``: the gradients on Dask workers, a range of those images each."""
     from volviz.analysis.importance import importance_on_the_fly
     from volviz.analysis.inputs import InputSet
 
@@ -372,7 +390,15 @@ def group_stats(store, model, groups: ClassGroups, layer: str, output: str = "sc
     idx = [int(i) for i in np.flatnonzero(store.done) if int(labels[i]) in wanted]
     inputs = InputSet([store.images[i] for i in idx], store.preprocess)
     res = importance_on_the_fly(
-        model, inputs, [layer], target=groups.reference, class_names=store.class_names, output=output, progress=False
+        model,
+        inputs,
+        [layer],
+        target=groups.reference,
+        class_names=store.class_names,
+        output=output,
+        progress=False,
+        dask=dask,
+        store=store,
     )
     mag = magnitude_by_class(res, layer, groups.reference)
     return {g: dict(mag[c], **{"class": groups.name(c)}) for c, g in wanted.items() if c in mag}
@@ -404,23 +430,25 @@ class GroupsReport:
         quantity: str = "grad_weight",
         output: str = "score",
         stats: bool = True,
+        dask=None,
     ) -> GroupsReport:
         """The groups of ``store`` for ``reference``; gradients of ``layer`` (default: the first
         captured layer with weights) on the store's images, preprocessed as at capture. ``model``:
         the module, or a function returning it (called once the groups are known, so that a bad
-        class is reported before a model is loaded)."""
+        class is reported before a model is loaded). ``dask``: the streamed passes (descriptors,
+        the statistics over all images of the three classes) on Dask workers."""
         from torch import nn
 
         from volviz.analysis.inputs import InputSet
 
         groups = class_groups_from_store(
-            store, reference, by=by, per_group=per_group, descriptor_layer=descriptor_layer
+            store, reference, by=by, per_group=per_group, descriptor_layer=descriptor_layer, dask=dask
         )
         model = model if isinstance(model, nn.Module) else model()
         layer = layer or next((n for n, i in store.layers.items() if i.weight_shape), None) or next(iter(store.layers))
         x = InputSet([store.images[it.index] for it in groups.items], store.preprocess).tensor(range(len(groups.items)))
         gg = group_gradients(model, x, groups.reference, layer, quantity=quantity, output=output)
-        st = group_stats(store, model, groups, layer, output) if stats and quantity == "grad_weight" else {}
+        st = group_stats(store, model, groups, layer, output, dask) if stats and quantity == "grad_weight" else {}
         return cls(groups, gg, output, st, str(store.path))
 
     @property

@@ -60,6 +60,7 @@ __all__ = [
     "factor_norms",
     "importance_from_store",
     "importance_on_the_fly",
+    "merge_results",
     "weighted_layers",
     "check_weighted_layers",
     "class_index",
@@ -67,6 +68,8 @@ __all__ = [
 
 #: bytes of per-image weight gradients formed at once (one layer, a chunk of the batch)
 DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024
+#: images of stored filter norms read at once (C_out floats each)
+NORM_BLOCK = 4096
 #: what is differentiated: the class score before softmax (default), its probability, its log
 OUTPUTS = ("score", "prob", "log-prob")
 
@@ -351,14 +354,35 @@ def importance_on_the_fly(
     batch_size: int = 64,
     max_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: bool = True,
+    dask=None,
+    store=None,
 ) -> ImportanceResult:
     """Per-image filter importance of ``layers`` for ``inputs``, computed from the model in
     batches. ``target``: 'true' (each image's label, predicted where unlabelled), 'pred', or a
     class index / name (one neuron for every image, e.g. to compare input classes). ``output``:
     'score' (the class score before softmax, default, as stored by the capture), 'prob' or
-    'log-prob'."""
+    'log-prob'. ``dask`` (:class:`~volviz.analysis.distributed_map.DaskOptions`): on Dask
+    workers, over ranges of ``batch_size``-aligned images, each worker loading ``store``'s model."""
     layers = check_weighted_layers(model, layers)
     _output_values(torch.zeros(1, 2), output)  # refuse an unknown output before any work
+    if dask is not None:
+        from volviz.analysis.distributed_map import map_ranges, store_ref
+
+        if store is None or not inputs.records:
+            raise AnalysisError("importance on Dask needs the store (its model) and image files")
+        opts = (layers, target, class_names, output, batch_size, max_bytes)
+        return map_ranges(
+            _fly_range,
+            inputs.records,
+            merge_results,
+            store_ref(store, dask),
+            dask.trust_key,
+            inputs.prep,
+            opts,
+            dask=dask,
+            align=batch_size,
+            desc="importance",
+        )
     per_image: dict[str, list[np.ndarray]] = {n: [] for n in layers}
     tgt, pred = [], []
     n_classes = None
@@ -389,12 +413,82 @@ def importance_on_the_fly(
     )
 
 
+# ---- on Dask: one range of images, and the merge ----------------------------------------------
+def _fly_range(records, ref, trust, prep, opts) -> ImportanceResult:
+    """One range of :func:`importance_on_the_fly` (a Dask task)."""
+    from volviz.analysis.distributed_map import model_of
+
+    layers, target, class_names, output, batch_size, max_bytes = opts
+    return importance_on_the_fly(
+        model_of(ref, trust),
+        InputSet(records, prep),
+        layers,
+        target=target,
+        class_names=class_names,
+        output=output,
+        batch_size=batch_size,
+        max_bytes=max_bytes,
+        progress=False,
+    )
+
+
+def merge_results(parts: list[ImportanceResult]) -> ImportanceResult:
+    """Results of consecutive image ranges -> the result over all of them, in order."""
+    first = parts[0]
+    return ImportanceResult(
+        first.layers,
+        {n: np.concatenate([p.per_image[n] for p in parts]) for n in first.layers},
+        np.concatenate([p.label for p in parts]),
+        np.concatenate([p.target for p in parts]),
+        np.concatenate([p.pred for p in parts]),
+        first.class_names,
+        first.n_classes,
+        [i for p in parts for i in p.image_ids],
+        first.source,
+    )
+
+
+def _stored_range(rows, ref, layers, batch_size, progress=False) -> dict[str, np.ndarray]:
+    """Filter norms of store images ``rows`` (a Dask task, or the whole set in this process)."""
+    from volviz.analysis.distributed_map import open_ref
+
+    store = open_ref(ref)
+    out = {}
+    bar = tqdm(total=len(rows) * len(layers), desc="importance (store)", unit="img", disable=not progress)
+    try:
+        for name in layers:
+            info = store.layers[name]
+            parts = []
+            # stored norms are C_out floats per image: read them in large blocks (same values)
+            step = max(batch_size, NORM_BLOCK) if store.has("grad_norm", name) else batch_size
+            for s in range(0, len(rows), step):
+                sel = rows[s : s + step]
+                if store.has("grad_norm", name):  # kept by the capture: no per-image tensor to read
+                    parts.append(store.read_batch("grad_norm", name, sel))
+                elif info.weight_factors:
+                    parts.append(factor_norms(*store.read_factors(name, sel)).astype(np.float32))
+                else:
+                    parts.append(filter_norms(store.read_batch("grad_weight", name, sel)).astype(np.float32))
+                bar.update(len(sel))
+            out[name] = np.concatenate(parts) if parts else np.zeros((0, info.weight_shape[0]), np.float32)
+    finally:
+        bar.close()
+    return out
+
+
+def _merge_norms(parts: list[dict]) -> dict[str, np.ndarray]:
+    return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
+
+
 # ---- from a store -----------------------------------------------------------------------------
 def importance_from_store(
-    store, layers: list[str] | None = None, *, batch_size: int = 64, progress: bool = True
+    store, layers: list[str] | None = None, *, batch_size: int = 64, progress: bool = True, dask=None
 ) -> ImportanceResult:
     """Per-image filter importance from the weight gradients a capture stored (w.r.t. the
-    store's target neuron per image), reading ``batch_size`` images of one layer at a time."""
+    store's target neuron per image), reading ``batch_size`` images of one layer at a time;
+    with ``dask``, ranges of images on Dask workers that open the store read-only."""
+    from volviz.analysis.distributed_map import map_ranges, store_ref
+
     with_w = [n for n, info in store.layers.items() if info.weight_shape]
     if not layers:
         layers = with_w
@@ -417,25 +511,18 @@ def importance_from_store(
     idx = np.flatnonzero(store.done)
     if len(idx) == 0:
         raise StoreError(f"{store.path} holds no captured image yet")
-    per_image = {}
-    total = len(idx) * len(layers)
-    bar = tqdm(total=total, desc="importance (store)", unit="img", disable=not progress)
-    try:
-        for name in layers:
-            info = store.layers[name]
-            parts = []
-            for s in range(0, len(idx), batch_size):
-                rows = idx[s : s + batch_size]
-                if store.has("grad_norm", name):  # kept by the capture: no per-image tensor to read
-                    parts.append(store.read_batch("grad_norm", name, rows))
-                elif info.weight_factors:
-                    parts.append(factor_norms(*store.read_factors(name, rows)).astype(np.float32))
-                else:
-                    parts.append(filter_norms(store.read_batch("grad_weight", name, rows)).astype(np.float32))
-                bar.update(len(rows))
-            per_image[name] = np.concatenate(parts)
-    finally:
-        bar.close()
+    per_image = map_ranges(
+        _stored_range,
+        idx,
+        _merge_norms,
+        store_ref(store, dask),
+        list(layers),
+        batch_size,
+        progress and dask is None,
+        dask=dask,
+        align=batch_size,
+        desc="importance (store)",
+    )
     probs = store.column("probs")
     n_classes = probs.shape[1]
     return ImportanceResult(

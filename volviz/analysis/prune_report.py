@@ -78,13 +78,16 @@ class PruneReport:
         evaluated_on: str = "the store",
         progress: bool = True,
         on_step: Callable[[int, int], None] | None = None,
+        dask=None,
+        store=None,
     ) -> PruneReport:
         """Rank ``layers``' filters by ``importance`` (an ImportanceResult), prune them on ``inputs``.
 
         ``classes``: reference classes of the table (names or indices; default every class with
         images and an importance of its own); ``reference``: the sweep's ranking, "all" (mean over
         all images) or a class. Thresholds are checked before any pruning. ``on_step(done, total)``
-        is called after every evaluation (raising in it stops the run)."""
+        is called after every evaluation (raising in it stops the run). ``dask`` / ``store``:
+        the evaluations on Dask workers that load ``store``'s model (``volviz prune --workers``)."""
         res, names = importance, importance.class_names
         K = res.n_classes
         rel = {n: res.class_relevance(n)[0] for n in layers}
@@ -117,7 +120,17 @@ class PruneReport:
                 on_step(done[0], total)
 
         rows = least_most_table(
-            model, inputs, rel, classes, k=k, class_names=names, zero_bias=zero_bias, progress=progress, on_step=step
+            model,
+            inputs,
+            rel,
+            classes,
+            k=k,
+            class_names=names,
+            zero_bias=zero_bias,
+            progress=progress,
+            on_step=step,
+            dask=dask,
+            store=store,
         )
         sweeps = [
             threshold_sweep(
@@ -133,6 +146,8 @@ class PruneReport:
                 zero_bias=zero_bias,
                 progress=progress,
                 on_step=step,
+                dask=dask,
+                store=store,
             )
             for n in layers
         ]

@@ -83,11 +83,12 @@ def predict(model: nn.Module, inputs: InputSet, batch_size: int = 256) -> np.nda
     return predict_probs(model, inputs, batch_size).argmax(1)
 
 
-def _class_prob(probs: np.ndarray, labels: np.ndarray, c: int) -> float:
+def _class_prob(p_label: np.ndarray, labels: np.ndarray, c: int) -> float:
     """Mean probability the model gives class c on the images of class c (a finer measure than
-    the error rate when only a few images of the class are misclassified)."""
+    the error rate when only a few images of the class are misclassified); ``p_label[i]`` is the
+    probability of image i's own label."""
     sel = labels == c
-    return float(probs[sel, c].mean()) if sel.any() else float("nan")
+    return float(p_label[sel].mean()) if sel.any() else float("nan")
 
 
 def error_rates(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, float, np.ndarray]:
@@ -142,37 +143,48 @@ def least_most_table(
     batch_size: int = 256,
     progress: bool = True,
     on_step: Callable[[], None] | None = None,
+    dask=None,
+    store=None,
 ) -> list[PruneRow]:
     """``relevance[layer]``: (K, C_out) class-wise relevance. One row per (class, layer).
-    ``on_step()`` is called after each row (progress in an app; raising in it stops the run)."""
+    ``on_step()`` is called after each row (progress in an app; raising in it stops the run).
+    ``dask`` / ``store``: evaluate on Dask workers (:mod:`volviz.analysis.prune_eval`)."""
+    from volviz.analysis.prune_eval import make_evaluator
+
     n_classes = next(iter(relevance.values())).shape[0]
-    base_probs = predict_probs(model, inputs, batch_size)
-    base, base_all, counts = error_rates(base_probs.argmax(1), inputs.labels, n_classes)
+    labels = inputs.labels
+    counts = np.bincount(labels[labels >= 0], minlength=n_classes)[:n_classes]
     for r in classes:
         if counts[r] == 0:
             name = class_names[r] if class_names else r
             raise EmptyClassError(f"class {name} has no labelled images in the evaluation set")
+    plans = []
+    for layer in relevance:
+        for r in classes:
+            imp = relevance[layer][r]
+            if not np.all(np.isfinite(imp)):
+                name = class_names[r] if class_names else r
+                raise EmptyClassError(
+                    f"no importance for class {name} in {layer}: the class has no images "
+                    "analysed w.r.t. its own output neuron"
+                )
+            n_f = len(imp)
+            if not 1 <= k < n_f:
+                raise AnalysisError(
+                    f"k={k} filters cannot be removed from {layer}: it has {n_f} filters (use 1..{n_f - 1})"
+                )
+            order = _rank(imp)
+            plans.append((r, layer, order[:k].tolist(), order[::-1][:k].tolist()))
+    evaluate = make_evaluator(model, inputs, zero_bias=zero_bias, batch_size=batch_size, dask=dask, store=store)
+    specs = [None] + [s for _, layer, least, most in plans for s in ((layer, least), (layer, most))]
+    results = iter(evaluate(specs))
+    base_pred, base_p = next(results)
+    base, base_all, _ = error_rates(base_pred, labels, n_classes)
     rows = []
-    jobs = [(r, layer) for layer in relevance for r in classes]
-    for r, layer in tqdm(jobs, desc="prune least/most", disable=not progress):
-        imp = relevance[layer][r]
-        if not np.all(np.isfinite(imp)):
-            name = class_names[r] if class_names else r
-            raise EmptyClassError(
-                f"no importance for class {name} in {layer}: the class has no images "
-                "analysed w.r.t. its own output neuron"
-            )
-        n_f = len(imp)
-        if not 1 <= k < n_f:
-            raise AnalysisError(
-                f"k={k} filters cannot be removed from {layer}: it has {n_f} filters (use 1..{n_f - 1})"
-            )
-        order = _rank(imp)
-        least, most = order[:k].tolist(), order[::-1][:k].tolist()
-        p_l = predict_probs(zero_filters(model, layer, least, zero_bias=zero_bias), inputs, batch_size)
-        p_m = predict_probs(zero_filters(model, layer, most, zero_bias=zero_bias), inputs, batch_size)
-        e_l, a_l, _ = error_rates(p_l.argmax(1), inputs.labels, n_classes)
-        e_m, a_m, _ = error_rates(p_m.argmax(1), inputs.labels, n_classes)
+    for r, layer, least, most in tqdm(plans, desc="prune least/most", disable=not progress):
+        (pred_l, p_l), (pred_m, p_m) = next(results), next(results)
+        e_l, a_l, _ = error_rates(pred_l, labels, n_classes)
+        e_m, a_m, _ = error_rates(pred_m, labels, n_classes)
         rows.append(
             PruneRow(
                 r,
@@ -188,9 +200,9 @@ def least_most_table(
                 a_m,
                 least,
                 most,
-                _class_prob(base_probs, inputs.labels, r),
-                _class_prob(p_l, inputs.labels, r),
-                _class_prob(p_m, inputs.labels, r),
+                _class_prob(base_p, labels, r),
+                _class_prob(p_l, labels, r),
+                _class_prob(p_m, labels, r),
             )
         )
         if on_step is not None:
@@ -413,12 +425,15 @@ def threshold_sweep(
     batch_size: int = 256,
     progress: bool = True,
     on_step: Callable[[], None] | None = None,
+    dask=None,
+    store=None,
 ) -> SweepResult:
     """Zero every filter of ``layer`` with importance < threshold, for each threshold.
 
     ``control``: also remove the same NUMBER of filters starting from the most important ones
     (``error_most_first``): if the ranking means anything, that curve rises much earlier.
-    ``on_step()`` is called after each threshold (progress in an app; raising in it stops the run)."""
+    ``on_step()`` is called after each threshold (progress in an app; raising in it stops the run).
+    ``dask`` / ``store``: evaluate on Dask workers (:mod:`volviz.analysis.prune_eval`)."""
     importance = np.asarray(importance, dtype=np.float64)
     if not np.all(np.isfinite(importance)):
         raise EmptyClassError(f"the importance of {layer} is undefined (no images for the reference class)")
@@ -434,23 +449,28 @@ def threshold_sweep(
                 f"importance [0, {hi:.4g}] (min {importance.min():.4g}); a threshold above the maximum "
                 "would remove every filter"
             )
+    from volviz.analysis.prune_eval import make_evaluator
+
+    most_first = _rank(importance)[::-1]
+    cuts = [np.flatnonzero(importance < t) for t in thresholds]
+    specs = [
+        s
+        for cut in cuts
+        for s in [(layer, cut.tolist())] + ([(layer, most_first[: len(cut)].tolist())] if control else [])
+    ]
+    check_weighted_layers(model, [layer])
+    results = iter(
+        make_evaluator(model, inputs, zero_bias=zero_bias, batch_size=batch_size, dask=dask, store=store)(specs)
+    )
     errs, overall, removed, c_errs, c_overall = [], [], [], [], []
     counts = None
-    most_first = _rank(importance)[::-1]
-    for t in tqdm(thresholds, desc=f"sweep {layer}", disable=not progress):
-        cut = np.flatnonzero(importance < t)
-        e, a, counts = error_rates(
-            predict(zero_filters(model, layer, cut, zero_bias=zero_bias), inputs, batch_size), inputs.labels, n_classes
-        )
+    for cut in tqdm(cuts, desc=f"sweep {layer}", disable=not progress):
+        e, a, counts = error_rates(next(results)[0], inputs.labels, n_classes)
         errs.append(e)
         overall.append(a)
         removed.append(len(cut))
         if control:
-            e, a, _ = error_rates(
-                predict(zero_filters(model, layer, most_first[: len(cut)], zero_bias=zero_bias), inputs, batch_size),
-                inputs.labels,
-                n_classes,
-            )
+            e, a, _ = error_rates(next(results)[0], inputs.labels, n_classes)
             c_errs.append(e)
             c_overall.append(a)
         if on_step is not None:

@@ -155,7 +155,7 @@ class Pane:
         self.sequence = (
             self.play.sequence
             if self.play is not None
-            else store_sequence(self.store, by if by != S.GROUPS else "captured")
+            else self.app.time.filtered(self, store_sequence(self.store, by if by != S.GROUPS else "captured"))
         )
         if self.source is None or old != self.variant:
             from volviz.views.source import LayerVolumeSource
@@ -319,6 +319,7 @@ class Pane:
                 read=functools.partial(self.app.volume.read, self),
                 model=self.model,
                 memo=self.remember,
+                slice_row=int(st[S.V_SLICE_ROW] or 0),
             )
             try:
                 out = panel.render(ctx)

@@ -57,6 +57,7 @@ class PanelContext:
     read: Callable[[str, str, int], np.ndarray]  # cached store read (quantity, layer, image)
     model: Callable[[], object]  # lazily loaded nn.Module (raises with a clear message)
     memo: Callable[[object, Callable[[], object]], object] = _no_memo  # memo(key, compute): per store
+    slice_row: int = 0  # the drawer's slice row (the Slice panel)
 
 
 @dataclass

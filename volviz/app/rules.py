@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from volviz.app import state as S
+from volviz.app.image_filter import MAX_SEARCH
 from volviz.app.security import Refused
 
 __all__ = ["client_rules", "MAX_RECORD_FRAMES", "MAX_RECORD_SECONDS", "MAX_PRUNE_STEPS", "MAX_PRUNE_K"]
@@ -20,6 +21,7 @@ MAX_RECORD_SECONDS = 300.0  # and its length at the chosen frames per second
 MAX_PRUNE_STEPS = 100  # thresholds of one pruning sweep
 MAX_PRUNE_K = 256
 MAX_GROUP_N = 20
+MAX_EMBED_K = 32  # neighbours the Embedding tab shows
 
 
 def boolean(value, _state):
@@ -54,6 +56,19 @@ def number(lo: float, hi: float | str):
         top = float(state[hi] or 0) if isinstance(hi, str) else hi
         if not lo <= value <= top:
             raise Refused(f"{value} is out of range {lo}..{top}")
+        return value
+
+    return check
+
+
+def text(max_len: int):
+    """A string of at most ``max_len`` printable characters (used literally, never as a pattern)."""
+
+    def check(value, _state):
+        if not isinstance(value, str):
+            raise Refused("expected text")
+        if len(value) > max_len or not value.isprintable():
+            raise Refused(f"at most {max_len} printable characters")
         return value
 
     return check
@@ -113,6 +128,12 @@ def client_rules(n_panes: int, tabs, panels) -> dict:
         S.T_SORT: one_of(_values(S.SORT_ITEMS)),
         S.T_GROUP_CLASS: item_of(S.ITEMS_GROUP_CLASSES),
         S.T_GROUP_N: integer(1, MAX_GROUP_N),
+        S.T_F_TRUE: item_of(S.T_F_CLASSES),
+        S.T_F_PRED: item_of(S.T_F_CLASSES),
+        S.T_F_CORRECT: one_of(_values(S.CORRECT_ITEMS)),
+        S.T_F_PROB: pair(0, 100),
+        S.T_F_SEARCH: text(MAX_SEARCH),
+        S.T_JUMP: integer(-1, S.T_JUMP_MAX),
         S.V_QUANTITY: one_of(_values(S.QUANTITY_ITEMS)),
         S.V_ORDER: one_of(_values(S.ORDER_ITEMS)),
         S.V_FIT: one_of(_values(S.FIT_ITEMS)),
@@ -126,6 +147,7 @@ def client_rules(n_panes: int, tabs, panels) -> dict:
         S.V_SLICE_Y: number(0.0, 1.0),
         S.V_SLICE_Z: number(0.0, 1.0),
         S.V_OUTLINE: boolean,
+        S.V_SLICE_ROW: integer(0, S.V_SLICE_ROW_MAX),
         S.PANEL_TAB: one_of(panels),
         S.SAL_ON: boolean,
         S.SAL_METHOD: one_of(_values(S.SAL_ITEMS)),
@@ -133,6 +155,11 @@ def client_rules(n_panes: int, tabs, panels) -> dict:
         S.G_COLOR: one_of(_values(S.G_COLOR_ITEMS)),
         S.G_SIZE: boolean,
         S.G_FOCUS: item_of(S.G_LAYERS, extra=("",)),
+        S.G_THUMBS: one_of(_values(S.G_THUMB_ITEMS)),
+        S.E_LAYER: item_of(S.E_LAYERS, nullable=True),
+        S.E_COLOR: one_of(_values(S.E_COLOR_ITEMS)),
+        S.E_UNIT: integer(0, S.E_UNIT_MAX),
+        S.E_K: integer(0, MAX_EMBED_K),
         S.SC_FILE: item_of(S.SC_FILES, nullable=True),
         S.SC_T: number(0.0, S.SC_DURATION),
         S.SC_PLAYING: boolean,
@@ -145,6 +172,9 @@ def client_rules(n_panes: int, tabs, panels) -> dict:
         S.R_MAX_IMAGES: integer(1, MAX_RECORD_FRAMES),
         S.R_FRAMES: integer(2, MAX_RECORD_FRAMES),
     }
+    from volviz.app.dashboard_keys import dashboard_rules
+
+    rules.update(dashboard_rules())
     for i in range(n_panes):
         rules[S.pane_key(i, "store")] = item_of(S.APP_STORES)
         rules[S.pane_key(i, "layer")] = item_of(S.pane_key(i, "layers"))

@@ -38,6 +38,16 @@ T_LOOP = "t_loop"
 T_SORT = "t_sort"  # captured / probability / class / misclassified / groups
 T_GROUP_CLASS = "t_group_class"  # class groups order: the reference class (index)
 T_GROUP_N = "t_group_n"  # class groups order: images per group (correct / misclassified each)
+# the filter over the image order (volviz.app.image_filter): what the slider walks
+T_F_TRUE = "t_f_true"  # true class (-1: any)
+T_F_PRED = "t_f_pred"  # predicted class (-1: any)
+T_F_CORRECT = "t_f_correct"  # all | correct | wrong
+T_F_PROB = "t_f_prob"  # [lo, hi] top probability in percent
+T_F_SEARCH = "t_f_search"  # file-name text (literal, case-insensitive)
+T_F_NOTE = "t_f_note"  # server: "312 of 20,000 images · true 7 · misclassified"
+T_F_CLASSES = "t_f_classes"  # server: class select items [{title, value}], "any" = -1 first
+T_JUMP = "t_jump"  # store image index to show (-1: none; the server puts it back to -1)
+T_JUMP_MAX = "t_jump_max"  # server: the largest store image index of the panes
 
 # ---- layer volume look (applies to every pane) -------------------------------------------
 V_QUANTITY = "v_quantity"
@@ -53,6 +63,8 @@ V_SLICE_X = "v_slice_x"
 V_SLICE_Y = "v_slice_y"
 V_SLICE_Z = "v_slice_z"
 V_OUTLINE = "v_outline"
+V_SLICE_ROW = "v_slice_row"  # the row of the slice orders and the Slice panel ([Jain2016] §3.1.3)
+V_SLICE_ROW_MAX = "v_slice_row_max"  # its bound: the tallest shown layer's height - 1 (set by the server)
 
 # ---- 2-D panels and the saliency overlay on the input image ------------------------------
 PANEL_TAB = "panel_tab"
@@ -70,6 +82,17 @@ G_FOCUS = "g_focus"  # camera: "" (overview) or a layer name
 G_LAYERS = "g_layers"  # focus items
 G_NOTE = "g_note"  # a line under the graph (thumbnails, importance class, errors)
 G_SHOWN = "g_shown"  # what the graph view shows now (tests wait for it)
+G_THUMBS = "g_thumbs"  # unit thumbnails: preferred (inputs) | top (dataset examples)
+
+# ---- embedding tab -----------------------------------------------------------------------
+E_LAYER = "e_layer"  # layer whose descriptors are embedded
+E_LAYERS = "e_layers"  # its items (stored embeddings first)
+E_COLOR = "e_color"  # point colour: true | pred | prob | unit
+E_UNIT = "e_unit"  # the unit of "unit" colouring
+E_UNIT_MAX = "e_unit_max"  # its last index (the layer's units - 1)
+E_K = "e_k"  # neighbours of the current image shown
+E_NOTE = "e_note"
+E_SHOWN = "e_shown"  # what the view shows now (tests wait for it)
 
 # ---- scene preview tab -------------------------------------------------------------------
 SC_FILES = "sc_files"  # items: scenes/*.toml listed at launch (values: catalog ids)
@@ -118,11 +141,14 @@ ITEMS_CMAP = "items_cmap"
 ITEMS_OPACITY = "items_opacity"
 ITEMS_SPEED = "items_speed"
 ITEMS_SORT = "items_sort"
+ITEMS_CORRECT = "items_correct"
 ITEMS_RECORD_MODES = "items_record_modes"
 ITEMS_TABS = "items_tabs"
 ITEMS_GROUP_CLASSES = "items_group_classes"
 ITEMS_SAL = "items_sal"
 ITEMS_G_COLOR = "items_g_color"
+ITEMS_E_COLOR = "items_e_color"
+ITEMS_G_THUMBS = "items_g_thumbs"
 
 # ---- per pane ----------------------------------------------------------------------------
 PANE_FIELDS = (
@@ -173,6 +199,11 @@ FIT_ITEMS = [
     {"title": "per image", "value": "image"},
 ]
 GROUPS = "groups"  # the class-groups image order ([Jain2016] §3.2.2), see volviz.app.groups
+CORRECT_ITEMS = [
+    {"title": "all", "value": "all"},
+    {"title": "correct", "value": "correct"},
+    {"title": "misclassified", "value": "wrong"},
+]
 SORT_ITEMS = [
     {"title": "as captured", "value": "captured"},
     {"title": "by class probability", "value": "probability"},
@@ -187,6 +218,16 @@ G_COLOR_ITEMS = [
     {"title": "response to the image", "value": "response"},
     {"title": "importance, class-averaged", "value": "importance-class"},
     {"title": "importance, this image", "value": "importance-image"},
+]
+G_THUMB_ITEMS = [
+    {"title": "preferred inputs", "value": "preferred"},
+    {"title": "top dataset examples", "value": "top"},
+]
+E_COLOR_ITEMS = [
+    {"title": "true class", "value": "true"},
+    {"title": "predicted class", "value": "pred"},
+    {"title": "top probability", "value": "prob"},
+    {"title": "a unit's activation", "value": "unit"},
 ]
 
 SPEEDS = [1, 2, 4, 8, 15, 30]  # images per second
@@ -210,6 +251,15 @@ DEFAULTS = {
     T_SORT: "captured",
     T_GROUP_CLASS: 0,
     T_GROUP_N: 2,
+    T_F_TRUE: -1,
+    T_F_PRED: -1,
+    T_F_CORRECT: "all",
+    T_F_PROB: [0, 100],
+    T_F_SEARCH: "",
+    T_F_NOTE: "",
+    T_F_CLASSES: [{"title": "any", "value": -1}],
+    T_JUMP: -1,
+    T_JUMP_MAX: 0,
     V_QUANTITY: "activation",
     V_ORDER: "natural",
     V_FIT: "set",
@@ -223,6 +273,8 @@ DEFAULTS = {
     V_SLICE_Y: 0.5,
     V_SLICE_Z: 0.5,
     V_OUTLINE: True,
+    V_SLICE_ROW: 0,
+    V_SLICE_ROW_MAX: 0,
     PANEL_TAB: "maps",
     ITEMS_GROUP_CLASSES: [],
     SAL_ON: False,
@@ -235,6 +287,15 @@ DEFAULTS = {
     G_LAYERS: [],
     G_NOTE: "",
     G_SHOWN: "",
+    G_THUMBS: "preferred",
+    E_LAYER: None,
+    E_LAYERS: [],
+    E_COLOR: "true",
+    E_UNIT: 0,
+    E_UNIT_MAX: 0,
+    E_K: 8,
+    E_NOTE: "",
+    E_SHOWN: "",
     SC_FILES: [],
     SC_FILE: None,
     SC_T: 0.0,

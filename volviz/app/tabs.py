@@ -23,7 +23,12 @@ from volviz.app.jobs import BackgroundJob
 __all__ = ["PANEL_MODULES", "TabContext", "TabSpec", "main_tabs", "load_panels"]
 
 #: modules whose import registers 2-D panels (``register_panel``), in tab order
-PANEL_MODULES = ("volviz.app.panels", "volviz.app.analysis_panels")
+PANEL_MODULES = (
+    "volviz.app.panels",
+    "volviz.app.analysis_panels",
+    "volviz.app.dataset_panels",
+    "volviz.app.slice_panel",
+)
 
 
 @dataclass
@@ -38,6 +43,7 @@ class TabContext:
     scene_dirs: list | None = None
     allow_outside: bool = False  # scene files may name a store outside their folder
     catalog: object = None  # volviz.app.catalog.Catalog: what a browser may choose (ids)
+    recorder: object = None  # volviz.app.recorder.Recorder: where a tab's movie goes (its downloads)
     notify: Callable[[str], None] | None = None  # one line in the page's footer
     jobs: list = field(default_factory=list)
 
@@ -76,6 +82,30 @@ def _graph(ctx):
     return GraphTab(ctx)
 
 
+def _embedding(ctx):
+    from volviz.app.embedding_tab import EmbeddingTab
+
+    return EmbeddingTab(ctx)
+
+
+def _embedding_layout(tab, ctx):
+    from volviz.app.ui_embedding import embedding_tab
+
+    return embedding_tab(tab, ctx)
+
+
+def _dashboard(ctx):
+    from volviz.app.dashboard_tab import DashboardTab
+
+    return DashboardTab(ctx)
+
+
+def _dashboard_layout(tab, ctx):
+    from volviz.app.ui_dashboard import dashboard_tab
+
+    return dashboard_tab(tab, ctx)
+
+
 def _scene(ctx):
     from volviz.app.scene_tab import SceneTab
 
@@ -109,13 +139,38 @@ def main_tabs() -> list[TabSpec]:
             time_bar=True,
             help=(
                 "The store's network: a plane per layer, a node per unit with its preferred input "
-                "(volviz optimize), edges from the weights. The time slider, the image order and the "
+                "(volviz optimize) or its top dataset example, edges from the weights; a big network opens "
+                "as one tile per layer (choose a layer to see its units). The time slider, the image order and the "
                 "pane's class (Importance tab) apply here too."
             ),
         ),
         TabSpec(
+            "embedding",
+            "Embedding",
+            _embedding,
+            _embedding_layout,
+            time_bar=True,
+            help=(
+                "The images as a 3-D cloud of thumbnails at their coordinates in one layer's descriptor space "
+                "(volviz embed; a PCA made here when the store keeps none). The time slider's image is drawn "
+                "large with its nearest neighbours; click a thumbnail to make it the current image."
+            ),
+        ),
+        TabSpec(
+            "dashboard",
+            "Dashboard",
+            _dashboard,
+            _dashboard_layout,
+            time_bar=True,
+            help=(
+                "[Tamari2017]'s realtime view: the input with the model's crop, the class bars, two conv layers "
+                "and a linear layer at once (or the FC-only sorted view). It follows the time slider, or live "
+                "input: the webcam, an uploaded or dropped image, a video of the store's, in real time."
+            ),
+        ),
+        TabSpec(
             "scene",
-            "Scene preview",
+            "Scene",
             _scene,
             _layout("scene_tab"),
             help=(

@@ -1,5 +1,10 @@
 """The time bar: the slider over the images (every pane, and the analysis tabs, follow it), step
-buttons, play / pause and the image order.
+buttons, play / pause, the image order, the filter over it and "go to image".
+
+The filter (:mod:`volviz.app.image_filter`) is a view over each pane's image order: the slider
+walks only the images that pass it (a filter that matches nothing in a pane is not applied there,
+and the note says so). It is computed from columns the pane already holds, so a store of 20,000
+images filters as fast as one of 200; the image shown stays shown when it still passes.
 
 Slider moves are coalesced (:class:`~volviz.app.prefetch.Coalescer`): a drag sends many positions;
 only the latest is drawn, so positions overtaken while a frame renders never pile up. While the
@@ -13,7 +18,10 @@ import asyncio
 import logging
 import time
 
+import numpy as np
+
 from volviz.app import state as S
+from volviz.app.image_filter import FilterColumns, ImageFilter, filter_sequence, position_in
 from volviz.app.prefetch import Coalescer
 from volviz.app.volume_view import REFINE_AFTER_S
 from volviz.app.wiring import bind, change, controller
@@ -31,15 +39,101 @@ class Timeline:
         self._play_task = None
         self._refine_handle = None
         self._shown_sort = self._sort_key()
+        self._counts: dict[int, tuple[int, int]] = {}  # pane -> (images passing, images in the order)
         bind(self, app.server)
 
     def refresh(self) -> None:
-        """The slider's length: the longest sequence of all panes (a shorter one stays on its last image)."""
-        lengths = [len(p.sequence) for p in self.app.panes if p.store is not None]
+        """The slider's length: the longest sequence of all panes (a shorter one stays on its last
+        image); the bound of "go to image", the filter's class items and its note."""
+        panes = [p for p in self.app.panes if p.store is not None]
+        lengths = [len(p.sequence) for p in panes]
         tmax = max(max(lengths) - 1 if lengths else 0, 0)
         self.state[S.T_MAX] = tmax
         if self.state[S.T_INDEX] > tmax:
             self.state[S.T_INDEX] = tmax
+        self.state[S.T_JUMP_MAX] = max([p.store.n_images - 1 for p in panes] or [0])
+        names = panes[0].class_names() if panes else []
+        self.state[S.T_F_CLASSES] = [{"title": "any", "value": -1}] + [
+            {"title": f"class {n}", "value": k} for k, n in enumerate(names)
+        ]
+        self._note()
+
+    # ------------------------------------------------------------------ the filter
+    def image_filter(self) -> ImageFilter:
+        """The filter the page asks for now (bounds already checked by the rules)."""
+        st = self.state
+        lo, hi = sorted(float(v) / 100.0 for v in (st[S.T_F_PROB] or [0, 100]))
+        return ImageFilter(
+            int(st[S.T_F_TRUE] if st[S.T_F_TRUE] is not None else -1),
+            int(st[S.T_F_PRED] if st[S.T_F_PRED] is not None else -1),
+            st[S.T_F_CORRECT] or "all",
+            (lo, hi),
+            str(st[S.T_F_SEARCH] or "").strip(),
+        )
+
+    def filtered(self, pane, sequence: np.ndarray) -> np.ndarray:
+        """``sequence`` (a pane's image order) through the filter; unchanged when the filter is
+        off or nothing in it passes. Pane.set_sequence calls this for every order but class groups."""
+        f = self.image_filter()
+        if not f.active:
+            self._counts.pop(pane.index, None)
+            return sequence
+        cols = pane.remember("filter_columns", lambda: FilterColumns.from_store(pane.store, pane.columns))
+        kept = filter_sequence(sequence, cols, f)
+        self._counts[pane.index] = (len(kept), len(sequence))
+        return kept if len(kept) else sequence
+
+    def _note(self) -> None:
+        f, st = self.image_filter(), self.state
+        if not f.active:
+            st[S.T_F_NOTE] = ""
+            return
+        if st[S.T_SORT] == S.GROUPS:
+            st[S.T_F_NOTE] = "the filter does not apply to class groups"
+            return
+        panes = [p for p in self.app.panes if p.store is not None and p.index in self._counts]
+        if not panes:
+            st[S.T_F_NOTE] = ""
+            return
+        what = f.describe(panes[0].class_name)
+        parts = []
+        for p in panes:
+            kept, total = self._counts[p.index]
+            who = f"pane {p.index + 1}: " if len(self.app.panes) > 1 else ""
+            parts.append(f"{who}no image matches; showing all {total:,}" if not kept else f"{who}{kept:,} of {total:,}")
+        st[S.T_F_NOTE] = f"{' · '.join(parts)} images · {what}"
+
+    @change(S.T_F_TRUE, S.T_F_PRED, S.T_F_CORRECT, S.T_F_PROB, S.T_F_SEARCH)
+    def _on_filter(self, **_) -> None:
+        """A new filter: every pane's list again (no scene rebuild: the volumes' source is the
+        same), the image shown kept where it still passes, else the first one."""
+        if self.state[S.T_SORT] == S.GROUPS:
+            self._note()
+            return
+        first = next((p for p in self.app.panes if p.store is not None), None)
+        keep = first.image if first is not None else None
+        for pane in self.app.panes:
+            if pane.store is not None:
+                pane.set_sequence(self.state[S.T_SORT])
+                pane.image = None  # captions say "k / n": redraw them
+        self.refresh()
+        pos = position_in(first.sequence, keep) if first is not None and keep is not None else None
+        self.state[S.T_INDEX] = pos or 0
+        self.app.volume.show_position(pos or 0)
+
+    @change(S.T_JUMP)
+    def _on_jump(self, **_) -> None:
+        """Go to store image ``t_jump`` (in the first pane's list); the key is put back to -1."""
+        image = int(self.state[S.T_JUMP] if self.state[S.T_JUMP] is not None else -1)
+        if image < 0:
+            return
+        self.state[S.T_JUMP] = -1
+        first = next((p for p in self.app.panes if p.store is not None), None)
+        pos = position_in(first.sequence, image) if first is not None else None
+        if pos is None:
+            self.state[S.APP_MESSAGE] = f"image {image} is not in the list the slider walks (order / filter)"
+            return
+        self.state[S.T_INDEX] = pos
 
     # ------------------------------------------------------------------ the slider
     @change(S.T_INDEX)

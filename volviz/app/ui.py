@@ -2,7 +2,7 @@
 :mod:`volviz.app.state` or to a controller method of :class:`volviz.app.explorer.Explorer`.
 
 ```
-app bar:   title · main tabs (Volume, Graph, Scene preview, Pruning) · record (Volume tab)
+app bar:   title · main tabs (Volume, Graph, Embedding, Dashboard, Scene, Pruning) · record (Volume tab)
 drawer:    volume look: quantity, filter order, colour map, opacity preset + range, density,
            slice planes, outline, reset camera
 content:   time bar (Volume and Graph tabs): play/pause, step, slider over the images, speed,
@@ -26,6 +26,7 @@ from trame.widgets import vtk as vtk_widgets
 from trame.widgets import vuetify3 as v3
 
 from volviz.app import state as S
+from volviz.app.image_filter import MAX_SEARCH
 from volviz.app.panels import PANELS
 
 pk = S.pane_key
@@ -41,7 +42,7 @@ def _js_list(names) -> str:
 def build_ui(app) -> SinglePageWithDrawerLayout:
     server, ctrl, specs = app.server, app.ctrl, app.tab_specs
     with SinglePageWithDrawerLayout(server, theme="dark", width=290) as layout:
-        layout.title.set_text("volviz explorer")
+        layout.title.set_text("volviz")
         layout.title.style = "flex: 0 0 auto; min-width: max-content;"  # never cut: the tabs make room
         _toolbar(layout, ctrl, specs)
         with layout.drawer:
@@ -90,7 +91,7 @@ def _record_controls(ctrl) -> None:
         density="compact",
         hide_details=True,
         variant="outlined",
-        style="width: 170px; flex: 0 0 auto;",
+        style="width: 165px; flex: 0 0 auto;",
         classes="mx-2",
         disabled=(S.R_BUSY,),
     )
@@ -103,7 +104,7 @@ def _record_controls(ctrl) -> None:
         density="compact",
         hide_details=True,
         variant="outlined",
-        style="max-width: 90px",
+        style="width: 84px; flex: 0 0 auto;",  # never squeezed by the tabs
         classes="mx-1",
         id="record-count",
         disabled=(S.R_BUSY,),
@@ -117,7 +118,7 @@ def _record_controls(ctrl) -> None:
         density="compact",
         hide_details=True,
         variant="outlined",
-        style="max-width: 90px",
+        style="width: 84px; flex: 0 0 auto;",  # never squeezed by the tabs
         classes="mx-1",
         id="record-frames",
         disabled=(S.R_BUSY,),
@@ -203,6 +204,18 @@ def _volume_controls(ctrl) -> None:
             density="compact",
             classes="mb-3",
         )
+        v3.VSlider(  # the row of the slice-* orders and of the Slice panel ([Jain2016] §3.1.3)
+            v_model=(S.V_SLICE_ROW,),
+            min=0,
+            max=(S.V_SLICE_ROW_MAX,),
+            step=1,
+            label="slice row",
+            thumb_label=True,
+            hide_details=True,
+            density="compact",
+            classes="mb-3",
+            id="slice-row-slider",
+        )
         v3.VSelect(v_model=(S.V_CMAP,), items=(S.ITEMS_CMAP, S.CMAPS), label="colour map", **_SELECT)
         v3.VSelect(v_model=(S.V_OPACITY,), items=(S.ITEMS_OPACITY, S.OPACITIES), label="opacity preset", **_SELECT)
         html.Div("transfer function range (% of the layer's range)", classes="text-caption")
@@ -249,6 +262,67 @@ def _volume_controls(ctrl) -> None:
             id="reset-camera",
         )
         html.Div("Drag: rotate · wheel: zoom · shift+drag: pan", classes="text-caption mt-2 text-grey")
+
+
+def _filter_menu() -> None:
+    """The filter over the image order and "go to image" (volviz.app.image_filter), in a menu so
+    the time bar keeps one line; the note under the bar says what the slider walks."""
+    with v3.VMenu(close_on_content_click=False, location="top"):
+        with v3.Template(v_slot_activator="{ props }"):
+            v3.VBtn(
+                icon="mdi-filter-variant",
+                v_bind="props",
+                size="small",
+                variant=(f"{S.T_F_NOTE} ? 'tonal' : 'text'",),
+                color=(f"{S.T_F_NOTE} ? 'primary' : undefined",),
+                classes="ml-1",
+                id="filter-btn",
+            )
+        with v3.VCard(style="width: 340px", classes="pa-3", id="filter-card"):
+            v3.VSelect(v_model=(S.T_F_TRUE,), items=(S.T_F_CLASSES,), label="true class", id="filter-true", **_SELECT)
+            v3.VSelect(
+                v_model=(S.T_F_PRED,), items=(S.T_F_CLASSES,), label="predicted class", id="filter-pred", **_SELECT
+            )
+            v3.VSelect(
+                v_model=(S.T_F_CORRECT,),
+                items=(S.ITEMS_CORRECT, S.CORRECT_ITEMS),
+                label="correct / misclassified",
+                id="filter-correct",
+                **_SELECT,
+            )
+            html.Div(f"top probability {{{{ {S.T_F_PROB}[0] }}}}-{{{{ {S.T_F_PROB}[1] }}}} %", classes="text-caption")
+            v3.VRangeSlider(
+                v_model=(S.T_F_PROB,), min=0, max=100, step=1, hide_details=True, density="compact", id="filter-prob"
+            )
+            v3.VTextField(
+                model_value=(S.T_F_SEARCH,),
+                label="file name contains (Enter)",
+                keydown_enter=f"{S.T_F_SEARCH} = $event.target.value.slice(0, {MAX_SEARCH})",
+                maxlength=MAX_SEARCH,
+                clearable=True,
+                click_clear=f"{S.T_F_SEARCH} = ''",
+                id="filter-search",
+                **_SELECT,
+            )
+            v3.VTextField(
+                label="go to image index (Enter)",
+                type="number",
+                min=0,
+                max=(S.T_JUMP_MAX,),
+                keydown_enter=(
+                    f"{S.T_JUMP} = Math.min(Math.max(parseInt($event.target.value) || 0, 0), {S.T_JUMP_MAX})"
+                ),
+                id="filter-jump",
+                **_SELECT,
+            )
+            v3.VBtn(
+                "clear filter",
+                click=f"{S.T_F_TRUE} = -1; {S.T_F_PRED} = -1; {S.T_F_CORRECT} = 'all'; "
+                f"{S.T_F_PROB} = [0, 100]; {S.T_F_SEARCH} = ''",
+                variant="tonal",
+                size="small",
+                id="filter-clear",
+            )
 
 
 def _time_bar(ctrl) -> None:
@@ -305,6 +379,14 @@ def _time_bar(ctrl) -> None:
             variant="outlined",
             style="max-width: 210px",
             id="sort-select",
+        )
+        _filter_menu()
+        html.Span(
+            "{{ %s }}" % S.T_F_NOTE,
+            v_if=(S.T_F_NOTE,),
+            classes="text-caption ml-1",
+            id="filter-note",
+            style="max-width: 14em; line-height: 1.1",
         )
         with html.Div(v_if=f"{S.T_SORT} === '{S.GROUPS}'", classes="d-flex align-center ml-2"):
             v3.VSelect(

@@ -46,6 +46,15 @@ def graph_tab(tab, ctx) -> None:
                 id="graph-color",
                 **_F,
             )
+            v3.VSelect(
+                v_model=(S.G_THUMBS,),
+                items=(S.ITEMS_G_THUMBS, S.G_THUMB_ITEMS),
+                label="thumbnails",
+                style="max-width: 210px",
+                classes="mr-2",
+                id="graph-thumbs",
+                **_F,
+            )
             v3.VSwitch(
                 v_model=(S.G_SIZE,),
                 label="node size = importance",

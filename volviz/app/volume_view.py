@@ -190,27 +190,49 @@ class VolumeView:
         return self.app.panes
 
     # ------------------------------------------------------------------ volumes and their cache
-    def _order_params(self) -> tuple[str, str, int | None]:
+    def _order_params(self) -> tuple[str, str, int | None, int | None]:
         clusters = int(self.state[S.V_CLUSTERS] or 0)
-        return self.state[S.V_ORDER], self.state[S.V_FIT], (clusters if clusters > 0 else None)
+        order = self.state[S.V_ORDER]
+        row = int(self.state[S.V_SLICE_ROW] or 0) if str(order).startswith("slice") else None
+        return order, self.state[S.V_FIT], (clusters if clusters > 0 else None), row
+
+    @staticmethod
+    def _order_kw(pane, layer: str, clusters, row) -> dict:
+        """The source's keywords: the clusters, and for the slice orders the slider's row clamped
+        to this layer's height (two panes may show layers of different heights)."""
+        kw = {"n_clusters": clusters}
+        shape = tuple(getattr(pane.store.layers.get(layer), "act_shape", ()) or ())
+        if row is not None and len(shape) == 3:
+            kw["index"] = min(max(int(row), 0), shape[1] - 1)
+        return kw
+
+    def _slice_row_max(self) -> int:
+        """The slice row slider's bound: the tallest layer of maps the panes show, minus one."""
+        heights = [
+            tuple(p.store.layers[p.layer].act_shape)[1]
+            for p in self.panes
+            if p.store is not None and p.layer in p.store.layers and len(p.store.layers[p.layer].act_shape) == 3
+        ]
+        return max(heights, default=1) - 1
 
     def _key(self, pane, image: int, layer: str, quantity: str, params=None):
         return ("lv", pane.path, pane.variant, layer, quantity, int(image), *(params or self._order_params()))
 
     def _loader(self, pane, image: int, layer: str, quantity: str, params=None):
-        order, fit, clusters = params or self._order_params()
-        return functools.partial(pane.source.get, layer, quantity, int(image), order, fit, n_clusters=clusters)
+        order, fit, clusters, row = params or self._order_params()
+        kw = self._order_kw(pane, layer, clusters, row)
+        return functools.partial(pane.source.get, layer, quantity, int(image), order, fit, **kw)
 
     def fit_order_apart(self, pane, layer: str, quantity: str, params) -> None:
         """Fit a large set order in the fitting process and hand it to the pane's source (a
         background job calls this before ``load``; nothing happens for small or per-image fits,
         for orders already fitted, or for the class-groups source, which holds computed arrays)."""
-        order, fit, clusters = params
+        order, fit, clusters, row = params
         src = pane.source
         order = str(order).lower().replace("_", "-")
         if fit != "set" or order == "natural" or pane.play is not None or src is None:
             return
-        kw = {"n_clusters": clusters}
+        kw = self._order_kw(pane, layer, clusters, row)
         key = (layer, quantity, order, tuple(sorted(kw.items())))
         info = pane.store.layers.get(layer)
         if key in src._set_orders or info is None or len(info.act_shape) < 2:
@@ -287,7 +309,7 @@ class VolumeView:
 
     def _title(self, layer: str, quantity: str) -> str:
         """Short (two panes share the width): the page shows the model and the image."""
-        order, fit, _ = self._order_params()
+        order, fit, *_ = self._order_params()
         o = order if order == "natural" else f"{order} ({'per image' if fit == 'image' else 'set'})"
         return f"{layer} · {QUANTITY_LABEL.get(quantity, quantity)} · {o}"
 
@@ -342,6 +364,7 @@ class VolumeView:
             plotter=pane.plotter,
         )
         pane.layer, pane.quantity, pane.shown, pane.image = layer, quantity, lv, lv.image
+        self.state[S.V_SLICE_ROW_MAX] = self._slice_row_max()
         pane.clear_error()
         pane.update_info()
         pane.update_panel()
@@ -455,7 +478,7 @@ class VolumeView:
             if pane.store is not None and layer and q != quantity:
                 self.rebuild(pane, layer, q)
 
-    @change(S.V_ORDER, S.V_FIT, S.V_CLUSTERS)
+    @change(S.V_ORDER, S.V_FIT, S.V_CLUSTERS, S.V_SLICE_ROW)
     def _on_order(self, **_) -> None:
         params = self._order_params()
         for pane in self.panes:

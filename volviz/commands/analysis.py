@@ -13,7 +13,7 @@ import pathlib
 import shutil
 import tempfile
 
-from volviz.commands.common import add_trust_args, open_store, store_model
+from volviz.commands.common import add_dask_args, add_trust_args, dask_options, open_store, store_model
 from volviz.errors import UserError
 
 __all__ = ["register"]
@@ -71,6 +71,15 @@ def _open(store_path):
     return open_store(store_path)
 
 
+def _dask(a):
+    """``with _dask(a) as dask:``: one Dask cluster for all of a command's streamed passes (None,
+    and nothing started, without --workers / --scheduler)."""
+    import contextlib
+
+    opts = dask_options(a)
+    return opts if opts is not None else contextlib.nullcontext()
+
+
 def _images_or_store(store, images):
     from volviz.analysis.inputs import inputs_from_paths, inputs_from_store
 
@@ -114,10 +123,11 @@ def add_importance(sub) -> None:
     )
     p.add_argument("--batch-size", type=int, default=64)
     add_trust_args(p)
+    add_dask_args(p)
     p.set_defaults(func=cmd_importance)
 
 
-def _compute_importance(store, a, layers=None, target=None, inputs=None):
+def _compute_importance(store, a, layers=None, target=None, inputs=None, dask=None):
     from volviz.analysis.importance import importance_from_store, importance_on_the_fly
 
     target = target or getattr(a, "target", None) or store.plan.target
@@ -132,7 +142,7 @@ def _compute_importance(store, a, layers=None, target=None, inputs=None):
         and all(store.has_filter_norms(n) for n in (layers or [n for n, i in store.layers.items() if i.weight_shape]))
     )
     if stored_ok:
-        return importance_from_store(store, layers, batch_size=a.batch_size), None
+        return importance_from_store(store, layers, batch_size=a.batch_size, dask=dask), None
     loaded = store_model(store, a)
     if inputs is None:
         inputs, _ = _images_or_store(store, getattr(a, "images", None))
@@ -146,6 +156,8 @@ def _compute_importance(store, a, layers=None, target=None, inputs=None):
         class_names=store.class_names,
         output=output,
         batch_size=a.batch_size,
+        dask=dask,
+        store=store,
     )
     return res, loaded
 
@@ -156,7 +168,8 @@ def cmd_importance(a) -> int:
 
     _threads()
     store = _open(a.store)
-    res, _ = _compute_importance(store, a)
+    with _dask(a) as dask:
+        res, _ = _compute_importance(store, a, dask=dask)
     report = ImportanceReport(res, store=str(store.path))
     with _Outputs(a.out) as out:
         out.add(write_importance_report(report, out.tmp))
@@ -205,6 +218,7 @@ def add_prune(sub) -> None:
     p.add_argument("--keep-bias", action="store_true", help="zero only the weights of removed filters, not their bias")
     p.add_argument("--batch-size", type=int, default=64)
     add_trust_args(p)
+    add_dask_args(p)
     p.set_defaults(func=cmd_prune)
 
 
@@ -219,21 +233,26 @@ def cmd_prune(a) -> int:
     if not layers:
         raise AnalysisError("the store has no conv layer with weights; choose layers with --layers")
     inputs, _ = _images_or_store(store, a.images)
-    res, loaded = _compute_importance(store, a, layers=layers, target="true", inputs=inputs if a.images else None)
-    model = loaded.module if loaded is not None else store_model(store, a).module
-    report = PruneReport.compute(
-        model,
-        inputs,
-        res,
-        layers,
-        classes=a.classes,
-        k=a.k,
-        reference=a.reference,
-        thresholds=a.thresholds,
-        steps=a.steps,
-        zero_bias=not a.keep_bias,
-        evaluated_on="--images" if a.images else "the store",
-    )
+    with _dask(a) as dask:
+        res, loaded = _compute_importance(
+            store, a, layers=layers, target="true", inputs=inputs if a.images else None, dask=dask
+        )
+        model = loaded.module if loaded is not None else store_model(store, a).module
+        report = PruneReport.compute(
+            model,
+            inputs,
+            res,
+            layers,
+            classes=a.classes,
+            k=a.k,
+            reference=a.reference,
+            thresholds=a.thresholds,
+            steps=a.steps,
+            zero_bias=not a.keep_bias,
+            evaluated_on="--images" if a.images else "the store",
+            dask=dask,
+            store=store,
+        )
     with _Outputs(a.out) as out:
         out.add(write_prune_report(report, out.tmp))
     print(report.markdown())
@@ -431,6 +450,7 @@ def add_groups(sub) -> None:
         "--no-stats", action="store_true", help="skip the gradient norms over all images of the three classes"
     )
     add_trust_args(p)
+    add_dask_args(p)
     p.set_defaults(func=cmd_groups)
 
 
@@ -440,18 +460,20 @@ def cmd_groups(a) -> int:
 
     _threads()
     store = _open(a.store)
-    report = GroupsReport.compute(
-        store,
-        lambda: store_model(store, a).module,
-        a.reference,
-        by=a.by,
-        per_group=a.per_group,
-        descriptor_layer=a.descriptor_layer,
-        layer=a.layer,
-        quantity=a.quantity,
-        output=a.output,
-        stats=not a.no_stats,
-    )
+    with _dask(a) as dask:
+        report = GroupsReport.compute(
+            store,
+            lambda: store_model(store, a).module,
+            a.reference,
+            by=a.by,
+            per_group=a.per_group,
+            descriptor_layer=a.descriptor_layer,
+            layer=a.layer,
+            quantity=a.quantity,
+            output=a.output,
+            stats=not a.no_stats,
+            dask=dask,
+        )
     groups, gg, what = report.groups, report.gradients, report.differentiated
     print(groups.table())
     print(f"\n||d {what} / d {gg.layer}|| ({a.quantity}) per step:")

@@ -29,6 +29,31 @@ def trust(a) -> dict:
     }
 
 
+def add_dask_args(p: argparse.ArgumentParser) -> None:
+    """``--workers`` / ``--scheduler`` of the streamed analyses (the capture's own are in capture)."""
+    g = p.add_argument_group("Dask (map over ranges of images, merge; the result does not change)")
+    g.add_argument("--workers", type=int, metavar="N", help="run on N local worker processes (a LocalCluster)")
+    g.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on the Dask cluster at ADDRESS (tcp://HOST:8786); its workers need this volviz, "
+        "the store at the same path and the model's files",
+    )
+
+
+def dask_options(a):
+    """The command line's Dask options (None: one process), with its trust flags for the workers."""
+    workers, scheduler = getattr(a, "workers", None), getattr(a, "scheduler", None)
+    if workers is None and not scheduler:
+        return None
+    from volviz.analysis.distributed_map import DaskOptions
+    from volviz.errors import UserError
+
+    if workers is not None and not 1 <= workers <= 1024:
+        raise UserError(f"--workers must be 1..1024, got {workers}")
+    return DaskOptions(workers=workers, scheduler=scheduler, trust=trust(a))
+
+
 def open_store(path, mode: str = "r"):
     from volviz.store.store import Store
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from volviz.commands import dataset_run as R
-from volviz.commands.common import add_trust_args
+from volviz.commands.common import add_dask_args, add_trust_args
 
 __all__ = ["register"]
 
@@ -121,6 +121,7 @@ def register(sub) -> None:
     p.add_argument("--units", type=int, nargs="+", help="only these units")
     p.add_argument("--bins", type=int, default=32, help="histogram bins (default 32)")
     p.add_argument("--out", required=True, help="output folder")
+    add_dask_args(p)
     p.set_defaults(func=R.cmd_top)
 
     p = _parser(

@@ -200,7 +200,9 @@ def cmd_top(a) -> int:
     _threads()
     store = open_store(a.store)
     layer = _layer(store, a.layer)
-    top = top_examples(store, layer, a.k, bins=a.bins)
+    from volviz.commands.common import dask_options
+
+    top = top_examples(store, layer, a.k, bins=a.bins, dask=dask_options(a))
     units = np.arange(len(top.rows)) if not a.units else np.asarray(a.units)
     if units.max() >= len(top.rows) or units.min() < 0:
         raise UserError(f"--units: {layer} has {len(top.rows)} units (0..{len(top.rows) - 1})")

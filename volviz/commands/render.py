@@ -17,6 +17,7 @@ examples:
   volviz render stores/digits --layer conv2 --grid --out conv2-maps.png   # 2-D grid of feature maps
   volviz render stores/digits --layer conv1 --slices --opacity linear --image 17 --out s.png
   volviz render stores/digits --layer conv2 --preferred --out conv2-preferred.png   # after volviz optimize
+  volviz render stores/digits --layer conv1 --slice-row 15 --out row15.png   # + row15_agreement.png
 
 quantities: activation, grad_activation (gradient of the target neuron w.r.t. the activations),
 grad_weight (w.r.t. each filter's weights: a C_out x C_in x kH x kW tensor shown as C_out slices,
@@ -32,6 +33,7 @@ examples:
   volviz movie stores/digits --layer conv1 --mode images --sort probability --out steps.gif
   volviz movie stores/digits --mode both --order pca --frames 60 --out both.mp4
   volviz movie scenes/digits_flythrough.toml --out fly.mp4        # a scene file (network graph)
+  volviz movie stores/digits --mode dashboard --class 7 --sort probability --out sevens.mp4
 """
 
 
@@ -84,6 +86,9 @@ def register(sub) -> None:
         help="grid of the layer's preferred inputs (computed by `volviz optimize STORE`)",
     )
     _common(p)
+    from volviz.commands.render_slices import add_slice_args
+
+    add_slice_args(p)
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser(
@@ -96,7 +101,7 @@ def register(sub) -> None:
     )
     p.add_argument("source", help="a store folder, or a scene file (.toml)")
     p.add_argument("--out", required=True, help=".mp4 or .gif")
-    p.add_argument("--mode", default="images", choices=["rotate", "images", "both"])
+    p.add_argument("--mode", default="images", choices=["rotate", "images", "both", "dashboard"])
     p.add_argument("--frames", type=int, default=72, help="frames of a full rotation (default 72)")
     p.add_argument("--fps", type=float, help="frames per second (default 12; a scene file's own fps)")
     p.add_argument(
@@ -113,8 +118,10 @@ def register(sub) -> None:
     )
     _common(p)
     from volviz.commands.common import add_trust_args
+    from volviz.commands.movie_dashboard import add_dashboard_args
 
     add_trust_args(p)
+    add_dashboard_args(p)
     p.set_defaults(func=cmd_movie)
 
     p = sub.add_parser(
@@ -328,6 +335,12 @@ def cmd_render(a) -> int:
         print(f"wrote {out}")
         return 0
     image = resolve_image(store, a.image)
+    from volviz.commands.render_slices import cmd_slices, wants_slices
+
+    if wants_slices(a):  # [Jain2016]'s slice figure and its agreement plot
+        for path in cmd_slices(store, a, layer, image, out):
+            print(f"wrote {path}")
+        return 0
     info = store.layers.get(layer)
     linear_weights = a.quantity == "grad_weight" and info is not None and len(info.weight_shape or ()) == 2
     lv = None if linear_weights else layer_volume(store, a, layer, image, a.fit or "image")
@@ -409,6 +422,10 @@ def cmd_movie(a) -> int:
         )
         print(f"wrote {a.out}")
         return 0
+    if a.mode == "dashboard":  # input, bars and layer grids per image: volviz.app.dashboard_movie
+        from volviz.commands.movie_dashboard import cmd_dashboard_movie
+
+        return cmd_dashboard_movie(a)
     from volviz.analysis.sequence import store_sequence
     from volviz.commands.common import check_output
     from volviz.errors import UserError

@@ -143,14 +143,40 @@ def iter_descriptors(
         yield sel, np.ascontiguousarray(convert(store.read_batch(quantity, layer, sel)), dtype=np.float32)
 
 
-def descriptors(store, layer: str, rows=None, pool: str = "mean", batch: int | None = None) -> np.ndarray:
+def _descriptor_range(rows, ref, layer: str, pool: str, batch: int | None) -> np.ndarray:
+    """Descriptors of store images ``rows`` (a Dask task, or all of them here)."""
+    from volviz.analysis.distributed_map import open_ref
+
+    store = open_ref(ref)
+    parts = [d for _, d in iter_descriptors(store, layer, rows, pool, batch)]
+    if not parts:
+        return np.zeros((0, descriptor_dim(store, layer, pool)), np.float32)
+    return np.concatenate(parts)
+
+
+def descriptors(store, layer: str, rows=None, pool: str = "mean", batch: int | None = None, dask=None) -> np.ndarray:
     """``(n, D)`` float32 descriptors of images ``rows`` (default: every captured image).
 
     Reads ``store.read_batch("descriptor", ...)`` when the store keeps descriptors of ``layer``,
     otherwise pools its activations batch by batch (conv: spatial ``mean``, ``max`` or
     ``meanmax``; linear: as is). A layer with neither names the capture that makes them.
+    ``dask`` (:class:`~volviz.analysis.distributed_map.DaskOptions`): ranges of images on Dask
+    workers, concatenated in order (the same bits: pooling is per image).
     """
-    parts = [d for _, d in iter_descriptors(store, layer, rows, pool, batch)]
-    if not parts:
-        return np.zeros((0, descriptor_dim(store, layer, pool)), np.float32)
-    return np.concatenate(parts)
+    from volviz.analysis.distributed_map import map_ranges, store_ref
+
+    _source(store, layer, pool)  # refuse a layer without descriptors before any work
+    rows = done_rows(store) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
+    b = batch_rows(store, layer, batch)
+    return map_ranges(
+        _descriptor_range,
+        rows,
+        np.concatenate,
+        store_ref(store, dask),
+        layer,
+        pool,
+        b,
+        dask=dask,
+        align=b,
+        desc="descriptors",
+    )

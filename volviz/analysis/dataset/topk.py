@@ -76,21 +76,12 @@ def merge_topk(vals, rows, pos, new_vals, new_rows, new_pos, k: int):
     )
 
 
-def top_examples(
-    store, layer: str, k: int = 9, *, histograms: bool = True, bins: int = 32, batch: int | None = None, rows=None
-) -> TopExamples:
-    """The ``k`` captured images that drive each unit of ``layer`` hardest."""
-    if k < 1:
-        raise DatasetError(f"-k must be at least 1, got {k}")
-    if layer not in store.layers:
-        raise DatasetError(f"layer {layer!r} is not in {store.path}; layers: {', '.join(store.layers)}")
-    if not store.has("activation", layer):
-        raise DatasetError(
-            f"{store.path} keeps no activations of {layer!r} (top examples need where in the image "
-            f"a unit fired); capture them with `volviz capture --layers {layer} --out NEW`"
-        )
-    rows = done_rows(store) if rows is None else np.asarray(rows, np.int64)
-    batch = batch_rows(store, layer, batch)
+def _topk_range(rows, ref, layer: str, k: int, batch: int):
+    """Running top-k and minimum score of ``layer``'s units over store images ``rows`` (a Dask
+    task, or all of them here)."""
+    from volviz.analysis.distributed_map import open_ref
+
+    store = open_ref(ref)
     u = store.layers[layer].act_shape[0]
     vals = np.full((u, k), -np.inf, np.float32)
     top_rows = np.full((u, k), -1, np.int64)
@@ -102,16 +93,69 @@ def top_examples(
         vals, top_rows, pos = merge_topk(
             vals, top_rows, pos, s.T, np.broadcast_to(sel, s.T.shape), p.transpose(1, 0, 2), k
         )
+    return vals, top_rows, pos, lo
+
+
+def _merge_topk_parts(parts):
+    """The ranges' top-k merged (highest score, then lowest row: the same as one pass)."""
+    vals, rows, pos, lo = parts[0]
+    k = vals.shape[1]
+    for v, r, p, low in parts[1:]:
+        vals, rows, pos = merge_topk(vals, rows, pos, v, r, p, k)
+        lo = np.minimum(lo, low)
+    return vals, rows, pos, lo
+
+
+def _hist_range(rows, ref, layer: str, edges: np.ndarray, batch: int) -> np.ndarray:
+    """``(U, bins)`` counts of the unit scores of store images ``rows`` in ``edges``' bins."""
+    from volviz.analysis.distributed_map import open_ref
+
+    store = open_ref(ref)
+    u, bins = edges.shape[0], edges.shape[1] - 1
+    counts = np.zeros((u, bins), np.int64)
+    width = (edges[:, -1] - edges[:, 0]) / bins
+    for sel in store.iter_batches(batch, rows):
+        s, _ = unit_scores(store.read_batch("activation", layer, sel))
+        b = np.clip(((s - edges[:, 0]) / width).astype(np.int64), 0, bins - 1)  # (b, U)
+        counts += np.bincount((np.arange(u) * bins + b).ravel(), minlength=u * bins).reshape(u, bins)
+    return counts
+
+
+def top_examples(
+    store,
+    layer: str,
+    k: int = 9,
+    *,
+    histograms: bool = True,
+    bins: int = 32,
+    batch: int | None = None,
+    rows=None,
+    dask=None,
+) -> TopExamples:
+    """The ``k`` captured images that drive each unit of ``layer`` hardest. ``dask``
+    (:class:`~volviz.analysis.distributed_map.DaskOptions`): both passes as map (a range of
+    images per task) + merge on Dask workers; the result is the same bits."""
+    from volviz.analysis.distributed_map import map_ranges, store_ref
+
+    if k < 1:
+        raise DatasetError(f"-k must be at least 1, got {k}")
+    if layer not in store.layers:
+        raise DatasetError(f"layer {layer!r} is not in {store.path}; layers: {', '.join(store.layers)}")
+    if not store.has("activation", layer):
+        raise DatasetError(
+            f"{store.path} keeps no activations of {layer!r} (top examples need where in the image "
+            f"a unit fired); capture them with `volviz capture --layers {layer} --out NEW`"
+        )
+    rows = done_rows(store) if rows is None else np.asarray(rows, np.int64)
+    batch = batch_rows(store, layer, batch)
+    ref = store_ref(store, dask)
+    kw = {"dask": dask, "align": batch}
+    vals, top_rows, pos, lo = map_ranges(_topk_range, rows, _merge_topk_parts, ref, layer, k, batch, desc="top-k", **kw)
     out = TopExamples(layer, top_rows, vals, pos, lo, len(rows))
     if histograms and len(rows):
         hi = vals[:, 0]
         edges = np.linspace(lo, np.where(hi > lo, hi, lo + 1), bins + 1, axis=1).astype(np.float32)
-        counts = np.zeros((u, bins), np.int64)
-        width = (edges[:, -1] - edges[:, 0]) / bins
-        for sel in store.iter_batches(batch, rows):
-            s, _ = unit_scores(store.read_batch("activation", layer, sel))
-            b = np.clip(((s - edges[:, 0]) / width).astype(np.int64), 0, bins - 1)  # (b, U)
-            counts += np.bincount((np.arange(u) * bins + b).ravel(), minlength=u * bins).reshape(u, bins)
+        counts = map_ranges(_hist_range, rows, sum, ref, layer, edges, batch, desc="histograms", **kw)
         out.hist_edges, out.hist_counts = edges, counts
     return out
 
