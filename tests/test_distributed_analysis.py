@@ -23,10 +23,10 @@ RTOL = 1e-5
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from volviz.store.capture import CaptureSettings, run_capture
-
     import pathlib
     import shutil
+
+    from volviz.store.capture import CaptureSettings, run_capture
 
     root = tmp_path_factory.mktemp("dstore")
     shipped = pathlib.Path(__file__).resolve().parents[1] / "data" / "digits" / "test"
