@@ -138,7 +138,7 @@ def _record_controls(ctrl) -> None:
         color="red",
         height=8,
         rounded=True,
-        style="max-width: 160px",
+        style="width: 120px; flex: 0 0 auto;",  # the tabs give way, not the bar
         classes="mx-2",
         id="record-progress",
     )
