@@ -5,12 +5,13 @@
 app bar:   title · main tabs (Volume, Graph, Embedding, Dashboard, Scene, Pruning) · record (Volume tab)
 drawer:    volume look: quantity, filter order, colour map, opacity preset + range, density,
            slice planes, outline, reset camera
-content:   time bar (Volume and Graph tabs): play/pause, step, slider over the images, speed,
-           loop, image order (+ reference class and images per group for "class groups")
+content:   time bar (tabs with time_bar=True): play/pause, step, slider over the images, speed,
+           loop, image order (+ class groups), filter / search / go to (volviz.app.ui_timebar)
            Volume tab: one column per pane: store picker, layer, 3-D view (mouse: rotate /
            zoom / pan), input image (+ saliency switch) + true/predicted class + probability
            bars, 2-D panel tabs (maps, neurons, sorted, importance, preferred inputs)
-           Graph / Scene preview / Pruning tabs: volviz.app.ui_tabs
+           Graph / Scene / Pruning tabs: volviz.app.ui_tabs; Embedding: ui_embedding;
+           Dashboard: ui_dashboard; the app bar's record controls: ui_record
 footer:    app messages
 ```
 A tab's content is in the page only while the tab is chosen (``v-if``): a hidden 3-D view is
@@ -26,8 +27,9 @@ from trame.widgets import vtk as vtk_widgets
 from trame.widgets import vuetify3 as v3
 
 from volviz.app import state as S
-from volviz.app.image_filter import MAX_SEARCH
 from volviz.app.panels import PANELS
+from volviz.app.ui_record import record_controls
+from volviz.app.ui_timebar import time_bar
 
 pk = S.pane_key
 VIEW_MARGIN = 252  # px above and below a lone pane's view: app bar, time bar, pane header, footer
@@ -53,7 +55,7 @@ def build_ui(app) -> SinglePageWithDrawerLayout:
         with layout.content:
             with v3.VContainer(fluid=True, classes="pa-2"):
                 with html.Div(v_if=f"{_js_list(s.key for s in specs if s.time_bar)}.includes({S.APP_TAB})"):
-                    _time_bar(ctrl)
+                    time_bar(ctrl)
                 with v3.VRow(dense=True, v_if=f"{S.APP_TAB} === 'volume'"):
                     for pane in app.panes:
                         with v3.VCol(cols=12, md=12 // len(app.panes)):
@@ -80,84 +82,7 @@ def _toolbar(layout, ctrl, specs) -> None:
                 v3.VTab(t.title, value=t.key, id=f"tab-{t.key}", min_width=0, classes="px-3")
         v3.VSpacer()
         with html.Div(v_if=f"{S.APP_TAB} === 'volume'", classes="d-flex align-center"):
-            _record_controls(ctrl)
-
-
-def _record_controls(ctrl) -> None:
-    v3.VSelect(
-        v_model=(S.R_MODE,),
-        items=(S.ITEMS_RECORD_MODES, S.RECORD_MODES),
-        label="record",
-        density="compact",
-        hide_details=True,
-        variant="outlined",
-        style="width: 165px; flex: 0 0 auto;",
-        classes="mx-2",
-        disabled=(S.R_BUSY,),
-    )
-    v3.VTextField(
-        v_if=f"{S.R_MODE} === 'images'",
-        v_model_number=(S.R_MAX_IMAGES,),
-        type="number",
-        label="images",
-        min=1,
-        density="compact",
-        hide_details=True,
-        variant="outlined",
-        style="width: 84px; flex: 0 0 auto;",  # never squeezed by the tabs
-        classes="mx-1",
-        id="record-count",
-        disabled=(S.R_BUSY,),
-    )
-    v3.VTextField(
-        v_if=f"{S.R_MODE} === 'rotate'",
-        v_model_number=(S.R_FRAMES,),
-        type="number",
-        label="frames",
-        min=2,
-        density="compact",
-        hide_details=True,
-        variant="outlined",
-        style="width: 84px; flex: 0 0 auto;",  # never squeezed by the tabs
-        classes="mx-1",
-        id="record-frames",
-        disabled=(S.R_BUSY,),
-    )
-    with v3.VBtn(
-        click=ctrl.record,
-        disabled=(S.R_BUSY,),
-        id="record-btn",
-        variant="tonal",
-        prepend_icon="mdi-record-rec",
-        classes="mx-1",
-    ):
-        html.Span("Record MP4")
-    v3.VProgressLinear(
-        v_if=(S.R_BUSY,),
-        model_value=(S.R_PROGRESS,),
-        color="red",
-        height=8,
-        rounded=True,
-        style="width: 120px; flex: 0 0 auto;",  # the tabs give way, not the bar
-        classes="mx-2",
-        id="record-progress",
-    )
-    v3.VBtn(
-        v_if=(S.R_BUSY,),
-        icon="mdi-stop",
-        click=ctrl.cancel_record,
-        size="small",
-        variant="text",
-        title="cancel the recording",
-    )
-    with html.A(
-        v_if=f"{S.R_URL} && !{S.R_BUSY}",
-        href=(S.R_URL,),
-        download=True,
-        id="record-download",
-        classes="mx-2 text-decoration-none",
-    ):
-        v3.VBtn("MP4", prepend_icon="mdi-download", variant="tonal", color="green", title="download the movie")
+            record_controls(ctrl)
 
 
 def _tab_help(specs) -> None:
@@ -262,155 +187,6 @@ def _volume_controls(ctrl) -> None:
             id="reset-camera",
         )
         html.Div("Drag: rotate · wheel: zoom · shift+drag: pan", classes="text-caption mt-2 text-grey")
-
-
-def _filter_menu() -> None:
-    """The filter over the image order and "go to image" (volviz.app.image_filter), in a menu so
-    the time bar keeps one line; the note under the bar says what the slider walks."""
-    with v3.VMenu(close_on_content_click=False, location="top"):
-        with v3.Template(v_slot_activator="{ props }"):
-            v3.VBtn(
-                icon="mdi-filter-variant",
-                v_bind="props",
-                size="small",
-                variant=(f"{S.T_F_NOTE} ? 'tonal' : 'text'",),
-                color=(f"{S.T_F_NOTE} ? 'primary' : undefined",),
-                classes="ml-1",
-                id="filter-btn",
-            )
-        with v3.VCard(style="width: 340px", classes="pa-3", id="filter-card"):
-            v3.VSelect(v_model=(S.T_F_TRUE,), items=(S.T_F_CLASSES,), label="true class", id="filter-true", **_SELECT)
-            v3.VSelect(
-                v_model=(S.T_F_PRED,), items=(S.T_F_CLASSES,), label="predicted class", id="filter-pred", **_SELECT
-            )
-            v3.VSelect(
-                v_model=(S.T_F_CORRECT,),
-                items=(S.ITEMS_CORRECT, S.CORRECT_ITEMS),
-                label="correct / misclassified",
-                id="filter-correct",
-                **_SELECT,
-            )
-            html.Div(f"top probability {{{{ {S.T_F_PROB}[0] }}}}-{{{{ {S.T_F_PROB}[1] }}}} %", classes="text-caption")
-            v3.VRangeSlider(
-                v_model=(S.T_F_PROB,), min=0, max=100, step=1, hide_details=True, density="compact", id="filter-prob"
-            )
-            v3.VTextField(
-                model_value=(S.T_F_SEARCH,),
-                label="file name contains (Enter)",
-                keydown_enter=f"{S.T_F_SEARCH} = $event.target.value.slice(0, {MAX_SEARCH})",
-                maxlength=MAX_SEARCH,
-                clearable=True,
-                click_clear=f"{S.T_F_SEARCH} = ''",
-                id="filter-search",
-                **_SELECT,
-            )
-            v3.VTextField(
-                label="go to image index (Enter)",
-                type="number",
-                min=0,
-                max=(S.T_JUMP_MAX,),
-                keydown_enter=(
-                    f"{S.T_JUMP} = Math.min(Math.max(parseInt($event.target.value) || 0, 0), {S.T_JUMP_MAX})"
-                ),
-                id="filter-jump",
-                **_SELECT,
-            )
-            v3.VBtn(
-                "clear filter",
-                click=f"{S.T_F_TRUE} = -1; {S.T_F_PRED} = -1; {S.T_F_CORRECT} = 'all'; "
-                f"{S.T_F_PROB} = [0, 100]; {S.T_F_SEARCH} = ''",
-                variant="tonal",
-                size="small",
-                id="filter-clear",
-            )
-
-
-def _time_bar(ctrl) -> None:
-    with v3.VSheet(classes="d-flex align-center px-2 mb-2", rounded=True, border=True):
-        with v3.VBtn(click=ctrl.toggle_play, icon=True, size="small", variant="text", id="play-btn"):
-            v3.VIcon(f"{{{{ {S.T_PLAYING} ? 'mdi-pause' : 'mdi-play' }}}}")
-        v3.VBtn(icon="mdi-skip-previous", click=ctrl.step_back, size="small", variant="text")
-        v3.VBtn(icon="mdi-skip-next", click=ctrl.step_forward, size="small", variant="text")
-        v3.VSlider(
-            v_model=(S.T_INDEX,),
-            min=0,
-            max=(S.T_MAX,),
-            step=1,
-            hide_details=True,
-            density="compact",
-            thumb_label=True,
-            classes="mx-3",
-            id="time-slider",
-            color="primary",
-        )
-        html.Span(
-            f"{{{{ {S.T_INDEX} + 1 }}}} / {{{{ {S.T_MAX} + 1 }}}}",
-            classes="text-body-2 mr-3",
-            style="min-width: 5em",
-            id="time-label",
-        )
-        html.Span(
-            "{{ %s }}" % S.T_ACTUAL,
-            v_if=(S.T_ACTUAL,),
-            classes="text-caption mr-2",
-            id="time-actual",
-            style=(
-                f"{{color: {S.T_ACTUAL}.startsWith('reaching') ? '#f5b041' : 'inherit', "
-                "maxWidth: '11em', lineHeight: '1.1'}",
-            ),
-        )
-        v3.VSelect(
-            v_model=(S.T_SPEED,),
-            items=(S.ITEMS_SPEED, S.SPEEDS),
-            label="images/s",
-            density="compact",
-            hide_details=True,
-            variant="outlined",
-            style="max-width: 110px",
-            classes="mr-2",
-        )
-        v3.VCheckbox(v_model=(S.T_LOOP,), label="loop", hide_details=True, density="compact", style="max-width: 90px")
-        v3.VSelect(
-            v_model=(S.T_SORT,),
-            items=(S.ITEMS_SORT, S.SORT_ITEMS),
-            label="image order",
-            density="compact",
-            hide_details=True,
-            variant="outlined",
-            style="max-width: 210px",
-            id="sort-select",
-        )
-        _filter_menu()
-        html.Span(
-            "{{ %s }}" % S.T_F_NOTE,
-            v_if=(S.T_F_NOTE,),
-            classes="text-caption ml-1",
-            id="filter-note",
-            style="max-width: 14em; line-height: 1.1",
-        )
-        with html.Div(v_if=f"{S.T_SORT} === '{S.GROUPS}'", classes="d-flex align-center ml-2"):
-            v3.VSelect(
-                v_model=(S.T_GROUP_CLASS,),
-                items=(S.ITEMS_GROUP_CLASSES,),
-                label="reference",
-                density="compact",
-                hide_details=True,
-                variant="outlined",
-                style="min-width: 110px",
-                id="group-class-select",
-            )
-            v3.VTextField(
-                v_model_number=(S.T_GROUP_N,),
-                type="number",
-                min=1,
-                max=10,
-                label="per group",
-                density="compact",
-                hide_details=True,
-                variant="outlined",
-                style="max-width: 90px",
-                classes="ml-2",
-            )
 
 
 def _pane(pane, wide: bool) -> None:

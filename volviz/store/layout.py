@@ -52,8 +52,8 @@ def codecs(compress: bool = False) -> dict:
 
 #: bytes one shard file of a per-image array aims at, and the most images it holds: a shard is
 #: written once when its images are captured, so the capture's write buffer is at most one shard
-#: per array (SHARD_BYTES x arrays), and 1,000 images of a 20-array store make ~20-60 files
-SHARD_BYTES = 8 << 20
+#: per array (SHARD_BYTES x arrays), and 1,000 images of the digits store (27 arrays) make ~40 files
+SHARD_BYTES = 16 << 20
 MAX_SHARD_ROWS = 1024
 
 
