@@ -69,11 +69,16 @@ def write_image_folder(
     return root
 
 
-def capture_tiny_store(root: pathlib.Path, n_per_class: int = 2) -> pathlib.Path:
-    """``volviz capture`` of the tiny CNN on a 3-class image folder, through the CLI: root/s."""
+def capture_tiny_store(
+    root: pathlib.Path, n_per_class: int = 2, *, rgb: bool = False, grads: bool = True, out: str = "s"
+) -> pathlib.Path:
+    """``volviz capture`` of the tiny CNN (``rgb``: its 3-channel twin) on a 3-class image folder,
+    through the CLI: root/out."""
     from volviz.cli import main
 
-    imgs = write_image_folder(root / "imgs", n_per_class=n_per_class)
-    argv = ["capture", "--out", str(root / "s"), "--images", str(imgs), "--model", "helpers:tiny_cnn"]
-    assert main([*argv, "--size", "12", "12", "--channels", "1"]) == 0
-    return root / "s"
+    imgs = write_image_folder(root / "imgs", n_per_class=n_per_class, rgb=rgb)
+    model, channels = ("helpers:tiny_rgb_cnn", "3") if rgb else ("helpers:tiny_cnn", "1")
+    argv = ["capture", "--out", str(root / out), "--images", str(imgs), "--model", model]
+    argv += ["--size", "12", "12", "--channels", channels] + ([] if grads else ["--no-grads"])
+    assert main(argv) == 0
+    return root / out

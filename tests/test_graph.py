@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import write_image_folder
+from helpers import capture_tiny_store
 from torch import nn
 
 from volviz.analysis.dataflow_trace import trace_dataflow
@@ -392,31 +392,7 @@ def test_atlas_and_thumbnail_conversion():
 # ------------------------------------------------------------------------------ scenes, movies, CLI
 @pytest.fixture(scope="module")
 def rgb_store(tmp_path_factory):
-    from volviz.cli import main
-
-    root = tmp_path_factory.mktemp("graph")
-    imgs = write_image_folder(root / "imgs", n_per_class=2, rgb=True)
-    assert (
-        main(
-            [
-                "capture",
-                "--out",
-                str(root / "s"),
-                "--images",
-                str(imgs),
-                "--model",
-                "helpers:tiny_rgb_cnn",
-                "--size",
-                "12",
-                "12",
-                "--channels",
-                "3",
-                "--no-grads",
-            ]
-        )
-        == 0
-    )
-    return root / "s"
+    return capture_tiny_store(tmp_path_factory.mktemp("graph"), rgb=True, grads=False)
 
 
 SCENE = """

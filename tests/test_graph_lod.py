@@ -6,7 +6,7 @@ import imageio.v3 as iio
 import networkx as nx
 import numpy as np
 import pytest
-from helpers import write_image_folder
+from helpers import capture_tiny_store
 
 from volviz.views.graph_layout import U_AXIS, V_AXIS, layer_tiles
 from volviz.views.text_layout import overlaps
@@ -137,31 +137,7 @@ def test_lod_scene_opens_a_layer_as_units_and_goes_back(can_render):
 
 @pytest.fixture(scope="module")
 def rgb_store(tmp_path_factory):
-    from volviz.cli import main
-
-    root = tmp_path_factory.mktemp("lod")
-    imgs = write_image_folder(root / "imgs", n_per_class=2, rgb=True)
-    assert (
-        main(
-            [
-                "capture",
-                "--out",
-                str(root / "s"),
-                "--images",
-                str(imgs),
-                "--model",
-                "helpers:tiny_rgb_cnn",
-                "--size",
-                "12",
-                "12",
-                "--channels",
-                "3",
-                "--no-grads",
-            ]
-        )
-        == 0
-    )
-    return root / "s"
+    return capture_tiny_store(tmp_path_factory.mktemp("lod"), rgb=True, grads=False)
 
 
 def test_graph_command_lod(rgb_store, tmp_path, can_render, capsys):

@@ -4,7 +4,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_rgb_cnn, write_image_folder
+from helpers import capture_tiny_store, tiny_rgb_cnn
 from torch import nn
 
 from volviz.analysis.importance import AnalysisError, NotDifferentiableError
@@ -91,27 +91,7 @@ def test_overlay():
 
 
 def test_cli_saliency(tmp_path):
-    imgs = write_image_folder(tmp_path / "imgs", n_per_class=2, rgb=True)
-    store = tmp_path / "s"
-    assert (
-        main(
-            [
-                "capture",
-                "--out",
-                str(store),
-                "--images",
-                str(imgs),
-                "--model",
-                "helpers:tiny_rgb_cnn",
-                "--size",
-                "12",
-                "12",
-                "--channels",
-                "3",
-            ]
-        )
-        == 0
-    )
+    store = capture_tiny_store(tmp_path, rgb=True)
     out = tmp_path / "sal"
     assert main(["saliency", "--trust-factory", str(store), "--out", str(out)]) == 0
     pngs = sorted(p.name for p in out.glob("*.png"))
