@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from volviz.capture.engine import capture_batch
 from volviz.errors import CaptureError
-from volviz.sources.images import read_image
+from volviz.store.decoded import DecodedImages
 from volviz.store.folder import write_lock
 from volviz.store.store import Store
 from volviz.store.writer import ShardWriter
@@ -70,11 +70,14 @@ def unnormalize(x: torch.Tensor, prep) -> np.ndarray:
     return x.clamp(0, 1).numpy()
 
 
-def capture_rows(store: Store, module, prep, rows: np.ndarray, bar=None, decoded=None) -> dict[str, int]:
+def capture_rows(
+    store: Store, module, prep, rows: np.ndarray, bar=None, decoded: DecodedImages | None = None
+) -> dict[str, int]:
     """Capture image ``rows`` (the not-done ones among them) into ``store``; returns the NaN/Inf
     activation counts per layer. Batches never cross a range boundary, so a run split over
     processes forms the same batches as one process and gives the same bytes. ``decoded``: the
-    planning pass's preprocessed images (:class:`~volviz.store.decoded.DecodedImages`)."""
+    planning pass's preprocessed images (none kept: every image is decoded here)."""
+    decoded = decoded if decoded is not None else DecodedImages(budget=0)
     plan = store.plan
     records = plan.images
     layers = [info.name for info in plan.layers]
@@ -86,7 +89,7 @@ def capture_rows(store: Store, module, prep, rows: np.ndarray, bar=None, decoded
     try:
         for start, stop in runs(pending, plan.batch_size):
             batch = records[start:stop]
-            x = torch.stack([decoded.take(r, prep) if decoded is not None else prep(read_image(r)) for r in batch])
+            x = torch.stack([decoded.take(r, prep) for r in batch])
             labels = torch.tensor([r.label for r in batch])
             res = capture_module(
                 module,
