@@ -28,12 +28,12 @@ from trame.widgets import vuetify3 as v3
 
 from volviz.app import state as S
 from volviz.app.panels import PANELS
+from volviz.app.ui_fields import STACKED
 from volviz.app.ui_record import record_controls
 from volviz.app.ui_timebar import time_bar
 
 pk = S.pane_key
 VIEW_MARGIN = 252  # px above and below a lone pane's view: app bar, time bar, pane header, footer
-_SELECT = {"density": "compact", "hide_details": True, "variant": "outlined", "classes": "mb-3"}
 
 
 def _js_list(names) -> str:
@@ -101,21 +101,21 @@ def _volume_controls(ctrl) -> None:
             items=(S.ITEMS_QUANTITY, S.QUANTITY_ITEMS),
             label="quantity",
             id="quantity-select",
-            **_SELECT,
+            **STACKED,
         )
         v3.VSelect(
             v_model=(S.V_ORDER,),
             items=(S.ITEMS_ORDER, S.ORDER_ITEMS),
             label="filter order",
             id="order-select",
-            **_SELECT,
+            **STACKED,
         )
         v3.VSelect(
             v_if=f"{S.V_ORDER} !== 'natural'",
             v_model=(S.V_FIT,),
             items=(S.ITEMS_FIT, S.FIT_ITEMS),
             label="order fitted",
-            **_SELECT,
+            **STACKED,
         )
         v3.VSlider(
             v_if=f"{_js_list(S.ORDERS_WITH_CLUSTERS)}.includes({S.V_ORDER})",
@@ -141,8 +141,8 @@ def _volume_controls(ctrl) -> None:
             classes="mb-3",
             id="slice-row-slider",
         )
-        v3.VSelect(v_model=(S.V_CMAP,), items=(S.ITEMS_CMAP, S.CMAPS), label="colour map", **_SELECT)
-        v3.VSelect(v_model=(S.V_OPACITY,), items=(S.ITEMS_OPACITY, S.OPACITIES), label="opacity preset", **_SELECT)
+        v3.VSelect(v_model=(S.V_CMAP,), items=(S.ITEMS_CMAP, S.CMAPS), label="colour map", **STACKED)
+        v3.VSelect(v_model=(S.V_OPACITY,), items=(S.ITEMS_OPACITY, S.OPACITIES), label="opacity preset", **STACKED)
         html.Div("transfer function range (% of the layer's range)", classes="text-caption")
         v3.VRangeSlider(
             v_model=(S.V_RANGE,),

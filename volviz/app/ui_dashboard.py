@@ -14,8 +14,8 @@ from trame.widgets import vuetify3 as v3
 from volviz.app import dashboard_keys as K
 from volviz.app import state as S
 from volviz.app.live import MAX_FRAME_CHARS
+from volviz.app.ui_fields import FIELD
 
-_F = {"density": "compact", "hide_details": True, "variant": "outlined"}
 CAMERA_SIDE = 160  # px: the longest side of a webcam frame as sent
 UPLOAD_SIDE = 512  # px: a large upload is downscaled to this in the page
 
@@ -96,9 +96,11 @@ if (!window.volvizLive) window.volvizLive = (function () {
 
 def _layer_controls(title: str, layer: str, items: str, sel: str, rows: str, cmap: str, suffix: str) -> None:
     html.Div(title, classes="text-caption text-grey mt-2")
-    v3.VSelect(v_model=(layer,), items=(items,), label="layer", id=f"db-layer-{suffix}", classes="mb-2", **_F)
+    v3.VSelect(v_model=(layer,), items=(items,), label="layer", id=f"db-layer-{suffix}", classes="mb-2", **FIELD)
     with html.Div(classes="d-flex"):
-        v3.VTextField(v_model=(sel,), label="maps / neurons", placeholder="all, 0-15, 3,7", id=f"db-sel-{suffix}", **_F)
+        v3.VTextField(
+            v_model=(sel,), label="maps / neurons", placeholder="all, 0-15, 3,7", id=f"db-sel-{suffix}", **FIELD
+        )
         v3.VTextField(
             v_model_number=(rows,),
             type="number",
@@ -108,9 +110,9 @@ def _layer_controls(title: str, layer: str, items: str, sel: str, rows: str, cma
             style="max-width: 72px",
             classes="ml-1",
             id=f"db-rows-{suffix}",
-            **_F,
+            **FIELD,
         )
-    v3.VSelect(v_model=(cmap,), items=("items_db_cmap", S.CMAPS), label="colour map", classes="mt-2", **_F)
+    v3.VSelect(v_model=(cmap,), items=("items_db_cmap", S.CMAPS), label="colour map", classes="mt-2", **FIELD)
 
 
 def dashboard_tab(tab, ctx) -> None:
@@ -134,7 +136,7 @@ def dashboard_tab(tab, ctx) -> None:
                 label="frames/s",
                 update_modelValue="window.volvizLive.running() && window.volvizLive.start(trame, $event)",
                 style="min-width: 110px; max-width: 120px",
-                **_F,
+                **FIELD,
             )
             v3.VBtn("stop camera", size="small", variant="tonal", click="window.volvizLive.stop()", id="db-camera-stop")
             html.Input(
@@ -153,7 +155,7 @@ def dashboard_tab(tab, ctx) -> None:
                 label="video",
                 style="max-width: 200px",
                 id="db-video",
-                **_F,
+                **FIELD,
             )
             v3.VSwitch(
                 v_if=f"{K.LV_VIDEOS}.length",
@@ -171,7 +173,7 @@ def dashboard_tab(tab, ctx) -> None:
                 label="view",
                 style="max-width: 220px",
                 id="db-view",
-                **_F,
+                **FIELD,
             )
             v3.VSpacer()
             v3.VTextField(
@@ -181,7 +183,7 @@ def dashboard_tab(tab, ctx) -> None:
                 max=900,
                 label="images",
                 style="max-width: 90px",
-                **_F,
+                **FIELD,
             )
             v3.VBtn(
                 "record",
@@ -228,5 +230,5 @@ def dashboard_tab(tab, ctx) -> None:
                     label="FC-only view: sort by class",
                     classes="mt-2",
                     id="db-class",
-                    **_F,
+                    **FIELD,
                 )

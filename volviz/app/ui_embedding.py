@@ -10,8 +10,7 @@ from trame.widgets import vtk as vtk_widgets
 from trame.widgets import vuetify3 as v3
 
 from volviz.app import state as S
-
-_F = {"density": "compact", "hide_details": True, "variant": "outlined"}
+from volviz.app.ui_fields import FIELD
 
 
 def embedding_tab(tab, ctx) -> None:
@@ -25,7 +24,7 @@ def embedding_tab(tab, ctx) -> None:
                 label="store",
                 style="max-width: 260px",
                 classes="mr-2",
-                **_F,
+                **FIELD,
             )
             v3.VSelect(
                 v_model=(S.E_LAYER,),
@@ -35,7 +34,7 @@ def embedding_tab(tab, ctx) -> None:
                 classes="mr-2",
                 id="embedding-layer",
                 no_data_text="this store keeps no activations",
-                **_F,
+                **FIELD,
             )
             v3.VSelect(
                 v_model=(S.E_COLOR,),
@@ -44,7 +43,7 @@ def embedding_tab(tab, ctx) -> None:
                 style="max-width: 200px",
                 classes="mr-2",
                 id="embedding-color",
-                **_F,
+                **FIELD,
             )
             v3.VTextField(
                 v_if=f"{S.E_COLOR} === 'unit'",
@@ -56,7 +55,7 @@ def embedding_tab(tab, ctx) -> None:
                 style="max-width: 90px",
                 classes="mr-2",
                 id="embedding-unit",
-                **_F,
+                **FIELD,
             )
             v3.VTextField(
                 v_model_number=(S.E_K,),
@@ -66,7 +65,7 @@ def embedding_tab(tab, ctx) -> None:
                 label="neighbours",
                 style="max-width: 110px",
                 classes="mr-2",
-                **_F,
+                **FIELD,
             )
             v3.VBtn(
                 "Reset camera",

@@ -10,8 +10,7 @@ from trame.widgets import vtk as vtk_widgets
 from trame.widgets import vuetify3 as v3
 
 from volviz.app import state as S
-
-_F = {"density": "compact", "hide_details": True, "variant": "outlined"}
+from volviz.app.ui_fields import FIELD
 
 
 def _pane_select() -> None:
@@ -23,7 +22,7 @@ def _pane_select() -> None:
         label="store",
         style="max-width: 260px",
         classes="mr-2",
-        **_F,
+        **FIELD,
     )
 
 
@@ -44,7 +43,7 @@ def graph_tab(tab, ctx) -> None:
                 style="max-width: 250px",
                 classes="mr-2",
                 id="graph-color",
-                **_F,
+                **FIELD,
             )
             v3.VSelect(
                 v_model=(S.G_THUMBS,),
@@ -53,7 +52,7 @@ def graph_tab(tab, ctx) -> None:
                 style="max-width: 210px",
                 classes="mr-2",
                 id="graph-thumbs",
-                **_F,
+                **FIELD,
             )
             v3.VSwitch(
                 v_model=(S.G_SIZE,),
@@ -72,7 +71,7 @@ def graph_tab(tab, ctx) -> None:
                 style="max-width: 180px",
                 classes="mr-2",
                 id="graph-focus",
-                **_F,
+                **FIELD,
             )
             v3.VBtn(
                 "Reset camera",
@@ -121,7 +120,7 @@ def scene_tab(tab, ctx) -> None:
                 id="scene-select",
                 disabled=(S.SC_BUSY,),
                 no_data_text="no scenes/*.toml found",
-                **_F,
+                **FIELD,
             )
             with v3.VBtn(
                 click=f"{S.SC_PLAYING} = !{S.SC_PLAYING}",
@@ -198,7 +197,7 @@ def prune_tab(tab, ctx) -> None:
                 style="max-width: 160px",
                 classes="mr-2",
                 id="prune-layer",
-                **_F,
+                **FIELD,
             )
             v3.VTextField(
                 v_model_number=(S.PR_K,),
@@ -207,7 +206,7 @@ def prune_tab(tab, ctx) -> None:
                 label="k removed",
                 style="max-width: 100px",
                 classes="mr-2",
-                **_F,
+                **FIELD,
             )
             v3.VSelect(
                 v_model=(S.PR_REFERENCE,),
@@ -215,7 +214,7 @@ def prune_tab(tab, ctx) -> None:
                 label="sweep: rank filters by",
                 style="max-width: 300px",
                 classes="mr-2",
-                **_F,
+                **FIELD,
             )
             v3.VTextField(
                 v_model_number=(S.PR_STEPS,),
@@ -224,7 +223,7 @@ def prune_tab(tab, ctx) -> None:
                 label="thresholds",
                 style="max-width: 110px",
                 classes="mr-2",
-                **_F,
+                **FIELD,
             )
             v3.VBtn(
                 "Compute",
@@ -257,7 +256,7 @@ def prune_tab(tab, ctx) -> None:
                 classes="mr-2",
                 id="prune-dir",
                 no_data_text="no result folders yet: press Compute",
-                **_F,
+                **FIELD,
             )
             v3.VBtn("Show", click=ctrl.prune_load, prepend_icon="mdi-folder-open", variant="tonal", id="prune-load")
         html.Div("{{ %s }}" % S.PR_STATUS, classes="text-caption text-grey my-1", id="prune-status")

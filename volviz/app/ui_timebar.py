@@ -8,8 +8,7 @@ from trame.widgets import vuetify3 as v3
 
 from volviz.app import state as S
 from volviz.app.image_filter import MAX_SEARCH
-
-_SELECT = {"density": "compact", "hide_details": True, "variant": "outlined", "classes": "mb-3"}
+from volviz.app.ui_fields import STACKED
 
 
 def _filter_menu() -> None:
@@ -27,16 +26,16 @@ def _filter_menu() -> None:
                 id="filter-btn",
             )
         with v3.VCard(style="width: 340px", classes="pa-3", id="filter-card"):
-            v3.VSelect(v_model=(S.T_F_TRUE,), items=(S.T_F_CLASSES,), label="true class", id="filter-true", **_SELECT)
+            v3.VSelect(v_model=(S.T_F_TRUE,), items=(S.T_F_CLASSES,), label="true class", id="filter-true", **STACKED)
             v3.VSelect(
-                v_model=(S.T_F_PRED,), items=(S.T_F_CLASSES,), label="predicted class", id="filter-pred", **_SELECT
+                v_model=(S.T_F_PRED,), items=(S.T_F_CLASSES,), label="predicted class", id="filter-pred", **STACKED
             )
             v3.VSelect(
                 v_model=(S.T_F_CORRECT,),
                 items=(S.ITEMS_CORRECT, S.CORRECT_ITEMS),
                 label="correct / misclassified",
                 id="filter-correct",
-                **_SELECT,
+                **STACKED,
             )
             html.Div(f"top probability {{{{ {S.T_F_PROB}[0] }}}}-{{{{ {S.T_F_PROB}[1] }}}} %", classes="text-caption")
             v3.VRangeSlider(
@@ -50,7 +49,7 @@ def _filter_menu() -> None:
                 clearable=True,
                 click_clear=f"{S.T_F_SEARCH} = ''",
                 id="filter-search",
-                **_SELECT,
+                **STACKED,
             )
             v3.VTextField(
                 label="go to image index (Enter)",
@@ -61,7 +60,7 @@ def _filter_menu() -> None:
                     f"{S.T_JUMP} = Math.min(Math.max(parseInt($event.target.value) || 0, 0), {S.T_JUMP_MAX})"
                 ),
                 id="filter-jump",
-                **_SELECT,
+                **STACKED,
             )
             v3.VBtn(
                 "clear filter",
