@@ -217,6 +217,52 @@ def test_channels_last_grouped_conv_per_image_route_equals_loop():
     _check_float64(_double(m), x.double(), ["0", "2", "4", "6"])
 
 
+def test_large_depthwise_kernels_correlate_route_equals_loop():
+    import volviz.capture.persample as ps
+
+    # 5x5 / 7x7 depthwise convs (efficientnet, convnext): strided, dilated, non-square, padded
+    # by a mode the kernel cannot apply, and on a channels-last input (convnext's permuted blocks)
+    m = nn.Sequential(
+        nn.Conv2d(2, 6, 1),
+        nn.Conv2d(6, 6, 7, padding=3, groups=6),
+        nn.Conv2d(6, 6, 5, stride=2, padding=2, groups=6),
+        nn.Conv2d(6, 6, (5, 7), dilation=(2, 1), padding=(4, 3), padding_mode="reflect", groups=6),
+        _Permute(0, 2, 3, 1),
+        nn.LayerNorm(6),
+        _Permute(0, 3, 1, 2),
+        nn.Conv2d(6, 6, 7, padding=3, stride=(1, 2), groups=6),
+        nn.Conv2d(6, 12, 3, padding=1, groups=6),  # channel multiplier 2: not this route
+        nn.Flatten(),
+        nn.LazyLinear(3),
+    )
+    x = torch.randn(3, 2, 15, 13)
+    m(x)
+    assert [ps.conv_route(m[i], (0, 0), 64) for i in (1, 2, 3, 7, 8)] == ["correlate"] * 4 + ["folded"]
+    _check_float64(_double(m), x.double(), ["1", "2", "3", "7", "8", "10"])
+
+
+def test_channels_last_small_map_folds_without_leaving_the_layout():
+    import volviz.capture.persample as ps
+
+    x = torch.randn(3, 6, 5, 5).contiguous(memory_format=torch.channels_last)
+    folded = ps._fold_channels_last(x)
+    assert folded.shape == (1, 18, 5, 5) and ps.is_channels_last(folded)
+    assert torch.equal(folded, x.reshape(1, 18, 5, 5))
+    m = nn.Sequential(
+        nn.Conv2d(2, 8, 1),
+        _Permute(0, 2, 3, 1),
+        nn.LayerNorm(8),
+        _Permute(0, 3, 1, 2),
+        nn.Conv2d(8, 16, 3, padding=1, groups=4),  # grouped, 5x5 map: the folded route
+        nn.Flatten(),
+        nn.LazyLinear(3),
+    )
+    x = torch.randn(3, 2, 5, 5)
+    m(x)
+    assert ps.conv_route(m[4], (1, 1), 25, True) == "folded"
+    _check_float64(_double(m), x.double(), ["0", "2", "4", "6"])
+
+
 def test_conv_routes_chosen_by_shape():
     import volviz.capture.persample as ps
 
@@ -224,7 +270,8 @@ def test_conv_routes_chosen_by_shape():
         return ps.conv_route(conv, conv.padding, hw)
 
     assert route(nn.Conv2d(64, 128, 1, stride=2), 49) == "pointwise"
-    assert route(nn.Conv2d(32, 32, 3, groups=32), 4) == "folded"  # depthwise, any map
+    assert route(nn.Conv2d(32, 32, 3, groups=32), 4) == "folded"  # depthwise 3x3, any map
+    assert route(nn.Conv2d(96, 96, 7, groups=96), 56 * 56) == "correlate"  # depthwise 7x7 (convnext)
     assert route(nn.Conv2d(64, 64, 3), 16 * 16) == "folded"  # dense, large map
     assert route(nn.Conv2d(512, 512, 3), 2 * 2) == "unfold"  # dense, small map
     assert route(nn.Conv3d(512, 512, 3), 2 * 2 * 2) == "folded"  # no unfold in 3-D
