@@ -609,6 +609,100 @@ def test_analysis_panels_graph_and_pruning_tabs(page, stores, out_dir):
     _wait_view(page, 0, _volume_visible, "the volume did not come back")
 
 
+def _note(pg, sel: str, text: str, timeout=60_000):
+    """Wait until the element ``sel`` says ``text``."""
+    js = f"(document.querySelector({sel!r}) || {{innerText: ''}}).innerText.includes({text!r})"
+    pg.wait_for_function(js, timeout=timeout)
+
+
+def test_graph_thumbnails_switch_to_top_dataset_examples(page, out_dir):
+    """The Graph tab's thumbnails select: conv2's 50 units drawn with their preferred inputs, then
+    with their top dataset example (digit strokes): another picture, still a graph."""
+    _tab(page, "graph")
+    page.wait_for_function("(document.querySelector('#graph-view') || {dataset: {}}).dataset.shown", timeout=60_000)
+    _pick(page, "graph-focus", "conv2")
+    page.wait_for_function("document.querySelector('#graph-view').dataset.shown.includes('conv2')", timeout=20_000)
+    _note(page, "#graph-note", "preferred inputs of")
+    preferred = _settled(page, "graph", np.zeros_like(_view(page, "graph")), "the graph never settled")
+    assert _graph_visible(preferred)
+    _save(preferred, out_dir, "graph-thumbs-preferred.png")
+    try:
+        _pick(page, "graph-thumbs", "top dataset examples")
+        _note(page, "#graph-note", "top dataset example")
+        top = _settled(page, "graph", preferred, "the top-example thumbnails did not redraw the graph")
+        _save(top, out_dir, "graph-thumbs-top.png")
+        assert _graph_visible(top)
+        assert np.abs(top.astype(int) - preferred).mean() > 2, "the two thumbnail kinds look the same"
+    finally:
+        _pick(page, "graph-thumbs", "preferred inputs")
+        _note(page, "#graph-note", "preferred inputs of")
+        _pick(page, "graph-focus", "overview")
+        _tab(page, "volume")
+        _wait_view(page, 0, _volume_visible, "the volume did not come back")
+
+
+EMBEDDING_BG = np.array([0x0D, 0x0F, 0x14])  # volviz.views.embedding_scene.BACKGROUND
+
+
+def _points(img: np.ndarray, cell: int = 16) -> int:
+    """Cells of a ``cell``-pixel grid over the view's middle that hold thumbnail pixels (the
+    titles and the legend lie at the edges)."""
+    h, w = img.shape[:2]
+    fg = np.abs(img.astype(int) - EMBEDDING_BG).max(axis=2) > 60
+    mid = fg[h // 8 : 7 * h // 8, w // 8 : 7 * w // 8]
+    hh, ww = (mid.shape[0] // cell) * cell, (mid.shape[1] // cell) * cell
+    return int(mid[:hh, :ww].reshape(hh // cell, cell, ww // cell, cell).any(axis=(1, 3)).sum())
+
+
+PICKED_SHOWN = """(before) => {
+  const shown = document.querySelector('#embedding-view').dataset.shown || '';
+  const m = shown.match(/image (\\d+)$/);
+  return !!m && shown !== before && document.querySelector('#embedding-caption').innerText.includes(`image ${m[1]} (`);
+}"""
+
+
+def test_embedding_tab_shows_the_cloud_and_highlights_the_current_image(page, out_dir):
+    """The Embedding tab in the page: a cloud of the 40 thumbnails; the time slider's image is
+    drawn large (the picture changes with it); a click on a thumbnail makes it the current image."""
+    _tab(page, "embedding")
+    page.wait_for_function("(document.querySelector('#embedding-view') || {dataset: {}}).dataset.shown", timeout=60_000)
+    try:
+        cloud = _settled(page, "embedding", np.zeros_like(_view(page, "embedding")), "the embedding never settled")
+        assert _points(cloud) >= 12, f"{_points(cloud)} cells with points: no cloud"
+        _save(page, out_dir, "embedding-tab.png")
+        shown = page.get_attribute("#embedding-view", "data-shown")
+        thumb = _slider_thumb(page)
+        thumb.focus()
+        thumb.press("ArrowRight")
+        page.wait_for_function(f"document.querySelector('#embedding-view').dataset.shown !== {shown!r}", timeout=20_000)
+        moved = _settled(page, "embedding", cloud, "the highlight did not follow the slider")
+        assert _points(moved) >= 12
+        # a click on an isolated thumbnail away from the large current one: the slider goes to it
+        box = page.locator("#embedding-view").bounding_box()
+        fg = np.abs(moved.astype(int) - EMBEDDING_BG).max(axis=2) > 60
+        h, w = fg.shape
+        label, before = page.inner_text("#time-label"), page.get_attribute("#embedding-view", "data-shown")
+        ys, xs = np.nonzero(fg[h // 8 : 7 * h // 8, w // 8 : 7 * w // 8])
+        picked = False
+        for k in np.random.default_rng(0).permutation(len(ys))[:8]:
+            y, x = ys[k] + h // 8, xs[k] + w // 8
+            page.mouse.click(box["x"] + float(x) * box["width"] / w, box["y"] + float(y) * box["height"] / h)
+            try:
+                page.wait_for_function(f"document.querySelector('#time-label').innerText !== {label!r}", timeout=3_000)
+            except Exception:  # noqa: BLE001 - a click on the current image or a frame: next try
+                continue
+            picked = True
+            break
+        assert picked, "no click on a thumbnail moved the time slider"
+        # the view marks the clicked image as the current one: the image the caption names
+        page.wait_for_function(PICKED_SHOWN, arg=before, timeout=20_000)
+        _settled(page, "embedding", moved, "the click did not redraw the highlight")
+        _save(page, out_dir, "embedding-tab-picked.png")
+    finally:
+        _tab(page, "volume")
+        _wait_view(page, 0, _volume_visible, "the volume did not come back")
+
+
 def test_two_stores_side_by_side(stores, browser, can_render, out_dir):
     srv = Server([stores["digits"], stores["tiny"]], stores["root"] / "rec2")
     pg = browser.new_page(viewport={"width": 1500, "height": 950})

@@ -241,3 +241,119 @@ def test_too_few_images_say_the_minimum_in_the_note(tmp_path, can_render):
         assert a.tabs["embedding"].scene is None and "3 images" in note and "5" in note, note
     finally:
         a.close()
+
+
+def test_dataset_examples_are_computed_off_the_event_loop_and_requests_coalesce(app, digits, monkeypatch):
+    """Under the server the panel's pass over the store runs in the pane's background job: the
+    state change returns at once, the loop keeps turning meanwhile, the panel says it is computing,
+    a client asking again and again starts no second pass, and the result arrives (and is kept)."""
+    import asyncio
+    import time
+
+    from volviz.analysis.dataset import topk
+
+    real, passes = topk.top_examples, []
+
+    def slow_pass(store, layer, k=9, **kw):  # a store big enough for the pass to take a while
+        passes.append((layer, k))
+        time.sleep(1.0)
+        return real(store, layer, k, **kw)
+
+    monkeypatch.setattr(topk, "top_examples", slow_pass)
+    _set(app, **{"p0_layer": "conv2"})  # no loop yet: the volume is rebuilt at once
+    pane, st = app.panes[0], app.state
+
+    async def run():
+        t0 = time.perf_counter()
+        _set(app, **{S.PANEL_TAB: "examples"})
+        returned = time.perf_counter() - t0
+        assert pane.panel_job.running and st["p0_panel_busy"] and st["p0_panel"] == ""
+        assert "finding the top 9 of 40 images" in st["p0_panel_note"] and st["p0_panel_for"] == "examples"
+        for _ in range(20):  # the tab clicked again and again, slider-driven re-renders
+            _set(app, **{S.PANEL_TAB: "maps"})
+            _set(app, **{S.PANEL_TAB: "examples"})
+            pane.update_panel()
+        gaps, deadline = [], time.perf_counter() + 60
+        while not st["p0_panel"]:  # the loop turns while the pass runs: no tick waits for it
+            t = time.perf_counter()
+            await asyncio.sleep(0.01)
+            gaps.append(time.perf_counter() - t)
+            assert t < deadline, "the panel never arrived"
+        return returned, max(gaps)
+
+    returned, worst = asyncio.run(run())
+    assert returned < 0.5 and worst < 0.5, (returned, worst)
+    assert passes == [("conv2", 9)], "repeated requests started more passes"
+    assert "top 9 of 40 images" in st["p0_panel_note"] and not st["p0_panel_busy"]
+    np.testing.assert_array_equal(pane.panel_data["rows"], real(Store.open(digits), "conv2", 9, histograms=False).rows)
+    _set(app, **{S.PANEL_TAB: "maps"})
+    _set(app, **{S.PANEL_TAB: "examples"})  # kept: shown at once, no new pass
+    assert passes == [("conv2", 9)] and st["p0_panel"].startswith("data:image/png")
+
+
+def test_a_failed_background_pass_is_shown_and_not_retried(app, monkeypatch):
+    import asyncio
+
+    from volviz.analysis.dataset import topk
+
+    tries = []
+
+    def broken(*a, **kw):
+        tries.append(1)
+        raise OSError("chunk unreadable")
+
+    monkeypatch.setattr(topk, "top_examples", broken)
+    _set(app, **{"p0_layer": "conv2"})
+
+    async def run():
+        _set(app, **{S.PANEL_TAB: "examples"})
+        while app.panes[0].panel_job.running or "chunk unreadable" not in app.state["p0_panel_note"]:
+            await asyncio.sleep(0.02)
+        for _ in range(5):
+            app.panes[0].update_panel()
+            await asyncio.sleep(0.02)
+
+    asyncio.run(asyncio.wait_for(run(), 30))
+    assert tries == [1] and "chunk unreadable" in app.state["p0_panel_note"] and not app.state["p0_panel_busy"]
+
+
+def test_dead_units_are_grey_in_the_embedding_and_the_examples_panel(app, digits):
+    """fc1 of the digits LeNet has units that never fire on these 40 images: the Embedding tab's
+    colour-by-unit greys every image for one, the Dataset examples panel greys its block and
+    names it, with one definition (never above 0 on any image)."""
+    from PIL import Image
+
+    from volviz.app.dataset_panels import DEAD_GREY
+    from volviz.app.embedding_tab import dead_units
+
+    store = Store.open(digits)
+    dead = dead_units(store, "fc1")
+    top = top_examples(store, "fc1", 1, histograms=False)
+    np.testing.assert_array_equal(dead, top.dead)
+    assert 0 < dead.sum() < len(dead)
+    d, a = int(np.flatnonzero(dead)[0]), int(np.flatnonzero(~dead)[0])
+    _set(app, **{S.APP_TAB: "embedding", S.E_LAYER: "fc1", S.E_COLOR: "unit", S.E_UNIT: a})
+    tab = app.tabs["embedding"]
+    alive = tab.scene.colours.copy()
+    assert len(np.unique(alive, axis=0)) > 1 and f"#{d}" in app.state[S.E_NOTE]
+    _set(app, **{S.E_UNIT: d})
+    assert (tab.scene.colours == DEAD_GREY).all() and f"unit {d} is dead" in app.state[S.E_NOTE]
+    _set(app, **{S.APP_TAB: "volume", "p0_layer": "fc1", S.PANEL_TAB: "examples"})
+    data, note = app.panes[0].panel_data, app.state["p0_panel_note"]
+    np.testing.assert_array_equal(data["dead"], dead)
+    assert f"{int(dead.sum())} dead" in note and f"#{d}" in note
+    # in the (reduced) mosaic a dead unit's block is a faint grey trace, a live unit's block its digits
+    import base64
+    import io
+
+    png = np.asarray(Image.open(io.BytesIO(base64.b64decode(app.state["p0_panel"].split(",", 1)[1]))).convert("RGB"))
+    n, cols = len(dead), int(np.ceil(np.sqrt(len(dead))))
+    step = png.shape[1] / cols  # one unit's block and its gap, in the reduced picture
+
+    def block(j):
+        r, c = divmod(int(np.flatnonzero(data["order"] == j)[0]), cols)
+        y, x = int(r * step), int(c * step)
+        return png[y + 2 : y + int(step) - 4, x + 2 : x + int(step) - 4].astype(float)
+
+    assert n == len(data["order"])
+    assert block(d).std() < 0.5 * np.median([block(j).std() for j in np.flatnonzero(~dead)[:20]])

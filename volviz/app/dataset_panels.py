@@ -5,10 +5,10 @@ strongest activation sees (from the model's own gradients:
 
 The top examples come from one streamed pass over the store's activations of the layer
 (:func:`~volviz.analysis.dataset.topk.top_examples`: memory one batch plus ``units x k``), made
-once per store and layer and kept in the pane's memo, as the Importance panel keeps its
-gradients' analysis; the Graph tab's top-example thumbnails read the same memo
-(:func:`layer_top`, :func:`top_thumbnails`). Without the model (not trusted) the examples are
-shown uncropped.
+once per store and layer (under the server in the pane's background job, ``ctx.background``: the
+page goes on and the panel says what is being computed) and kept in the pane's memo; the Graph
+tab's top-example thumbnails read the same memo (:func:`layer_top`, :func:`top_thumbnails`).
+Without the model (not trusted) the examples are shown uncropped.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ import numpy as np
 
 from volviz.app.panels import PanelContext, PanelImage, input_rgb, register_panel
 
-__all__ = ["TOP_K", "layer_top", "top_crops", "top_thumbnails", "examples_mosaic", "dataset_panel"]
+__all__ = ["DEAD_GREY", "TOP_K", "layer_top", "top_crops", "top_thumbnails", "examples_mosaic", "dataset_panel"]
 
 TOP_K = 9  # examples per unit (a 3 x 3 block)
 MAX_TILE = 28  # px of one example in the panel (crops are shrunk to it)
 _GAP, _UNIT_GAP = 1, 4
 _FILL, _BG = (40, 43, 50), (21, 23, 28)
+DEAD_GREY = (128, 128, 128)  # a unit that never fires on the dataset, in every view of the app
 
 
 def _memo(memo):
@@ -80,7 +81,7 @@ def top_crops(store, layer: str, model_fn, memo=None, k: int = TOP_K) -> tuple[l
     return _memo(memo)(("top-crops", str(store.path), layer, k), compute)
 
 
-def _ghost(tile: np.ndarray, grey=(128, 128, 128)) -> np.ndarray:
+def _ghost(tile: np.ndarray, grey=DEAD_GREY) -> np.ndarray:
     lum = tile.astype(np.float32).mean(axis=2, keepdims=True)
     return np.clip(np.asarray(grey, np.float32) + 0.18 * (lum - lum.mean()), 0, 255).astype(np.uint8)
 
@@ -137,6 +138,11 @@ def examples_mosaic(crops: list, dead: np.ndarray, order, k: int = TOP_K) -> np.
     return out
 
 
+def _slow(ctx: PanelContext, what: str):
+    """A memo whose misses are computed off the event loop (the panel shows ``what`` meanwhile)."""
+    return lambda key, compute: ctx.background(key, compute, what)
+
+
 def dataset_panel(ctx: PanelContext) -> PanelImage:
     store, layer = ctx.store, ctx.layer
     if not store.has("activation", layer):
@@ -145,8 +151,11 @@ def dataset_panel(ctx: PanelContext) -> PanelImage:
             f"this store keeps no activations of {layer} (top examples need where a unit fired); "
             f"capture them with `volviz capture --layers {layer} --out NEW`",
         )
-    top = layer_top(store, layer, ctx.memo)
-    crops, how = top_crops(store, layer, ctx.model, ctx.memo)
+    n, units = int(store.done.sum()), int(store.layers[layer].act_shape[0])
+    what = f"finding the top {TOP_K} of {n} images of each of {layer}'s {units} units (a pass over its activations)"
+    top = layer_top(store, layer, _slow(ctx, what))
+    cut = f"cutting {layer}'s top examples to what each unit sees"
+    crops, how = top_crops(store, layer, ctx.model, _slow(ctx, cut))
     order = np.asarray(ctx.volume.order) if ctx.volume is not None else np.arange(len(crops))
     in_3d = len(order) == len(crops)
     if not in_3d:

@@ -9,7 +9,8 @@ stored embedding gets an exact 3-D PCA of its descriptors, computed here in a ba
 a t-SNE / UMAP map instead. At most :data:`~volviz.views.embedding_scene.MAX_POINTS` images are
 drawn (evenly subsampled beyond), each a 16-pixel thumbnail of one atlas; the descriptors of the
 drawn images are kept for the neighbour search when they fit :data:`MAX_DESCRIPTOR_FLOATS`
-(beyond, the neighbours are taken in the map's own coordinates, and the note says so).
+(beyond, the neighbours are taken in the map's own coordinates, and the note says so). Colour by
+a unit that never fires on the dataset (:func:`dead_units`) is grey, as in every view of the app.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from volviz.app.wiring import bind, change, controller
 
 log = logging.getLogger("volviz.app")
 
-__all__ = ["EmbeddingTab", "gather_embedding", "MAX_DESCRIPTOR_FLOATS"]
+__all__ = ["EmbeddingTab", "dead_units", "gather_embedding", "MAX_DESCRIPTOR_FLOATS"]
 
 WINDOW = (800, 560)
 MAX_DESCRIPTOR_FLOATS = 1 << 25  # 128 MiB of float32 descriptors at most
@@ -77,14 +78,17 @@ def gather_embedding(store, layer: str, max_points: int | None = None, report=No
         keep = np.linspace(0, len(keep) - 1, max_points).astype(np.int64)
     rows, coords = emb.rows[keep], emb.coords[keep]
     if report:
-        report(1, 3)
+        report(1, 4)
     thumbs = _thumbnails(store, rows, THUMB_PX)
     if report:
-        report(2, 3)
+        report(2, 4)
     pool = emb.settings.get("pool", "mean")
     x = descriptors(store, layer, rows, pool) if len(rows) * _dim(store, layer, pool) <= MAX_DESCRIPTOR_FLOATS else None
+    if report:
+        report(3, 4)
     return {
         "layer": layer,
+        "dead": dead_units(store, layer),
         "rows": rows,
         "coords": coords,
         "thumbs": thumbs,
@@ -95,6 +99,21 @@ def gather_embedding(store, layer: str, max_points: int | None = None, report=No
         "made_here": made_here,
         "n_total": len(emb.rows),
     }
+
+
+def dead_units(store, layer: str) -> np.ndarray | None:
+    """``bool (units,)``: never above 0 on any captured image at any position (as the Dataset
+    examples panel and the Graph tab grey them); one streamed pass of max-pooled descriptors. None
+    when the store keeps only mean descriptors of the layer (a maximum cannot be told from them)."""
+    from volviz.analysis.dataset.descriptors import NoDescriptorsError, iter_descriptors
+
+    hi = None
+    try:
+        for _, d in iter_descriptors(store, layer, pool="max"):
+            hi = d.max(0) if hi is None else np.maximum(hi, d.max(0))
+    except NoDescriptorsError:
+        return None
+    return None if hi is None else ~(hi > 0)
 
 
 def _dim(store, layer: str, pool: str) -> int:
@@ -220,6 +239,7 @@ class EmbeddingTab:
 
     # ------------------------------------------------------------------ drawing
     def _colour(self) -> None:
+        from volviz.app.dataset_panels import DEAD_GREY
         from volviz.views.embedding_scene import class_colours, value_colours
 
         d, f, mode = self.data, self.focus, self.state[S.E_COLOR]
@@ -250,14 +270,25 @@ class EmbeddingTab:
 
                 x = descriptors(f.store, d["layer"], d["rows"], d["settings"].get("pool", "mean"))
             v = x[:, u]
-            rgb = value_colours(v, "inferno")
-            lo, hi = float(v.min()), float(v.max())
-            legend = [
-                (f"{lo:.3g}", tuple(value_colours(np.array([0.0]), "inferno", (0, 1))[0])),
-                (f"{hi:.3g}", tuple(value_colours(np.array([1.0]), "inferno", (0, 1))[0])),
-            ]
-            pooled = " (mean over positions)" if d["settings"].get("pool", "mean") == "mean" and x is not None else ""
-            what = f"activation of unit {u}{pooled}, inferno {lo:.3g}..{hi:.3g}"
+            dead = d["dead"]
+            if dead is not None and dead[u % len(dead)]:  # (meanmax: [means | maxima]) grey, as everywhere
+                rgb = np.full((len(v), 3), DEAD_GREY, np.uint8)
+                legend = [("dead", DEAD_GREY)]  # short: the legend box is narrow
+                what = f"unit {u} is dead (grey): never above 0 on any image"
+            else:
+                rgb = value_colours(v, "inferno")
+                lo, hi = float(v.min()), float(v.max())
+                legend = [
+                    (f"{lo:.3g}", tuple(value_colours(np.array([0.0]), "inferno", (0, 1))[0])),
+                    (f"{hi:.3g}", tuple(value_colours(np.array([1.0]), "inferno", (0, 1))[0])),
+                ]
+                pool = d["settings"].get("pool", "mean")
+                pooled = " (mean over positions)" if pool == "mean" and x is not None else ""
+                what = f"activation of unit {u}{pooled}, inferno {lo:.3g}..{hi:.3g}"
+            if dead is not None and dead.any():
+                ids = np.flatnonzero(dead)
+                what += f"; {len(ids)} dead units: " + ", ".join(f"#{j}" for j in ids[:12])
+                what += " ..." if len(ids) > 12 else ""
         self.scene.set_colours(rgb, legend)
         self._colour_note = f"colour: {what}"
 

@@ -10,6 +10,7 @@ never make the app unpickle or import code).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import functools
 import logging
@@ -21,7 +22,8 @@ from volviz.analysis.saliency import SALIENCY_METHODS
 from volviz.analysis.sequence import store_sequence
 from volviz.app import state as S
 from volviz.app.groups import OverrideStore, make_group_play
-from volviz.app.panels import PANELS, PanelContext, PanelImage, input_rgb, png_data_url, prob_rows
+from volviz.app.jobs import BackgroundJob
+from volviz.app.panels import PANELS, PanelContext, PanelImage, PanelPending, input_rgb, png_data_url, prob_rows
 from volviz.app.wiring import bind, change, pane
 from volviz.errors import ModelLoadError, StoreError, VolvizError
 from volviz.store.store import Store
@@ -49,6 +51,13 @@ def discover_stores(paths: list[str], extra_dirs: tuple[str, ...] = ("stores",))
     return [{"title": name, "value": path} for path, name in seen.items()]
 
 
+class _Failed:
+    """A background computation that raised: kept in the memo in place of its result."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
 class Pane:
     """One store in one column. ``app.panes[i]``; the app makes one or two."""
 
@@ -57,6 +66,8 @@ class Pane:
         self.view = None  # the VtkRemoteView (set by the layout)
         self.scene = None  # LayerVolumeScene
         self._forget(None)
+        # the slow part of a 2-D panel (ctx.background): one run at a time, the newest wish after it
+        self.panel_job = BackgroundJob(app.state, f"panel of pane {index + 1}", busy=pk(index, "panel_busy"))
         self.state.update({pk(index, f): copy.deepcopy(v) for f, v in S.PANE_DEFAULTS.items()})
         bind(self, app.server)
 
@@ -319,10 +330,14 @@ class Pane:
                 read=functools.partial(self.app.volume.read, self),
                 model=self.model,
                 memo=self.remember,
+                background=self._background,
                 slice_row=int(st[S.V_SLICE_ROW] or 0),
             )
             try:
                 out = panel.render(ctx)
+            except PanelPending as wait:
+                self._compute_later(wait)
+                out = PanelImage(None, f"{panel.title}: {wait.what} ...")
             except Exception as exc:  # noqa: BLE001
                 log.warning("panel %s failed: %s", tab, exc)
                 out = PanelImage(None, f"{panel.title}: {exc}")
@@ -330,6 +345,45 @@ class Pane:
         st[pk(self.index, "panel")] = png_data_url(out.rgb) if out.rgb is not None else ""
         st[pk(self.index, "panel_note")] = self.app.redact(out.note)
         st[pk(self.index, "panel_for")] = tab
+
+    def _background(self, key, compute, what: str):
+        """``ctx.background``: the memo's value; under the server a miss raises
+        :class:`PanelPending` (the pane computes it in :attr:`panel_job`); without a loop, at once.
+        A failure is remembered like a result (raised again, never retried on every slider step)."""
+        if key in self.memo:
+            value = self.memo[key]
+            if isinstance(value, _Failed):
+                raise value.exc
+            return value
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return self.remember(key, compute)
+        raise PanelPending(key, compute, what)
+
+    def _compute_later(self, wait: PanelPending) -> None:
+        """Run ``wait.compute`` in the panel job, unless a run is going: then the panel is rendered
+        again when it ends, and asks for what it still lacks (so any number of requests while
+        one runs cost nothing, and at most one computation runs per pane)."""
+        if self.panel_job.running:
+            return
+        memo, key, loop = self.memo, wait.key, asyncio.get_running_loop()
+
+        def keep(value):
+            memo[key] = value
+            loop.call_soon(self._panel_ready)  # after the job's end, so that a next run may start
+
+        def failed(exc: BaseException) -> str:
+            keep(_Failed(exc))
+            return f"{wait.what}: {exc}"
+
+        self.panel_job.start(lambda report: wait.compute(), done=keep, failed=failed)
+
+    def _panel_ready(self) -> None:
+        """A run ended: the panel shown now (maybe of another layer or store meanwhile) again."""
+        if self.scene is not None:
+            with self.state:
+                self.update_panel()
 
     # ------------------------------------------------------------------ teardown
     def close_scene(self) -> None:
@@ -339,5 +393,6 @@ class Pane:
         self.layer = self.quantity = self.image = None
 
     def close(self) -> None:
+        self.panel_job.close()
         self.close_scene()
         self.plotter.close()

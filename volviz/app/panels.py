@@ -4,7 +4,10 @@ probabilities. Pure numpy -> small PNGs (the browser scales them up with sharp p
 
 Panels are a registry: ``register_panel("key", "Title", fn)`` adds a tab to the app, where
 ``fn(ctx: PanelContext) -> PanelImage``. The importance and preferred-input panels plug in this
-way (:mod:`volviz.app.analysis_panels`) without touching the layout.
+way (:mod:`volviz.app.analysis_panels`) without touching the layout. A panel whose first
+computation takes seconds (the Dataset examples' pass over the store) asks for it with
+``ctx.background(key, compute, what)``: the pane runs it in its background job and shows ``what``
+meanwhile, so the event loop (every session's slider) never waits for it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ __all__ = [
     "PANELS",
     "PanelContext",
     "PanelImage",
+    "PanelPending",
     "class_weights",
     "input_rgb",
     "png_data_url",
@@ -43,6 +47,19 @@ def _no_memo(key, compute):
     return compute()
 
 
+def _at_once(key, compute, what):
+    return compute()
+
+
+class PanelPending(Exception):
+    """Raised by ``ctx.background`` while the result of ``key`` is being computed off the event
+    loop: the pane shows ``what`` with a spinner and renders the panel again once it is there."""
+
+    def __init__(self, key, compute: Callable[[], object], what: str):
+        super().__init__(what)
+        self.key, self.compute, self.what = key, compute, what
+
+
 @dataclass
 class PanelContext:
     """What a panel may look at for the current image of one pane."""
@@ -58,6 +75,9 @@ class PanelContext:
     model: Callable[[], object]  # lazily loaded nn.Module (raises with a clear message)
     memo: Callable[[object, Callable[[], object]], object] = _no_memo  # memo(key, compute): per store
     slice_row: int = 0  # the drawer's slice row (the Slice panel)
+    # background(key, compute, what): memo, but under the server a miss is computed in the pane's
+    # background job (one at a time) and raises PanelPending meanwhile; without a loop: at once
+    background: Callable[[object, Callable[[], object], str], object] = _at_once
 
 
 @dataclass

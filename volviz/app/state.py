@@ -173,6 +173,7 @@ PANE_FIELDS = (
     "sal_note",  # saliency overlay: what the map shows
     "busy",  # a layer / quantity / order is being prepared in the background
     "panel_for",  # the 2-D panel tab the panel image was made for (the page hides a stale one)
+    "panel_busy",  # a 2-D panel's slow part is being computed in the background
 )
 
 
@@ -353,5 +354,6 @@ PANE_DEFAULTS = {
     "sal_note": "",
     "busy": False,
     "panel_for": "",
+    "panel_busy": False,
 }
 assert set(PANE_DEFAULTS) == set(PANE_FIELDS)

@@ -389,6 +389,13 @@ def _panels(i: int, wide: bool = True) -> None:
             id=f"importance-class-{i}",
         )
     fresh = f"{pk(i, 'panel_for')} === {S.PANEL_TAB}"  # never the last tab's picture under this tab's name
+    with html.Div(
+        v_if=f"{pk(i, 'panel_busy')} && {fresh} && !{pk(i, 'panel')}",  # its slow part, in the background
+        id=f"panel-busy-{i}",
+        classes="text-caption text-grey mt-2 d-flex align-center",
+    ):
+        v3.VProgressCircular(indeterminate=True, size=14, width=2, classes="mr-2")
+        html.Span("computing in the background: the page goes on meanwhile")
     html.Img(
         v_if=f"{pk(i, 'panel')} && {fresh}",
         src=(pk(i, "panel"),),

@@ -35,6 +35,7 @@ MAX_ATLAS_PX = 4096
 BACKGROUND = "#0d0f14"
 CURRENT_RGB = (255, 255, 255)
 NEIGHBOUR_RGB = (255, 150, 40)
+LEGEND_BOX = (0.05, 0.06, 0.08)
 
 
 def thumb_atlas(tiles: np.ndarray, px: int = THUMB_PX, border: int = BORDER_PX) -> tuple[np.ndarray, np.ndarray, int]:
@@ -225,9 +226,11 @@ class EmbeddingScene:
             self._legend = None
         if legend:
             entries = [[str(name), np.asarray(c, float) / 255] for name, c in legend[:20]]
+            if len(entries) == 1:  # VTK sizes a one-row legend's text past the window's edge: a blank row
+                entries.append([" ", np.asarray(LEGEND_BOX)])
             self._legend = self.plotter.add_legend(
                 entries,
-                bcolor=(0.05, 0.06, 0.08),
+                bcolor=LEGEND_BOX,
                 border=False,
                 size=(0.14, 0.04 * len(entries)),
                 loc="upper right",
