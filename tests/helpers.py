@@ -30,6 +30,29 @@ class TinyCNN(nn.Module):
         return self.fc2(self.relu2(self.fc1(h.flatten(1))))
 
 
+class SmallMapCNN(nn.Module):
+    """Convs on maps small enough that their inputs have fewer values than their weights (a store
+    keeps such a conv's input in place of its weight gradient)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.pool = nn.MaxPool2d(3)
+        self.conv2 = nn.Conv2d(4, 16, 3, padding=1, padding_mode="reflect")
+        self.conv3 = nn.Conv2d(16, 16, 3, stride=2, padding=2, dilation=2, groups=4)
+        self.fc = nn.Linear(16 * 2 * 2, 3)
+
+    def forward(self, x):
+        h = self.pool(torch.relu_(self.conv1(x)))
+        h = torch.relu_(self.conv2(h))
+        return self.fc(torch.tanh(self.conv3(h)).flatten(1))
+
+
+def small_map_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return SmallMapCNN()
+
+
 class NoConv(nn.Module):
     def __init__(self):
         super().__init__()

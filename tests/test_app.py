@@ -830,3 +830,17 @@ def net():
     _set(trusted, **{S.PANEL_TAB: "sorted"})
     assert "sorted by weight to class" in trusted.state["p0_panel_note"]
     assert "factory called" in marker.read_text()
+
+
+def test_a_gradient_volume_given_up_for_the_image_budget_says_so(make_app, tmp_path):
+    imgs = write_image_folder(tmp_path / "imgs", n_per_class=2)
+    out = tmp_path / "s"
+    assert main(["capture", "--out", str(out), "--images", str(imgs), *TINY, "--image-budget-mb", "0.004"]) == 0
+    store = Store.open(out)
+    assert not store.layers["conv1"].gradient and store.plan.dtype == "float16"
+    app = make_app([out])
+    pane = app.panes[0]
+    _set(app, p0_layer="conv1", **{S.V_QUANTITY: "grad_activation"})
+    assert "--image-budget-mb 0" in app.state["p0_error"]
+    _set(app, **{S.V_QUANTITY: "activation"})
+    assert not app.state["p0_error"] and pane.scene is not None and pane.scene.shape == (4, 12, 12)

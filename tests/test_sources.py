@@ -88,6 +88,38 @@ def test_image_folder_flat_folder_files_and_video(tmp_path):
         discover_images([tmp_path / "empty"])
 
 
+def test_discovery_order_hidden_files_and_symlinks(tmp_path, monkeypatch):
+    """The order and the choices of pathlib's ``sorted(rglob)``, which discovery used to call per
+    file: by path parts ('sub/' before 'sub-x.png'), hidden files and folders left out, symlinked
+    files taken, symlinked sub-folders not entered except a class folder itself."""
+    from PIL import Image
+
+    cls = tmp_path / "cls"
+    for rel in ("a/x.png", "a/sub-x.png", "a/sub/deep.png", "a/.hid.png", "a/.cache/z.png", "a-c/y.png", "b/q.png"):
+        (cls / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (4, 4)).save(cls / rel)
+    (cls / "a" / "link").symlink_to(cls / "b", target_is_directory=True)
+    (cls / "a" / "lnk.png").symlink_to(cls / "b" / "q.png")
+    (cls / "c").symlink_to(cls / "b", target_is_directory=True)
+    s = discover_images([cls])
+    assert [r.id for r in s.records] == [
+        "cls/a/lnk.png",
+        "cls/a/sub/deep.png",
+        "cls/a/sub-x.png",
+        "cls/a/x.png",
+        "cls/a-c/y.png",
+        "cls/b/q.png",
+        "cls/c/q.png",
+    ]
+    assert [r.label for r in s.records] == [0, 0, 0, 0, 1, 2, 3] and s.class_names == ["a", "a-c", "b", "c"]
+    assert s.records[0].path == str(cls / "a" / "lnk.png") and s.records[-1].path == str(cls / "c" / "q.png")
+    flat = discover_images([cls / "a"], layout="flat")
+    assert [r.id for r in flat.records] == ["a/lnk.png", "a/sub/deep.png", "a/sub-x.png", "a/x.png"]
+    monkeypatch.chdir(cls / "a")
+    here = discover_images(["."], layout="flat")  # ids and paths as pathlib writes them: no "./"
+    assert [(r.id, r.path) for r in here.records][:2] == [("lnk.png", "lnk.png"), ("sub/deep.png", "sub/deep.png")]
+
+
 def test_preprocess_scale_crop_keeps_aspect_and_resize_does_not():
     img = np.zeros((20, 40, 3), np.uint8)
     img[:, 10:30] = 255  # a centred white band half the width

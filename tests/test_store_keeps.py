@@ -131,3 +131,75 @@ def test_dry_run_plans_and_writes_nothing(tmp_path, images, capsys):
     text = capsys.readouterr().out
     assert "batch size" in text and "per image" in text and "nothing was written" in text
     assert not out.exists()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_conv_kept_as_its_input_rebuilds_the_per_image_weight_gradient(tmp_path, images, dtype, monkeypatch):
+    import volviz.store.capture as capture_mod
+
+    settings = dict(SETTINGS, model="helpers:small_map_cnn")
+    st = run_capture(tmp_path / "s", CaptureSettings(images=[str(images)], dtype=dtype, **settings), progress=False)
+    parts = {i.name: tuple(i.weight_parts) for i in st.plan.layers}
+    assert parts == {"conv1": ("w",), "conv2": ("x",), "conv3": ("x",), "fc": ("u", "v")}
+    monkeypatch.setattr(capture_mod, "_stored_as_input", lambda info, module, inp: info)
+    ref = run_capture(tmp_path / "full", CaptureSettings(images=[str(images)], **settings), progress=False)
+    assert {tuple(i.weight_parts) for i in ref.plan.layers if i.kind == "conv"} == {("w",)}
+    assert projected_bytes(st.plan) < projected_bytes(ref.plan)
+    rows = np.arange(st.n_images)
+    # float32: the same exact routine on the same float32 tensors (another batch shape: 1e-5 of the
+    # largest value); float16: the input and the output gradient are each rounded to 11 bits
+    # (relative 5e-4) before the rebuild, so about 1e-3 of the largest value
+    tol = 1e-5 if dtype == "float32" else 2e-3
+    for name in ("conv2", "conv3"):
+        got, want = st.read_batch("grad_weight", name, rows), ref.read_batch("grad_weight", name, rows)
+        assert np.abs(got - want).max() <= tol * np.abs(want).max()
+        np.testing.assert_allclose(st.read_batch("grad_norm", name, rows), filter_norms(want), rtol=10 * tol, atol=1e-6)
+
+
+def test_image_budget_gives_up_volumes_in_order_and_keeps_importance_exact(tmp_path, images, full, caplog):
+    from volviz.store.contents import bytes_per_image
+
+    whole = bytes_per_image(full.plan)
+    assert full.plan.dtype == "float32"  # "auto" under the default budget: nothing given up
+    st = run_capture(
+        tmp_path / "s", CaptureSettings(images=[str(images)], image_budget=whole // 4, **SETTINGS), progress=False
+    )
+    assert bytes_per_image(st.plan) <= whole // 4 and st.plan.dtype == "float16"
+    assert "over the" in caplog.text and "--image-budget-mb" in caplog.text
+    dropped = [i.name for i in st.plan.layers if not i.gradient]
+    assert dropped and dropped[0] == "conv1"  # the largest maps first
+    kept = [i.name for i in st.plan.layers if i.gradient]
+    rows = np.arange(st.n_images)
+    for name in kept:
+        np.testing.assert_allclose(
+            st.read_batch("grad_activation", name, rows),
+            full.read_batch("grad_activation", name, rows),
+            rtol=0,
+            atol=1e-3 * np.abs(full.read_batch("grad_activation", name, rows)).max(),
+        )
+    with pytest.raises(StoreError, match="--image-budget-mb 0"):
+        st.read("grad_activation", "conv1", 0)
+    for name in ("conv1", "conv2", "conv3", "fc1"):  # filter norms stay float32: importance is exact
+        assert st._array(f"grad_norm/{name}/data").dtype == np.float32
+        np.testing.assert_allclose(
+            st.read_batch("grad_norm", name, rows), full.read_batch("grad_norm", name, rows), rtol=1e-6
+        )
+    from volviz.store.verify import verify_store
+
+    assert verify_store(st, progress=False).ok
+
+
+def test_explicit_float32_and_no_budget_keep_everything(tmp_path, images, full):
+    from volviz.store.contents import bytes_per_image
+
+    small = bytes_per_image(full.plan) // 4
+    st = run_capture(
+        tmp_path / "a",
+        CaptureSettings(images=[str(images)], image_budget=small, dtype="float32", **SETTINGS),
+        progress=False,
+    )
+    assert st.plan.dtype == "float32" and not all(i.gradient for i in st.plan.layers)
+    st = run_capture(
+        tmp_path / "b", CaptureSettings(images=[str(images)], image_budget=None, **SETTINGS), progress=False
+    )
+    assert bytes_per_image(st.plan) == bytes_per_image(full.plan)

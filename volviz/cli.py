@@ -84,7 +84,14 @@ def add_capture(sub) -> None:
         "index or a class name (default: true)",
     )
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--float16", action="store_true", help="store arrays as float16 (per-image scaled)")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument(
+        "--float16",
+        action="store_true",
+        help="store the volumes as float16 (per-image scaled; default: float32 "
+        "unless one image is over --image-budget-mb)",
+    )
+    precision.add_argument("--float32", action="store_true", help="store the volumes as float32 whatever their size")
     p.add_argument("--no-grads", action="store_true", help="store activations only")
     p.add_argument("--no-weight-grads", action="store_true", help="skip per-image weight gradients")
     p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="model input size")
@@ -157,6 +164,14 @@ def add_capture(sub) -> None:
         help="zstd-compress the arrays: about a third smaller for activations and gradients, about half the write rate",
     )
     g.add_argument(
+        "--image-budget-mb",
+        type=float,
+        default=2.0,  # volviz.store.keep.IMAGE_BUDGET (not imported here: --help stays fast)
+        help="bytes one image may take in the store, in MB (10^6 bytes; default %(default)g; 0: no limit). Over "
+        "it the capture keeps, in this order, float16 volumes, fewer full weight gradients, fewer "
+        "activation-gradient volumes (largest maps first); filter norms and activations stay",
+    )
+    g.add_argument(
         "--store-budget-gb",
         type=float,
         help="refuse a store projected larger than this (default: 90%% of the free disk)",
@@ -222,7 +237,7 @@ def cmd_capture(a) -> int:
             layer_types=a.layer_types,
             target=a.target,
             batch_size=a.batch_size,
-            dtype="float16" if a.float16 else "float32",
+            dtype="float16" if a.float16 else "float32" if a.float32 else "auto",
             gradients=not a.no_grads,
             weight_gradients=not (a.no_grads or a.no_weight_grads),
             size=tuple(a.size) if a.size else None,
@@ -243,6 +258,7 @@ def cmd_capture(a) -> int:
             descriptors_only=a.descriptors_only,
             compress=a.compress,
             store_budget=int(a.store_budget_gb * (1 << 30)) if a.store_budget_gb is not None else None,
+            image_budget=int(a.image_budget_mb * 1e6) if a.image_budget_mb else None,
         )
         if a.dry_run:
             return dry_run(a.out, s)

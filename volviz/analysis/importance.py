@@ -533,6 +533,6 @@ def importance_from_store(
         store.column("pred")[idx],
         store.class_names,
         int(n_classes),
-        [store.images[i].id for i in idx],
+        [store.images.ids[i] for i in idx],
         "store",
     )

@@ -75,7 +75,7 @@ class DashboardTab:
         st[K.DB_CLASSES] = [{"title": "predicted class", "value": -1}] + [
             {"title": n, "value": k} for k, n in enumerate(names)
         ]
-        self._videos = sorted({pathlib.Path(r.path) for r in store.images if r.frame is not None})
+        self._videos = sorted({pathlib.Path(p) for p in store.images.video_paths()})
         st[K.LV_VIDEOS] = [{"title": p.name, "value": k} for k, p in enumerate(self._videos)]
         st[K.LV_VIDEO] = 0 if self._videos else None
         try:

@@ -69,7 +69,7 @@ class FilterColumns:
     @classmethod
     def from_store(cls, store, columns: dict | None = None) -> FilterColumns:
         c = columns or {k: store.column(k) for k in ("probs", "label", "pred")}
-        return cls(c["label"], c["pred"], c["probs"], lambda: [r.id for r in store.images])
+        return cls(c["label"], c["pred"], c["probs"], lambda: store.images.ids)
 
     def __len__(self) -> int:
         return len(self.pred)

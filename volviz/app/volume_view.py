@@ -477,6 +477,8 @@ class VolumeView:
             layer, quantity = self.target(pane)
             if pane.store is not None and layer and q != quantity:
                 self.rebuild(pane, layer, q)
+            elif pane.scene is not None and q == quantity:  # back to what is shown: its error is gone
+                pane.clear_error()
 
     @change(S.V_ORDER, S.V_FIT, S.V_CLUSTERS, S.V_SLICE_ROW)
     def _on_order(self, **_) -> None:

@@ -7,6 +7,7 @@ One forward pass and one backward pass serve the whole batch (see ``persample``)
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +32,9 @@ class BatchResult:
     grad_weight: dict[str, np.ndarray] = field(default_factory=dict)
     # Linear layers: grad_weight[n] == outer(u[n], v[n]); stored as the two factors
     grad_weight_factors: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    # the inputs of the layers asked for with ``keep_inputs`` (a store keeps a conv's input in
+    # place of its weight gradient when the input is smaller)
+    layer_inputs: dict[str, np.ndarray] = field(default_factory=dict)
     nonfinite: dict[str, int] = field(default_factory=dict)  # layer -> count of NaN/Inf activations
 
 
@@ -137,6 +141,7 @@ def capture_batch(
     gradients: bool = True,
     weight_gradients: bool = True,
     workspace: dict | None = None,
+    keep_inputs: Collection[str] = (),
 ) -> BatchResult:
     """Capture one batch. ``workspace``: a dict kept by the caller across batches; per-image weight
     gradients are then written into buffers reused from call to call, and the returned arrays
@@ -191,6 +196,8 @@ def capture_batch(
                 else:
                     buf = _buffer(workspace, name, (x.shape[0], *module.weight.shape), g)
                     res.grad_weight[name] = hook_per_sample_grad(module, inp, g, buf).float().cpu().numpy()
+                if name in keep_inputs:
+                    res.layer_inputs[name] = inp.float().cpu().numpy()
     if slow:
         x_ = x.detach()
         pg = func_per_sample_grads(model, x_, targets, [f"{n}.weight" for n in slow])

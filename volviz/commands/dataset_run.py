@@ -37,7 +37,8 @@ def _image(store, text: str) -> int:
     try:
         i = int(text)
     except ValueError:
-        ids = [k for k, r in enumerate(store.images) if r.id == text or os.path.basename(r.path) == text]
+        images = store.images
+        ids = [k for k, (i, p) in enumerate(zip(images.ids, images.paths)) if i == text or os.path.basename(p) == text]
         if not ids:
             raise UserError(f"--image {text!r}: no image of {store.path} has that index or name") from None
         i = ids[0]

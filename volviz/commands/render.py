@@ -159,12 +159,14 @@ def default_layer(store) -> str:
 def resolve_image(store, image: str) -> int:
     if image.lstrip("-").isdigit():
         return int(image)
-    ids = [im.id for im in store.images]
-    if image in ids:
-        return ids.index(image)
+    found = store.images.position(image)
+    if found is not None:
+        return found
     from volviz.store.store import StoreError
 
-    raise StoreError(f"no image {image!r} in the store; give an index 0..{store.n_images - 1} or an id like {ids[0]!r}")
+    raise StoreError(
+        f"no image {image!r} in the store; give an index 0..{store.n_images - 1} or an id like {store.images.ids[0]!r}"
+    )
 
 
 def style_for(a, quantity: str, data=None):
@@ -186,8 +188,8 @@ def style_for(a, quantity: str, data=None):
 
 def caption(store, i: int) -> str:
     names = store.class_names
-    lab, pred = int(store.column("label")[i]), int(store.column("pred")[i])
-    p = float(store.column("probs")[i, pred])
+    lab, pred = int(store.column("label", i)), int(store.column("pred", i))
+    p = float(store.column("probs", i)[pred])
     name = lambda k: names[k] if names and 0 <= k < len(names) else str(k)
     true = name(lab) if lab >= 0 else "?"
     return f"image {i}  true {true}  pred {name(pred)} ({p:.2f})"
@@ -195,7 +197,7 @@ def caption(store, i: int) -> str:
 
 def target_name(store, i: int) -> str:
     """The output neuron image ``i``'s gradients were taken of, by class name where there is one."""
-    t = int(store.column("target")[i])
+    t = int(store.column("target", i))
     names = store.class_names
     return f"'{names[t]}'" if names and 0 <= t < len(names) else f"#{t}"
 

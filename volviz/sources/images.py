@@ -13,8 +13,10 @@ orientation is applied, an animated file gives its first frame only, and a file 
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -40,7 +42,7 @@ class ImageRecord:
     frame: int | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"id": self.id, "path": self.path, "label": self.label, "frame": self.frame}
 
 
 @dataclass
@@ -65,12 +67,45 @@ def _image_suffixes() -> set[str]:
     return {k.lower() for k in Image.registered_extensions()} | {".npy", ".exr", ".hdr"}
 
 
-def _visible(p: pathlib.Path) -> bool:
-    return not p.name.startswith(".")
+def _suffix(name: str) -> str:
+    """``pathlib.PurePath(name).suffix`` without the Path: a leading or trailing dot is no suffix."""
+    i = name.rfind(".")
+    return name[i:] if 0 < i < len(name) - 1 else ""
 
 
-def _visible_below(f: pathlib.Path, root: pathlib.Path) -> bool:
-    return not any(part.startswith(".") for part in f.relative_to(root).parts)
+def _prefix(folder: str) -> str:
+    """What goes before a name inside ``folder`` so that ``_prefix(folder) + name`` is
+    ``str(pathlib.Path(folder) / name)`` for the folder strings pathlib writes ("." included)."""
+    return "" if folder in (".", "") else os.path.join(folder, "")
+
+
+def _join(folder: str, name: str) -> str:
+    return _prefix(folder) + name
+
+
+def _visible_entries(folder: str) -> list[os.DirEntry]:
+    """A folder's entries not starting with a dot, in pathlib's order (by name, case-folded on
+    Windows); an unreadable folder has none, as ``Path.rglob`` skips it."""
+    try:
+        with os.scandir(folder) as it:
+            entries = [e for e in it if not e.name.startswith(".")]
+    except PermissionError:
+        return []
+    entries.sort(key=lambda e: os.path.normcase(e.name))
+    return entries
+
+
+def _files_below(folder: str, below: str = "") -> Iterator[str]:
+    """The visible files below ``folder`` (paths relative to it), as
+    ``sorted(f for f in Path(folder).rglob("*") if f.is_file() and no part is hidden)`` gives them:
+    symlinked files taken, symlinked sub-folders not entered. One ``scandir`` per folder and no
+    Path per file: 10,000 files took half a second with pathlib."""
+    prefix = _prefix(below)
+    for e in _visible_entries(folder):
+        if e.is_dir(follow_symlinks=False):
+            yield from _files_below(e.path, prefix + e.name)
+        elif e.is_file():
+            yield prefix + e.name
 
 
 def _video_frame_count(path: pathlib.Path) -> int:
@@ -100,14 +135,16 @@ def _video_records(
 
 
 def _folder_layout(p: pathlib.Path, layout: str, media: set[str]):
-    """('classes', {name: dir}) or ('flat', [files]), warning when something is left out."""
-    entries = sorted(e for e in p.iterdir() if _visible(e))
-    files = [e for e in entries if e.is_file()]
-    loose = [f for f in files if f.suffix.lower() in media]
-    subdirs = [d for d in entries if d.is_dir()]
+    """('classes', {name: folder}) or ('flat', [files relative to ``p``]), warning when something
+    is left out."""
+    folder = str(p)
+    entries = _visible_entries(folder)
+    files = [e.name for e in entries if e.is_file()]
+    loose = [f for f in files if _suffix(f).lower() in media]
+    subdirs = [e.name for e in entries if e.is_dir()]
     if layout == "flat":
-        return "flat", sorted(f for f in p.rglob("*") if f.is_file() and _visible_below(f, p))
-    full = [d for d in subdirs if any(f.is_file() and _visible_below(f, d) for f in d.rglob("*"))]
+        return "flat", list(_files_below(folder))
+    full = [d for d in subdirs if next(_files_below(_join(folder, d)), None) is not None]
     if layout == "classes" or len(full) > len(loose):  # more class folders than loose images: an ImageFolder
         if loose:
             log.warning(
@@ -116,14 +153,14 @@ def _folder_layout(p: pathlib.Path, layout: str, media: set[str]):
                 p,
                 len(full),
                 len(loose),
-                compact_names([f.name for f in loose], 3),
+                compact_names(loose, 3),
             )
-        empty = [d.name for d in subdirs if d not in full]
+        empty = [d for d in subdirs if d not in full]
         if empty:
             log.warning("ignoring the empty sub-folder(s) %s of %s", compact_names(empty, 6), p)
-        return "classes", {d.name: d for d in full}
+        return "classes", {d: _join(folder, d) for d in full}
     if full:
-        n_sub = sum(1 for d in full for f in d.rglob("*") if f.is_file())
+        n_sub = sum(1 for d in full for f in (p / d).rglob("*") if f.is_file())
         log.warning(
             "%s holds %d images and the sub-folder(s) %s (%d files): took the images directly in it as "
             "one unlabelled set and ignored the sub-folders; pass --layout classes to read the "
@@ -131,7 +168,7 @@ def _folder_layout(p: pathlib.Path, layout: str, media: set[str]):
             "in --images",
             p,
             len(loose),
-            compact_names([d.name + "/" for d in full], 4),
+            compact_names([d + "/" for d in full], 4),
             n_sub,
             p.name,
         )
@@ -159,7 +196,8 @@ def discover_images(
     if layout not in LAYOUTS:
         raise ImageSourceError(f"unknown folder layout {layout!r}; valid: {', '.join(LAYOUTS)}")
     media = _image_suffixes() | VIDEO_SUFFIXES
-    plan: list[tuple] = []  # ("classes", root, {name: dir}) | ("file", root_parent, file, label_name)
+    # ("classes", root, {name: folder}) | ("file", path, id); ids are relative to the folder's parent
+    plan: list[tuple] = []
     class_dirs: set[str] = set()
     for raw in paths:
         p = pathlib.Path(raw)
@@ -171,9 +209,10 @@ def discover_images(
                 plan.append(("classes", p, found))
                 class_dirs |= set(found)
             else:
-                plan.extend(("file", p.parent, f, None) for f in found)
+                at, prefix = _prefix(str(p)), _prefix(p.name)
+                plan.extend(("file", at + f, prefix + f) for f in found)
         else:
-            plan.append(("file", None, p, None))
+            plan.append(("file", str(p), p.name))
     index: dict[str, int] = {}
     found_classes: list[str] | None = None
     if class_dirs:
@@ -181,27 +220,26 @@ def discover_images(
     records: list[ImageRecord] = []
     skipped: list[dict] = []
 
-    def add(f: pathlib.Path, rel: str, label: int) -> None:
-        if f.suffix.lower() in VIDEO_SUFFIXES:
+    def add(f: str, rel: str, label: int) -> None:
+        if _suffix(f.rpartition(os.sep)[2]).lower() in VIDEO_SUFFIXES:
             try:
-                records.extend(_video_records(f, rel, label, video_stride, max_frames))
+                records.extend(_video_records(pathlib.Path(f), rel, label, video_stride, max_frames))
             except ImageSourceError as exc:
                 log.warning("skipping %s: %s", f, exc)
-                skipped.append({"path": str(f), "reason": str(exc)})
+                skipped.append({"path": f, "reason": str(exc)})
         else:
-            records.append(ImageRecord(rel, str(f), label))
+            records.append(ImageRecord(rel, f, label))
 
     for item in plan:
         if item[0] == "classes":
             _, root, dirs = item
-            for name, d in sorted(dirs.items()):
-                label = index.get(name, -1)
-                for f in sorted(d.rglob("*")):
-                    if f.is_file() and _visible_below(f, d):
-                        add(f, str(f.relative_to(root.parent)), label)
+            for name, folder in sorted(dirs.items()):
+                label, at, prefix = index.get(name, -1), _prefix(folder), _prefix(_join(root.name, name))
+                for rel in _files_below(folder):
+                    add(at + rel, prefix + rel, label)
         else:
-            _, base, f, _ = item
-            add(f, f.name if base is None else str(f.relative_to(base)), -1)
+            _, f, rel = item
+            add(f, rel, -1)
     if not records:
         if skipped:
             raise ImageSourceError(f"no readable images: {skipped[0]['path']}: {skipped[0]['reason']}")

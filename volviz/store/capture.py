@@ -26,6 +26,7 @@ from volviz.sources.models import LoadedModel, load_model
 from volviz.sources.preprocess import Preprocess
 from volviz.store.decoded import DecodedImages, check_images
 from volviz.store.execute import capture_module, execute
+from volviz.store.keep import IMAGE_BUDGET, choose_kept, fit_image_budget
 from volviz.store.plan import LayerInfo, ModelSpec, Plan, check_fingerprints, fingerprints
 from volviz.store.store import Store
 
@@ -41,7 +42,7 @@ class CaptureSettings:
     layer_types: list[str] | None = None
     target: str = "true"
     batch_size: int = 32
-    dtype: str = "float32"
+    dtype: str = "auto"  # float32, float16, or auto: float32 unless over image_budget (store/keep.py)
     gradients: bool = True
     weight_gradients: bool = True
     size: tuple[int, int] | None = None
@@ -64,6 +65,7 @@ class CaptureSettings:
     pool: str = "meanmax"
     descriptors_only: bool = False
     store_budget: int | None = None  # bytes the whole store may take; None: 90% of the free disk
+    image_budget: int | None = IMAGE_BUDGET  # bytes one image may take (store/keep.py); None: no limit
     compress: bool = False  # zstd on the arrays: a third smaller, half the write rate
 
 
@@ -127,8 +129,25 @@ def probe_layers(model: torch.nn.Module, layers: list[str], x: torch.Tensor) -> 
         w = getattr(m, "weight", None)
         w_shape = tuple(w.shape) if isinstance(w, torch.nn.Parameter) else None
         factors = isinstance(m, torch.nn.Linear) and rec.input is not None and rec.input.dim() == 2
-        out.append(LayerInfo(name, layer_kind(m), type_name(m), tuple(rec.output.shape[1:]), w_shape, bool(factors)))
+        info = LayerInfo(name, layer_kind(m), type_name(m), tuple(rec.output.shape[1:]), w_shape, bool(factors))
+        out.append(_stored_as_input(info, m, rec.input))
     return out
+
+
+def _stored_as_input(info: LayerInfo, m: torch.nn.Module, inp: torch.Tensor | None) -> LayerInfo:
+    """A plain conv whose per-image input has fewer values than its weight keeps that input in
+    place of the weight gradient (rebuilt exactly on read, see ``Store.read_batch``)."""
+    import dataclasses
+
+    from volviz.capture.persample import has_fast_path
+    from volviz.store.layout import CONV_GEOMETRY, CONV_TYPES
+
+    if type(m).__name__ not in CONV_TYPES or type(m) is not getattr(torch.nn, type(m).__name__) or inp is None:
+        return info
+    if not has_fast_path(m) or math.prod(inp.shape[1:]) >= math.prod(info.weight_shape):
+        return info
+    geometry = {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(m, k)) for k in CONV_GEOMETRY)}
+    return dataclasses.replace(info, weight_input=tuple(inp.shape[1:]), conv=geometry)
 
 
 def _absolute(spec: str) -> str:
@@ -147,49 +166,14 @@ def validate_settings(s: CaptureSettings) -> None:
 
     if s.pool not in POOLS:
         raise CaptureError(f"--pool must be one of {', '.join(POOLS)} (got {s.pool!r})")
+    if s.dtype not in ("auto", "float32", "float16"):
+        raise CaptureError(f"the store's dtype must be auto, float32 or float16 (got {s.dtype!r})")
+    if s.image_budget is not None and s.image_budget < 0:
+        raise CaptureError(f"--image-budget-mb must be 0 (no limit) or more (got {s.image_budget / 1e6:g})")
     if s.descriptors_only and not s.descriptors:
         raise CaptureError("--descriptors-only needs --descriptors LAYER ... (the layers whose descriptors to keep)")
     if s.descriptors_only:
         s.gradients = s.weight_gradients = False
-
-
-def choose_kept(infos: list[LayerInfo], s: CaptureSettings, exact: list[str]) -> list[LayerInfo]:
-    """Which per-image tensors the store keeps for each layer (descriptors, activations, full
-    weight gradients): full weight gradients of the named layers, or of the first layers whose
-    per-image gradients fit ``weight_grad_budget`` together; filter norms are always kept."""
-    import dataclasses
-
-    desc = set(s.descriptors or [])
-    named = s.weight_grad_layers
-    budget, used, out = s.weight_grad_budget, 0, []
-    for info in infos:
-        nbytes = (
-            (sum(info.weight_shape) if info.weight_factors else math.prod(info.weight_shape)) * 4
-            if info.weight_shape
-            else 0
-        )
-        if named is None:  # a prefix of the layers: the first ones, while they fit
-            keep = bool(nbytes) and used + nbytes <= budget
-            used = used + nbytes if keep or not nbytes else budget + 1
-        else:
-            keep = "all" in named or info.name in named
-        out.append(
-            dataclasses.replace(
-                info,
-                weight_grad=keep and bool(info.weight_shape),
-                activation=not s.descriptors_only,
-                descriptor=s.pool if info.name in desc else None,
-            )
-        )
-    left = [i.name for i in out if i.weight_shape and not i.weight_grad and s.gradients and s.weight_gradients]
-    if left:
-        log.info(
-            "keeping only the filter norms of the weight gradients of %s (over the per-image budget of %s; "
-            "--weight-grads LAYER ... or all stores them)",
-            ", ".join(left),
-            fmt_bytes(budget),
-        )
-    return out
 
 
 def check_store_size(plan: Plan, out: pathlib.Path, budget: int | None) -> int:
@@ -256,7 +240,7 @@ def plan_capture(
     layers = drop_shared(loaded.module, layers, first, exact=list(s.layers or []))
     if loaded.extra.get("random_weights"):
         log.warning("%s has RANDOM weights (no --weights given): fine for testing, meaningless otherwise", s.model)
-    layer_infos = choose_kept(probe_layers(loaded.module, layers, first), s, list(s.layers or []))
+    layer_infos = choose_kept(probe_layers(loaded.module, layers, first), s)
     with torch.no_grad():
         n_outputs = model_logits(loaded.module(first), len(loaded.class_names) if loaded.class_names else None).shape[1]
     if s.class_names_file:
@@ -307,9 +291,10 @@ def plan_capture(
         fingerprints=fingerprints(s.weights or loaded.weights, records),
         compress=s.compress,
     )
-    from volviz.store.contents import projected_bytes
+    from volviz.store.contents import bytes_per_image
 
-    memory.store_per_image = projected_bytes(plan) // max(1, len(records))
+    fit_image_budget(plan, s)
+    memory.store_per_image = bytes_per_image(plan)
     plan.memory = memory
     return plan, loaded, prep
 

@@ -25,7 +25,9 @@ from volviz.store.writer import ShardWriter
 log = logging.getLogger("volviz.capture")
 
 
-def capture_module(module, x, layers, target, labels, class_names, gradients, weight_gradients, workspace):
+def capture_module(
+    module, x, layers, target, labels, class_names, gradients, weight_gradients, workspace, keep_inputs=()
+):
     """``capture_batch`` with a one-line error for a layer the output does not depend on
     differentiably (the message names the option that avoids it)."""
     try:
@@ -39,6 +41,7 @@ def capture_module(module, x, layers, target, labels, class_names, gradients, we
             gradients=gradients,
             weight_gradients=weight_gradients,
             workspace=workspace,
+            keep_inputs=keep_inputs,
         )
     except RuntimeError as exc:
         if "does not require grad" in str(exc) or "differentiable" in str(exc):
@@ -81,6 +84,7 @@ def capture_rows(
     plan = store.plan
     records = plan.images
     layers = [info.name for info in plan.layers]
+    conv_inputs = {info.name for info in plan.layers if info.weight_grad and info.weight_input}
     pending = np.asarray(rows, dtype=np.int64)
     pending = pending[~store.done[pending]]
     workspace: dict = {}  # per-image weight gradient buffers reused batch after batch
@@ -101,6 +105,7 @@ def capture_rows(
                 plan.gradients,
                 plan.weight_gradients,
                 workspace,
+                conv_inputs,
             )
             for name, bad in res.nonfinite.items():
                 nonfinite[name] = nonfinite.get(name, 0) + bad

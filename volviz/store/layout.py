@@ -28,12 +28,30 @@ PER_IMAGE = ("done", "probs", "pred", "label", "target", "input")
 OWNED = {"plan.json", "manifest.json", "zarr.json", ".lock", *PER_IMAGE, *GROUP.values(), "results"}
 
 
-def quantity_keys(quantity: str, layer: str, factors: bool) -> list[str]:
-    """The arrays one quantity of one layer is stored in (two for outer-product factors)."""
+def quantity_keys(quantity: str, layer: str, parts=("w",)) -> list[str]:
+    """The arrays one quantity of one layer is stored in; a weight gradient's ``parts`` are
+    ``LayerInfo.weight_parts``: ``w`` (full), ``u``/``v`` (outer-product factors), ``x`` (a conv's input).
+    ``True``/``False`` still name factors / full (the callers before ``x``)."""
     g = GROUP[quantity]
     if quantity != "grad_weight":
         return [f"{g}/{layer}/data"]
-    return [f"{g}/{layer}/u", f"{g}/{layer}/v"] if factors else [f"{g}/{layer}/w"]
+    if isinstance(parts, bool):
+        parts = ("u", "v") if parts else ("w",)
+    return [f"{g}/{layer}/{p}" for p in parts]
+
+
+#: what a conv's rebuild from its stored input needs (and the only conv types it rebuilds)
+CONV_GEOMETRY = (
+    "in_channels",
+    "out_channels",
+    "kernel_size",
+    "stride",
+    "padding",
+    "dilation",
+    "groups",
+    "padding_mode",
+)
+CONV_TYPES = ("Conv1d", "Conv2d", "Conv3d")
 
 
 def scale_key(key: str) -> str:

@@ -17,10 +17,12 @@ from dataclasses import asdict, dataclass, field, fields
 from volviz.errors import StoreError
 from volviz.sources.images import ImageRecord
 from volviz.sources.preprocess import Preprocess
+from volviz.store.image_list import ImageList
 
-FORMAT_VERSION = 2
-#: store formats this volviz reads (1: before checksums and fingerprints)
-READABLE_FORMATS = (1, 2)
+FORMAT_VERSION = 3
+#: store formats this volviz reads (1: before checksums and fingerprints; 2: the image list as
+#: one dict per image, 3: as columns, see ``image_list.py``)
+READABLE_FORMATS = (1, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,27 @@ class LayerInfo:
     weight_grad: bool = True  # per-image weight gradient stored (else only its filter norms)
     activation: bool = True  # per-image activation stored (else only its descriptor)
     descriptor: str | None = None  # pooled descriptor kept per image: meanmax, mean, max, full
+    # a conv whose per-image input is smaller than its weight: the weight gradient is stored as
+    # that input and rebuilt from it and the stored output gradient (exact; LeNet conv2: 8.7x fewer
+    # bytes); ``conv`` is the geometry that rebuild needs (layout.CONV_GEOMETRY)
+    weight_input: tuple[int, ...] | None = None
+    conv: dict | None = None
+    gradient: bool = True  # per-image activation-gradient volume stored (see store/keep.py)
+
+    @property
+    def weight_parts(self) -> dict[str, tuple[int, ...]]:
+        """One image's weight gradient as stored: the conv's input, a Linear's outer-product
+        factors, or the full tensor (the leaf names of its arrays, see ``layout.quantity_keys``)."""
+        if self.weight_input:
+            return {"x": self.weight_input}
+        if self.weight_factors:
+            return {"u": self.weight_shape[:1], "v": self.weight_shape[1:]}
+        return {"w": self.weight_shape}
+
+    @property
+    def weight_values(self) -> int:
+        """Values one image's stored weight gradient takes (0 for a layer without weights)."""
+        return sum(math.prod(s) for s in self.weight_parts.values()) if self.weight_shape else 0
 
     @classmethod
     def from_dict(cls, d: dict) -> LayerInfo:
@@ -49,6 +72,9 @@ class LayerInfo:
             bool(d.get("weight_grad", True)),
             bool(d.get("activation", True)),
             d.get("descriptor"),
+            tuple(d["weight_input"]) if d.get("weight_input") else None,
+            dict(d["conv"]) if d.get("conv") else None,
+            bool(d.get("gradient", True)),
         )
 
     def to_dict(self) -> dict:
@@ -62,6 +88,9 @@ class LayerInfo:
             "weight_grad": self.weight_grad,
             "activation": self.activation,
             "descriptor": self.descriptor,
+            "weight_input": list(self.weight_input) if self.weight_input else None,
+            "conv": self.conv,
+            "gradient": self.gradient,
         }
 
     @property
@@ -120,7 +149,7 @@ class Plan:
     model: ModelSpec
     preprocess: Preprocess
     layers: list[LayerInfo]
-    images: list[ImageRecord]
+    images: ImageList  # a list of ImageRecord is turned into one
     n_outputs: int
     batch_size: int = 32
     dtype: str = "float32"
@@ -137,6 +166,9 @@ class Plan:
     memory: object = field(default=None, repr=False, compare=False)  # the capture's MemoryPlan (not saved)
     format_version: int = FORMAT_VERSION
 
+    def __post_init__(self) -> None:
+        self.images = ImageList.from_records(self.images)
+
     # ---- (de)serialization --------------------------------------------------------------
     def to_dict(self) -> dict:
         return {
@@ -144,7 +176,7 @@ class Plan:
             "model": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.model).items()},
             "preprocess": self.preprocess.to_dict(),
             "layers": [info.to_dict() for info in self.layers],
-            "images": [r.to_dict() for r in self.images],
+            "images": self.images.to_dict(),
             "n_outputs": self.n_outputs,
             "batch_size": self.batch_size,
             "dtype": self.dtype,
@@ -168,7 +200,7 @@ class Plan:
                 model=ModelSpec.from_dict(d["model"]),
                 preprocess=preprocess_from_dict(d["preprocess"]),
                 layers=[LayerInfo.from_dict(x) for x in d["layers"]],
-                images=[ImageRecord(**r) for r in d["images"]],
+                images=ImageList.from_dict(d["images"]),
                 n_outputs=int(d["n_outputs"]),
                 batch_size=int(d.get("batch_size", 32)),
                 dtype=d.get("dtype", "float32"),
@@ -236,23 +268,26 @@ def file_sha256(path: str | os.PathLike | None) -> str | None:
     return h.hexdigest()
 
 
-def images_fingerprint(records: list[ImageRecord]) -> str:
+def images_fingerprint(records: ImageList | list[ImageRecord]) -> str:
     """Hash of the image list: path, frame, label, and each file's size and mtime (cheap for
-    100k files; a re-encoded or replaced image changes it)."""
+    100k files; a re-encoded or replaced image changes it). Read from the columns, no record
+    built; the bytes hashed are those of every earlier volviz, so old stores still resume."""
+    images = ImageList.from_records(records)
     h = hashlib.sha256()
     seen: dict[str, tuple] = {}
-    for r in records:
-        if r.path not in seen:
+    for path, frame, label in zip(images.paths, images.frames, images.labels.tolist()):
+        stat = seen.get(path)
+        if stat is None:
             try:
-                st = os.stat(r.path)
-                seen[r.path] = (st.st_size, st.st_mtime_ns)
+                st = os.stat(path)
+                stat = seen[path] = (st.st_size, st.st_mtime_ns)
             except OSError:
-                seen[r.path] = (-1, -1)
-        h.update(f"{r.path}\0{r.frame}\0{r.label}\0{seen[r.path]}\n".encode())
+                stat = seen[path] = (-1, -1)
+        h.update(f"{path}\0{frame}\0{label}\0{stat}\n".encode())
     return h.hexdigest()
 
 
-def fingerprints(weights: str | None, records: list[ImageRecord]) -> dict:
+def fingerprints(weights: str | None, records: ImageList | list[ImageRecord]) -> dict:
     return {
         "weights_path": weights,
         "weights_sha256": file_sha256(weights),

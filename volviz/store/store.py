@@ -53,6 +53,7 @@ class Store:
         self._done_cache: np.ndarray | None = None
         self._arrays: dict = {}  # zarr array handles: opening one reads its metadata file
         self._checked_chunks = plan.format_version >= 2  # format 1 skipped all-zero chunks
+        self._plan_dict: dict = {}  # plan.json as written / read: the manifest repeats it
 
     # ---- creation / opening -------------------------------------------------------------
     @classmethod
@@ -74,7 +75,7 @@ class Store:
         layout.create_array(root, "input", (n, *shape), (1, *shape), "float16", 0, **sh)
         for info in plan.layers:
             for q in stored_quantities(plan, info):
-                keys = layout.quantity_keys(q, info.name, info.weight_factors)
+                keys = layout.quantity_keys(q, info.name, tuple(info.weight_parts))
                 shapes = (
                     [info.act_shape]
                     if q in ("activation", "grad_activation")
@@ -82,19 +83,21 @@ class Store:
                     if q == "descriptor"
                     else [info.weight_shape[:1]]
                     if q == "grad_norm"
-                    else [(s,) for s in info.weight_shape]
-                    if info.weight_factors
-                    else [info.weight_shape]
+                    else list(info.weight_parts.values())
                 )
                 for key, sh in zip(keys, shapes):
-                    layout.create_array(root, key, (n, *sh), (1, *sh), dt, 0, sharded=True, compress=plan.compress)
-                    if half:
+                    small = q == "grad_norm"  # filter norms stay float32: importance is exact
+                    dtype = "float32" if small else dt
+                    layout.create_array(root, key, (n, *sh), (1, *sh), dtype, 0, sharded=True, compress=plan.compress)
+                    if half and not small:
                         layout.create_array(
-                            root, layout.scale_key(key), (n,), (1,), "float32", 1, sharded=True, compress=plan.compress
+                            root, layout.scale_key(key), (n,), (1,), "float32", 0, sharded=True, compress=plan.compress
                         )
         plan.format_version = FORMAT_VERSION
-        write_json_atomic(path / "plan.json", plan.to_dict())
-        return cls(path, plan, None, "r+")
+        store = cls(path, plan, None, "r+")
+        store._plan_dict = plan.to_dict()
+        write_json_atomic(path / "plan.json", store._plan_dict)
+        return store
 
     @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r") -> Store:
@@ -121,7 +124,9 @@ class Store:
             raise StoreError(f"{path} has store format {version}, which this volviz cannot read; capture again")
         if mode != "r" and not os.access(path, os.W_OK):
             raise StoreError(f"{path} is read-only; copy the store somewhere writable to add to it")
-        return cls(path, Plan.from_dict(raw, str(plan_file)), manifest, mode)
+        store = cls(path, Plan.from_dict(raw, str(plan_file)), manifest, mode)
+        store._plan_dict = raw
+        return store
 
     def reopen(self, mode: str = "r+") -> Store:
         return Store.open(self.path, mode)
@@ -156,10 +161,13 @@ class Store:
             if info.descriptor:
                 self._cast(layout.quantity_keys("descriptor", name, False)[0], pool(a, info.descriptor), out)
         for name, a in result.grad_act.items():
-            if self.layers[name].activation:
+            if self.layers[name].activation and self.layers[name].gradient:
                 self._cast(layout.quantity_keys("grad_activation", name, False)[0], a, out)
         for name, a in result.grad_weight.items():
-            if self.layers[name].weight_grad:
+            info = self.layers[name]
+            if info.weight_grad and info.weight_input:  # rebuilt on read from the input and grad_act
+                self._cast(layout.quantity_keys("grad_weight", name, ("x",))[0], result.layer_inputs[name], out)
+            elif info.weight_grad:
                 self._cast(layout.quantity_keys("grad_weight", name, False)[0], a, out)
             if self.plan.format_version >= 2:
                 self._cast(layout.quantity_keys("grad_norm", name, False)[0], filter_norms(a), out)
@@ -181,7 +189,10 @@ class Store:
         self._done_cache = None
 
     def finalize(self, summary: dict) -> None:
-        manifest = dict(self.plan.to_dict(), summary=summary, versions=versions(), complete=True)
+        """The manifest: plan.json's dict as written or read (not rebuilt from the Plan: an old
+        store's manifest stays in its own format), the summary, the versions."""
+        plan = self._plan_dict or self.plan.to_dict()
+        manifest = dict(plan, summary=summary, versions=versions(), complete=True)
         write_json_atomic(self.path / "manifest.json", manifest)
         self.manifest = manifest
 
@@ -267,7 +278,7 @@ class Store:
     def has(self, quantity: str, layer: str) -> bool:
         if layer not in self.layers or quantity not in QUANTITIES:
             return False
-        key = layout.quantity_keys(quantity, layer, self.layers[layer].weight_factors)[0]
+        key = layout.quantity_keys(quantity, layer, tuple(self.layers[layer].weight_parts))[0]
         try:
             self._array(key)
         except KeyError:
@@ -338,6 +349,8 @@ class Store:
         if quantity == "grad_weight" and self.layers[layer].weight_factors:
             u, v = self.read_factors(layer, rows)
             return np.einsum("ni,nj->nij", u, v)
+        if quantity == "grad_weight" and self.layers[layer].weight_input:
+            return self._conv_weight_grad(layer, rows)
         return self._rows(layout.quantity_keys(quantity, layer, False)[0], rows)
 
     def _missing(self, quantity: str, layer: str) -> str:
@@ -352,6 +365,11 @@ class Store:
                 f"{self.path} keeps only the filter norms of {layer!r}'s weight gradients (its per-image tensor "
                 f"is over the capture's per-image budget); capture with `--weight-grads {layer}` to store it"
             )
+        if quantity == "grad_activation" and self.plan.gradients and info.activation and not info.gradient:
+            return (
+                f"{self.path} keeps no activation-gradient volumes of {layer!r} (over the capture's per-image "
+                "budget; its filter norms are kept); capture with `--image-budget-mb 0` to store them"
+            )
         if quantity == "activation" and not info.activation:
             return f"{self.path} keeps only descriptors of {layer!r}, not its activations (a descriptor capture)"
         return (
@@ -362,6 +380,25 @@ class Store:
     def read(self, quantity: str, layer: str, i: int) -> np.ndarray:
         """One image's activation / gradient of one layer as float32."""
         return self.read_batch(quantity, layer, [int(i)])[0]
+
+    def _conv_weight_grad(self, layer: str, rows: np.ndarray) -> np.ndarray:
+        """A conv's per-image weight gradient rebuilt from its stored input and output gradient,
+        by the capture's own exact routine (``conv_per_sample``) on a weightless copy of the conv."""
+        import torch
+
+        from volviz.capture.persample import conv_per_sample
+
+        info = self.layers[layer]
+        geometry = info.conv or {}
+        if info.module_type not in layout.CONV_TYPES or set(geometry) != set(layout.CONV_GEOMETRY):
+            raise StoreError(f"{self.path}: the conv geometry of {layer!r} is damaged; capture the store again")
+        conv_type = getattr(torch.nn, info.module_type)  # one of three names: plan.json is data
+        g = {k: tuple(v) if isinstance(v, list) else v for k, v in geometry.items()}
+        conv = conv_type(**g, bias=False, device="meta")
+        x = torch.from_numpy(self._rows(layout.quantity_keys("grad_weight", layer, ("x",))[0], rows))
+        go = torch.from_numpy(self._rows(layout.quantity_keys("grad_activation", layer)[0], rows))
+        with torch.no_grad():
+            return conv_per_sample(conv, x, go).numpy()
 
     def read_factors(self, layer: str, rows) -> tuple[np.ndarray, np.ndarray]:
         """A Linear layer's per-image weight gradient as its outer-product factors (u, v)."""
@@ -379,10 +416,15 @@ class Store:
     def read_input(self, i: int) -> np.ndarray:
         return self.read_inputs([int(i)])[0]
 
-    def column(self, name: str) -> np.ndarray:
-        """probs / pred / label / target for every image (rows of images not done are filler)."""
+    def column(self, name: str, row: int | None = None) -> np.ndarray:
+        """probs / pred / label / target for every image (rows of images not done are filler), or
+        for image ``row`` only (one chunk read: a caption need not read 20,000 rows)."""
         if name not in ("probs", "pred", "label", "target"):
             raise StoreError(f"unknown column {name!r}; valid: probs, pred, label, target")
+        if row is not None:
+            if not 0 <= int(row) < self.n_images:
+                raise StoreError(f"image index {int(row)} out of range (store has {self.n_images} images)")
+            return np.asarray(self._array(name)[int(row)])
         return np.asarray(self._array(name)[:])
 
     def iter_batches(self, batch_size: int, rows=None) -> Iterator[np.ndarray]:
@@ -403,7 +445,7 @@ class Store:
         for info in self.layers.values():
             for q in QUANTITIES:
                 if self.has(q, info.name):
-                    keys += layout.quantity_keys(q, info.name, info.weight_factors)
+                    keys += layout.quantity_keys(q, info.name, tuple(info.weight_parts))
         if self.plan.dtype == "float16":
-            keys += [layout.scale_key(k) for k in keys if "/" in k]
+            keys += [layout.scale_key(k) for k in keys if "/" in k and self._array(k).dtype == np.float16]
         return keys
