@@ -102,3 +102,20 @@ def test_a_worker_killed_mid_way_is_replaced_and_the_bytes_are_the_same(tmp_path
     assert not marker.exists() and pathlib.Path(str(marker) + ".used").exists()  # a worker did die
     assert two.complete and two.done.all()
     assert arrays_digest(two) == arrays_digest(one)
+
+
+def test_a_shard_equal_to_the_fill_value_is_still_written(tmp_path):
+    # zarr leaves out chunks equal to the fill value unless write_empty_chunks is set on the
+    # opened array (a runtime setting, not stored): a missing shard of a done image is damage
+    from volviz.store.store import Store
+
+    imgs = write_image_folder(tmp_path / "imgs", n_per_class=2)
+    settings = CaptureSettings(images=[str(imgs)], model="helpers:tiny_cnn", size=(12, 12), channels=1)
+    st = run_capture(tmp_path / "s", settings, progress=False)
+    st = Store.open(tmp_path / "s", "r+")
+    key = layout.quantity_keys("activation", "conv2", False)[0]
+    st._array(key)[0 : st.n_images] = np.zeros((st.n_images, *st.layers["conv2"].act_shape), np.float32)
+    assert layout.chunk_file(st.path, key, 0, st._array(key)).exists()
+    from volviz.store.verify import verify_store
+
+    assert verify_store(st, progress=False).ok

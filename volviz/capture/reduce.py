@@ -1,6 +1,6 @@
 """Per-image reductions a capture keeps instead of (or beside) the full tensors: filter norms of
 per-image weight gradients (all that importance needs) and pooled descriptors (the dataset view).
-Both are computed in float64 from the float32 tensors the capture holds, batch by batch."""
+Both are computed from the float32 tensors the capture holds, batch by batch."""
 
 from __future__ import annotations
 
@@ -8,13 +8,20 @@ import numpy as np
 
 
 def filter_norms(grad_weight: np.ndarray) -> np.ndarray:
-    """Per-image gradients ``(n, C_out, ...)`` -> filter norms ``(n, C_out)`` float32.
+    """Per-image gradients ``(n, C_out, ...)`` -> filter norms ``(n, C_out)`` float32, by torch's
+    norm on the float32 tensor in place (its cascade summation: within 3e-7 of a float64 sum on
+    the layers of resnet18 and the LeNet, at a sixth to a ninth of the float64 conversion's time:
+    the capture's main thread computes them for every layer of every batch).
 
     >>> filter_norms(np.ones((2, 3, 4))).tolist()
     [[2.0, 2.0, 2.0], [2.0, 2.0, 2.0]]
     """
-    g = np.asarray(grad_weight, dtype=np.float64).reshape(grad_weight.shape[0], grad_weight.shape[1], -1)
-    return np.sqrt(np.einsum("noi,noi->no", g, g)).astype(np.float32)
+    import torch
+
+    g = np.ascontiguousarray(grad_weight)
+    if g.dtype != np.float32:
+        g = g.astype(np.float32)
+    return torch.linalg.vector_norm(torch.from_numpy(g).reshape(g.shape[0], g.shape[1], -1), dim=2).numpy()
 
 
 def factor_norms(u: np.ndarray, v: np.ndarray) -> np.ndarray:

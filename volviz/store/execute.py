@@ -89,12 +89,12 @@ def capture_rows(
     pending = pending[~store.done[pending]]
     workspace: dict = {}  # per-image weight gradient buffers reused batch after batch
     nonfinite: dict[str, int] = {}
+    labels_all = records.labels
     writer = ShardWriter(store, pending)
     try:
         for start, stop in runs(pending, plan.batch_size):
-            batch = records[start:stop]
-            x = torch.stack([decoded.take(r, prep) for r in batch])
-            labels = torch.tensor([r.label for r in batch])
+            x = torch.stack([decoded.take(r, prep) for r in records[start:stop]])
+            labels = torch.from_numpy(np.array(labels_all[start:stop]))
             res = capture_module(
                 module,
                 x,
@@ -112,7 +112,7 @@ def capture_rows(
                 log.warning("layer %s: %d NaN/Inf activation values in images %d-%d", name, bad, start, stop - 1)
             writer.add(start, store.batch_arrays(res, labels.numpy(), unnormalize(x, prep)))
             if bar is not None:
-                bar.update(len(batch))
+                bar.update(stop - start)
         writer.close()
     except OSError as exc:
         writer.close(flush=False, raise_errors=False)

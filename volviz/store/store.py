@@ -288,7 +288,9 @@ class Store:
     def _array(self, key: str):
         arr = self._arrays.get(key)
         if arr is None:
-            arr = self._arrays[key] = self._root[key]
+            # write_empty_chunks is a runtime setting, not stored with the array: without it zarr
+            # compares every chunk with the fill value and leaves out a shard that equals it
+            arr = self._arrays[key] = self._root[key].with_config({"write_empty_chunks": True})
         return arr
 
     def has_filter_norms(self, layer: str) -> bool:
