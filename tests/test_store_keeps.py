@@ -203,3 +203,11 @@ def test_explicit_float32_and_no_budget_keep_everything(tmp_path, images, full):
         tmp_path / "b", CaptureSettings(images=[str(images)], image_budget=None, **SETTINGS), progress=False
     )
     assert bytes_per_image(st.plan) == bytes_per_image(full.plan)
+
+
+def test_the_command_line_default_image_budget_is_the_store_default():
+    from volviz.cli import build_parser
+    from volviz.store.keep import IMAGE_BUDGET
+
+    a = build_parser().parse_args(["capture", "--out", "x"])
+    assert a.image_budget_mb * 1e6 == IMAGE_BUDGET and a.float16 is False and a.float32 is False
