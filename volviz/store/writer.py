@@ -51,6 +51,7 @@ class ShardWriter:
         self._futures: list[Future] = []
         self._max = max_in_flight
         self._want: dict[int, dict[int, int]] = {}  # rows per shard -> shard -> rows this run writes
+        self._writing: dict = {}  # key -> the array opened to write (layout.array_for_writing)
 
     def _expected(self, per: int, shard: int) -> int:
         counts = self._want.get(per)
@@ -90,7 +91,7 @@ class ShardWriter:
     def _write(self, key: str, buf: ShardBuffer) -> None:
         """On the writer thread: one shard of one array, then the done flags it completes."""
         idx = buf.rows()
-        arr = self.store._array(key)
+        arr = self._for_writing(key)
         if idx[-1] - idx[0] + 1 == len(idx):
             lo = int(idx[0]) - buf.first
             arr[int(idx[0]) : int(idx[-1]) + 1] = buf.data[lo : lo + len(idx)]
@@ -103,7 +104,13 @@ class ShardWriter:
                 done.append(i)
                 del self._flushed[i]
         if done:
-            self.store._array("done").oindex[np.asarray(sorted(done), dtype=np.int64)] = True
+            self._for_writing("done").oindex[np.asarray(sorted(done), dtype=np.int64)] = True
+
+    def _for_writing(self, key: str):
+        arr = self._writing.get(key)
+        if arr is None:
+            arr = self._writing[key] = layout.array_for_writing(self.store._root, key)
+        return arr
 
     def _check_errors(self) -> None:
         for f in [f for f in self._futures if f.done()]:
