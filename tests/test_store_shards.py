@@ -134,3 +134,15 @@ def test_writes_go_through_zarrs_and_reads_through_zarr_python(tmp_path):
     assert type(g["a"]._async_array.codec_pipeline).__name__ == "BatchedCodecPipeline"
     w[0:8] = np.arange(32, dtype=np.float32).reshape(8, 4)
     np.testing.assert_array_equal(g["a"][:], np.arange(32, dtype=np.float32).reshape(8, 4))
+
+
+def test_without_zarrs_the_writer_falls_back_to_zarr_python(tmp_path, monkeypatch):
+    import zarr
+
+    monkeypatch.setattr(layout, "WRITE_PIPELINE", "no_such_codec_package.Pipeline")
+    g = zarr.open_group(str(tmp_path / "z"), mode="w")
+    layout.create_array(g, "a", (4, 2), (1, 2), "float32", 0, sharded=True)
+    w = layout.array_for_writing(g, "a")
+    assert type(w._async_array.codec_pipeline).__name__ == "BatchedCodecPipeline"
+    w[0:4] = np.ones((4, 2), np.float32)
+    assert g["a"][:].sum() == 8

@@ -83,10 +83,17 @@ def array_for_writing(root, key: str):
     import zarr
 
     config = {"write_empty_chunks": True}
-    if importlib.util.find_spec(WRITE_PIPELINE.split(".")[0]) is None:
-        return root[key].with_config(config)
-    with zarr.config.set({"codec_pipeline.path": WRITE_PIPELINE}):
-        return root[key].with_config(config)
+    if importlib.util.find_spec(WRITE_PIPELINE.split(".")[0]) is not None:
+        try:
+            with zarr.config.set({"codec_pipeline.path": WRITE_PIPELINE}):
+                return root[key].with_config(config)
+        except (ImportError, AttributeError, TypeError, NotImplementedError) as exc:  # a zarr it does not know
+            import logging
+
+            logging.getLogger("volviz.store").info(
+                "writing through zarr-python: %s did not load (%s)", WRITE_PIPELINE, exc
+            )
+    return root[key].with_config(config)
 
 
 #: bytes one shard file of a per-image array aims at, and the most images it holds: a shard is
