@@ -113,7 +113,7 @@ def test_a_shard_equal_to_the_fill_value_is_still_written(tmp_path):
     settings = CaptureSettings(images=[str(imgs)], model="helpers:tiny_cnn", size=(12, 12), channels=1)
     st = run_capture(tmp_path / "s", settings, progress=False)
     st = Store.open(tmp_path / "s", "r+")
-    key = layout.quantity_keys("activation", "conv2", False)[0]
+    key = layout.quantity_keys("activation", "conv2")[0]
     st._array(key)[0 : st.n_images] = np.zeros((st.n_images, *st.layers["conv2"].act_shape), np.float32)
     assert layout.chunk_file(st.path, key, 0, st._array(key)).exists()
     from volviz.store.verify import verify_store

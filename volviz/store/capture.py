@@ -139,12 +139,11 @@ def _stored_as_input(info: LayerInfo, m: torch.nn.Module, inp: torch.Tensor | No
     place of the weight gradient (rebuilt exactly on read, see ``Store.read_batch``)."""
     import dataclasses
 
-    from volviz.capture.persample import has_fast_path
-    from volviz.store.layout import CONV_GEOMETRY, CONV_TYPES
+    from volviz.capture.persample import CONV_TYPES
+    from volviz.store.layout import CONV_GEOMETRY
 
-    if type(m).__name__ not in CONV_TYPES or type(m) is not getattr(torch.nn, type(m).__name__) or inp is None:
-        return info
-    if not has_fast_path(m) or math.prod(inp.shape[1:]) >= math.prod(info.weight_shape):
+    # exactly a torch conv (a subclass may compute something else from the same weight)
+    if type(m) not in CONV_TYPES or inp is None or math.prod(inp.shape[1:]) >= math.prod(info.weight_shape):
         return info
     geometry = {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(m, k)) for k in CONV_GEOMETRY)}
     return dataclasses.replace(info, weight_input=tuple(inp.shape[1:]), conv=geometry)

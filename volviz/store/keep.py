@@ -77,9 +77,9 @@ def fit_image_budget(plan: Plan, s) -> None:
 
     budget = s.image_budget
     plan.dtype = "float32" if s.dtype == "auto" else s.dtype
-    if not budget or bytes_per_image(plan) <= budget:
-        return
     start = bytes_per_image(plan)
+    if not budget or start <= budget:
+        return
     steps = []
     if s.dtype == "auto":
         plan.dtype = "float16"

@@ -28,15 +28,12 @@ PER_IMAGE = ("done", "probs", "pred", "label", "target", "input")
 OWNED = {"plan.json", "manifest.json", "zarr.json", ".lock", *PER_IMAGE, *GROUP.values(), "results"}
 
 
-def quantity_keys(quantity: str, layer: str, parts=("w",)) -> list[str]:
+def quantity_keys(quantity: str, layer: str, parts: tuple[str, ...] = ("w",)) -> list[str]:
     """The arrays one quantity of one layer is stored in; a weight gradient's ``parts`` are
-    ``LayerInfo.weight_parts``: ``w`` (full), ``u``/``v`` (outer-product factors), ``x`` (a conv's input).
-    ``True``/``False`` still name factors / full (the callers before ``x``)."""
+    ``LayerInfo.weight_parts``: ``w`` (full), ``u``/``v`` (outer-product factors), ``x`` (a conv's input)."""
     g = GROUP[quantity]
     if quantity != "grad_weight":
         return [f"{g}/{layer}/data"]
-    if isinstance(parts, bool):
-        parts = ("u", "v") if parts else ("w",)
     return [f"{g}/{layer}/{p}" for p in parts]
 
 
@@ -59,13 +56,24 @@ def scale_key(key: str) -> str:
     return f"{parent}/scale_{leaf}"
 
 
+#: zarr's runtime setting that writes every chunk, even one equal to the fill value: it is not
+#: stored with an array, so every handle that writes is opened with it (:func:`open_array`)
+WRITE_ALL = {"write_empty_chunks": True}
+
+
+def open_array(root, key: str):
+    """``root[key]`` opened with :data:`WRITE_ALL`: without it zarr compares every chunk with the
+    fill value and leaves out a shard that equals it, which a reader takes for damage."""
+    return root[key].with_config(dict(WRITE_ALL))
+
+
 def codecs(compress: bool = False) -> dict:
     """crc32c on every chunk; zstd (level 1) only when asked: on activations and gradients it saves
     about a third of the bytes and halves the capture's write rate (benchmarks/bench_store.py)."""
     from zarr.codecs import Crc32cCodec, ZstdCodec
 
     chain = [ZstdCodec(level=1), Crc32cCodec()] if compress else [Crc32cCodec()]
-    return {"compressors": chain, "config": {"write_empty_chunks": True}}
+    return {"compressors": chain, "config": dict(WRITE_ALL)}
 
 
 #: the codec pipeline a capture WRITES through, when installed: zarrs (Rust, off the GIL) encodes
@@ -76,24 +84,22 @@ WRITE_PIPELINE = "zarrs.ZarrsCodecPipeline"
 
 
 def array_for_writing(root, key: str):
-    """``root[key]`` opened to write: every chunk written (``write_empty_chunks``: a runtime
-    setting zarr does not store) through :data:`WRITE_PIPELINE` when it imports, else zarr's own."""
+    """:func:`open_array` through :data:`WRITE_PIPELINE` when it imports, else zarr's own."""
     import importlib.util
 
     import zarr
 
-    config = {"write_empty_chunks": True}
     if importlib.util.find_spec(WRITE_PIPELINE.split(".")[0]) is not None:
         try:
             with zarr.config.set({"codec_pipeline.path": WRITE_PIPELINE}):
-                return root[key].with_config(config)
+                return open_array(root, key)
         except (ImportError, AttributeError, TypeError, NotImplementedError) as exc:  # a zarr it does not know
             import logging
 
             logging.getLogger("volviz.store").info(
                 "writing through zarr-python: %s did not load (%s)", WRITE_PIPELINE, exc
             )
-    return root[key].with_config(config)
+    return open_array(root, key)
 
 
 #: bytes one shard file of a per-image array aims at, and the most images it holds: a shard is

@@ -157,27 +157,27 @@ class Store:
         for name, a in result.act.items():
             info = self.layers[name]
             if info.activation:
-                self._cast(layout.quantity_keys("activation", name, False)[0], a, out)
+                self._cast(layout.quantity_keys("activation", name)[0], a, out)
             if info.descriptor:
-                self._cast(layout.quantity_keys("descriptor", name, False)[0], pool(a, info.descriptor), out)
+                self._cast(layout.quantity_keys("descriptor", name)[0], pool(a, info.descriptor), out)
         for name, a in result.grad_act.items():
             if self.layers[name].activation and self.layers[name].gradient:
-                self._cast(layout.quantity_keys("grad_activation", name, False)[0], a, out)
+                self._cast(layout.quantity_keys("grad_activation", name)[0], a, out)
         for name, a in result.grad_weight.items():
             info = self.layers[name]
             if info.weight_grad and info.weight_input:  # rebuilt on read from the input and grad_act
                 self._cast(layout.quantity_keys("grad_weight", name, ("x",))[0], result.layer_inputs[name], out)
             elif info.weight_grad:
-                self._cast(layout.quantity_keys("grad_weight", name, False)[0], a, out)
+                self._cast(layout.quantity_keys("grad_weight", name)[0], a, out)
             if self.plan.format_version >= 2:
-                self._cast(layout.quantity_keys("grad_norm", name, False)[0], filter_norms(a), out)
+                self._cast(layout.quantity_keys("grad_norm", name)[0], filter_norms(a), out)
         for name, (u, v) in result.grad_weight_factors.items():
             if self.layers[name].weight_grad:
-                ku, kv = layout.quantity_keys("grad_weight", name, True)
+                ku, kv = layout.quantity_keys("grad_weight", name, ("u", "v"))
                 self._cast(ku, u, out)
                 self._cast(kv, v, out)
             if self.plan.format_version >= 2:
-                self._cast(layout.quantity_keys("grad_norm", name, False)[0], factor_norms(u, v), out)
+                self._cast(layout.quantity_keys("grad_norm", name)[0], factor_norms(u, v), out)
         return out
 
     def write_batch(self, start: int, result, labels: np.ndarray, inputs: np.ndarray) -> None:
@@ -288,9 +288,7 @@ class Store:
     def _array(self, key: str):
         arr = self._arrays.get(key)
         if arr is None:
-            # write_empty_chunks is a runtime setting, not stored with the array: without it zarr
-            # compares every chunk with the fill value and leaves out a shard that equals it
-            arr = self._arrays[key] = self._root[key].with_config({"write_empty_chunks": True})
+            arr = self._arrays[key] = layout.open_array(self._root, key)
         return arr
 
     def has_filter_norms(self, layer: str) -> bool:
@@ -353,7 +351,7 @@ class Store:
             return np.einsum("ni,nj->nij", u, v)
         if quantity == "grad_weight" and self.layers[layer].weight_input:
             return self._conv_weight_grad(layer, rows)
-        return self._rows(layout.quantity_keys(quantity, layer, False)[0], rows)
+        return self._rows(layout.quantity_keys(quantity, layer)[0], rows)
 
     def _missing(self, quantity: str, layer: str) -> str:
         info = self.layers[layer]
@@ -406,7 +404,7 @@ class Store:
         """A Linear layer's per-image weight gradient as its outer-product factors (u, v)."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         self._check(layer, rows)
-        ku, kv = layout.quantity_keys("grad_weight", layer, True)
+        ku, kv = layout.quantity_keys("grad_weight", layer, ("u", "v"))
         return self._rows(ku, rows), self._rows(kv, rows)
 
     def read_inputs(self, rows) -> np.ndarray:
