@@ -6,44 +6,32 @@ same place) picks the thumbnail under the mouse; a drag rotates."""
 from __future__ import annotations
 
 from trame.widgets import html
-from trame.widgets import vtk as vtk_widgets
 from trame.widgets import vuetify3 as v3
 
 from volviz.app import state as S
-from volviz.app.ui_fields import FIELD
+from volviz.app.ui_fields import FIELD, row_select
+from volviz.app.ui_tabs import pane_picture, pane_select, remote_view
 
 
 def embedding_tab(tab, ctx) -> None:
     ctrl = ctx.ctrl
     with v3.VCard(classes="pa-2", variant="outlined", id="embedding-pane"):
         with html.Div(classes="d-flex align-center flex-wrap"):
-            v3.VSelect(
-                v_if=f"{S.APP_N_PANES} > 1",
-                v_model=(S.X_PANE,),
-                items=(S.X_PANES,),
-                label="store",
-                style="max-width: 260px",
-                classes="mr-2",
-                **FIELD,
-            )
-            v3.VSelect(
+            pane_select()
+            row_select(
                 v_model=(S.E_LAYER,),
                 items=(S.E_LAYERS,),
                 label="layer",
-                style="max-width: 260px",
-                classes="mr-2",
                 id="embedding-layer",
                 no_data_text="this store keeps no activations",
-                **FIELD,
+                width=260,
             )
-            v3.VSelect(
+            row_select(
                 v_model=(S.E_COLOR,),
                 items=(S.ITEMS_E_COLOR, S.E_COLOR_ITEMS),
                 label="colour",
-                style="max-width: 200px",
-                classes="mr-2",
                 id="embedding-color",
-                **FIELD,
+                width=200,
             )
             v3.VTextField(
                 v_if=f"{S.E_COLOR} === 'unit'",
@@ -82,25 +70,15 @@ def embedding_tab(tab, ctx) -> None:
                     __properties=[("data_shown", "data-shown")],
                     data_shown=(S.E_SHOWN,),
                 ):
-                    tab.view = vtk_widgets.VtkRemoteView(
-                        tab.plotter.ren_win,
-                        ref="embeddingview",
-                        interactive_ratio=0.5,
-                        interactive_quality=60,
-                        still_quality=92,
+                    tab.view = remote_view(
+                        tab.plotter,
+                        "embeddingview",
                         interactor_events=("events", ["LeftButtonPress", "LeftButtonRelease"]),
                         LeftButtonPress=(ctrl.embedding_press, "[utils.vtk.event($event)]"),
                         LeftButtonRelease=(ctrl.embedding_release, "[utils.vtk.event($event)]"),
                     )
             with v3.VCol(cols=12, lg=3):
-                two = ctx.n_panes > 1
-                pick = (lambda f: f"{S.X_PANE} === 1 ? p1_{f} : p0_{f}") if two else (lambda f: f"p0_{f}")
-                html.Img(
-                    src=(pick("input"),),
-                    id="embedding-input",
-                    style="width: 100%; max-width: 160px; image-rendering: pixelated; border: 1px solid #555;",
-                )
-                html.Div("{{ %s }}" % pick("caption"), classes="text-caption mt-1", id="embedding-caption")
+                pane_picture(ctx, "embedding")
                 html.Div(
                     "One thumbnail per image at its place in the layer's map, framed in its colour. The "
                     "current image is drawn large in a white frame, its nearest neighbours in the layer "

@@ -10,49 +10,57 @@ from trame.widgets import vtk as vtk_widgets
 from trame.widgets import vuetify3 as v3
 
 from volviz.app import state as S
-from volviz.app.ui_fields import FIELD
+from volviz.app.ui_fields import FIELD, row_select
 
 
-def _pane_select() -> None:
+def pane_select() -> None:
     """Which pane's store the analysis tabs show (only with two stores side by side)."""
-    v3.VSelect(
+    row_select(
         v_if=f"{S.APP_N_PANES} > 1",
         v_model=(S.X_PANE,),
         items=(S.X_PANES,),
         label="store",
-        style="max-width: 260px",
-        classes="mr-2",
-        **FIELD,
+        width=260,
     )
 
 
-def _remote_view(plotter, ref: str):
+def remote_view(plotter, ref: str, **events):
+    """A tab's server-rendered view (the same image quality for every tab); ``events``: the
+    interactor events it forwards (the Embedding tab's clicks)."""
     return vtk_widgets.VtkRemoteView(
-        plotter.ren_win, ref=ref, interactive_ratio=0.5, interactive_quality=60, still_quality=92
+        plotter.ren_win, ref=ref, interactive_ratio=0.5, interactive_quality=60, still_quality=92, **events
     )
+
+
+def pane_picture(ctx, prefix: str) -> None:
+    """The analysed pane's image and caption (pane 0, or pane 1 when chosen), ids ``prefix-...``."""
+    two = ctx.n_panes > 1
+    pick = (lambda f: f"{S.X_PANE} === 1 ? p1_{f} : p0_{f}") if two else (lambda f: f"p0_{f}")
+    html.Img(
+        src=(pick("input"),),
+        id=f"{prefix}-input",
+        style="width: 100%; max-width: 160px; image-rendering: pixelated; border: 1px solid #555;",
+    )
+    html.Div("{{ %s }}" % pick("caption"), classes="text-caption mt-1", id=f"{prefix}-caption")
 
 
 def graph_tab(tab, ctx) -> None:
     with v3.VCard(classes="pa-2", variant="outlined", id="graph-pane"):
         with html.Div(classes="d-flex align-center flex-wrap"):
-            _pane_select()
-            v3.VSelect(
+            pane_select()
+            row_select(
                 v_model=(S.G_COLOR,),
                 items=(S.ITEMS_G_COLOR, S.G_COLOR_ITEMS),
                 label="node colour",
-                style="max-width: 250px",
-                classes="mr-2",
                 id="graph-color",
-                **FIELD,
+                width=250,
             )
-            v3.VSelect(
+            row_select(
                 v_model=(S.G_THUMBS,),
                 items=(S.ITEMS_G_THUMBS, S.G_THUMB_ITEMS),
                 label="thumbnails",
-                style="max-width: 210px",
-                classes="mr-2",
                 id="graph-thumbs",
-                **FIELD,
+                width=210,
             )
             v3.VSwitch(
                 v_model=(S.G_SIZE,),
@@ -64,14 +72,12 @@ def graph_tab(tab, ctx) -> None:
                 hide_details=True,
                 density="compact",
             )
-            v3.VSelect(
+            row_select(
                 v_model=(S.G_FOCUS,),
                 items=(S.G_LAYERS,),
                 label="camera",
-                style="max-width: 180px",
-                classes="mr-2",
                 id="graph-focus",
-                **FIELD,
+                width=180,
             )
             v3.VBtn(
                 "Reset camera",
@@ -88,17 +94,9 @@ def graph_tab(tab, ctx) -> None:
                     __properties=[("data_shown", "data-shown")],
                     data_shown=(S.G_SHOWN,),
                 ):
-                    tab.view = _remote_view(tab.plotter, "graphview")
+                    tab.view = remote_view(tab.plotter, "graphview")
             with v3.VCol(cols=12, lg=3):
-                # the analysed pane's image and caption (pane 0, or pane 1 when chosen)
-                two = ctx.n_panes > 1
-                pick = (lambda f: f"{S.X_PANE} === 1 ? p1_{f} : p0_{f}") if two else (lambda f: f"p0_{f}")
-                html.Img(
-                    src=(pick("input"),),
-                    id="graph-input",
-                    style="width: 100%; max-width: 160px; image-rendering: pixelated; border: 1px solid #555;",
-                )
-                html.Div("{{ %s }}" % pick("caption"), classes="text-caption mt-1", id="graph-caption")
+                pane_picture(ctx, "graph")
                 html.Div(
                     "Nodes: one per unit (conv channel, linear neuron), on one plane per layer, with "
                     "its preferred input; edges: each unit's strongest incoming weights. The time "
@@ -111,16 +109,14 @@ def graph_tab(tab, ctx) -> None:
 def scene_tab(tab, ctx) -> None:
     with v3.VCard(classes="pa-2", variant="outlined", id="scene-pane"):
         with html.Div(classes="d-flex align-center"):
-            v3.VSelect(
+            row_select(
                 v_model=(S.SC_FILE,),
                 items=(S.SC_FILES,),
                 label="scene file (scenes/*.toml)",
-                style="max-width: 320px",
-                classes="mr-2",
                 id="scene-select",
                 disabled=(S.SC_BUSY,),
                 no_data_text="no scenes/*.toml found",
-                **FIELD,
+                width=320,
             )
             with v3.VBtn(
                 click=f"{S.SC_PLAYING} = !{S.SC_PLAYING}",
@@ -158,7 +154,7 @@ def scene_tab(tab, ctx) -> None:
             __properties=[("data_shown", "data-shown")],
             data_shown=(S.SC_SHOWN,),
         ):
-            tab.view = _remote_view(tab.plotter, "sceneview")
+            tab.view = remote_view(tab.plotter, "sceneview")
             with html.Div(
                 v_if=f"!{S.SC_SHOWN}",
                 id="scene-hint",
@@ -189,15 +185,13 @@ def prune_tab(tab, ctx) -> None:
             classes="text-caption text-grey mb-2",
         )
         with html.Div(classes="d-flex align-center flex-wrap"):
-            _pane_select()
-            v3.VSelect(
+            pane_select()
+            row_select(
                 v_model=(S.PR_LAYER,),
                 items=(S.PR_LAYERS,),
                 label="layer",
-                style="max-width: 160px",
-                classes="mr-2",
                 id="prune-layer",
-                **FIELD,
+                width=160,
             )
             v3.VTextField(
                 v_model_number=(S.PR_K,),
@@ -208,13 +202,11 @@ def prune_tab(tab, ctx) -> None:
                 classes="mr-2",
                 **FIELD,
             )
-            v3.VSelect(
+            row_select(
                 v_model=(S.PR_REFERENCE,),
                 items=(S.PR_REFERENCES,),
                 label="sweep: rank filters by",
-                style="max-width: 300px",
-                classes="mr-2",
-                **FIELD,
+                width=300,
             )
             v3.VTextField(
                 v_model_number=(S.PR_STEPS,),
@@ -248,15 +240,13 @@ def prune_tab(tab, ctx) -> None:
                 id="prune-progress",
             )
         with html.Div(classes="d-flex align-center mt-2"):
-            v3.VSelect(
+            row_select(
                 v_model=(S.PR_FOLDER,),
                 items=(S.PR_FOLDERS,),
                 label="or show a result folder (out/prune)",
-                style="max-width: 620px",
-                classes="mr-2",
                 id="prune-dir",
                 no_data_text="no result folders yet: press Compute",
-                **FIELD,
+                width=620,
             )
             v3.VBtn("Show", click=ctrl.prune_load, prepend_icon="mdi-folder-open", variant="tonal", id="prune-load")
         html.Div("{{ %s }}" % S.PR_STATUS, classes="text-caption text-grey my-1", id="prune-status")
