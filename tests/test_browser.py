@@ -777,6 +777,7 @@ def test_every_tab_fits_the_window(server, browser, out_dir, size):
         pg.wait_for_function(
             "document.querySelector('#pane-0').innerText.includes('preferred input of each')", timeout=30_000
         )
+        time.sleep(0.5)  # as for every tab above: the tab bar's switch animation settles (a CI run caught it mid-way)
         problems["preferred"] = pg.evaluate(NOTHING_CUT)
         pg.screenshot(path=str(out_dir / f"tab-preferred-{w}x{h}.png"))
         assert not any(problems.values()), problems
