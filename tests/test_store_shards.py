@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 
@@ -146,3 +147,65 @@ def test_without_zarrs_the_writer_falls_back_to_zarr_python(tmp_path, monkeypatc
     assert type(w._async_array.codec_pipeline).__name__ == "BatchedCodecPipeline"
     w[0:4] = np.ones((4, 2), np.float32)
     assert g["a"][:].sum() == 8
+
+
+def _shard_inode(st, key: str) -> int | None:
+    path = layout.chunk_file(st.path, key, 0, st._array(key))
+    return path.stat().st_ino if path.exists() else None  # an all-False done shard is not stored
+
+
+def test_a_shard_holding_done_images_is_replaced_whole_and_a_fresh_one_written_in_place(tmp_path):
+    # zarrs writes in place (a kill mid-write tears the file): only for shards with no done image;
+    # a resume completing a half-done shard, and the done flags, go through zarr-python's
+    # temporary-file-and-rename, so images already done are never in a torn file
+    from test_distributed import arrays_digest
+
+    from volviz.store.capture import resume_capture
+    from volviz.store.store import Store
+
+    imgs = write_image_folder(tmp_path / "imgs", n_per_class=2)
+    settings = CaptureSettings(images=[str(imgs)], model="helpers:tiny_cnn", size=(12, 12), channels=1)
+    first = arrays_digest(run_capture(tmp_path / "s", settings, progress=False))
+    key = layout.quantity_keys("activation", "conv2")[0]
+    in_place = importlib.util.find_spec("zarrs") is not None  # else zarr-python writes everything
+    for keep_done, replaced in ((2, True), (0, not in_place)):
+        st = Store.open(tmp_path / "s", "r+")
+        data_inode = _shard_inode(st, key)
+        st.mark_not_done(np.arange(keep_done, st.n_images))
+        done_inode = _shard_inode(st, "done")
+        st = resume_capture(tmp_path / "s", progress=False, trust_factory=True)
+        assert (_shard_inode(st, key) != data_inode) is replaced
+        assert _shard_inode(st, "done") != done_inode
+        assert st.complete and arrays_digest(st) == first
+
+
+def test_direct_writes_give_the_same_bytes_as_buffered_ones(tmp_path):
+    pytest.importorskip("zarrs")
+    if not layout.direct_io_supported(tmp_path):
+        pytest.skip("this file system has no O_DIRECT")
+    import zarr
+
+    data = np.random.default_rng(0).standard_normal((300, 7, 13)).astype(np.float32)
+    files = {}
+    for direct in (False, True):
+        g = zarr.open_group(str(tmp_path / f"z{direct}"), mode="w")
+        layout.create_array(g, "a", data.shape, (1, 7, 13), "float32", 0, sharded=True)
+        w = layout.array_for_writing(g, "a", direct_io=direct)
+        w[0:256] = data[:256]
+        w[256:300] = data[256:]
+        np.testing.assert_array_equal(g["a"][:], data)
+        root = tmp_path / f"z{direct}" / "a" / "c"
+        files[direct] = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert len(files[True]) == 2 and files[True] == files[False]
+
+
+def test_no_direct_writes_where_the_file_system_refuses_them(tmp_path, monkeypatch):
+    import errno
+
+    def refuse(path, flags, *a):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "open", refuse)
+    assert not layout.direct_io_supported(tmp_path)
+    monkeypatch.undo()
+    assert not list(tmp_path.iterdir())  # the probe leaves nothing behind

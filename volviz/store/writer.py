@@ -2,9 +2,13 @@
 file they belong to; when a shard's images are all captured it is written once, on a writer thread,
 while the next batches compute.
 
-Crash safety is unchanged: an image's ``done`` flag is written only after every array holding it
-reached the disk (zarr writes each file atomically: a temporary file, then a rename), so a killed
-capture loses at most the buffered shards, and ``--resume`` recomputes exactly those images.
+Crash safety: an image's ``done`` flag is written only after every array holding it reached the
+disk, so a killed capture loses at most the buffered shards, and ``--resume`` recomputes exactly
+those images. zarrs writes a shard file in place (fast; O_DIRECT where the file system has it), so
+a kill mid-write tears that file: that is safe only for a shard none of whose images is done yet
+(resume rewrites it whole). A shard that already holds done images (a resume completing a shard an
+interrupted run flushed half-full) and the ``done`` flags themselves go through zarr-python, which
+writes a temporary file and renames it: either the old file or the new one, never a torn one.
 Memory: at most one open shard per array (``layout.SHARD_BYTES`` each) plus the shards in flight.
 """
 
@@ -51,7 +55,9 @@ class ShardWriter:
         self._futures: list[Future] = []
         self._max = max_in_flight
         self._want: dict[int, dict[int, int]] = {}  # rows per shard -> shard -> rows this run writes
-        self._writing: dict = {}  # key -> the array opened to write (layout.array_for_writing)
+        self._writing: dict = {}  # (key, in place) -> the array opened to write
+        self._direct_io = layout.direct_io_supported(store.path)
+        self._done_before = np.array(store.done, dtype=bool)  # images on disk before this run
 
     def _expected(self, per: int, shard: int) -> int:
         counts = self._want.get(per)
@@ -91,7 +97,7 @@ class ShardWriter:
     def _write(self, key: str, buf: ShardBuffer) -> None:
         """On the writer thread: one shard of one array, then the done flags it completes."""
         idx = buf.rows()
-        arr = self._for_writing(key)
+        arr = self._for_writing(key, in_place=not self._done_before[buf.first : buf.first + len(buf.data)].any())
         if idx[-1] - idx[0] + 1 == len(idx):
             lo = int(idx[0]) - buf.first
             arr[int(idx[0]) : int(idx[-1]) + 1] = buf.data[lo : lo + len(idx)]
@@ -104,12 +110,14 @@ class ShardWriter:
                 done.append(i)
                 del self._flushed[i]
         if done:
-            self._for_writing("done").oindex[np.asarray(sorted(done), dtype=np.int64)] = True
+            self._for_writing("done", in_place=False).oindex[np.asarray(sorted(done), dtype=np.int64)] = True
 
-    def _for_writing(self, key: str):
-        arr = self._writing.get(key)
+    def _for_writing(self, key: str, in_place: bool):
+        arr = self._writing.get((key, in_place))
         if arr is None:
-            arr = self._writing[key] = layout.array_for_writing(self.store._root, key)
+            root = self.store._root
+            opened = layout.array_for_writing(root, key, self._direct_io) if in_place else layout.open_array(root, key)
+            arr = self._writing[key, in_place] = opened
         return arr
 
     def _check_errors(self) -> None:
