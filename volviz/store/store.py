@@ -132,8 +132,9 @@ class Store:
         return Store.open(self.path, mode)
 
     # ---- writing ------------------------------------------------------------------------
-    def _cast(self, key: str, data: np.ndarray, out: dict) -> None:
-        """``data`` as stored under ``key`` (float16: per-image scaled, the scale beside it)."""
+    def _cast(self, key: str, data: np.ndarray, out: dict, copy: bool = False) -> None:
+        """``data`` as stored under ``key`` (float16: per-image scaled, the scale beside it);
+        ``copy``: ``data`` is a buffer the capture reuses, so what is returned must not alias it."""
         dtype = self._array(key).dtype
         if dtype == np.float16:
             flat = np.abs(np.nan_to_num(data.reshape(data.shape[0], -1), nan=0, posinf=0, neginf=0))
@@ -141,10 +142,13 @@ class Store:
             scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
             out[layout.scale_key(key)] = scale
             data = data / scale.reshape(-1, *([1] * (data.ndim - 1)))
-        out[key] = np.asarray(data).astype(dtype, copy=False)
+            copy = False  # the division made a new array
+        out[key] = np.array(data, dtype=dtype, copy=True) if copy else np.asarray(data).astype(dtype, copy=False)
 
     def batch_arrays(self, result, labels: np.ndarray, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        """One BatchResult as ``{array key: rows}``, cast for the store (for :class:`ShardWriter`)."""
+        """One BatchResult as ``{array key: rows}``, cast for the store (for :class:`ShardWriter`).
+        None of the arrays aliases the capture's reused weight-gradient buffers: the writer may
+        copy them later, on its own thread, while the next batch computes."""
         out = {
             "probs": np.asarray(result.probs, np.float32),
             "pred": np.asarray(result.pred, np.int64),
@@ -168,7 +172,7 @@ class Store:
             if info.weight_grad and info.weight_input:  # rebuilt on read from the input and grad_act
                 self._cast(layout.quantity_keys("grad_weight", name, ("x",))[0], result.layer_inputs[name], out)
             elif info.weight_grad:
-                self._cast(layout.quantity_keys("grad_weight", name)[0], a, out)
+                self._cast(layout.quantity_keys("grad_weight", name)[0], a, out, copy=True)
             if self.plan.format_version >= 2:
                 self._cast(layout.quantity_keys("grad_norm", name)[0], filter_norms(a), out)
         for name, (u, v) in result.grad_weight_factors.items():

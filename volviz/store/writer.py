@@ -1,6 +1,6 @@
-"""Write a capture at compute speed: each array's rows are copied once into the buffer of the shard
-file they belong to; when a shard's images are all captured it is written once, on a writer thread,
-while the next batches compute.
+"""Write a capture at compute speed: on a writer thread, while the next batches compute, each
+array's rows are copied once into the buffer of the shard file they belong to, and a shard whose
+images are all captured is written once.
 
 Crash safety: an image's ``done`` flag is written only after every array holding it reached the
 disk, so a killed capture loses at most the buffered shards, and ``--resume`` recomputes exactly
@@ -9,7 +9,8 @@ a kill mid-write tears that file: that is safe only for a shard none of whose im
 (resume rewrites it whole). A shard that already holds done images (a resume completing a shard an
 interrupted run flushed half-full) and the ``done`` flags themselves go through zarr-python, which
 writes a temporary file and renames it: either the old file or the new one, never a torn one.
-Memory: at most one open shard per array (``layout.SHARD_BYTES`` each) plus the shards in flight.
+Memory: at most one open shard per array (``layout.SHARD_BYTES`` each) plus the batches waiting
+for the writer thread (:data:`IN_FLIGHT_BYTES`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from volviz.store import layout
+
+#: bytes of captured batches that may wait for the writer thread (one batch always may): enough to
+#: ride out a slow write (O_DIRECT waits for the disk) without stalling the capture
+IN_FLIGHT_BYTES = 256 << 20
 
 
 class ShardBuffer:
@@ -45,15 +50,15 @@ class ShardBuffer:
 class ShardWriter:
     """Buffers rows per array key and flushes whole shards; ``close()`` flushes the rest."""
 
-    def __init__(self, store, pending: np.ndarray, max_in_flight: int = 2):
+    def __init__(self, store, pending: np.ndarray, max_in_flight_bytes: int | None = None):
         self.store = store
         self.pending = np.asarray(pending, dtype=np.int64)
         self._keys: list[str] | None = None
         self._open: dict[str, dict[int, ShardBuffer]] = {}  # key -> shard index -> buffer
         self._flushed: dict[int, int] = {}  # row -> arrays on disk
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="volviz-writer")
-        self._futures: list[Future] = []
-        self._max = max_in_flight
+        self._futures: list[tuple[Future, int]] = []  # (writer task, bytes it holds)
+        self._max_bytes = IN_FLIGHT_BYTES if max_in_flight_bytes is None else max_in_flight_bytes
         self._want: dict[int, dict[int, int]] = {}  # rows per shard -> shard -> rows this run writes
         self._writing: dict = {}  # (key, in place) -> the array opened to write
         self._direct_io = layout.direct_io_supported(store.path)
@@ -67,10 +72,16 @@ class ShardWriter:
         return counts.get(shard, 0)
 
     def add(self, start: int, arrays: dict[str, np.ndarray]) -> None:
-        """Rows ``start..start+n`` of every per-image array (already cast for the store). The rows are
-        copied: capture reuses its gradient buffers batch after batch."""
+        """Rows ``start..start+n`` of every per-image array (already cast for the store, aliasing
+        nothing the capture reuses: :meth:`Store.batch_arrays`). The rows are copied into their
+        shards on the writer thread, while the next batches compute (as many as fit in the
+        in-flight budget; the capture waits beyond it)."""
         if self._keys is None:
             self._keys = list(arrays)
+        self._submit(self._add, start, arrays, nbytes=sum(a.nbytes for a in arrays.values()))
+
+    def _add(self, start: int, arrays: dict[str, np.ndarray]) -> None:
+        """On the writer thread: copy the rows into their shard buffers, write the full shards."""
         for key, data in arrays.items():
             arr = self.store._array(key)
             per = layout.rows_per_file(arr)
@@ -84,15 +95,22 @@ class ShardWriter:
                     buf = shards[shard] = ShardBuffer(shard * per, per, arr.shape[1:], arr.dtype)
                 buf.put(row, data[row - start : end - start])
                 if buf.count == self._expected(per, shard):
-                    self._submit(key, shards.pop(shard))
+                    self._write(key, shards.pop(shard))
                 row = end
-        self._check_errors()
 
-    def _submit(self, key: str, buf: ShardBuffer) -> None:
-        while len([f for f in self._futures if not f.done()]) >= self._max * max(1, len(self._keys or [1])):
-            self._futures[0].result()
-            self._futures = [f for f in self._futures if not f.done()]
-        self._futures.append(self._pool.submit(self._write, key, buf))
+    def _flush_open(self) -> None:
+        """On the writer thread: the partial shards (an interrupted or finished run)."""
+        for key, shards in self._open.items():
+            for shard in sorted(shards):
+                self._write(key, shards[shard])
+        self._open.clear()
+
+    def _submit(self, fn, *args, nbytes: int = 0) -> None:
+        self._check_errors()
+        while self._futures and sum(n for _, n in self._futures) + nbytes > self._max_bytes:
+            self._futures[0][0].result()
+            self._check_errors()
+        self._futures.append((self._pool.submit(fn, *args), nbytes))
 
     def _write(self, key: str, buf: ShardBuffer) -> None:
         """On the writer thread: one shard of one array, then the done flags it completes."""
@@ -121,20 +139,17 @@ class ShardWriter:
         return arr
 
     def _check_errors(self) -> None:
-        for f in [f for f in self._futures if f.done()]:
+        for f, _ in [t for t in self._futures if t[0].done()]:
             f.result()  # re-raise a write error (disk full) in the capture's thread
-        self._futures = [f for f in self._futures if not f.done()]
+        self._futures = [t for t in self._futures if not t[0].done()]
 
     def close(self, flush: bool = True, *, raise_errors: bool = True) -> None:
-        """Flush partial shards (an interrupted or finished run) and wait for the writer; after an
-        error elsewhere, ``raise_errors=False`` keeps that error the one reported."""
+        """Wait for the writer, flushing the partial shards first (an interrupted or finished
+        run); after an error elsewhere, ``raise_errors=False`` keeps that error the one reported."""
         try:
             if flush:
-                for key, shards in self._open.items():
-                    for shard in sorted(shards):
-                        self._submit(key, shards[shard])
-                self._open.clear()
-            for f in self._futures:
+                self._futures.append((self._pool.submit(self._flush_open), 0))
+            for f, _ in self._futures:
                 try:
                     f.result()
                 except Exception:
