@@ -28,8 +28,10 @@ def test_batched_equals_one_unit_at_a_time(param):
     """Every regularizer on, jitter included: each element's random numbers depend only on its
     (seed, unit), so the batch layout does not change any result.
 
-    What the design guarantees is checked exactly: the starting images (every random number an
-    element draws) are the same batched and alone. After 30 Adam steps the images can differ in
+    What the design guarantees is checked to float32 rounding: the starting images (every random
+    number an element draws) are the same batched and alone; the noise is drawn exactly, but its
+    Gaussian blur is a float32 conv whose kernel oneDNN picks by batch size (AMD EPYC: 6e-8 apart,
+    one ulp at 0.5; a mixed-up random stream would be ~0.1 apart). After 30 Adam steps the images can differ in
     float32 because oneDNN picks different conv kernels for batch 6 and batch 1 on some CPUs (AMD
     EPYC: 1.6e-3 max; Intel Xeon: 5e-7), and Adam's normalized update amplifies last-bit
     gradient differences where a gradient is near zero. The tolerance (5e-3 max, 1e-3 mean on
@@ -42,10 +44,8 @@ def test_batched_equals_one_unit_at_a_time(param):
     start = optimize_batch(pr, units, np.full(6, 7), cfg, 0)
     batched = optimize_batch(pr, units, np.full(6, 7), cfg, 30)
     for k, u in enumerate(units):
-        # the FFT of the fourier parameterization may round differently per batch: 1e-6
-        np.testing.assert_allclose(
-            optimize_batch(pr, [u], [7], cfg, 0).images[0], start.images[k], atol=0 if param == "pixel" else 1e-6
-        )
+        # the blur conv (and the fourier parameterization's FFT) may round differently per batch
+        np.testing.assert_allclose(optimize_batch(pr, [u], [7], cfg, 0).images[0], start.images[k], atol=1e-6)
         alone = optimize_batch(pr, [u], [7], cfg, 30)
         np.testing.assert_allclose(alone.images[0], batched.images[k], atol=5e-3)
         assert np.abs(alone.images[0] - batched.images[k]).mean() < 1e-3
