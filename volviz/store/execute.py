@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from volviz.capture.engine import capture_batch
 from volviz.errors import CaptureError
+from volviz.store.batch_rows import batch_rows
 from volviz.store.decoded import DecodedImages
 from volviz.store.folder import write_lock
 from volviz.store.store import Store
@@ -110,7 +111,7 @@ def capture_rows(
             for name, bad in res.nonfinite.items():
                 nonfinite[name] = nonfinite.get(name, 0) + bad
                 log.warning("layer %s: %d NaN/Inf activation values in images %d-%d", name, bad, start, stop - 1)
-            writer.add(start, store.batch_arrays(res, labels.numpy(), unnormalize(x, prep)))
+            writer.add(start, batch_rows(store, res, labels.numpy(), unnormalize(x, prep)))
             if bar is not None:
                 bar.update(stop - start)
         writer.close()

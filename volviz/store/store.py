@@ -1,5 +1,6 @@
-"""The capture store: a zarr directory with one chunk per image per array, so that reading one time
-step of one layer touches one small file.
+"""The capture store: a zarr v3 directory whose per-image arrays are sharded (a few images per
+chunk, many chunks per shard file: ``layout.py``), so that reading one time step of one layer
+decodes one small chunk, and 20,000 images make hundreds of files, not hundreds of thousands.
 
 Crash safety: ``plan.json`` (what to capture) is written atomically before any data; every
 image's arrays are written before its ``done`` flag; ``manifest.json`` is written atomically last.
@@ -131,67 +132,7 @@ class Store:
     def reopen(self, mode: str = "r+") -> Store:
         return Store.open(self.path, mode)
 
-    # ---- writing ------------------------------------------------------------------------
-    def _cast(self, key: str, data: np.ndarray, out: dict, copy: bool = False) -> None:
-        """``data`` as stored under ``key`` (float16: per-image scaled, the scale beside it);
-        ``copy``: ``data`` is a buffer the capture reuses, so what is returned must not alias it."""
-        dtype = self._array(key).dtype
-        if dtype == np.float16:
-            flat = np.abs(np.nan_to_num(data.reshape(data.shape[0], -1), nan=0, posinf=0, neginf=0))
-            scale = flat.max(axis=1) if flat.size else np.ones(data.shape[0])
-            scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-            out[layout.scale_key(key)] = scale
-            data = data / scale.reshape(-1, *([1] * (data.ndim - 1)))
-            copy = False  # the division made a new array
-        out[key] = np.array(data, dtype=dtype, copy=True) if copy else np.asarray(data).astype(dtype, copy=False)
-
-    def batch_arrays(self, result, labels: np.ndarray, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        """One BatchResult as ``{array key: rows}``, cast for the store (for :class:`ShardWriter`).
-        None of the arrays aliases the capture's reused weight-gradient buffers: the writer may
-        copy them later, on its own thread, while the next batch computes."""
-        out = {
-            "probs": np.asarray(result.probs, np.float32),
-            "pred": np.asarray(result.pred, np.int64),
-            "target": np.asarray(result.target, np.int64),
-            "label": np.asarray(labels, np.int64),
-            "input": inputs.astype(np.float16),
-        }
-        from volviz.capture.reduce import factor_norms, filter_norms, pool
-
-        for name, a in result.act.items():
-            info = self.layers[name]
-            if info.activation:
-                self._cast(layout.quantity_keys("activation", name)[0], a, out)
-            if info.descriptor:
-                self._cast(layout.quantity_keys("descriptor", name)[0], pool(a, info.descriptor), out)
-        for name, a in result.grad_act.items():
-            if self.layers[name].activation and self.layers[name].gradient:
-                self._cast(layout.quantity_keys("grad_activation", name)[0], a, out)
-        for name, a in result.grad_weight.items():
-            info = self.layers[name]
-            if info.weight_grad and info.weight_input:  # rebuilt on read from the input and grad_act
-                self._cast(layout.quantity_keys("grad_weight", name, ("x",))[0], result.layer_inputs[name], out)
-            elif info.weight_grad:
-                self._cast(layout.quantity_keys("grad_weight", name)[0], a, out, copy=True)
-            if self.plan.format_version >= 2:
-                self._cast(layout.quantity_keys("grad_norm", name)[0], filter_norms(a), out)
-        for name, (u, v) in result.grad_weight_factors.items():
-            if self.layers[name].weight_grad:
-                ku, kv = layout.quantity_keys("grad_weight", name, ("u", "v"))
-                self._cast(ku, u, out)
-                self._cast(kv, v, out)
-            if self.plan.format_version >= 2:
-                self._cast(layout.quantity_keys("grad_norm", name)[0], factor_norms(u, v), out)
-        return out
-
-    def write_batch(self, start: int, result, labels: np.ndarray, inputs: np.ndarray) -> None:
-        """Write one BatchResult for images start..start+len at once; done flags last."""
-        sl = slice(start, start + len(result.pred))
-        for key, rows in self.batch_arrays(result, labels, inputs).items():
-            self._root[key][sl] = rows
-        self._root["done"][sl] = True
-        self._done_cache = None
-
+    # ---- writing (the rows themselves: batch_rows.py, writer.py) ------------------------
     def finalize(self, summary: dict) -> None:
         """The manifest: plan.json's dict as written or read (not rebuilt from the Plan: an old
         store's manifest stays in its own format), the summary, the versions."""

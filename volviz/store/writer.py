@@ -73,7 +73,7 @@ class ShardWriter:
 
     def add(self, start: int, arrays: dict[str, np.ndarray]) -> None:
         """Rows ``start..start+n`` of every per-image array (already cast for the store, aliasing
-        nothing the capture reuses: :meth:`Store.batch_arrays`). The rows are copied into their
+        nothing the capture reuses: :func:`batch_rows.batch_rows`). The rows are copied into their
         shards on the writer thread, while the next batches compute (as many as fit in the
         in-flight budget; the capture waits beyond it)."""
         if self._keys is None:
