@@ -146,7 +146,10 @@ def test_a_stored_map_is_used_and_the_colours_follow_the_choice(app, digits):
     v = descriptors(store, "conv2", tab.data["rows"])[:, 7]  # unit 7's mean activation: brightest = largest
     lum = frames["unit"].astype(float).sum(1)
     assert lum[np.argmax(v)] > lum[np.argmin(v)]
-    assert "unit 7" in app.state[S.E_NOTE]
+    assert "unit 7 (mean over positions)" in app.state[S.E_NOTE]  # conv2: a map, pooled
+    _set(app, **{S.E_LAYER: "fc1"})
+    assert "unit 7" in app.state[S.E_NOTE] and "over positions" not in app.state[S.E_NOTE]  # a vector
+    _set(app, **{S.E_LAYER: "conv2"})
     # the frame colours are painted into the atlas around each thumbnail (one actor, one texture)
     sc, cell = tab.scene, tab.scene.cell
     cols = sc.atlas.shape[1] // cell

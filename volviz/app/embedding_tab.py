@@ -282,8 +282,11 @@ class EmbeddingTab:
                     (f"{lo:.3g}", tuple(value_colours(np.array([0.0]), "inferno", (0, 1))[0])),
                     (f"{hi:.3g}", tuple(value_colours(np.array([1.0]), "inferno", (0, 1))[0])),
                 ]
-                pool = d["settings"].get("pool", "mean")
-                pooled = " (mean over positions)" if pool == "mean" and x is not None else ""
+                pooled = ""
+                if len(f.store.layers[d["layer"]].act_shape) > 1:  # a conv map: pooled over positions
+                    pool = d["settings"].get("pool", "mean")
+                    how = pool if pool != "meanmax" else ("mean" if u < x.shape[1] // 2 else "max")
+                    pooled = f" ({how} over positions)"
                 what = f"activation of unit {u}{pooled}, inferno {lo:.3g}..{hi:.3g}"
             if dead is not None and dead.any():
                 ids = np.flatnonzero(dead)
