@@ -50,7 +50,7 @@ class ShardBuffer:
 class ShardWriter:
     """Buffers rows per array key and flushes whole shards; ``close()`` flushes the rest."""
 
-    def __init__(self, store, pending: np.ndarray, max_in_flight_bytes: int | None = None):
+    def __init__(self, store, pending: np.ndarray, max_in_flight_bytes: int = IN_FLIGHT_BYTES):
         self.store = store
         self.pending = np.asarray(pending, dtype=np.int64)
         self._keys: list[str] | None = None
@@ -58,9 +58,9 @@ class ShardWriter:
         self._flushed: dict[int, int] = {}  # row -> arrays on disk
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="volviz-writer")
         self._futures: list[tuple[Future, int]] = []  # (writer task, bytes it holds)
-        self._max_bytes = IN_FLIGHT_BYTES if max_in_flight_bytes is None else max_in_flight_bytes
+        self._max_bytes = max_in_flight_bytes
         self._want: dict[int, dict[int, int]] = {}  # rows per shard -> shard -> rows this run writes
-        self._writing: dict = {}  # (key, in place) -> the array opened to write
+        self._in_place: dict = {}  # key -> the array opened to write in place (zarrs)
         self._direct_io = layout.direct_io_supported(store.path)
         self._done_before = np.array(store.done, dtype=bool)  # images on disk before this run
 
@@ -131,11 +131,11 @@ class ShardWriter:
             self._for_writing("done", in_place=False).oindex[np.asarray(sorted(done), dtype=np.int64)] = True
 
     def _for_writing(self, key: str, in_place: bool):
-        arr = self._writing.get((key, in_place))
+        if not in_place:
+            return self.store._array(key)  # zarr-python: a temporary file, then a rename
+        arr = self._in_place.get(key)
         if arr is None:
-            root = self.store._root
-            opened = layout.array_for_writing(root, key, self._direct_io) if in_place else layout.open_array(root, key)
-            arr = self._writing[key, in_place] = opened
+            arr = self._in_place[key] = layout.array_for_writing(self.store._root, key, self._direct_io)
         return arr
 
     def _check_errors(self) -> None:
