@@ -283,9 +283,10 @@ class EmbeddingTab:
                     (f"{hi:.3g}", tuple(value_colours(np.array([1.0]), "inferno", (0, 1))[0])),
                 ]
                 pooled = ""
-                if len(f.store.layers[d["layer"]].act_shape) > 1:  # a conv map: pooled over positions
+                shape = f.store.layers[d["layer"]].act_shape
+                if len(shape) == 3:  # a 2-D map: descriptors pool it over positions (descriptors.py)
                     pool = d["settings"].get("pool", "mean")
-                    how = pool if pool != "meanmax" else ("mean" if u < x.shape[1] // 2 else "max")
+                    how = pool if pool != "meanmax" else ("mean" if u < shape[0] else "max")  # [means | maxima]
                     pooled = f" ({how} over positions)"
                 what = f"activation of unit {u}{pooled}, inferno {lo:.3g}..{hi:.3g}"
             if dead is not None and dead.any():
